@@ -1,0 +1,51 @@
+"""braid.ThreadPool: the Python face of the C thread pool (src/python/threadpool.c)."""
+
+import concurrent.futures
+import threading
+
+from . import _braid
+
+__all__ = ["ThreadPool"]
+
+
+class ThreadPool(_braid._ThreadPoolCore, concurrent.futures.Executor):
+    """A ``concurrent.futures.Executor`` running calls on a pool of threads.
+
+    A drop-in for ``ThreadPoolExecutor(max_workers, thread_name_prefix,
+    initializer, initargs)``. Its futures are ``concurrent.futures.Future``
+    instances (``braid.Future``, kept in C), so ``wait``, ``as_completed``,
+    ``asyncio.wrap_future`` and ``loop.run_in_executor`` accept them.
+
+    Differences from the stdlib, all on the side of safety:
+
+    * ``submit`` checks that ``fn`` is callable (TypeError at once);
+    * ``map`` reads its input lazily with a bounded read-ahead, so it works
+      on endless iterables; ``chunksize`` groups items per task;
+    * a cancelled or shut-down future is reported to ``wait`` and
+      ``as_completed`` at once.
+    """
+
+    def __init__(self, max_workers=None, thread_name_prefix="", initializer=None, initargs=()):
+        super().__init__(max_workers, thread_name_prefix, initializer, initargs)
+
+    def __repr__(self):
+        return f"<braid.ThreadPool max_workers={self.max_workers} threads={self.threads}>"
+
+
+def _worker_started(name):
+    # Registers the engine thread with `threading` under the pool's name, as
+    # ThreadPoolExecutor's threads are, so current_thread().name is right.
+    thread = threading._DummyThread()
+    thread.name = name
+    return thread
+
+
+def _worker_exiting():
+    with threading._active_limbo_lock:
+        threading._active.pop(threading.get_ident(), None)
+
+
+_braid._set_worker_hooks(_worker_started, _worker_exiting)
+# Runs before threading joins its own threads at interpreter exit, as
+# ThreadPoolExecutor's hook does: queued work finishes, workers are joined.
+threading._register_atexit(_braid._at_exit)

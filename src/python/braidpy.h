@@ -1,0 +1,105 @@
+/*
+ * braidpy.h — shared declarations of the CPython extension braid._braid.
+ *
+ * The extension sits on include/braid.h only (never on src/core/internal.h).
+ * Module state replaces every static PyObject global so that the module can
+ * be loaded in several interpreters.
+ */
+#ifndef BRAIDPY_H
+#define BRAIDPY_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "braid.h"
+
+typedef struct pool_core_s pool_core_t;
+
+typedef struct {
+    /* types */
+    PyTypeObject *future_core_type; /* _FutureCore: the C layout */
+    PyTypeObject *future_type;      /* Future(_FutureCore, concurrent.futures.Future) */
+    PyTypeObject *pool_core_type;   /* _ThreadPoolCore */
+    PyTypeObject *mapiter_type;
+    /* exceptions and helpers borrowed from the stdlib */
+    PyObject *CancelledError;
+    PyObject *InvalidStateError;
+    PyObject *BrokenThreadPool;
+    PyObject *Condition;            /* threading.Condition */
+    PyObject *logger;               /* logging.getLogger("concurrent.futures") */
+    PyObject *state_names[5];       /* "PENDING", ... as concurrent.futures spells them */
+    PyObject *worker_started;       /* glue hook: names the worker for threading */
+    PyObject *worker_exiting;
+    /* every pool core not yet freed, so that interpreter exit can join them */
+    pool_core_t *cores;
+    unsigned long pool_counter;
+} braid_state;
+
+/* Future states, in concurrent.futures' order and spelling. */
+enum fut_state {
+    FUT_PENDING = 0,
+    FUT_RUNNING = 1,
+    FUT_CANCELLED = 2,
+    FUT_CANCELLED_AND_NOTIFIED = 3,
+    FUT_FINISHED = 4
+};
+
+/* Layout of braid's future. The Python-visible type adds concurrent.futures.
+ * Future as a second base, so consumers see a real concurrent.futures.Future.
+ * The fields past `exc` are the work item when a pool runs the future. */
+typedef struct {
+    PyObject_HEAD
+    br_event_t done_ev;       /* set once the state is CANCELLED* or FINISHED */
+    int state;                /* enum fut_state; changed only with the GIL */
+    int chunked;              /* args is a list of argument tuples (map chunks) */
+    PyObject *result;
+    PyObject *exc;            /* exception instance, traceback attached */
+    PyObject *callbacks;      /* list or NULL */
+    PyObject *condition;      /* threading.Condition, made on first use */
+    PyObject *waiters;        /* list, made on first use (concurrent.futures.wait) */
+    /* work item */
+    br_work_t work;
+    pool_core_t *pool;        /* non-NULL while queued or taken, not yet run */
+    PyObject *fn;
+    PyObject *args;
+    PyObject *kwargs;
+} FutureObject;
+
+/* module.c */
+braid_state *braid_get_state(PyObject *module);
+braid_state *braid_state_from_type(PyTypeObject *tp);
+
+/* errors.c: the one map from -errno to a Python exception. Returns NULL. */
+PyObject *braid_raise_errno(int err, const char *what);
+
+/* future.c */
+int braid_future_init_types(PyObject *module, braid_state *st);
+FutureObject *braid_future_new(braid_state *st);
+/* Completion paths used by the pool; they run callbacks. 0 or -1. */
+int braid_future_finish(FutureObject *fut, PyObject *result, PyObject *exc);
+/* CANCELLED -> CANCELLED_AND_NOTIFIED, telling wait()/as_completed waiters. */
+int braid_future_notify_cancel(FutureObject *fut);
+/* Waits with the GIL released until done, `deadline_ns` (< 0: no limit).
+ * 0 when done, -1 with TimeoutError or a signal's exception set. */
+int braid_future_wait(FutureObject *fut, int64_t deadline_ns);
+/* Cancel as Future.cancel(): 1 cancelled, 0 could not, -1 error. */
+int braid_future_cancel(FutureObject *fut);
+/* The stored result, or raises the stored exception / CancelledError. */
+PyObject *braid_future_get_result(FutureObject *fut);
+
+/* threadpool.c */
+int braid_threadpool_init_types(PyObject *module, braid_state *st);
+/* Queues fn(*args, **kwargs) (or a chunk) on the pool object; new future. */
+FutureObject *braid_pool_submit(PyObject *pool, PyObject *fn, PyObject *args,
+                                PyObject *kwargs, int chunked);
+unsigned braid_pool_max_workers(PyObject *pool);
+/* Interpreter exit: close and join every pool. */
+PyObject *braid_threadpool_at_exit(braid_state *st);
+void braid_threadpool_clear_state(braid_state *st);
+
+/* mapiter.c */
+int braid_mapiter_init_types(PyObject *module, braid_state *st);
+PyObject *braid_mapiter_new(braid_state *st, PyObject *pool, PyObject *fn,
+                            PyObject *iterables, double timeout, Py_ssize_t chunksize);
+
+#endif /* BRAIDPY_H */

@@ -1,0 +1,186 @@
+/*
+ * module.c — braid._braid: multi-phase init, module state, module functions.
+ *
+ * All Python objects the extension keeps live in braid_state (no static
+ * PyObject globals), so the module can be imported in several interpreters.
+ */
+#include "braidpy.h"
+
+static struct PyModuleDef braid_module_def;
+
+braid_state *braid_get_state(PyObject *module)
+{
+    return (braid_state *)PyModule_GetState(module);
+}
+
+braid_state *braid_state_from_type(PyTypeObject *tp)
+{
+    PyObject *m = PyType_GetModuleByDef(tp, &braid_module_def);
+    return m ? braid_get_state(m) : NULL;
+}
+
+static PyObject *getattr_of(const char *module, const char *name)
+{
+    PyObject *m = PyImport_ImportModule(module);
+    if (m == NULL) {
+        return NULL;
+    }
+    PyObject *v = PyObject_GetAttrString(m, name);
+    Py_DECREF(m);
+    return v;
+}
+
+static int load_stdlib_objects(braid_state *st)
+{
+    static const char *names[] = {"PENDING", "RUNNING", "CANCELLED", "CANCELLED_AND_NOTIFIED",
+                                  "FINISHED"};
+    for (int i = 0; i < 5; i++) {
+        /* the very strings concurrent.futures._base compares against */
+        st->state_names[i] = getattr_of("concurrent.futures._base", names[i]);
+        if (st->state_names[i] == NULL) {
+            return -1;
+        }
+    }
+    st->CancelledError = getattr_of("concurrent.futures", "CancelledError");
+    st->InvalidStateError = getattr_of("concurrent.futures", "InvalidStateError");
+    st->BrokenThreadPool = getattr_of("concurrent.futures.thread", "BrokenThreadPool");
+    st->Condition = getattr_of("threading", "Condition");
+    PyObject *get_logger = getattr_of("logging", "getLogger");
+    if (get_logger != NULL) {
+        st->logger = PyObject_CallFunction(get_logger, "s", "concurrent.futures");
+        Py_DECREF(get_logger);
+    }
+    if (!st->CancelledError || !st->InvalidStateError || !st->BrokenThreadPool || !st->Condition ||
+        !st->logger) {
+        return -1;
+    }
+    return 0;
+}
+
+static int braid_exec(PyObject *module)
+{
+    braid_state *st = braid_get_state(module);
+    if (load_stdlib_objects(st) < 0 || braid_future_init_types(module, st) < 0 ||
+        braid_threadpool_init_types(module, st) < 0 || braid_mapiter_init_types(module, st) < 0) {
+        return -1;
+    }
+    if (PyModule_AddStringConstant(module, "ENGINE_VERSION", BR_VERSION_STRING) < 0) {
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *mod_at_exit(PyObject *module, PyObject *unused)
+{
+    return braid_threadpool_at_exit(braid_get_state(module));
+}
+
+static PyObject *mod_set_worker_hooks(PyObject *module, PyObject *args)
+{
+    PyObject *started, *exiting;
+    if (!PyArg_ParseTuple(args, "OO:_set_worker_hooks", &started, &exiting)) {
+        return NULL;
+    }
+    if (!PyCallable_Check(started) || !PyCallable_Check(exiting)) {
+        PyErr_SetString(PyExc_TypeError, "_set_worker_hooks needs two callables");
+        return NULL;
+    }
+    braid_state *st = braid_get_state(module);
+    Py_XSETREF(st->worker_started, Py_NewRef(started));
+    Py_XSETREF(st->worker_exiting, Py_NewRef(exiting));
+    Py_RETURN_NONE;
+}
+
+static PyObject *mod_strerror(PyObject *module, PyObject *arg)
+{
+    long err = PyLong_AsLong(arg);
+    if (err == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (err < -4095 || err > 0) {
+        PyErr_SetString(PyExc_ValueError, "strerror() takes a negative errno or 0");
+        return NULL;
+    }
+    return PyUnicode_FromString(br_strerror((int)err));
+}
+
+static PyMethodDef braid_methods[] = {
+    {"_at_exit", mod_at_exit, METH_NOARGS,
+     "Closes and joins every thread pool; registered with threading._register_atexit."},
+    {"_set_worker_hooks", mod_set_worker_hooks, METH_VARARGS,
+     "_set_worker_hooks(started, exiting): called on each worker thread as it starts and exits."},
+    {"strerror", mod_strerror, METH_O, "strerror(-errno): the engine's name for an error code."},
+    {NULL}};
+
+static int braid_traverse(PyObject *module, visitproc visit, void *arg)
+{
+    braid_state *st = braid_get_state(module);
+    Py_VISIT(st->future_core_type);
+    Py_VISIT(st->future_type);
+    Py_VISIT(st->pool_core_type);
+    Py_VISIT(st->mapiter_type);
+    Py_VISIT(st->CancelledError);
+    Py_VISIT(st->InvalidStateError);
+    Py_VISIT(st->BrokenThreadPool);
+    Py_VISIT(st->Condition);
+    Py_VISIT(st->logger);
+    for (int i = 0; i < 5; i++) {
+        Py_VISIT(st->state_names[i]);
+    }
+    Py_VISIT(st->worker_started);
+    Py_VISIT(st->worker_exiting);
+    return 0;
+}
+
+static int braid_clear(PyObject *module)
+{
+    braid_state *st = braid_get_state(module);
+    Py_CLEAR(st->future_core_type);
+    Py_CLEAR(st->future_type);
+    Py_CLEAR(st->pool_core_type);
+    Py_CLEAR(st->mapiter_type);
+    Py_CLEAR(st->CancelledError);
+    Py_CLEAR(st->InvalidStateError);
+    Py_CLEAR(st->BrokenThreadPool);
+    Py_CLEAR(st->Condition);
+    Py_CLEAR(st->logger);
+    for (int i = 0; i < 5; i++) {
+        Py_CLEAR(st->state_names[i]);
+    }
+    Py_CLEAR(st->worker_started);
+    Py_CLEAR(st->worker_exiting);
+    return 0;
+}
+
+static void braid_free(void *module)
+{
+    braid_state *st = braid_get_state((PyObject *)module);
+    braid_threadpool_clear_state(st);
+    braid_clear((PyObject *)module);
+}
+
+static PyModuleDef_Slot braid_slots[] = {
+    {Py_mod_exec, braid_exec},
+#if PY_VERSION_HEX >= 0x030C0000
+    /* worker threads get a thread state of the importing interpreter; the
+     * GIL is shared, so only that mode is declared */
+    {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_SUPPORTED},
+#endif
+    {0, NULL}};
+
+static struct PyModuleDef braid_module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "braid._braid",
+    .m_doc = "braid's CPython extension: C futures and the thread pool on the braid engine.",
+    .m_size = sizeof(braid_state),
+    .m_methods = braid_methods,
+    .m_slots = braid_slots,
+    .m_traverse = braid_traverse,
+    .m_clear = braid_clear,
+    .m_free = braid_free,
+};
+
+PyMODINIT_FUNC PyInit__braid(void)
+{
+    return PyModuleDef_Init(&braid_module_def);
+}

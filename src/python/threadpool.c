@@ -1,0 +1,682 @@
+/*
+ * threadpool.c — _ThreadPoolCore, the C half of braid.ThreadPool.
+ *
+ * Each pool object owns a pool_core_t: the engine's br_threadpool_t plus the
+ * Python objects its worker threads need. Work items are the futures
+ * themselves (FutureObject embeds a br_work_t), so a submit allocates one
+ * object and takes one mutex.
+ *
+ * Worker threads are engine threads with a thread state of the importing
+ * interpreter. A worker that wakes takes the GIL once and then runs every
+ * task it finds queued (br_threadpool_try_take) before it lets the GIL go,
+ * instead of one GIL round trip per task.
+ *
+ * Core life cycle (all flags change with the GIL held):
+ *
+ *   open --shutdown()/dealloc/at-exit--> closed --join--> joined
+ *                                                           |
+ *   the core is freed once it is joined AND its pool object  v
+ *   is gone (orphaned); orphans are joined when their workers have exited
+ *   (checked at the next pool creation) or at interpreter exit.
+ */
+#include "braidpy.h"
+#include "compat.h"
+
+#include <errno.h>
+#include <unistd.h>
+
+#define MAX_WORKERS_LIMIT 65536
+/* A worker lets other threads have the GIL after this many tasks in a row,
+ * in case the tasks are C functions that never reach the eval breaker. */
+#define TASKS_PER_GIL_HOLD 64
+
+struct pool_core_s {
+    br_threadpool_t tp;       /* first: FutureObject.pool points here too */
+    braid_state *st;
+    PyInterpreterState *interp;
+    PyObject *initializer;
+    PyObject *initargs;
+    PyObject *prefix;         /* str: thread names are prefix_N */
+    PyObject *broken;         /* str: why the pool is broken, or NULL */
+    unsigned thread_no;
+    int closed, joining, joined, orphaned;
+    pool_core_t *next, *prev; /* in st->cores */
+};
+
+typedef struct {
+    PyObject_HEAD
+    pool_core_t *core;
+    unsigned max_workers;
+} PoolObject;
+
+static _Thread_local PyThreadState *tls_tstate;
+static _Thread_local pool_core_t *tls_core;
+static _Thread_local int tls_gil_held;
+
+/* --------------------------------------------------------- worker side */
+
+static void report_unraisable(const char *what)
+{
+    PyObject *msg = PyUnicode_FromString(what);
+    PyErr_WriteUnraisable(msg);
+    Py_XDECREF(msg);
+}
+
+static void mark_broken(pool_core_t *core, const char *why)
+{
+    if (core->broken == NULL) {
+        core->broken = PyUnicode_FromString(why);
+        if (core->broken == NULL) {
+            PyErr_Clear();
+            core->broken = Py_NewRef(Py_None);
+        }
+    }
+}
+
+static void log_initializer_failure(pool_core_t *core)
+{
+    PyObject *exc = PyErr_GetRaisedException();
+    PyObject *meth = PyObject_GetAttrString(core->st->logger, "critical");
+    PyObject *args = Py_BuildValue("(s)", "Exception in initializer:");
+    PyObject *kw = Py_BuildValue("{s:O}", "exc_info", exc);
+    PyObject *r = (meth && args && kw) ? PyObject_Call(meth, args, kw) : NULL;
+    if (r == NULL) {
+        PyErr_WriteUnraisable(exc);
+    }
+    Py_XDECREF(r);
+    Py_XDECREF(kw);
+    Py_XDECREF(args);
+    Py_XDECREF(meth);
+    Py_XDECREF(exc);
+}
+
+static void on_thread_start(br_threadpool_t *tp, void *arg)
+{
+    pool_core_t *core = arg;
+    tls_core = core;
+    tls_tstate = PyThreadState_New(core->interp);
+    PyEval_RestoreThread(tls_tstate);
+    unsigned n = core->thread_no++;
+    if (core->st->worker_started != NULL) {
+        PyObject *name = PyUnicode_FromFormat("%U_%u", core->prefix, n);
+        PyObject *r = name ? PyObject_CallOneArg(core->st->worker_started, name) : NULL;
+        if (r == NULL) {
+            report_unraisable("braid: naming a worker thread");
+        }
+        Py_XDECREF(r);
+        Py_XDECREF(name);
+    }
+    if (core->initializer != NULL && core->broken == NULL) {
+        PyObject *r = PyObject_Call(core->initializer, core->initargs, NULL);
+        if (r == NULL) {
+            log_initializer_failure(core);
+            mark_broken(core, "A thread initializer failed, the thread pool is not usable anymore");
+        }
+        Py_XDECREF(r);
+    }
+    PyEval_SaveThread();
+}
+
+static void on_thread_exit(br_threadpool_t *tp, void *arg)
+{
+    pool_core_t *core = arg;
+    PyEval_RestoreThread(tls_tstate);
+    if (core->st->worker_exiting != NULL) {
+        PyObject *r = PyObject_CallNoArgs(core->st->worker_exiting);
+        if (r == NULL) {
+            report_unraisable("braid: unregistering a worker thread");
+        }
+        Py_XDECREF(r);
+    }
+    PyThreadState_Clear(tls_tstate);
+    PyThreadState_DeleteCurrent();
+    tls_tstate = NULL;
+    tls_core = NULL;
+}
+
+/* Runs fn over a list of argument tuples: (results, None) or, when one call
+ * raises, (results before it, exception). */
+static PyObject *run_chunk(PyObject *fn, PyObject *arglist)
+{
+    PyObject *results = PyList_New(0);
+    if (results == NULL) {
+        return NULL;
+    }
+    PyObject *exc = NULL;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(arglist); i++) {
+        PyObject *r = PyObject_Call(fn, PyList_GET_ITEM(arglist, i), NULL);
+        if (r == NULL) {
+            exc = PyErr_GetRaisedException();
+            break;
+        }
+        int rc = PyList_Append(results, r);
+        Py_DECREF(r);
+        if (rc < 0) {
+            Py_DECREF(results);
+            return NULL;
+        }
+    }
+    return Py_BuildValue("(NN)", results, exc ? exc : Py_NewRef(Py_None));
+}
+
+/* With the GIL: runs one future's call and finishes the future. */
+static void run_item(pool_core_t *core, FutureObject *f)
+{
+    f->pool = NULL;
+    if (f->state != FUT_PENDING) {
+        /* cancelled after a worker took it */
+        braid_future_notify_cancel(f);
+    } else if (core->broken != NULL) {
+        PyObject *exc = PyObject_CallOneArg(core->st->BrokenThreadPool, core->broken);
+        if (exc == NULL || braid_future_finish(f, NULL, exc) < 0) {
+            report_unraisable("braid: failing a task of a broken pool");
+        }
+        Py_XDECREF(exc);
+    } else {
+        f->state = FUT_RUNNING;
+        PyObject *res = f->chunked ? run_chunk(f->fn, f->args) : PyObject_Call(f->fn, f->args, f->kwargs);
+        PyObject *exc = res ? NULL : PyErr_GetRaisedException();
+        Py_CLEAR(f->fn);
+        Py_CLEAR(f->args);
+        Py_CLEAR(f->kwargs);
+        if (braid_future_finish(f, res, exc) < 0) {
+            report_unraisable("braid: a done-callback raised");
+        }
+        Py_XDECREF(res);
+        Py_XDECREF(exc);
+    }
+    Py_CLEAR(f->fn);
+    Py_CLEAR(f->args);
+    Py_CLEAR(f->kwargs);
+    Py_DECREF(f); /* the queue's reference */
+}
+
+/* Engine work callback. The first item of a batch takes the GIL; items
+ * taken with br_threadpool_try_take run inside the same hold. */
+static void work_cb(br_work_t *w)
+{
+    FutureObject *f = (FutureObject *)w->data;
+    pool_core_t *core = tls_core;
+    if (tls_gil_held) {
+        run_item(core, f);
+        return;
+    }
+    PyEval_RestoreThread(tls_tstate);
+    tls_gil_held = 1;
+    run_item(core, f);
+    unsigned n = 1;
+    br_work_t *next;
+    while ((next = br_threadpool_try_take(&core->tp)) != NULL) {
+        br_threadpool_run_taken(next);
+        if (++n % TASKS_PER_GIL_HOLD == 0) {
+            PyEval_SaveThread();
+            PyEval_RestoreThread(tls_tstate);
+        }
+    }
+    tls_gil_held = 0;
+    PyEval_SaveThread();
+}
+
+/* --------------------------------------------------------- core life cycle */
+
+static void core_link(braid_state *st, pool_core_t *core)
+{
+    core->next = st->cores;
+    core->prev = NULL;
+    if (st->cores) {
+        st->cores->prev = core;
+    }
+    st->cores = core;
+}
+
+static void core_free(pool_core_t *core)
+{
+    braid_state *st = core->st;
+    if (core->prev) {
+        core->prev->next = core->next;
+    } else {
+        st->cores = core->next;
+    }
+    if (core->next) {
+        core->next->prev = core->prev;
+    }
+    br_threadpool_destroy(&core->tp);
+    Py_CLEAR(core->initializer);
+    Py_CLEAR(core->initargs);
+    Py_CLEAR(core->prefix);
+    Py_CLEAR(core->broken);
+    PyMem_RawFree(core);
+}
+
+/* With the GIL; releases it while waiting. 0, or -1 with an exception. */
+static int core_join(pool_core_t *core)
+{
+    if (core->joined) {
+        return 0;
+    }
+    if (tls_core == core) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "shutdown(wait=True) called from a task of the same pool would wait for itself");
+        return -1;
+    }
+    if (core->joining) {
+        /* another thread is joining: wait for it, with the GIL released */
+        while (core->joining) {
+            Py_BEGIN_ALLOW_THREADS
+            usleep(1000);
+            Py_END_ALLOW_THREADS
+        }
+        return 0;
+    }
+    core->joining = 1;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = br_threadpool_join(&core->tp);
+    Py_END_ALLOW_THREADS
+    core->joining = 0;
+    if (rc < 0) {
+        braid_raise_errno(rc, "joining the thread pool");
+        return -1;
+    }
+    core->joined = 1;
+    if (core->orphaned) {
+        core_free(core);
+    }
+    return 0;
+}
+
+static void core_close(pool_core_t *core, int cancel)
+{
+    core->closed = 1;
+    /* with BR_CLOSE_CANCEL the engine calls work_done(-ECANCELED) for each
+     * queued future, here, with the GIL held */
+    (void)br_threadpool_close(&core->tp, cancel ? BR_CLOSE_CANCEL : BR_CLOSE_DRAIN);
+}
+
+/* Joins orphaned cores whose workers are all gone (no wait involved). */
+static void reap_orphans(braid_state *st)
+{
+    pool_core_t *core = st->cores;
+    while (core != NULL) {
+        pool_core_t *next = core->next;
+        if (core->orphaned && !core->joining && br_threadpool_live(&core->tp) == 0) {
+            if (br_threadpool_join(&core->tp) == 0) {
+                core->joined = 1;
+                core_free(core);
+            }
+        }
+        core = next;
+    }
+}
+
+PyObject *braid_threadpool_at_exit(braid_state *st)
+{
+    for (;;) {
+        pool_core_t *core = st->cores;
+        while (core != NULL && (core->joined || core->joining)) {
+            core = core->next;
+        }
+        if (core == NULL) {
+            break;
+        }
+        if (!core->closed) {
+            core_close(core, 0);
+        }
+        if (core_join(core) < 0) {
+            return NULL;
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+void braid_threadpool_clear_state(braid_state *st)
+{
+    /* The module is going away: at-exit has joined every pool that ran
+     * Python code. A core whose workers are still alive (at-exit never ran)
+     * is left to the process exit rather than waited for without end. */
+    pool_core_t *core = st->cores;
+    while (core != NULL) {
+        pool_core_t *next = core->next;
+        if (!core->closed) {
+            (void)br_threadpool_close(&core->tp, BR_CLOSE_DRAIN);
+        }
+        if (!core->joined && br_threadpool_live(&core->tp) == 0 &&
+            br_threadpool_join(&core->tp) == 0) {
+            core->joined = 1;
+        }
+        if (core->joined) {
+            core_free(core);
+        }
+        core = next;
+    }
+}
+
+/* --------------------------------------------------------- submit */
+
+FutureObject *braid_pool_submit(PyObject *self, PyObject *fn, PyObject *args, PyObject *kwargs,
+                                int chunked)
+{
+    pool_core_t *core = ((PoolObject *)self)->core;
+    braid_state *st = core->st;
+    if (core->broken != NULL) {
+        PyErr_SetObject(st->BrokenThreadPool, core->broken);
+        return NULL;
+    }
+    if (core->closed) {
+        PyErr_SetString(PyExc_RuntimeError, "cannot schedule new futures after shutdown");
+        return NULL;
+    }
+    FutureObject *f = braid_future_new(st);
+    if (f == NULL) {
+        return NULL;
+    }
+    f->fn = Py_NewRef(fn);
+    f->args = Py_NewRef(args);
+    f->kwargs = Py_XNewRef(kwargs);
+    f->chunked = chunked;
+    f->work.work = work_cb;
+    f->pool = core;
+    Py_INCREF(f); /* the queue's reference, dropped once it ran or was cancelled */
+    int rc = br_threadpool_submit(&core->tp, &f->work);
+    if (rc < 0) {
+        f->pool = NULL;
+        Py_DECREF(f);
+        Py_DECREF(f);
+        braid_raise_errno(rc, "submitting to the thread pool");
+        return NULL;
+    }
+    return f;
+}
+
+unsigned braid_pool_max_workers(PyObject *self)
+{
+    return ((PoolObject *)self)->max_workers;
+}
+
+static PyObject *pool_submit(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                             PyObject *kwnames)
+{
+    if (nargs < 1) {
+        PyErr_SetString(PyExc_TypeError, "submit() missing 1 required positional argument: 'fn'");
+        return NULL;
+    }
+    PyObject *fn = args[0];
+    if (!PyCallable_Check(fn)) {
+        PyErr_Format(PyExc_TypeError, "submit() needs a callable, not %.100s", Py_TYPE(fn)->tp_name);
+        return NULL;
+    }
+    PyObject *tuple = PyTuple_New(nargs - 1);
+    if (tuple == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 1; i < nargs; i++) {
+        PyTuple_SET_ITEM(tuple, i - 1, Py_NewRef(args[i]));
+    }
+    PyObject *kwargs = NULL;
+    if (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0) {
+        kwargs = PyDict_New();
+        for (Py_ssize_t i = 0; kwargs && i < PyTuple_GET_SIZE(kwnames); i++) {
+            if (PyDict_SetItem(kwargs, PyTuple_GET_ITEM(kwnames, i), args[nargs + i]) < 0) {
+                Py_CLEAR(kwargs);
+            }
+        }
+        if (kwargs == NULL) {
+            Py_DECREF(tuple);
+            return NULL;
+        }
+    }
+    FutureObject *f = braid_pool_submit(self, fn, tuple, kwargs, 0);
+    Py_DECREF(tuple);
+    Py_XDECREF(kwargs);
+    return (PyObject *)f;
+}
+
+static PyObject *pool_map(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    if (PyTuple_GET_SIZE(args) < 1) {
+        PyErr_SetString(PyExc_TypeError, "map() missing 1 required positional argument: 'fn'");
+        return NULL;
+    }
+    PyObject *fn = PyTuple_GET_ITEM(args, 0);
+    PyObject *timeout = Py_None;
+    Py_ssize_t chunksize = 1;
+    if (kwds != NULL) {
+        static char *kwlist[] = {"timeout", "chunksize", NULL};
+        PyObject *empty = PyTuple_New(0);
+        int ok = empty && PyArg_ParseTupleAndKeywords(empty, kwds, "|$On:map", kwlist, &timeout, &chunksize);
+        Py_XDECREF(empty);
+        if (!ok) {
+            return NULL;
+        }
+    }
+    if (!PyCallable_Check(fn)) {
+        PyErr_Format(PyExc_TypeError, "map() needs a callable, not %.100s", Py_TYPE(fn)->tp_name);
+        return NULL;
+    }
+    if (chunksize < 1) {
+        PyErr_SetString(PyExc_ValueError, "chunksize must be >= 1");
+        return NULL;
+    }
+    double t = -1.0;
+    if (timeout != Py_None) {
+        t = PyFloat_AsDouble(timeout);
+        if (t == -1.0 && PyErr_Occurred()) {
+            PyErr_Format(PyExc_TypeError, "timeout must be a number or None, not %.100s",
+                         Py_TYPE(timeout)->tp_name);
+            return NULL;
+        }
+        if (t != t) {
+            PyErr_SetString(PyExc_ValueError, "timeout must not be NaN");
+            return NULL;
+        }
+        if (t < 0) {
+            t = 0;
+        }
+    }
+    PyObject *iterables = PyTuple_GetSlice(args, 1, PyTuple_GET_SIZE(args));
+    if (iterables == NULL) {
+        return NULL;
+    }
+    PyObject *it = braid_mapiter_new(((PoolObject *)self)->core->st, self, fn, iterables, t, chunksize);
+    Py_DECREF(iterables);
+    return it;
+}
+
+static PyObject *pool_shutdown(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"wait", "cancel_futures", NULL};
+    int wait = 1, cancel = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|p$p:shutdown", kwlist, &wait, &cancel)) {
+        return NULL;
+    }
+    pool_core_t *core = ((PoolObject *)self)->core;
+    if (!core->closed || cancel) {
+        core_close(core, cancel);
+    }
+    if (wait && core_join(core) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *pool_get_max_workers(PyObject *self, void *c)
+{
+    return PyLong_FromUnsignedLong(((PoolObject *)self)->max_workers);
+}
+
+static PyObject *pool_get_threads(PyObject *self, void *c)
+{
+    return PyLong_FromUnsignedLong(br_threadpool_threads(&((PoolObject *)self)->core->tp));
+}
+
+static PyObject *pool_get_queued(PyObject *self, void *c)
+{
+    return PyLong_FromSize_t(br_threadpool_queued(&((PoolObject *)self)->core->tp));
+}
+
+/* --------------------------------------------------------- object life cycle */
+
+static unsigned default_max_workers(void)
+{
+    /* as concurrent.futures.ThreadPoolExecutor: min(32, cpus + 4) */
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    if (cpus < 1) {
+        cpus = 1;
+    }
+    return cpus + 4 < 32 ? (unsigned)(cpus + 4) : 32;
+}
+
+static int pool_init(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"max_workers", "thread_name_prefix", "initializer", "initargs", NULL};
+    PyObject *max_obj = Py_None, *prefix = NULL, *initializer = Py_None, *initargs = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|OUOO:ThreadPool", kwlist, &max_obj, &prefix,
+                                     &initializer, &initargs)) {
+        return -1;
+    }
+    PoolObject *p = (PoolObject *)self;
+    if (p->core != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "ThreadPool.__init__ called twice");
+        return -1;
+    }
+    braid_state *st = braid_state_from_type(Py_TYPE(self));
+    unsigned max_workers = default_max_workers();
+    if (max_obj != Py_None) {
+        if (!PyLong_Check(max_obj)) {
+            PyErr_Format(PyExc_TypeError, "max_workers must be an int or None, not %.100s",
+                         Py_TYPE(max_obj)->tp_name);
+            return -1;
+        }
+        int overflow;
+        long long n = PyLong_AsLongLongAndOverflow(max_obj, &overflow);
+        if (n == -1 && PyErr_Occurred()) {
+            return -1;
+        }
+        if (overflow < 0 || (overflow == 0 && n <= 0)) {
+            PyErr_SetString(PyExc_ValueError, "max_workers must be greater than 0");
+            return -1;
+        }
+        if (overflow > 0 || n > MAX_WORKERS_LIMIT) {
+            PyErr_Format(PyExc_ValueError, "max_workers must be at most %d", MAX_WORKERS_LIMIT);
+            return -1;
+        }
+        max_workers = (unsigned)n;
+    }
+    if (initializer != Py_None && !PyCallable_Check(initializer)) {
+        PyErr_SetString(PyExc_TypeError, "initializer must be a callable");
+        return -1;
+    }
+    PyObject *argtuple = initargs ? PySequence_Tuple(initargs) : PyTuple_New(0);
+    if (argtuple == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_TypeError)) {
+            PyErr_SetString(PyExc_TypeError, "initargs must be a tuple or other sequence");
+        }
+        return -1;
+    }
+    reap_orphans(st);
+    pool_core_t *core = PyMem_RawCalloc(1, sizeof(*core));
+    if (core == NULL) {
+        Py_DECREF(argtuple);
+        PyErr_NoMemory();
+        return -1;
+    }
+    core->st = st;
+    core->interp = PyInterpreterState_Get();
+    core->initializer = initializer == Py_None ? NULL : Py_NewRef(initializer);
+    core->initargs = argtuple;
+    if (prefix != NULL && PyUnicode_GET_LENGTH(prefix) > 0) {
+        core->prefix = Py_NewRef(prefix);
+    } else {
+        core->prefix = PyUnicode_FromFormat("ThreadPool-%lu", st->pool_counter++);
+    }
+    const char *cprefix = core->prefix ? PyUnicode_AsUTF8(core->prefix) : NULL;
+    if (cprefix == NULL) {
+        Py_XDECREF(core->initializer);
+        Py_DECREF(core->initargs);
+        Py_XDECREF(core->prefix);
+        PyMem_RawFree(core);
+        return -1;
+    }
+    br_threadpool_options_t opts = {
+        .max_threads = max_workers,
+        .name_prefix = cprefix,
+        .on_thread_start = on_thread_start,
+        .on_thread_exit = on_thread_exit,
+        .hook_arg = core,
+    };
+    int rc = br_threadpool_init(&core->tp, &opts);
+    if (rc < 0) {
+        Py_XDECREF(core->initializer);
+        Py_DECREF(core->initargs);
+        Py_DECREF(core->prefix);
+        PyMem_RawFree(core);
+        braid_raise_errno(rc, "creating the thread pool");
+        return -1;
+    }
+    core_link(st, core);
+    p->core = core;
+    p->max_workers = max_workers;
+    return 0;
+}
+
+static void pool_dealloc(PyObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PoolObject *p = (PoolObject *)self;
+    pool_core_t *core = p->core;
+    if (core != NULL) {
+        p->core = NULL;
+        core->orphaned = 1;
+        if (core->joined) {
+            core_free(core);
+        } else if (!core->closed) {
+            /* like the stdlib: a dropped pool lets its queued work finish
+             * and its workers exit; they are joined later, never here */
+            core_close(core, 0);
+        }
+    }
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef pool_methods[] = {
+    {"submit", (PyCFunction)(void (*)(void))pool_submit, METH_FASTCALL | METH_KEYWORDS,
+     "submit(fn, /, *args, **kwargs) -> Future: schedules fn(*args, **kwargs)."},
+    {"map", (PyCFunction)(void (*)(void))pool_map, METH_VARARGS | METH_KEYWORDS,
+     "map(fn, *iterables, timeout=None, chunksize=1): results in order, lazily.\n\n"
+     "Reads the iterables with a bounded read-ahead; timeout counts from the call."},
+    {"shutdown", (PyCFunction)(void (*)(void))pool_shutdown, METH_VARARGS | METH_KEYWORDS,
+     "shutdown(wait=True, *, cancel_futures=False)"},
+    {NULL}};
+
+static PyGetSetDef pool_getset[] = {
+    {"max_workers", pool_get_max_workers, NULL, "the most worker threads this pool starts", NULL},
+    {"_max_workers", pool_get_max_workers, NULL, "as ThreadPoolExecutor._max_workers", NULL},
+    {"threads", pool_get_threads, NULL, "worker threads started so far", NULL},
+    {"queued", pool_get_queued, NULL, "tasks waiting for a worker", NULL},
+    {NULL}};
+
+static PyType_Slot pool_slots[] = {
+    {Py_tp_dealloc, pool_dealloc},
+    {Py_tp_init, pool_init},
+    {Py_tp_new, PyType_GenericNew},
+    {Py_tp_methods, pool_methods},
+    {Py_tp_getset, pool_getset},
+    {Py_tp_doc, "The C half of braid.ThreadPool."},
+    {0, NULL}};
+
+static PyType_Spec pool_spec = {
+    .name = "braid._braid._ThreadPoolCore",
+    .basicsize = sizeof(PoolObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .slots = pool_slots,
+};
+
+int braid_threadpool_init_types(PyObject *module, braid_state *st)
+{
+    st->pool_core_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &pool_spec, NULL);
+    if (st->pool_core_type == NULL) {
+        return -1;
+    }
+    return PyModule_AddObjectRef(module, "_ThreadPoolCore", (PyObject *)st->pool_core_type);
+}
