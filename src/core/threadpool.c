@@ -113,9 +113,10 @@ static void name_self(br_threadpool_t *pool)
         n++;
     br__mutex_unlock(&pool->mu_);
 
-    int slen = snprintf(suffix, sizeof suffix, "_%u", n);
-    int keep = (int)sizeof name - 1 - slen;
-    snprintf(name, sizeof name, "%.*s%s", keep, pool->name_prefix_, suffix);
+    int slen = snprintf(suffix, sizeof suffix, "_%u", n); /* at most 11 */
+    size_t keep = strnlen(pool->name_prefix_, sizeof name - 1 - (size_t)slen);
+    memcpy(name, pool->name_prefix_, keep);
+    memcpy(name + keep, suffix, (size_t)slen + 1);
     /* A name is only cosmetic (top, gdb): never fail the pool for it. */
     int err = pthread_setname_np(self, name);
     (void)err;
@@ -472,6 +473,14 @@ int br_threadpool_detach(br_threadpool_t *pool, br_pool_cb on_detached)
 
 void br_threadpool_destroy(br_threadpool_t *pool)
 {
+    /* Destroying under live workers would be a use-after-free in each of
+     * them later; say so now instead. */
+    br__mutex_lock(&pool->mu_);
+    unsigned live = pool->live_;
+    br__mutex_unlock(&pool->mu_);
+    if (live != 0)
+        br__fatal("br_threadpool_destroy: workers still running (join first)", EBUSY);
+
     destroy_cond(&pool->work_cv_);
     destroy_cond(&pool->exit_cv_);
     destroy_mutex(&pool->mu_);
