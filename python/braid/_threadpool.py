@@ -1,6 +1,7 @@
 """braid.ThreadPool: the Python face of the C thread pool (src/python/threadpool.c)."""
 
 import concurrent.futures
+import os
 import threading
 
 from . import _braid
@@ -46,6 +47,9 @@ def _worker_exiting():
 
 
 _braid._set_worker_hooks(_worker_started, _worker_exiting)
+# A forked child has none of the parent's worker threads: its pools refuse
+# work with BrokenThreadPool instead of queueing tasks nobody will run.
+os.register_at_fork(after_in_child=_braid._after_fork_child)
 # Runs before threading joins its own threads at interpreter exit, as
 # ThreadPoolExecutor's hook does: queued work finishes, workers are joined.
 threading._register_atexit(_braid._at_exit)

@@ -96,6 +96,10 @@ unsigned braid_pool_max_workers(PyObject *pool);
 /* Interpreter exit: close and join every pool. */
 PyObject *braid_threadpool_at_exit(braid_state *st);
 void braid_threadpool_clear_state(braid_state *st);
+/* os.register_at_fork(after_in_child=...): pools become unusable, safely. */
+PyObject *braid_threadpool_after_fork_child(braid_state *st);
+/* Removes a queued work item of this pool (no-op if a worker has it). */
+void braid_pool_cancel_work(pool_core_t *core, br_work_t *work);
 
 /* mapiter.c */
 int braid_mapiter_init_types(PyObject *module, braid_state *st);

@@ -237,8 +237,7 @@ int braid_future_cancel(FutureObject *f)
         return rc != 0;
     }
     if (f->pool != NULL) {
-        /* -EBUSY: a worker took it and will notify when it sees CANCELLED. */
-        (void)br_threadpool_cancel((br_threadpool_t *)f->pool, &f->work);
+        braid_pool_cancel_work(f->pool, &f->work);
     }
     return run_callbacks(f) < 0 ? -1 : 1;
 }

@@ -75,6 +75,11 @@ static PyObject *mod_at_exit(PyObject *module, PyObject *unused)
     return braid_threadpool_at_exit(braid_get_state(module));
 }
 
+static PyObject *mod_after_fork_child(PyObject *module, PyObject *unused)
+{
+    return braid_threadpool_after_fork_child(braid_get_state(module));
+}
+
 static PyObject *mod_set_worker_hooks(PyObject *module, PyObject *args)
 {
     PyObject *started, *exiting;
@@ -107,6 +112,8 @@ static PyObject *mod_strerror(PyObject *module, PyObject *arg)
 static PyMethodDef braid_methods[] = {
     {"_at_exit", mod_at_exit, METH_NOARGS,
      "Closes and joins every thread pool; registered with threading._register_atexit."},
+    {"_after_fork_child", mod_after_fork_child, METH_NOARGS,
+     "Marks every thread pool unusable in a forked child; registered with os.register_at_fork."},
     {"_set_worker_hooks", mod_set_worker_hooks, METH_VARARGS,
      "_set_worker_hooks(started, exiting): called on each worker thread as it starts and exits."},
     {"strerror", mod_strerror, METH_O, "strerror(-errno): the engine's name for an error code."},

@@ -40,6 +40,7 @@ struct pool_core_s {
     PyObject *broken;         /* str: why the pool is broken, or NULL */
     unsigned thread_no;
     int closed, joining, joined, orphaned;
+    int forked;               /* inherited through os.fork(): no threads here */
     pool_core_t *next, *prev; /* in st->cores */
 };
 
@@ -240,7 +241,11 @@ static void core_free(pool_core_t *core)
     if (core->next) {
         core->next->prev = core->prev;
     }
-    br_threadpool_destroy(&core->tp);
+    if (!core->forked) {
+        /* after a fork the engine's mutex may be held by a thread that
+         * exists only in the parent: leave the engine memory alone */
+        br_threadpool_destroy(&core->tp);
+    }
     Py_CLEAR(core->initializer);
     Py_CLEAR(core->initargs);
     Py_CLEAR(core->prefix);
@@ -299,7 +304,8 @@ static void reap_orphans(braid_state *st)
     pool_core_t *core = st->cores;
     while (core != NULL) {
         pool_core_t *next = core->next;
-        if (core->orphaned && !core->joining && br_threadpool_live(&core->tp) == 0) {
+        if (core->orphaned && !core->joined && !core->joining &&
+            br_threadpool_live(&core->tp) == 0) {
             if (br_threadpool_join(&core->tp) == 0) {
                 core->joined = 1;
                 core_free(core);
@@ -327,6 +333,32 @@ PyObject *braid_threadpool_at_exit(braid_state *st)
         }
     }
     Py_RETURN_NONE;
+}
+
+PyObject *braid_threadpool_after_fork_child(braid_state *st)
+{
+    /* Only the forking thread lives on in the child: every pool is without
+     * workers, and its engine lock may be held for ever. Mark each pool
+     * broken and joined so no code path touches the engine again. Tasks
+     * still queued belonged to the parent and do not run here. */
+    for (pool_core_t *core = st->cores; core != NULL; core = core->next) {
+        core->forked = 1;
+        core->closed = 1;
+        core->joined = 1;
+        core->joining = 0;
+        Py_CLEAR(core->broken);
+        mark_broken(core, "the thread pool was created before os.fork() and has no threads in "
+                          "this process; create a new pool in the child");
+    }
+    Py_RETURN_NONE;
+}
+
+void braid_pool_cancel_work(pool_core_t *core, br_work_t *work)
+{
+    if (!core->forked) {
+        /* -EBUSY: a worker took it and will notify when it sees CANCELLED */
+        (void)br_threadpool_cancel(&core->tp, work);
+    }
 }
 
 void braid_threadpool_clear_state(braid_state *st)
@@ -490,6 +522,9 @@ static PyObject *pool_shutdown(PyObject *self, PyObject *args, PyObject *kwds)
         return NULL;
     }
     pool_core_t *core = ((PoolObject *)self)->core;
+    if (core->forked) {
+        Py_RETURN_NONE; /* no worker in this process to wait for */
+    }
     if (!core->closed || cancel) {
         core_close(core, cancel);
     }
@@ -506,12 +541,14 @@ static PyObject *pool_get_max_workers(PyObject *self, void *c)
 
 static PyObject *pool_get_threads(PyObject *self, void *c)
 {
-    return PyLong_FromUnsignedLong(br_threadpool_threads(&((PoolObject *)self)->core->tp));
+    pool_core_t *core = ((PoolObject *)self)->core;
+    return PyLong_FromUnsignedLong(core->forked ? 0 : br_threadpool_threads(&core->tp));
 }
 
 static PyObject *pool_get_queued(PyObject *self, void *c)
 {
-    return PyLong_FromSize_t(br_threadpool_queued(&((PoolObject *)self)->core->tp));
+    pool_core_t *core = ((PoolObject *)self)->core;
+    return PyLong_FromSize_t(core->forked ? 0 : br_threadpool_queued(&core->tp));
 }
 
 /* --------------------------------------------------------- object life cycle */
