@@ -144,6 +144,11 @@ typedef struct br_threadpool_options_s {
     size_t stack_size;          /* 0: the system default */
     const char *name_prefix;    /* thread names "<prefix>_<n>" (15 chars max
                                    shown by the kernel); NULL: "braid" */
+    unsigned spin_ns;           /* 0: an idle worker sleeps at once. Else one
+                                   idle worker at a time polls the queue for
+                                   up to this long before it sleeps, which
+                                   saves a wakeup when work comes in a steady
+                                   trickle (one submit, one result, ...) */
     br_thread_cb on_thread_start; /* may be NULL */
     br_thread_cb on_thread_exit;  /* may be NULL */
     void *hook_arg;
@@ -163,6 +168,7 @@ struct br_threadpool_s {
     unsigned started_;           /* threads created (never decreases) */
     unsigned live_;              /* threads not yet exited */
     unsigned idle_;              /* threads waiting for work */
+    unsigned spinning_;          /* threads polling the queue (spin_ns) */
     int state_;
     pthread_t *threads_;
     br_pool_cb on_detached_;

@@ -51,7 +51,8 @@ static void push_tail(br_threadpool_t *pool, br_work_t *w)
     else
         pool->head_ = w;
     pool->tail_ = w;
-    pool->queued_++;
+    /* atomic: a spinning worker reads it without the mutex */
+    __atomic_store_n(&pool->queued_, pool->queued_ + 1, __ATOMIC_RELEASE);
     set_work_state(w, WORK_QUEUED);
 }
 
@@ -66,7 +67,7 @@ static void unlink_item(br_threadpool_t *pool, br_work_t *w)
     else
         pool->tail_ = w->prev_;
     w->next_ = w->prev_ = NULL;
-    pool->queued_--;
+    __atomic_store_n(&pool->queued_, pool->queued_ - 1, __ATOMIC_RELAXED);
 }
 
 /* Takes the oldest item, marked RUNNING; NULL if none. Mutex held. */
@@ -122,9 +123,43 @@ static void name_self(br_threadpool_t *pool)
     (void)err;
 }
 
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+/* Polls the queue without the mutex for up to spin_ns, while the pool is
+ * open. Called and returns with the mutex held; 1 if work showed up. */
+static int spin_for_work(br_threadpool_t *pool)
+{
+    pool->spinning_++;
+    br__mutex_unlock(&pool->mu_);
+    int64_t deadline = br_now_ns() + pool->opts_.spin_ns;
+    int found = 0;
+    for (unsigned i = 1;; i++) {
+        if (__atomic_load_n(&pool->queued_, __ATOMIC_ACQUIRE) > 0) {
+            found = 1;
+            break;
+        }
+        if (__atomic_load_n(&pool->state_, __ATOMIC_RELAXED) != POOL_OPEN)
+            break;
+        if (i % 64 == 0 && br_now_ns() >= deadline)
+            break;
+        cpu_relax();
+    }
+    br__mutex_lock(&pool->mu_);
+    pool->spinning_--;
+    return found;
+}
+
 static void *worker_main(void *arg)
 {
     br_threadpool_t *pool = arg;
+    int may_spin = 1; /* once per stretch of idleness, not in a loop */
 
     name_self(pool);
     if (pool->opts_.on_thread_start != NULL)
@@ -137,11 +172,19 @@ static void *worker_main(void *arg)
             br__mutex_unlock(&pool->mu_);
             run_item(w);
             br__mutex_lock(&pool->mu_);
+            may_spin = 1;
             continue;
         }
         /* Queue empty: leave once the pool is closed, else sleep. */
         if (pool->state_ != POOL_OPEN)
             break;
+        /* One spinner is enough to catch the next item. */
+        if (may_spin && pool->opts_.spin_ns > 0 && pool->spinning_ == 0) {
+            may_spin = 0;
+            spin_for_work(pool);
+            continue;
+        }
+        may_spin = 0;
         pool->idle_++;
         br__cond_wait(&pool->work_cv_, &pool->mu_);
         pool->idle_--;
@@ -300,12 +343,15 @@ int br_threadpool_submit(br_threadpool_t *pool, br_work_t *work)
         ret = -EINVAL;
     } else {
         push_tail(pool, work);
-        if (pool->idle_ > 0)
+        /* A spinning worker takes one item without being woken. */
+        if (pool->idle_ > 0 && pool->queued_ > pool->spinning_)
             br__cond_signal(&pool->work_cv_);
         /* idle_ still counts workers that were signalled but have not yet
          * taken their item, so compare it with the queue length: more items
-         * than idle workers means some item has nobody coming for it. */
-        if (pool->queued_ > pool->idle_ && pool->started_ < pool->max_threads_) {
+         * than idle (or spinning) workers means some item has nobody coming
+         * for it. */
+        if (pool->queued_ > pool->idle_ + pool->spinning_ &&
+            pool->started_ < pool->max_threads_) {
             int err = spawn_locked(pool);
             /* With a live worker the item runs later anyway: workers only
              * exit once the pool is closed and the queue empty. */
@@ -385,7 +431,7 @@ int br_threadpool_close(br_threadpool_t *pool, enum br_close_mode mode)
         return -EINVAL;
     br__mutex_lock(&pool->mu_);
     if (pool->state_ == POOL_OPEN)
-        pool->state_ = POOL_CLOSED;
+        __atomic_store_n(&pool->state_, POOL_CLOSED, __ATOMIC_RELAXED);
     if (mode == BR_CLOSE_CANCEL) {
         /* Take the whole queue at once; the items keep their next_ links
          * so that we can walk them after unlocking. */
@@ -393,7 +439,7 @@ int br_threadpool_close(br_threadpool_t *pool, enum br_close_mode mode)
         for (br_work_t *w = cancelled; w != NULL; w = w->next_)
             set_work_state(w, WORK_DONE);
         pool->head_ = pool->tail_ = NULL;
-        pool->queued_ = 0;
+        __atomic_store_n(&pool->queued_, 0, __ATOMIC_RELAXED);
     }
     /* Wake idle workers so they see CLOSED (and leave once the queue is
      * empty). Done here, under the mutex, and not after the callbacks:
@@ -431,7 +477,7 @@ int br_threadpool_join(br_threadpool_t *pool)
     /* Only the first joiner reaps the threads (pthread_join twice is
      * undefined); a later one just waits for the workers to be gone. */
     int reap = pool->state_ == POOL_CLOSED;
-    pool->state_ = POOL_JOINED;
+    __atomic_store_n(&pool->state_, POOL_JOINED, __ATOMIC_RELAXED);
     while (pool->live_ > 0)
         br__cond_wait(&pool->exit_cv_, &pool->mu_);
     unsigned n = pool->started_;
@@ -452,7 +498,8 @@ int br_threadpool_detach(br_threadpool_t *pool, br_pool_cb on_detached)
         br__mutex_unlock(&pool->mu_);
         return -EINVAL;
     }
-    pool->state_ = POOL_DETACHED; /* closed, queued work still drains */
+    /* closed, queued work still drains */
+    __atomic_store_n(&pool->state_, POOL_DETACHED, __ATOMIC_RELAXED);
     pool->on_detached_ = on_detached;
     /* Under the mutex, so the last worker cannot run on_detached (which may
      * free threads_) while we are still reading threads_. */

@@ -79,6 +79,9 @@ FutureObject *braid_future_new(braid_state *st);
 int braid_future_finish(FutureObject *fut, PyObject *result, PyObject *exc);
 /* CANCELLED -> CANCELLED_AND_NOTIFIED, telling wait()/as_completed waiters. */
 int braid_future_notify_cancel(FutureObject *fut);
+/* The engine cancelled the future's queued work item (GIL held): cancel
+ * and notify the future, drop the queue's reference. */
+void braid_future_work_cancelled(FutureObject *fut);
 /* Waits with the GIL released until done, `deadline_ns` (< 0: no limit).
  * 0 when done, -1 with TimeoutError or a signal's exception set. */
 int braid_future_wait(FutureObject *fut, int64_t deadline_ns);

@@ -210,16 +210,8 @@ static void clear_work(FutureObject *f)
     Py_CLEAR(f->kwargs);
 }
 
-/* Engine completion callback of a future's work item. Status 0 needs
- * nothing (the work callback finished the future). -ECANCELED comes from
- * br_threadpool_cancel or close(CANCEL), always on a thread holding the GIL:
- * the future is cancelled and notified, and the queue's reference dropped. */
-static void work_done(br_work_t *w, int status)
+void braid_future_work_cancelled(FutureObject *f)
 {
-    if (status == 0) {
-        return;
-    }
-    FutureObject *f = (FutureObject *)w->data;
     f->pool = NULL;
     int newly = mark_cancelled(f) == 1;
     braid_future_notify_cancel(f);
@@ -506,8 +498,8 @@ static void fut_setup(FutureObject *f)
 {
     br_event_init(&f->done_ev);
     f->state = FUT_PENDING;
-    f->work.work = NULL; /* set by the pool */
-    f->work.done = work_done;
+    f->work.work = NULL; /* both set by the pool */
+    f->work.done = NULL;
     f->work.data = f;
 }
 

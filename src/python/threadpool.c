@@ -29,6 +29,10 @@
 /* A worker lets other threads have the GIL after this many tasks in a row,
  * in case the tasks are C functions that never reach the eval breaker. */
 #define TASKS_PER_GIL_HOLD 64
+/* An idle worker polls the queue this long before it sleeps: a caller
+ * doing submit-then-result in a loop then never waits for a thread wakeup.
+ * Only one worker of a pool spins at a time, without the GIL. */
+#define WORKER_SPIN_NS 50000
 
 struct pool_core_s {
     br_threadpool_t tp;       /* first: FutureObject.pool points here too */
@@ -53,6 +57,7 @@ typedef struct {
 static _Thread_local PyThreadState *tls_tstate;
 static _Thread_local pool_core_t *tls_core;
 static _Thread_local int tls_gil_held;
+static _Thread_local br_work_t *tls_batch_head; /* the item that took the GIL */
 
 /* --------------------------------------------------------- worker side */
 
@@ -189,11 +194,14 @@ static void run_item(pool_core_t *core, FutureObject *f)
     Py_CLEAR(f->fn);
     Py_CLEAR(f->args);
     Py_CLEAR(f->kwargs);
-    Py_DECREF(f); /* the queue's reference */
+    /* The queue's reference is dropped in pool_work_done: the engine still
+     * touches the item after this callback returns. */
 }
 
 /* Engine work callback. The first item of a batch takes the GIL; items
- * taken with br_threadpool_try_take run inside the same hold. */
+ * taken with br_threadpool_try_take run inside the same hold. The GIL is
+ * still held when this returns for the first item: pool_work_done drops
+ * the item's last reference and only then lets the GIL go. */
 static void work_cb(br_work_t *w)
 {
     FutureObject *f = (FutureObject *)w->data;
@@ -204,6 +212,7 @@ static void work_cb(br_work_t *w)
     }
     PyEval_RestoreThread(tls_tstate);
     tls_gil_held = 1;
+    tls_batch_head = w;
     run_item(core, f);
     unsigned n = 1;
     br_work_t *next;
@@ -214,8 +223,24 @@ static void work_cb(br_work_t *w)
             PyEval_RestoreThread(tls_tstate);
         }
     }
-    tls_gil_held = 0;
-    PyEval_SaveThread();
+}
+
+/* Engine completion callback, always on a thread holding the GIL: after a
+ * work callback (status 0), or from br_threadpool_cancel / close(CANCEL) on
+ * the thread that called them (-ECANCELED). Drops the queue's reference. */
+static void pool_work_done(br_work_t *w, int status)
+{
+    FutureObject *f = (FutureObject *)w->data;
+    if (status != 0) {
+        braid_future_work_cancelled(f);
+        return;
+    }
+    Py_DECREF(f);
+    if (w == tls_batch_head) {
+        tls_batch_head = NULL;
+        tls_gil_held = 0;
+        PyEval_SaveThread();
+    }
 }
 
 /* --------------------------------------------------------- core life cycle */
@@ -407,6 +432,7 @@ FutureObject *braid_pool_submit(PyObject *self, PyObject *fn, PyObject *args, Py
     f->kwargs = Py_XNewRef(kwargs);
     f->chunked = chunked;
     f->work.work = work_cb;
+    f->work.done = pool_work_done;
     f->pool = core;
     Py_INCREF(f); /* the queue's reference, dropped once it ran or was cancelled */
     int rc = br_threadpool_submit(&core->tp, &f->work);
@@ -637,6 +663,7 @@ static int pool_init(PyObject *self, PyObject *args, PyObject *kwds)
     br_threadpool_options_t opts = {
         .max_threads = max_workers,
         .name_prefix = cprefix,
+        .spin_ns = WORKER_SPIN_NS,
         .on_thread_start = on_thread_start,
         .on_thread_exit = on_thread_exit,
         .hook_arg = core,
