@@ -2,7 +2,8 @@
  * mapiter.c — the iterator ThreadPool.map returns.
  *
  * Unlike Executor.map, which submits every item before returning, this
- * reads its input lazily: it keeps at most `window` futures in flight and
+ * reads its input lazily: it keeps at most `window` futures (about 1,024
+ * items, at least 4 tasks per worker) in flight and
  * submits one more each time it hands out a result, so map over an endless
  * or huge iterable runs in bounded memory. What stays as in the stdlib:
  * results come in input order, the first window is submitted at the call
@@ -17,6 +18,8 @@
  */
 #include "braidpy.h"
 #include "compat.h"
+
+#define READ_AHEAD_ITEMS 1024
 
 typedef struct {
     PyObject_HEAD
@@ -267,7 +270,11 @@ PyObject *braid_mapiter_new(braid_state *st, PyObject *pool, PyObject *fn, PyObj
     m->input_error = NULL;
     m->deadline = (timeout < 0 || timeout > 1e9) ? -1 : br_now_ns() + (int64_t)(timeout * 1e9);
     m->chunksize = chunksize;
-    m->window = workers * 4 < 64 ? 64 : (Py_ssize_t)workers * 4;
+    /* Read-ahead: about READ_AHEAD_ITEMS items, and at least 4 tasks per
+     * worker. Fewer in flight and the consumer keeps waiting on workers
+     * (a GIL handoff each time); more only costs memory. */
+    Py_ssize_t by_items = (READ_AHEAD_ITEMS + chunksize - 1) / chunksize;
+    m->window = by_items > (Py_ssize_t)workers * 4 ? by_items : (Py_ssize_t)workers * 4;
     m->head = m->count = 0;
     m->chunk = NULL;
     m->chunk_pos = 0;
