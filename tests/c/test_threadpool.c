@@ -531,6 +531,60 @@ TEST(threads_start_lazily)
     free(more);
 }
 
+/* Items trickle in one at a time, each well inside the spin window. (A
+ * submit can still start another thread when it lands while the worker is
+ * between items, as with ThreadPoolExecutor's idle semaphore, so only the
+ * maximum is checked.) */
+TEST(spinning_worker_takes_trickle)
+{
+    br_threadpool_options_t o = {.max_threads = 4, .name_prefix = "spin",
+                                 .spin_ns = 200 * 1000 * 1000}; /* 200 ms */
+    CHECK_EQ(br_threadpool_init(&pool, &o), 0);
+    item_t *items = make_items(200);
+    remaining = 0;
+    for (unsigned i = 0; i < 200; i++) {
+        br_event_init(&all_done);
+        remaining = 1;
+        CHECK_EQ(br_threadpool_submit(&pool, &items[i].w), 0);
+        wait_all_done();
+    }
+    CHECK(br_threadpool_threads(&pool) <= 4);
+    for (unsigned i = 0; i < 200; i++) {
+        CHECK_EQ(items[i].ran, 1u);
+        CHECK_EQ(items[i].status, 0);
+        CHECK_EQ(items[i].result, (long)i * i);
+    }
+    /* A worker in the middle of its spin sees the close at once: join does
+     * not wait out the 200 ms window (allow a loaded machine 150 ms). */
+    int64_t t0 = bt_now_ms();
+    pool_finish(&pool);
+    CHECK(bt_now_ms() - t0 < 150);
+    free(items);
+}
+
+/* Many items at once with a spinner present: every item runs exactly once
+ * and sleeping workers are still woken for the ones the spinner leaves. */
+TEST(spinning_worker_with_bursts)
+{
+    br_threadpool_options_t o = {.max_threads = 4, .name_prefix = "spin",
+                                 .spin_ns = 50 * 1000};
+    CHECK_EQ(br_threadpool_init(&pool, &o), 0);
+    for (unsigned round = 0; round < 50; round++) {
+        br_event_init(&all_done);
+        remaining = 0;
+        item_t *items = make_items(500);
+        for (unsigned i = 0; i < 500; i++)
+            CHECK_EQ(br_threadpool_submit(&pool, &items[i].w), 0);
+        wait_all_done();
+        for (unsigned i = 0; i < 500; i++)
+            CHECK_EQ(items[i].done_calls, 1u);
+        free(items);
+        bt_sleep_ms(round % 3); /* sometimes inside the spin window, sometimes not */
+    }
+    CHECK(br_threadpool_threads(&pool) <= 4);
+    pool_finish(&pool);
+}
+
 static unsigned starts, exits;
 static pthread_t started_threads[8];
 static int hook_arg_ok = 1;
