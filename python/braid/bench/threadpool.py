@@ -232,20 +232,25 @@ def _warm_up(pool, workers):
 
 
 def _measure(factory, workers, run, n, ctx, kw, check):
-    """One timed run on a fresh, warmed-up pool: seconds."""
+    """One timed run on a fresh, warmed-up pool: (wall seconds, CPU seconds).
+
+    CPU time is the whole process's (every thread), so a pool that spins
+    while it waits pays for it here."""
     pool = factory(max_workers=workers)
     try:
         _warm_up(pool, workers)
         gc.collect()
+        c0 = time.process_time()
         t0 = time.perf_counter()
         result = run(pool, n, ctx, **kw)
         elapsed = time.perf_counter() - t0
+        cpu = time.process_time() - c0
     finally:
         pool.shutdown(wait=True)
     problem = check(result, n)
     if problem:
         raise AssertionError(f"{getattr(factory, '__qualname__', factory)}: wrong result: {problem}")
-    return elapsed
+    return elapsed, cpu
 
 
 def _check_count(result, n):
@@ -315,17 +320,21 @@ def run_cases(names, *, tasks, repeat, workers, io_workers, braid_pool, on_row=N
             contenders = [(label, kw) for label, kw in case["contenders"]
                           if braid_pool is not None or not label.startswith("braid")]
             times = {label: [] for label, _ in contenders}
+            cpus = {label: [] for label, _ in contenders}
             for r in range(repeat):
                 # Alternate who goes first, so neither always runs on a
                 # cooler (or warmer) machine.
                 order = contenders if r % 2 == 0 else contenders[::-1]
                 for label, kw in order:
                     factory = braid_pool if label.startswith("braid") else stdlib_pool
-                    times[label].append(_measure(factory, case["workers"], case["run"],
-                                                 case["n"], ctx, kw, case["check"]))
+                    wall, cpu = _measure(factory, case["workers"], case["run"],
+                                         case["n"], ctx, kw, case["check"])
+                    times[label].append(wall)
+                    cpus[label].append(cpu)
             for title, s_label, b_label, note in case["rows"]:
                 row = _make_row(name, title, case["n"], case["workers"],
-                                times.get(s_label), times.get(b_label), note)
+                                times.get(s_label), times.get(b_label), note,
+                                cpus.get(s_label), cpus.get(b_label))
                 rows.append(row)
                 if on_row is not None:
                     on_row(row)
@@ -335,9 +344,18 @@ def run_cases(names, *, tasks, repeat, workers, io_workers, braid_pool, on_row=N
     return rows
 
 
-def _make_row(case, title, n, workers, s_times, b_times, note):
+def _cpu_of_best(times, cpus):
+    """CPU seconds of the run with the best wall time."""
+    if not times:
+        return None
+    return cpus[times.index(min(times))]
+
+
+def _make_row(case, title, n, workers, s_times, b_times, note, s_cpus=None, b_cpus=None):
     s_best = min(s_times) if s_times else None
     b_best = min(b_times) if b_times else None
+    s_cpu = _cpu_of_best(s_times, s_cpus) if s_cpus else None
+    b_cpu = _cpu_of_best(b_times, b_cpus) if b_cpus else None
     return {
         "case": case,
         "title": title,
@@ -348,6 +366,8 @@ def _make_row(case, title, n, workers, s_times, b_times, note):
         "stdlib_us_per_task": None if s_best is None else s_best / n * 1e6,
         "braid_us_per_task": None if b_best is None else b_best / n * 1e6,
         "ratio": None if not (s_best and b_best) else s_best / b_best,
+        "stdlib_cpu_us_per_task": None if s_cpu is None else s_cpu / n * 1e6,
+        "braid_cpu_us_per_task": None if b_cpu is None else b_cpu / n * 1e6,
         "stdlib_all_s": s_times or [],
         "braid_all_s": b_times or [],
         "note": note,
@@ -407,6 +427,11 @@ def format_row(row):
              _cell(row["stdlib_us_per_task"], ".2f"), _cell(row["braid_us_per_task"], ".2f"),
              "-" if row["ratio"] is None else f"{row['ratio']:.2f}x")
     note = row["note"]
+    cpu = [f"{label} {v:.2f}" for label, v in
+           (("stdlib", row.get("stdlib_cpu_us_per_task")), ("braid", row.get("braid_cpu_us_per_task")))
+           if v is not None]
+    if cpu:
+        note = f"cpu µs/task: {', '.join(cpu)}" + (f"; {note}" if note else "")
     if row["case"] in ("sleep", "socket"):
         walls = [f"{label} {t * 1e3:.1f}" for label, t in
                  (("stdlib", row["stdlib_best_s"]), ("braid", row["braid_best_s"])) if t is not None]
