@@ -212,6 +212,134 @@ int br_threadpool_detach(br_threadpool_t *pool, br_pool_cb on_detached);
 /* Releases the pool's resources. Only after join, or inside on_detached. */
 void br_threadpool_destroy(br_threadpool_t *pool);
 
+
+/* ---------------------------------------------------------------- shared-memory ring
+ * br_ring_t: a single-producer, single-consumer queue of messages in shared
+ * memory (a memfd mapped by two processes), used to carry tasks and results
+ * between a process pool and its workers without pipes or Python threads.
+ *
+ * A message is (type, tag, payload bytes). It travels as one or more
+ * fragments: a payload larger than what fits is cut into fragments written
+ * as the reader frees space, so a message of any size passes through a
+ * ring of fixed capacity. Fragments are published whole (the reader never
+ * sees half a fragment), in order; flags mark the FIRST and LAST fragment.
+ *
+ * Wakeups use two eventfds the caller owns: `data_fd` (the reader sleeps on
+ * it, the writer signals it) and `space_fd` (the writer sleeps on it when
+ * the ring is full). A side signals only when the other asked to be woken,
+ * so a busy pair makes no syscalls.
+ *
+ *   sender:   br_ring_send(msg) -> 0 (all written) | -EAGAIN (partly: wait
+ *             for space_fd, e.g. br_ring_wait_space, then call again)
+ *   receiver: br_ring_recv(&frag) -> 0 | -EAGAIN (empty: wait for data_fd,
+ *             e.g. br_ring_wait_data); read frag.data; br_ring_release(&frag)
+ *
+ * Ownership: the caller allocates br_ring_t and the mapping; the ring never
+ * maps, unmaps or closes anything. Each process attaches its own br_ring_t
+ * to its own mapping of the same memory. A peer that dies leaves at worst
+ * an unfinished message (a FIRST without its LAST): the survivor drops it.
+ */
+#define BR_RING_FIRST 1u
+#define BR_RING_LAST 2u
+
+typedef struct br_ring_shared_s br_ring_shared_t; /* lives in the mapping */
+
+typedef struct br_ring_s {
+    br_ring_shared_t *shared_;
+    unsigned char *data_;
+    uint64_t cap_;      /* data bytes, a power of two */
+    int data_fd;        /* eventfd: "there is data" */
+    int space_fd;       /* eventfd: "there is space" */
+} br_ring_t;
+
+typedef struct br_ring_msg_s {
+    uint32_t type;
+    uint64_t tag;
+    const void *payload;
+    size_t len;
+    size_t sent_;       /* private: payload bytes already written */
+    int started_;       /* private: FIRST fragment written */
+} br_ring_msg_t;
+
+typedef struct br_ring_frag_s {
+    uint32_t type;
+    uint32_t flags;     /* BR_RING_FIRST | BR_RING_LAST */
+    uint64_t tag;
+    const unsigned char *data; /* valid until br_ring_release */
+    size_t len;
+    uint64_t size_;     /* private: bytes the fragment occupies */
+} br_ring_frag_t;
+
+/* Bytes of shared memory a ring of `capacity` data bytes needs (capacity is
+ * rounded up to a power of two, at least 4 KiB). */
+size_t br_ring_mem_size(size_t capacity);
+/* Formats `mem` (br_ring_mem_size(capacity) bytes, zeroed or not) as an
+ * empty ring. Done once, by one side, before either attaches. */
+int br_ring_format(void *mem, size_t mem_size);
+/* Attaches a view. -EINVAL if mem does not hold a formatted ring. */
+int br_ring_attach(br_ring_t *r, void *mem, size_t mem_size, int data_fd, int space_fd);
+/* Writes as much of `m` as fits now. 0 when the whole message is written,
+ * -EAGAIN when part remains (call again when there is space), -EINVAL. */
+int br_ring_send(br_ring_t *r, br_ring_msg_t *m);
+/* Points `f` at the oldest fragment. 0, or -EAGAIN when the ring is empty. */
+int br_ring_recv(br_ring_t *r, br_ring_frag_t *f);
+/* Frees the fragment returned by the last br_ring_recv. */
+void br_ring_release(br_ring_t *r, br_ring_frag_t *f);
+/* Blocks until the ring has data (1), the timeout passes (0; < 0 waits for
+ * ever) or a signal handler runs (-EINTR). Consumes data_fd's count. */
+int br_ring_wait_data(br_ring_t *r, int64_t timeout_ns);
+/* Blocks until a br_ring_send can make progress: 1, 0 timeout, -EINTR. */
+int br_ring_wait_space(br_ring_t *r, int64_t timeout_ns);
+/* For a reader that waits in epoll: asks to be woken on data_fd. Returns 1
+ * if data is already there (do not sleep), 0 if armed. */
+int br_ring_arm_data(br_ring_t *r);
+/* Same for a writer waiting for space on space_fd. */
+int br_ring_arm_space(br_ring_t *r);
+
+/* ---------------------------------------------------------------- child processes
+ * br_proc_t: a child process started with posix_spawn (no fork of a
+ * multi-threaded parent), watched through a pidfd where the kernel has one
+ * (Linux >= 5.3) and through waitid(WNOHANG) polling where it has not.
+ *
+ *   spawn --> RUNNING --(exits or is killed; poll/wait reaps it)--> EXITED
+ *
+ * Ownership: caller-allocated. After spawn, the caller must reap the child
+ * (br_proc_poll or br_proc_wait returning 1) and then br_proc_close it.
+ */
+typedef struct br_proc_s {
+    int pid;
+    int pidfd;          /* -1 without pidfd support */
+    int exited;         /* 1 once reaped */
+    int exit_code;      /* valid if exited and term_signal == 0 */
+    int term_signal;    /* the signal that killed it, or 0 */
+} br_proc_t;
+
+typedef struct br_spawn_options_s {
+    const char *path;          /* executable (absolute path) */
+    char *const *argv;         /* NULL-terminated */
+    char *const *envp;         /* NULL: the caller's environment */
+    const int *fds;            /* descriptors the child gets, as fds 3, 4, ... */
+    int nfds;
+} br_spawn_options_t;
+
+/* 0, or -errno (also when exec fails: ENOENT, EACCES, ...). */
+int br_proc_spawn(br_proc_t *p, const br_spawn_options_t *o);
+/* 1 if the child has exited (and is now reaped; fields filled), 0 if it is
+ * running, -errno. */
+int br_proc_poll(br_proc_t *p);
+/* Waits up to timeout_ns (< 0: for ever): 1 exited and reaped, 0 timeout,
+ * -EINTR, -errno. */
+int br_proc_wait(br_proc_t *p, int64_t timeout_ns);
+/* Sends a signal (via the pidfd when there is one, so a recycled pid is
+ * never hit). 0, -ESRCH once reaped, -errno. */
+int br_proc_kill(br_proc_t *p, int sig);
+/* Closes the pidfd. Does not reap or kill. */
+void br_proc_close(br_proc_t *p);
+/* In a worker process: ask the kernel to send `sig` when the parent dies
+ * and check that the parent is still `expected_ppid`. 0, or -ESRCH if the
+ * parent is already gone, or -errno. */
+int br_proc_bind_to_parent(int sig, int expected_ppid);
+
 #ifdef __cplusplus
 }
 #endif

@@ -14,6 +14,7 @@
 #include "braid.h"
 
 typedef struct pool_core_s pool_core_t;
+typedef struct proc_core_s proc_core_t;
 
 typedef struct {
     /* types */
@@ -21,6 +22,7 @@ typedef struct {
     PyTypeObject *future_type;      /* Future(_FutureCore, concurrent.futures.Future) */
     PyTypeObject *pool_core_type;   /* _ThreadPoolCore */
     PyTypeObject *mapiter_type;
+    PyTypeObject *procpool_core_type;
     /* exceptions and helpers borrowed from the stdlib */
     PyObject *CancelledError;
     PyObject *InvalidStateError;
@@ -30,6 +32,13 @@ typedef struct {
     PyObject *state_names[5];       /* "PENDING", ... as concurrent.futures spells them */
     PyObject *worker_started;       /* glue hook: names the worker for threading */
     PyObject *worker_exiting;
+    /* process pool hooks from braid._procpool */
+    PyObject *proc_dumps;           /* (fn, args, kwargs) -> bytes */
+    PyObject *proc_loads;           /* bytes-like -> object */
+    PyObject *WorkerCrashed;
+    PyObject *TaskTimeout;
+    PyObject *BrokenProcessPool;
+    proc_core_t *proc_cores;
     /* every pool core not yet freed, so that interpreter exit can join them */
     pool_core_t *cores;
     unsigned long pool_counter;
@@ -103,6 +112,13 @@ void braid_threadpool_clear_state(braid_state *st);
 PyObject *braid_threadpool_after_fork_child(braid_state *st);
 /* Removes a queued work item of this pool (no-op if a worker has it). */
 void braid_pool_cancel_work(pool_core_t *core, br_work_t *work);
+
+/* procpool.c, procworker.c */
+int braid_procpool_init_types(PyObject *module, braid_state *st);
+PyObject *braid_procpool_at_exit(braid_state *st, int interrupted);
+void braid_procpool_after_fork_child(braid_state *st);
+PyObject *braid_worker_loop(PyObject *module, PyObject *args);
+PyObject *braid_worker_bind_parent(PyObject *module, PyObject *arg);
 
 /* mapiter.c */
 int braid_mapiter_init_types(PyObject *module, braid_state *st);

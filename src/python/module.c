@@ -45,13 +45,14 @@ static int load_stdlib_objects(braid_state *st)
     st->InvalidStateError = getattr_of("concurrent.futures", "InvalidStateError");
     st->BrokenThreadPool = getattr_of("concurrent.futures.thread", "BrokenThreadPool");
     st->Condition = getattr_of("threading", "Condition");
+    st->BrokenProcessPool = getattr_of("concurrent.futures.process", "BrokenProcessPool");
     PyObject *get_logger = getattr_of("logging", "getLogger");
     if (get_logger != NULL) {
         st->logger = PyObject_CallFunction(get_logger, "s", "concurrent.futures");
         Py_DECREF(get_logger);
     }
     if (!st->CancelledError || !st->InvalidStateError || !st->BrokenThreadPool || !st->Condition ||
-        !st->logger) {
+        !st->logger || !st->BrokenProcessPool) {
         return -1;
     }
     return 0;
@@ -61,7 +62,8 @@ static int braid_exec(PyObject *module)
 {
     braid_state *st = braid_get_state(module);
     if (load_stdlib_objects(st) < 0 || braid_future_init_types(module, st) < 0 ||
-        braid_threadpool_init_types(module, st) < 0 || braid_mapiter_init_types(module, st) < 0) {
+        braid_threadpool_init_types(module, st) < 0 || braid_mapiter_init_types(module, st) < 0 ||
+        braid_procpool_init_types(module, st) < 0) {
         return -1;
     }
     if (PyModule_AddStringConstant(module, "ENGINE_VERSION", BR_VERSION_STRING) < 0) {
@@ -77,7 +79,31 @@ static PyObject *mod_at_exit(PyObject *module, PyObject *unused)
 
 static PyObject *mod_after_fork_child(PyObject *module, PyObject *unused)
 {
+    braid_procpool_after_fork_child(braid_get_state(module));
     return braid_threadpool_after_fork_child(braid_get_state(module));
+}
+
+static PyObject *mod_procpool_at_exit(PyObject *module, PyObject *arg)
+{
+    int interrupted = PyObject_IsTrue(arg);
+    if (interrupted < 0) {
+        return NULL;
+    }
+    return braid_procpool_at_exit(braid_get_state(module), interrupted);
+}
+
+static PyObject *mod_set_process_hooks(PyObject *module, PyObject *args)
+{
+    PyObject *dumps, *loads, *crashed, *timeout;
+    if (!PyArg_ParseTuple(args, "OOOO:_set_process_hooks", &dumps, &loads, &crashed, &timeout)) {
+        return NULL;
+    }
+    braid_state *st = braid_get_state(module);
+    Py_XSETREF(st->proc_dumps, Py_NewRef(dumps));
+    Py_XSETREF(st->proc_loads, Py_NewRef(loads));
+    Py_XSETREF(st->WorkerCrashed, Py_NewRef(crashed));
+    Py_XSETREF(st->TaskTimeout, Py_NewRef(timeout));
+    Py_RETURN_NONE;
 }
 
 static PyObject *mod_set_worker_hooks(PyObject *module, PyObject *args)
@@ -114,6 +140,13 @@ static PyMethodDef braid_methods[] = {
      "Closes and joins every thread pool; registered with threading._register_atexit."},
     {"_after_fork_child", mod_after_fork_child, METH_NOARGS,
      "Marks every thread pool unusable in a forked child; registered with os.register_at_fork."},
+    {"_procpool_at_exit", mod_procpool_at_exit, METH_O,
+     "_procpool_at_exit(interrupted): closes every process pool; kills workers soon if interrupted."},
+    {"_set_process_hooks", mod_set_process_hooks, METH_VARARGS,
+     "_set_process_hooks(dumps, loads, WorkerCrashed, TaskTimeout)"},
+    {"_worker_loop", braid_worker_loop, METH_VARARGS, "_worker_loop(ring_bytes, handler): a worker's main loop."},
+    {"_worker_bind_parent", braid_worker_bind_parent, METH_O,
+     "_worker_bind_parent(ppid): die with the parent (PR_SET_PDEATHSIG)."},
     {"_set_worker_hooks", mod_set_worker_hooks, METH_VARARGS,
      "_set_worker_hooks(started, exiting): called on each worker thread as it starts and exits."},
     {"strerror", mod_strerror, METH_O, "strerror(-errno): the engine's name for an error code."},
@@ -136,6 +169,12 @@ static int braid_traverse(PyObject *module, visitproc visit, void *arg)
     }
     Py_VISIT(st->worker_started);
     Py_VISIT(st->worker_exiting);
+    Py_VISIT(st->procpool_core_type);
+    Py_VISIT(st->proc_dumps);
+    Py_VISIT(st->proc_loads);
+    Py_VISIT(st->WorkerCrashed);
+    Py_VISIT(st->TaskTimeout);
+    Py_VISIT(st->BrokenProcessPool);
     return 0;
 }
 
@@ -156,6 +195,12 @@ static int braid_clear(PyObject *module)
     }
     Py_CLEAR(st->worker_started);
     Py_CLEAR(st->worker_exiting);
+    Py_CLEAR(st->procpool_core_type);
+    Py_CLEAR(st->proc_dumps);
+    Py_CLEAR(st->proc_loads);
+    Py_CLEAR(st->WorkerCrashed);
+    Py_CLEAR(st->TaskTimeout);
+    Py_CLEAR(st->BrokenProcessPool);
     return 0;
 }
 

@@ -1,0 +1,206 @@
+"""braid.ProcessPool: the Python face of the process pool (src/python/procpool.c)."""
+
+import collections
+import concurrent.futures
+import itertools
+import math
+import os
+import sys
+import threading
+import time
+
+from . import _braid, _procworker
+from ._errors import TaskTimeout, WorkerCrashed
+
+__all__ = ["ProcessPool"]
+
+# Bytes of each shared-memory ring (tasks in, results out) per worker. Messages of any size
+# pass; larger ones stream through in fragments.
+RING_BYTES = 1 << 20
+
+_interrupted = False
+
+
+def _default_workers():
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{name} must be greater than 0")
+    return value
+
+
+class ProcessPool(_braid._ProcessPoolCore, concurrent.futures.Executor):
+    """A ``concurrent.futures.Executor`` running calls in worker processes.
+
+    Workers are fresh interpreters (no fork of this process) fed through shared
+    memory. A worker that dies fails only the task it was running, with
+    ``braid.WorkerCrashed`` (or runs it again, ``retries`` times), and is replaced;
+    ``task_timeout`` kills a task's worker and raises ``braid.TaskTimeout``;
+    ``max_tasks_per_worker`` recycles workers. Besides ``submit``/``map``/
+    ``shutdown`` it has ``imap``, ``imap_unordered`` and ``starmap`` of
+    ``multiprocessing.Pool``.
+    """
+
+    def __init__(self, max_workers=None, *, initializer=None, initargs=(),
+                 max_tasks_per_worker=None, task_timeout=None, retries=0):
+        if os.environ.get("BRAID_WORKER_BOOTSTRAP"):
+            raise RuntimeError(
+                "a ProcessPool was created while a worker imported the main script; "
+                "guard the pool with `if __name__ == '__main__':`")
+        workers = _default_workers() if max_workers is None else _positive_int("max_workers", max_workers)
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        max_tasks = 0 if max_tasks_per_worker is None else _positive_int(
+            "max_tasks_per_worker", max_tasks_per_worker)
+        if task_timeout is None:
+            timeout = 0.0
+        else:
+            if isinstance(task_timeout, bool) or not isinstance(task_timeout, (int, float)):
+                raise TypeError(f"task_timeout must be a number, not {type(task_timeout).__name__}")
+            if not task_timeout > 0:
+                raise ValueError("task_timeout must be greater than 0")
+            timeout = float(task_timeout)
+        if isinstance(retries, bool) or not isinstance(retries, int):
+            raise TypeError(f"retries must be an int, not {type(retries).__name__}")
+        if retries < 0:
+            raise ValueError("retries must be >= 0")
+        init_payload = None
+        if initializer is not None:
+            init_payload = _procworker.dumps((initializer, tuple(initargs)))
+        main = sys.modules.get("__main__")
+        main_path = getattr(main, "__file__", None) or ""
+        if main_path and not os.path.exists(main_path):
+            main_path = ""
+        env = dict(os.environ)
+        env.update(BRAID_WORKER_PPID=str(os.getpid()), BRAID_WORKER_RING=str(RING_BYTES),
+                   BRAID_WORKER_SYSPATH=os.pathsep.join(sys.path),
+                   BRAID_WORKER_MAIN=os.path.abspath(main_path) if main_path else "")
+        argv = [sys.executable, "-c", "from braid._procworker import main; main()"]
+        super().__init__(workers, argv, [f"{k}={v}" for k, v in env.items()], RING_BYTES,
+                         init_payload, max_tasks, timeout, retries)
+
+    def __repr__(self):
+        return f"<braid.ProcessPool max_workers={self.max_workers}>"
+
+    # ---- map and friends: chunks of calls, results handed out lazily --------------------
+
+    def _chunksize(self, chunksize, iterables):
+        if chunksize is not None:
+            if isinstance(chunksize, bool) or not isinstance(chunksize, int):
+                raise TypeError("chunksize must be an int or None")
+            if chunksize < 1:
+                raise ValueError("chunksize must be >= 1")
+            return chunksize
+        try:
+            n = min(len(it) for it in iterables)
+        except TypeError:  # an iterable of unknown length: one item per task, as Pool.imap
+            return 1
+        # as multiprocessing.Pool.map: about four chunks per worker
+        return max(1, math.ceil(n / (4 * self.max_workers)))
+
+    def _submit_chunks(self, fn, argtuples, chunksize, timeout):
+        """Submits the first window of chunks now (so work starts and errors show at the call)
+        and returns (futures deque, refill function, deadline)."""
+        if not callable(fn):
+            raise TypeError(f"map() needs a callable, not {type(fn).__name__}")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        window = max(2 * self.max_workers, 4)
+        futures = collections.deque()
+
+        def refill():
+            while len(futures) < window:
+                chunk = list(itertools.islice(argtuples, chunksize))
+                if not chunk:
+                    return
+                futures.append(self.submit(_procworker.run_chunk, fn, chunk))
+
+        refill()
+        return futures, refill, deadline
+
+    def map(self, fn, *iterables, timeout=None, chunksize=None):
+        """Like Executor.map: results in input order. ``chunksize=None`` picks about four
+        chunks per worker when the input has a length, else one item per task."""
+        chunksize = self._chunksize(chunksize, iterables)
+        futures, refill, deadline = self._submit_chunks(fn, zip(*iterables), chunksize, timeout)
+        return _ordered(futures, refill, deadline)
+
+    def imap(self, fn, iterable, chunksize=None):
+        """Like multiprocessing.Pool.imap: a lazy iterator of fn(x), in order."""
+        chunksize = self._chunksize(1 if chunksize is None else chunksize, ())
+        futures, refill, deadline = self._submit_chunks(fn, zip(iterable), chunksize, None)
+        return _ordered(futures, refill, deadline)
+
+    def imap_unordered(self, fn, iterable, chunksize=None):
+        """Like multiprocessing.Pool.imap_unordered: fn(x) in completion order."""
+        chunksize = self._chunksize(1 if chunksize is None else chunksize, ())
+        futures, refill, _ = self._submit_chunks(fn, zip(iterable), chunksize, None)
+        return _unordered(futures, refill)
+
+    def starmap(self, fn, iterable, chunksize=None):
+        """Like multiprocessing.Pool.starmap: [fn(*args) for args in iterable], as a list."""
+        items = iterable if hasattr(iterable, "__len__") else list(iterable)
+        chunksize = self._chunksize(chunksize, (items,))
+        futures, refill, deadline = self._submit_chunks(fn, (tuple(a) for a in items), chunksize, None)
+        return list(_ordered(futures, refill, deadline))
+
+
+def _chunk_values(future, timeout):
+    results, exc = future.result(timeout)
+    yield from results
+    if exc is not None:
+        raise exc
+
+
+def _ordered(futures, refill, deadline):
+    global _interrupted
+    try:
+        while futures:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            future = futures.popleft()
+            refill()
+            yield from _chunk_values(future, timeout)
+    except KeyboardInterrupt:
+        _interrupted = True
+        raise
+    finally:
+        for future in futures:
+            future.cancel()
+
+
+def _unordered(futures, refill):
+    global _interrupted
+    pending = set(futures)
+    futures.clear()
+    try:
+        while pending:
+            done, pending = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in done:
+                yield from _chunk_values(future, None)
+            refill()
+            pending |= set(futures)
+            futures.clear()
+    except KeyboardInterrupt:
+        _interrupted = True
+        raise
+    finally:
+        for future in pending:
+            future.cancel()
+
+
+def _at_exit():
+    # After Ctrl-C (an interrupted map, or a KeyboardInterrupt that ended the program) queued
+    # work is cancelled and workers get a short grace before SIGKILL; otherwise queued work
+    # finishes first, as with ProcessPoolExecutor.
+    last = getattr(sys, "last_value", None)
+    _braid._procpool_at_exit(_interrupted or isinstance(last, KeyboardInterrupt))
+
+
+_braid._set_process_hooks(_procworker.dumps_task, _procworker.loads, WorkerCrashed, TaskTimeout)
+threading._register_atexit(_at_exit)

@@ -1,0 +1,32 @@
+/*
+ * procproto.h — the messages between braid.ProcessPool and its workers.
+ *
+ * Each worker has two br_ring_t in one shared memfd: tasks go parent ->
+ * worker, results worker -> parent. A message is (type, tag, payload); the
+ * tag of a task and of its result is the task id. A worker handles its
+ * tasks one at a time, in order, so results come back in the order the
+ * tasks were sent.
+ *
+ * Worker process file descriptors (inherited, see br_proc_spawn):
+ *   3 the memfd   4 task data   5 task space   6 result data   7 result space
+ */
+#ifndef BRAID_PROCPROTO_H
+#define BRAID_PROCPROTO_H
+
+/* parent -> worker */
+#define MSG_INIT 1  /* payload: pickle of (initializer, initargs) */
+#define MSG_CALL 2  /* payload: pickle of (fn, args, kwargs) */
+#define MSG_EXIT 3  /* no payload: finish and exit 0 */
+
+/* worker -> parent */
+#define MSG_RESULT 11     /* payload: pickle of the return value */
+#define MSG_ERROR 12      /* payload: pickle of the exception (remote traceback attached) */
+#define MSG_INIT_FAILED 13
+
+#define WORKER_FD_MEM 3
+#define WORKER_FD_TASK_DATA 4
+#define WORKER_FD_TASK_SPACE 5
+#define WORKER_FD_RESULT_DATA 6
+#define WORKER_FD_RESULT_SPACE 7
+
+#endif /* BRAID_PROCPROTO_H */

@@ -1,0 +1,185 @@
+/*
+ * procworker.c — the loop a braid.ProcessPool worker process runs.
+ *
+ * The worker maps the memfd it inherited (fd 3), reads task messages from
+ * the first ring and writes result messages to the second (procproto.h).
+ * Unpickling, the call and pickling the outcome are one Python call to the
+ * handler given by braid._procworker; this file only moves bytes and
+ * sleeps with the GIL released while there is nothing to do.
+ */
+#include "braidpy.h"
+#include "procproto.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/mman.h>
+
+/* Sends a whole message, sleeping while the ring is full. 0 or -1. */
+static int send_all(br_ring_t *tx, br_ring_msg_t *m)
+{
+    for (;;) {
+        int rc = br_ring_send(tx, m);
+        if (rc == 0) {
+            return 0;
+        }
+        if (rc != -EAGAIN) {
+            braid_raise_errno(rc, "sending a result");
+            return -1;
+        }
+        Py_BEGIN_ALLOW_THREADS
+        rc = br_ring_wait_space(tx, -1);
+        Py_END_ALLOW_THREADS
+        if (rc == -EINTR && PyErr_CheckSignals() < 0) {
+            return -1;
+        }
+    }
+}
+
+/* Receives one whole message into *payload (bytes). 0, or -1 with an
+ * exception. */
+static int recv_message(br_ring_t *rx, uint32_t *type, uint64_t *tag, PyObject **payload)
+{
+    PyObject *parts = NULL; /* bytearray while a message spans fragments */
+    for (;;) {
+        br_ring_frag_t f;
+        int rc = br_ring_recv(rx, &f);
+        if (rc == -EAGAIN) {
+            Py_BEGIN_ALLOW_THREADS
+            rc = br_ring_wait_data(rx, -1);
+            Py_END_ALLOW_THREADS
+            if (rc == -EINTR && PyErr_CheckSignals() < 0) {
+                Py_XDECREF(parts);
+                return -1;
+            }
+            continue;
+        }
+        if (rc < 0) {
+            Py_XDECREF(parts);
+            braid_raise_errno(rc, "reading a task");
+            return -1;
+        }
+        if (f.flags & BR_RING_FIRST) {
+            Py_CLEAR(parts);
+            *type = f.type;
+            *tag = f.tag;
+        }
+        int last = (f.flags & BR_RING_LAST) != 0;
+        int ok = 1;
+        if (last && parts == NULL) {
+            *payload = PyBytes_FromStringAndSize((const char *)f.data, (Py_ssize_t)f.len);
+            ok = *payload != NULL;
+        } else {
+            if (parts == NULL) {
+                parts = PyByteArray_FromStringAndSize(NULL, 0);
+            }
+            Py_ssize_t old = parts ? PyByteArray_GET_SIZE(parts) : 0;
+            ok = parts != NULL && PyByteArray_Resize(parts, old + (Py_ssize_t)f.len) == 0;
+            if (ok) {
+                memcpy(PyByteArray_AS_STRING(parts) + old, f.data, f.len);
+            }
+        }
+        br_ring_release(rx, &f);
+        if (!ok) {
+            Py_XDECREF(parts);
+            return -1;
+        }
+        if (last) {
+            if (parts != NULL) {
+                *payload = PyBytes_FromObject(parts);
+                Py_DECREF(parts);
+                if (*payload == NULL) {
+                    return -1;
+                }
+            }
+            return 0;
+        }
+    }
+}
+
+static PyObject *worker_loop(int64_t ring_bytes, PyObject *handler)
+{
+    size_t one = br_ring_mem_size((size_t)ring_bytes);
+    void *mem = mmap(NULL, 2 * one, PROT_READ | PROT_WRITE, MAP_SHARED, WORKER_FD_MEM, 0);
+    if (mem == MAP_FAILED) {
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    br_ring_t rx, tx;
+    int rc = br_ring_attach(&rx, mem, one, WORKER_FD_TASK_DATA, WORKER_FD_TASK_SPACE);
+    if (rc == 0) {
+        rc = br_ring_attach(&tx, (char *)mem + one, one, WORKER_FD_RESULT_DATA, WORKER_FD_RESULT_SPACE);
+    }
+    if (rc < 0) {
+        munmap(mem, 2 * one);
+        return braid_raise_errno(rc, "attaching the task rings");
+    }
+    PyObject *ret = NULL;
+    for (;;) {
+        uint32_t type = 0;
+        uint64_t tag = 0;
+        PyObject *payload = NULL;
+        if (recv_message(&rx, &type, &tag, &payload) < 0) {
+            break;
+        }
+        if (type == MSG_EXIT) {
+            Py_DECREF(payload);
+            ret = Py_NewRef(Py_None);
+            break;
+        }
+        PyObject *out = PyObject_CallFunction(handler, "IO", (unsigned)type, payload);
+        Py_DECREF(payload);
+        if (out == NULL) {
+            break;
+        }
+        if (out == Py_None) { /* nothing to answer (an initializer that ran) */
+            Py_DECREF(out);
+            continue;
+        }
+        unsigned rtype;
+        const char *data;
+        Py_ssize_t len;
+        if (!PyArg_ParseTuple(out, "Iy#:worker handler result", &rtype, &data, &len)) {
+            Py_DECREF(out);
+            break;
+        }
+        br_ring_msg_t msg = {.type = rtype, .tag = tag, .payload = data, .len = (size_t)len};
+        int sent = send_all(&tx, &msg);
+        Py_DECREF(out);
+        if (sent < 0) {
+            break;
+        }
+        if (rtype == MSG_INIT_FAILED) {
+            ret = PyLong_FromLong(1);
+            break;
+        }
+    }
+    munmap(mem, 2 * one);
+    return ret;
+}
+
+PyObject *braid_worker_loop(PyObject *module, PyObject *args)
+{
+    long long ring_bytes;
+    PyObject *handler;
+    if (!PyArg_ParseTuple(args, "LO:_worker_loop", &ring_bytes, &handler)) {
+        return NULL;
+    }
+    if (ring_bytes <= 0 || !PyCallable_Check(handler)) {
+        PyErr_SetString(PyExc_ValueError, "_worker_loop(ring_bytes > 0, handler)");
+        return NULL;
+    }
+    return worker_loop(ring_bytes, handler);
+}
+
+PyObject *braid_worker_bind_parent(PyObject *module, PyObject *arg)
+{
+    long ppid = PyLong_AsLong(arg);
+    if (ppid == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    int rc = br_proc_bind_to_parent(SIGKILL, (int)ppid);
+    if (rc < 0) {
+        return braid_raise_errno(rc, "binding the worker to its parent");
+    }
+    Py_RETURN_NONE;
+}
