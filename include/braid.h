@@ -252,6 +252,9 @@ typedef struct br_ring_s {
     int space_fd;       /* eventfd: "there is space" */
 } br_ring_t;
 
+/* Fill type, tag, payload and len, with sent_ and started_ zero (a
+ * designated initializer zeroes them); keep m and the payload unchanged
+ * until br_ring_send returns 0. */
 typedef struct br_ring_msg_s {
     uint32_t type;
     uint64_t tag;
@@ -271,7 +274,7 @@ typedef struct br_ring_frag_s {
 } br_ring_frag_t;
 
 /* Bytes of shared memory a ring of `capacity` data bytes needs (capacity is
- * rounded up to a power of two, at least 4 KiB). */
+ * rounded up to a power of two, at least 4 KiB); 0 if over 4 GiB. */
 size_t br_ring_mem_size(size_t capacity);
 /* Formats `mem` (br_ring_mem_size(capacity) bytes, zeroed or not) as an
  * empty ring. Done once, by one side, before either attaches. */
@@ -279,9 +282,12 @@ int br_ring_format(void *mem, size_t mem_size);
 /* Attaches a view. -EINVAL if mem does not hold a formatted ring. */
 int br_ring_attach(br_ring_t *r, void *mem, size_t mem_size, int data_fd, int space_fd);
 /* Writes as much of `m` as fits now. 0 when the whole message is written,
- * -EAGAIN when part remains (call again when there is space), -EINVAL. */
+ * -EAGAIN when part remains (call again when there is space), -EINVAL,
+ * -EPROTO (the shared memory is corrupt), -errno from writing data_fd. */
 int br_ring_send(br_ring_t *r, br_ring_msg_t *m);
-/* Points `f` at the oldest fragment. 0, or -EAGAIN when the ring is empty. */
+/* Points `f` at the oldest fragment. 0, -EAGAIN when the ring is empty, or
+ * -EPROTO when the shared memory is corrupt (the peer is broken: give up on
+ * the ring). */
 int br_ring_recv(br_ring_t *r, br_ring_frag_t *f);
 /* Frees the fragment returned by the last br_ring_recv. */
 void br_ring_release(br_ring_t *r, br_ring_frag_t *f);

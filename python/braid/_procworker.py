@@ -5,6 +5,7 @@ with the shared-memory rings on fds 3-7 (src/python/procproto.h) and its setting
 ``BRAID_WORKER_*`` environment variables.
 """
 
+import json
 import os
 import pickle
 import sys
@@ -158,9 +159,20 @@ def main():
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if syspath:
         sys.path[:] = syspath.split(os.pathsep)
-    os.environ["BRAID_WORKER_BOOTSTRAP"] = "1"
+    argv = env.pop("BRAID_WORKER_ARGV", "")
     if main_path:
-        _fixup_main(main_path)
-    del os.environ["BRAID_WORKER_BOOTSTRAP"]
+        # the script sees the parent's argv, as under multiprocessing's spawn
+        saved_argv = sys.argv
+        sys.argv = json.loads(argv) if argv else [main_path]
+        os.environ["BRAID_WORKER_BOOTSTRAP"] = "1"
+        try:
+            _fixup_main(main_path)
+        except BaseException as exc:  # tasks from other modules still run
+            sys.stderr.write(f"braid worker: importing the main script {main_path} as __mp_main__ "
+                             f"failed ({type(exc).__name__}: {exc}); functions defined in it will "
+                             "not unpickle here\n")
+        finally:
+            del os.environ["BRAID_WORKER_BOOTSTRAP"]
+            sys.argv = saved_argv
     status = _braid._worker_loop(ring_bytes, _handle)
     sys.exit(status or 0)

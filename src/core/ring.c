@@ -345,7 +345,7 @@ int br_ring_recv(br_ring_t *r, br_ring_frag_t *f)
     uint64_t head = __atomic_load_n(&s->head, __ATOMIC_RELAXED);
     uint64_t tail = __atomic_load_n(&s->tail, __ATOMIC_ACQUIRE);
     int64_t used = used_bytes(r, head, tail);
-    rec_t h;
+    rec_t h = {0};
     int err;
 
     if (used < 0)
@@ -483,7 +483,10 @@ int br_ring_arm_space(br_ring_t *r)
 
 /* The body of both waits: arm, sleep on fd, drain it, look again. A
  * readable fd with nothing to show for it is a stale signal (see arm);
- * go back to sleep. */
+ * go back to sleep. A wait that finds data (or space) at once returns
+ * without a syscall and leaves the fd alone: a stale count there costs the
+ * next wait that sleeps one extra round, which is cheaper than a read()
+ * on every call. */
 static int wait_for(br_ring_t *r, int64_t timeout_ns, int (*arm)(br_ring_t *),
                     int (*ready)(br_ring_t *), uint32_t *waiting, int fd)
 {

@@ -56,7 +56,7 @@ enum fut_state {
 /* Layout of braid's future. The Python-visible type adds concurrent.futures.
  * Future as a second base, so consumers see a real concurrent.futures.Future.
  * The fields past `exc` are the work item when a pool runs the future. */
-typedef struct {
+typedef struct FutureObject_s {
     PyObject_HEAD
     br_event_t done_ev;       /* set once the state is CANCELLED* or FINISHED */
     int state;                /* enum fut_state; changed only with the GIL */
@@ -72,6 +72,11 @@ typedef struct {
     PyObject *fn;
     PyObject *args;
     PyObject *kwargs;
+    /* Set by a pool whose queued work lives elsewhere (the process pool):
+     * phase 0 asks whether the task may still be cancelled (1) or has
+     * started (0); phase 1 tells that the future is now CANCELLED. */
+    int (*cancel_hook)(struct FutureObject_s *fut, int phase);
+    void *hook_ctx;
 } FutureObject;
 
 /* module.c */

@@ -224,12 +224,18 @@ void braid_future_work_cancelled(FutureObject *f)
 
 int braid_future_cancel(FutureObject *f)
 {
+    if (f->cancel_hook != NULL && f->state == FUT_PENDING && !f->cancel_hook(f, 0)) {
+        f->state = FUT_RUNNING; /* it started before we could stop it */
+        return 0;
+    }
     int rc = mark_cancelled(f);
     if (rc != 1) {
         return rc != 0;
     }
     if (f->pool != NULL) {
         braid_pool_cancel_work(f->pool, &f->work);
+    } else if (f->cancel_hook != NULL) {
+        f->cancel_hook(f, 1);
     }
     return run_callbacks(f) < 0 ? -1 : 1;
 }

@@ -43,14 +43,25 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#define DEPTH 2                 /* tasks queued in one worker's ring at most */
+/* Tasks sent to one worker ahead of its answers. Deep for tiny tasks (the
+ * worker never waits for the parent), shallow for long ones (a task queued
+ * behind a long one could have run on a worker that is free). Chosen from
+ * the pool's running average task time. */
+#define DEPTH_TINY 32           /* tasks under 50 us */
+#define DEPTH_SHORT 4           /* under 1 ms */
+#define DEPTH_LONG 1
+#define DEPTH_UNKNOWN 2         /* before any task has finished */
 #define EXIT_GRACE_NS 300000000 /* at interpreter exit after Ctrl-C: then SIGKILL */
+#define STARTUP_FAILURES_LIMIT 3 /* workers in a row dead before starting: broken */
 
 enum { K_RESULT = 1, K_SPACE = 2, K_EXIT = 3, K_WAKE = 4 };
 enum { W_FREE = 0, W_RUNNING, W_EXITING };
 
 typedef struct task_s {
     struct task_s *next;
+    struct proc_core_s *core;
+    int worker;             /* slot index while sent to a worker, else -1 */
+    uint64_t seq;           /* that worker's sequence number (message tag) */
     uint64_t id;
     FutureObject *fut;
     PyObject *payload; /* bytes, kept for a retry */
@@ -74,8 +85,11 @@ typedef struct {
     uint64_t rx_tag;
     unsigned assigned;      /* tasks sent to this process */
     int64_t since;          /* when the oldest unanswered task started */
-    uint64_t timed_out;     /* id of the task it was killed for, or 0 */
+    uint64_t timed_out;     /* seq of the task it was killed for, or 0 */
     int init_failed;
+    int ready;              /* sent MSG_READY: it started up */
+    uint64_t next_seq;      /* sequence number of the next task sent */
+    uint64_t *slots;        /* the shared task slots (procproto.h) */
 } worker_t;
 
 typedef struct proc_core_s proc_core_t;
@@ -98,6 +112,8 @@ struct proc_core_s {
     PyObject *broken;       /* str: why the pool is broken */
     int closing, kill_on_close, collector_done, orphaned, joined;
     int64_t kill_at;
+    unsigned startup_failures; /* workers in a row that died before MSG_READY */
+    int64_t avg_task_ns;    /* running average of task times, 0: none yet */
     br_event_t started_ev;
     int start_error;
     unsigned rr;
@@ -115,6 +131,10 @@ static void worker_cleanup(proc_core_t *c, worker_t *w);
 
 static void task_free(task_t *t)
 {
+    if (t->fut != NULL) {
+        t->fut->cancel_hook = NULL;
+        t->fut->hook_ctx = NULL;
+    }
     Py_XDECREF(t->fut);
     Py_XDECREF(t->payload);
     PyMem_Free(t);
@@ -257,10 +277,40 @@ static int send_message(worker_t *w, uint32_t type, uint64_t tag, PyObject *payl
     return continue_send(w);
 }
 
+static unsigned depth(proc_core_t *c)
+{
+    if (c->avg_task_ns == 0) {
+        return DEPTH_UNKNOWN;
+    }
+    return c->avg_task_ns < 50000 ? DEPTH_TINY : c->avg_task_ns < 1000000 ? DEPTH_SHORT : DEPTH_LONG;
+}
+
 static int worker_available(proc_core_t *c, worker_t *w)
 {
-    return w->state == W_RUNNING && !w->sending_active && w->ninflight < DEPTH &&
+    return w->state == W_RUNNING && !w->sending_active && w->ninflight < depth(c) &&
            (c->max_tasks == 0 || w->assigned < c->max_tasks);
+}
+
+static uint64_t *slot_of(worker_t *w, uint64_t seq)
+{
+    return &w->slots[seq % SLOTS];
+}
+
+/* The future's cancel hook (see FutureObject.cancel_hook). */
+static int task_cancel_hook(FutureObject *f, int phase)
+{
+    task_t *t = f->hook_ctx;
+    if (phase == 1) {
+        braid_future_notify_cancel(f); /* wait()/as_completed() hear at once */
+        return 1;
+    }
+    if (t == NULL || t->worker < 0) {
+        return 1; /* still in the parent's queue */
+    }
+    worker_t *w = &t->core->workers[t->worker];
+    uint64_t expect = SLOT_WORD(t->seq, SLOT_QUEUED);
+    return __atomic_compare_exchange_n(slot_of(w, t->seq), &expect, SLOT_WORD(t->seq, SLOT_CANCELLED), 0,
+                                       __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
 }
 
 /* Hands pending tasks to workers with room. */
@@ -275,17 +325,23 @@ static void dispatch(proc_core_t *c)
                 task_free(t);
                 continue;
             }
-            t->fut->state = FUT_RUNNING;
+            t->worker = (int)(w - c->workers);
+            t->seq = w->next_seq++;
+            __atomic_store_n(slot_of(w, t->seq), SLOT_WORD(t->seq, SLOT_QUEUED), __ATOMIC_RELEASE);
             if (w->tail) {
                 w->tail->next = t;
             } else {
+                /* an idle worker starts it at once: report it running (it
+                 * can no longer be cancelled, as with ProcessPoolExecutor's
+                 * call queue); tasks queued behind stay cancellable */
                 w->head = t;
                 w->since = br_now_ns();
+                t->fut->state = FUT_RUNNING;
             }
             w->tail = t;
             w->ninflight++;
             w->assigned++;
-            if (send_message(w, MSG_CALL, t->id, t->payload) < 0) {
+            if (send_message(w, MSG_CALL, t->seq, t->payload) < 0) {
                 (void)br_proc_kill(&w->proc, SIGKILL); /* the exit handler requeues */
                 break;
             }
@@ -325,22 +381,24 @@ static int worker_spawn(proc_core_t *c, unsigned i)
         w->efd[k] = -1;
     }
     w->proc.pidfd = -1;
+    w->next_seq = 1;
     w->one = br_ring_mem_size((size_t)c->ring_bytes);
     int err = 0;
     int memfd = memfd_create("braid-worker", MFD_CLOEXEC);
     if (memfd < 0) {
         return -errno;
     }
-    if (ftruncate(memfd, (off_t)(2 * w->one)) < 0) {
+    if (ftruncate(memfd, (off_t)(2 * w->one + SLOTS_BYTES)) < 0) {
         err = -errno;
         goto fail;
     }
-    w->mem = mmap(NULL, 2 * w->one, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+    w->mem = mmap(NULL, 2 * w->one + SLOTS_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
     if (w->mem == MAP_FAILED) {
         w->mem = NULL;
         err = -errno;
         goto fail;
     }
+    w->slots = (uint64_t *)((char *)w->mem + 2 * w->one);
     for (int k = 0; k < 4; k++) {
         if ((w->efd[k] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0) {
             err = -errno;
@@ -399,8 +457,9 @@ static void worker_cleanup(proc_core_t *c, worker_t *w)
         w->proc.pidfd = -1;
     }
     if (w->mem != NULL) {
-        munmap(w->mem, 2 * w->one);
+        munmap(w->mem, 2 * w->one + SLOTS_BYTES);
         w->mem = NULL;
+        w->slots = NULL;
     }
     Py_CLEAR(w->sending_ref);
     Py_CLEAR(w->rx_parts);
@@ -424,6 +483,11 @@ static PyObject *loads(proc_core_t *c, const unsigned char *data, size_t len)
 static void handle_message(proc_core_t *c, worker_t *w, uint32_t type, uint64_t tag,
                            const unsigned char *data, size_t len)
 {
+    if (type == MSG_READY) {
+        w->ready = 1;
+        c->startup_failures = 0;
+        return;
+    }
     if (type == MSG_INIT_FAILED) {
         w->init_failed = 1;
         PyObject *exc = loads(c, data, len);
@@ -441,12 +505,26 @@ static void handle_message(proc_core_t *c, worker_t *w, uint32_t type, uint64_t 
         return;
     }
     task_t *t = w->head;
-    if (t == NULL || t->id != tag || (type != MSG_RESULT && type != MSG_ERROR)) {
+    if (t == NULL || t->seq != tag || (type != MSG_RESULT && type != MSG_ERROR && type != MSG_SKIPPED)) {
         (void)br_proc_kill(&w->proc, SIGKILL); /* out of step: treat as a crash */
         return;
     }
     inflight_pop(w);
-    w->since = br_now_ns();
+    int64_t now = br_now_ns();
+    if (type == MSG_SKIPPED || t->fut->state == FUT_CANCELLED ||
+        t->fut->state == FUT_CANCELLED_AND_NOTIFIED) {
+        /* cancelled before it started (the worker saw the slot) */
+        braid_future_notify_cancel(t->fut);
+        task_free(t);
+        return;
+    }
+    int64_t took = now - w->since;
+    c->avg_task_ns = c->avg_task_ns == 0 ? took : c->avg_task_ns - c->avg_task_ns / 8 + took / 8;
+    w->since = now;
+    t->fut->state = FUT_RUNNING;
+    if (w->head != NULL && w->head->fut->state == FUT_PENDING) {
+        w->head->fut->state = FUT_RUNNING; /* the next one starts now */
+    }
     PyObject *obj = loads(c, data, len);
     if (obj == NULL) {
         PyObject *exc = PyErr_GetRaisedException();
@@ -518,6 +596,37 @@ static void drain_fd(int fd)
     (void)r; /* EAGAIN: nothing to drain; the ring state is what counts */
 }
 
+/* The task a dead worker was running: TaskTimeout if it was killed for
+ * running too long, another go while retries remain, else WorkerCrashed. */
+static void settle_crashed(proc_core_t *c, worker_t *w, task_t *t)
+{
+    if (w->timed_out == t->seq) {
+        PyObject *args = Py_BuildValue("(s)", "the task ran past task_timeout; its worker was killed");
+        task_fail_new(t, c->st->TaskTimeout, args);
+        Py_XDECREF(args);
+        return;
+    }
+    if (t->retries_left > 0) {
+        t->retries_left--;
+        t->worker = -1;
+        t->fut->state = FUT_PENDING;
+        pend_push_front(c, t);
+        return;
+    }
+    PyObject *args = Py_BuildValue("(s)", "a worker process died while running this task");
+    PyObject *exitcode = w->proc.term_signal ? Py_NewRef(Py_None) : PyLong_FromLong(w->proc.exit_code);
+    PyObject *sig = w->proc.term_signal ? PyLong_FromLong(w->proc.term_signal) : Py_NewRef(Py_None);
+    PyObject *kw = Py_BuildValue("{s:i,s:N,s:N}", "pid", w->proc.pid, "exitcode", exitcode, "signal", sig);
+    PyObject *exc = (args && kw) ? PyObject_Call(c->st->WorkerCrashed, args, kw) : NULL;
+    if (exc == NULL) {
+        exc = PyErr_GetRaisedException();
+    }
+    task_finish(t, NULL, exc);
+    Py_XDECREF(exc);
+    Py_XDECREF(args);
+    Py_XDECREF(kw);
+}
+
 /* The worker's process has exited: settle its tasks and replace it. */
 static void handle_exit(proc_core_t *c, unsigned i)
 {
@@ -531,48 +640,50 @@ static void handle_exit(proc_core_t *c, unsigned i)
     }
     drain_results(c, w); /* results written before it died still count */
     int clean = w->state == W_EXITING && rc == 1 && w->proc.exit_code == 0 && w->proc.term_signal == 0;
-    task_t *t = inflight_pop(w);
-    if (t != NULL && c->broken != NULL) {
-        /* e.g. its initializer failed: everything it held fails with the pool */
-        do {
-            fail_broken(c, t);
-        } while ((t = inflight_pop(w)) != NULL);
-    } else if (t != NULL) {
-        if (w->timed_out == t->id) {
-            PyObject *args = Py_BuildValue("(s)", "the task ran past task_timeout; its worker was killed");
-            task_fail_new(t, c->st->TaskTimeout, args);
-            Py_XDECREF(args);
-        } else if (t->retries_left > 0) {
-            t->retries_left--;
-            t->fut->state = FUT_PENDING;
-            pend_push_front(c, t);
-        } else {
-            PyObject *args = Py_BuildValue("(s)", "a worker process died while running this task");
-            PyObject *kw = NULL;
-            PyObject *exitcode = w->proc.term_signal ? Py_NewRef(Py_None) : PyLong_FromLong(w->proc.exit_code);
-            PyObject *sig = w->proc.term_signal ? PyLong_FromLong(w->proc.term_signal) : Py_NewRef(Py_None);
-            kw = Py_BuildValue("{s:i,s:N,s:N}", "pid", w->proc.pid, "exitcode", exitcode, "signal", sig);
-            PyObject *exc = (args && kw) ? PyObject_Call(c->st->WorkerCrashed, args, kw) : NULL;
-            if (exc == NULL) {
-                exc = PyErr_GetRaisedException();
+    if (!w->ready && c->broken == NULL) {
+        /* it died starting up (an import failing, say): its tasks never ran;
+         * a pool whose workers keep dying this way is broken */
+        if (++c->startup_failures >= STARTUP_FAILURES_LIMIT) {
+            PyObject *why = PyUnicode_FromFormat(
+                "worker processes keep exiting while they start (the last one: %s %d); "
+                "see their standard error", w->proc.term_signal ? "signal" : "exit code",
+                w->proc.term_signal ? w->proc.term_signal : w->proc.exit_code);
+            if (why != NULL) {
+                mark_broken(c, why);
+                Py_DECREF(why);
+            } else {
+                PyErr_Clear();
+                mark_broken_str(c, "worker processes keep exiting while they start");
             }
-            task_finish(t, NULL, exc);
-            Py_XDECREF(exc);
-            Py_XDECREF(args);
-            Py_XDECREF(kw);
         }
     }
-    /* the rest had not started: back to the front of the queue, in order */
-    task_t *rest = NULL, *r;
-    while ((r = inflight_pop(w)) != NULL) {
-        r->next = rest;
-        rest = r;
+    /* Settle what it held, oldest first. The shared slots tell which task
+     * it was running (RUNNING), which it never started (QUEUED: back to the
+     * queue) and which were cancelled. A worker that never started ran
+     * none of them. */
+    task_t *requeue = NULL, *t;
+    while ((t = inflight_pop(w)) != NULL) {
+        uint64_t word = __atomic_load_n(slot_of(w, t->seq), __ATOMIC_ACQUIRE);
+        unsigned slot = (word >> 2) == t->seq ? (unsigned)(word & 3u) : SLOT_QUEUED;
+        int cancelled = t->fut->state == FUT_CANCELLED || t->fut->state == FUT_CANCELLED_AND_NOTIFIED;
+        if (c->broken != NULL) {
+            fail_broken(c, t);
+        } else if (cancelled || slot == SLOT_CANCELLED) {
+            braid_future_notify_cancel(t->fut);
+            task_free(t);
+        } else if (slot == SLOT_RUNNING && w->ready) {
+            settle_crashed(c, w, t);
+        } else {
+            t->next = requeue; /* reversed here, put back in order below */
+            requeue = t;
+        }
     }
-    while (rest != NULL) {
-        r = rest;
-        rest = r->next;
-        r->fut->state = FUT_PENDING;
-        pend_push_front(c, r);
+    while (requeue != NULL) {
+        t = requeue;
+        requeue = t->next;
+        t->worker = -1;
+        t->fut->state = FUT_PENDING;
+        pend_push_front(c, t);
     }
     int init_failed = w->init_failed;
     worker_cleanup(c, w);
@@ -635,7 +746,7 @@ static void check_timeouts(proc_core_t *c)
             continue;
         }
         if (c->timeout_ns > 0 && w->ninflight > 0 && w->timed_out == 0 && now >= w->since + c->timeout_ns) {
-            w->timed_out = w->head->id;
+            w->timed_out = w->head->seq;
             (void)br_proc_kill(&w->proc, SIGKILL);
         }
         if (c->kill_at > 0 && now >= c->kill_at) {
@@ -852,6 +963,25 @@ static void core_close(proc_core_t *c, int cancel)
             keep = t->next;
             task_free(t);
         }
+        /* tasks sent to workers but not started: the slot swap decides */
+        PyObject *sent = PyList_New(0);
+        for (unsigned i = 0; sent != NULL && i < c->nworkers; i++) {
+            for (t = c->workers[i].head; t != NULL; t = t->next) {
+                if (PyList_Append(sent, (PyObject *)t->fut) < 0) {
+                    Py_CLEAR(sent);
+                    break;
+                }
+            }
+        }
+        for (Py_ssize_t k = 0; sent != NULL && k < PyList_GET_SIZE(sent); k++) {
+            if (braid_future_cancel((FutureObject *)PyList_GET_ITEM(sent, k)) < 0) {
+                PyErr_WriteUnraisable(PyList_GET_ITEM(sent, k));
+            }
+        }
+        if (sent == NULL) {
+            PyErr_WriteUnraisable(NULL);
+        }
+        Py_XDECREF(sent);
     }
     (void)br_wakeup_signal(&c->wake);
 }
@@ -971,9 +1101,13 @@ static PyObject *pp_submit(PyObject *self, PyObject *const *args, Py_ssize_t nar
         return PyErr_NoMemory();
     }
     t->id = ++c->next_id;
+    t->core = c;
+    t->worker = -1;
     t->fut = (FutureObject *)Py_NewRef(fut);
     t->payload = payload;
     t->retries_left = c->retries;
+    fut->cancel_hook = task_cancel_hook;
+    fut->hook_ctx = t;
     pend_push_back(c, t);
     dispatch(c);
     return (PyObject *)fut;

@@ -22,6 +22,22 @@
 #define MSG_RESULT 11     /* payload: pickle of the return value */
 #define MSG_ERROR 12      /* payload: pickle of the exception (remote traceback attached) */
 #define MSG_INIT_FAILED 13
+#define MSG_READY 14      /* no payload: started up, about to read tasks */
+#define MSG_SKIPPED 15    /* no payload: the task was cancelled before it started */
+
+/* After the two rings, a page of task slots: the state of each task sent
+ * and not yet answered, indexed by its per-worker sequence number (the
+ * message tag) modulo SLOTS. The parent writes QUEUED before sending; the
+ * worker moves QUEUED -> RUNNING with a compare-and-swap before it runs the
+ * task; the parent moves QUEUED -> CANCELLED the same way to cancel it.
+ * Whichever swap wins decides, so a cancelled task never runs and a
+ * started one is never reported cancelled. */
+#define SLOTS 64
+#define SLOTS_BYTES 4096
+#define SLOT_QUEUED 1u
+#define SLOT_RUNNING 2u
+#define SLOT_CANCELLED 3u
+#define SLOT_WORD(seq, state) (((uint64_t)(seq) << 2) | (state))
 
 #define WORKER_FD_MEM 3
 #define WORKER_FD_TASK_DATA 4

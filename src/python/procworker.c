@@ -100,7 +100,8 @@ static int recv_message(br_ring_t *rx, uint32_t *type, uint64_t *tag, PyObject *
 static PyObject *worker_loop(int64_t ring_bytes, PyObject *handler)
 {
     size_t one = br_ring_mem_size((size_t)ring_bytes);
-    void *mem = mmap(NULL, 2 * one, PROT_READ | PROT_WRITE, MAP_SHARED, WORKER_FD_MEM, 0);
+    size_t total = 2 * one + SLOTS_BYTES;
+    void *mem = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED, WORKER_FD_MEM, 0);
     if (mem == MAP_FAILED) {
         return PyErr_SetFromErrno(PyExc_OSError);
     }
@@ -110,10 +111,16 @@ static PyObject *worker_loop(int64_t ring_bytes, PyObject *handler)
         rc = br_ring_attach(&tx, (char *)mem + one, one, WORKER_FD_RESULT_DATA, WORKER_FD_RESULT_SPACE);
     }
     if (rc < 0) {
-        munmap(mem, 2 * one);
+        munmap(mem, total);
         return braid_raise_errno(rc, "attaching the task rings");
     }
+    uint64_t *slots = (uint64_t *)((char *)mem + 2 * one);
     PyObject *ret = NULL;
+    br_ring_msg_t ready = {.type = MSG_READY};
+    if (send_all(&tx, &ready) < 0) {
+        munmap(mem, total);
+        return NULL;
+    }
     for (;;) {
         uint32_t type = 0;
         uint64_t tag = 0;
@@ -125,6 +132,19 @@ static PyObject *worker_loop(int64_t ring_bytes, PyObject *handler)
             Py_DECREF(payload);
             ret = Py_NewRef(Py_None);
             break;
+        }
+        if (type == MSG_CALL) {
+            /* claim the task; the parent may have cancelled it meanwhile */
+            uint64_t expect = SLOT_WORD(tag, SLOT_QUEUED);
+            if (!__atomic_compare_exchange_n(&slots[tag % SLOTS], &expect, SLOT_WORD(tag, SLOT_RUNNING), 0,
+                                             __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+                Py_DECREF(payload);
+                br_ring_msg_t skipped = {.type = MSG_SKIPPED, .tag = tag};
+                if (send_all(&tx, &skipped) < 0) {
+                    break;
+                }
+                continue;
+            }
         }
         PyObject *out = PyObject_CallFunction(handler, "IO", (unsigned)type, payload);
         Py_DECREF(payload);
@@ -153,7 +173,7 @@ static PyObject *worker_loop(int64_t ring_bytes, PyObject *handler)
             break;
         }
     }
-    munmap(mem, 2 * one);
+    munmap(mem, total);
     return ret;
 }
 

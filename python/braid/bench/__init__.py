@@ -17,6 +17,11 @@ BENCHMARKS = {
         "braid.ThreadPool vs concurrent.futures.ThreadPoolExecutor "
         "(no-op bulk, round trip, map, sleep and socket I/O)",
     ),
+    "procpool": (
+        "braid.bench.procpool",
+        "braid.ProcessPool vs ProcessPoolExecutor, multiprocessing.Pool, loky and mpire "
+        "(round trip, bulk, map, primes, numpy arrays)",
+    ),
 }
 
 

@@ -1,0 +1,628 @@
+"""``braid.ProcessPool`` behaviour that ``ProcessPoolExecutor`` does not share.
+
+The shared behaviour is tested in ``test_procpool.py`` (run against both executors).  Here:
+lambdas, closures and ``__main__`` functions as tasks; the multiprocessing.Pool-style verbs
+(``imap``, ``imap_unordered``, ``starmap``) checked against ``multiprocessing.Pool``; chunked
+and automatically chunked ``map``; workers that die mid-task (``WorkerCrashed``), ``retries``,
+``task_timeout`` (``TaskTimeout``), ``max_tasks_per_worker``; argument checking; and the
+process-lifetime guarantees: Ctrl-C in the parent leaves no worker behind, and neither does a
+parent that is SIGKILLed (PR_SET_PDEATHSIG).
+
+Task functions live in ``procpool_tasks.py`` so the workers can import them.  Every wait is
+bounded (``pool_helpers.TIMEOUT``); child scripts run with a timeout and are killed, with any
+worker they left, when a test fails.
+"""
+
+import concurrent.futures as cf
+import functools
+import itertools
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, TESTS_DIR)
+import procpool_tasks as tasks  # noqa: E402
+from pool_helpers import TIMEOUT, PoolFactory, import_braid, run_bounded  # noqa: E402
+
+
+@pytest.fixture
+def braid():
+    return import_braid()
+
+
+@pytest.fixture
+def pools(braid):
+    factory = PoolFactory(braid.ProcessPool)
+    yield factory
+    factory.close()
+
+
+@pytest.fixture(scope="module")
+def mp_pool():
+    """A multiprocessing.Pool to compare imap/imap_unordered/starmap results with."""
+    pool = multiprocessing.Pool(2)
+    yield pool
+    pool.close()
+    run_bounded(pool.join, what="multiprocessing.Pool.join")
+
+
+class GuardedCount:
+    """itertools.count() that refuses to be read past ``limit`` (an eager reader fails)."""
+
+    def __init__(self, limit):
+        self.limit = limit
+        self.pulled = 0
+        self.lock = threading.Lock()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        with self.lock:
+            if self.pulled >= self.limit:
+                raise AssertionError(f"read {self.pulled} items ahead: not lazy")
+            value = self.pulled
+            self.pulled += 1
+            return value
+
+
+def run_script(tmp_path, source, *args, timeout=60):
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(source))
+    return subprocess.run(
+        [sys.executable, str(script), TESTS_DIR, *map(str, args)],
+        capture_output=True,
+        timeout=timeout,
+        cwd=str(tmp_path),
+    )
+
+
+# ---- types -------------------------------------------------------------------------------
+
+
+def test_types(braid):
+    assert issubclass(braid.ProcessPool, cf.Executor)
+    assert issubclass(braid.TaskTimeout, TimeoutError)
+    assert issubclass(braid.WorkerCrashed, Exception)
+
+
+def test_futures_are_concurrent_futures(pools):
+    pool = pools(max_workers=2)
+    fut = pool.submit(tasks.square, 4)
+    assert isinstance(fut, cf.Future)
+    assert fut.result(TIMEOUT) == 16
+
+
+# ---- argument checking ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"max_workers": 0},
+        {"max_workers": -1},
+        {"task_timeout": 0},
+        {"task_timeout": -1.5},
+        {"retries": -1},
+        {"max_tasks_per_worker": 0},
+        {"max_tasks_per_worker": -3},
+    ],
+    ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()),
+)
+def test_bad_constructor_values(braid, kwargs):
+    with pytest.raises(ValueError):
+        braid.ProcessPool(**kwargs)
+
+
+@pytest.mark.parametrize("bad", [5, None, "not callable", object()])
+def test_submit_non_callable_is_type_error_at_submit(pools, bad):
+    pool = pools(max_workers=2)
+    with pytest.raises(TypeError):
+        pool.submit(bad)
+    assert pool.submit(tasks.square, 3).result(TIMEOUT) == 9
+
+
+def test_verbs_non_iterable_is_type_error(pools):
+    pool = pools(max_workers=2)
+    with pytest.raises(TypeError):
+        pool.map(tasks.square, 5)
+    # Either at the call or at the first next(): a TypeError, not a hang or another error.
+    with pytest.raises(TypeError):
+        list(pool.imap(tasks.square, 5))
+    with pytest.raises(TypeError):
+        list(pool.imap_unordered(tasks.square, 5))
+    with pytest.raises(TypeError):
+        pool.starmap(tasks.add3, 5)
+    assert pool.submit(tasks.square, 3).result(TIMEOUT) == 9
+
+
+def test_valid_options_accepted(pools):
+    pool = pools(max_workers=1, task_timeout=5.0, retries=2, max_tasks_per_worker=100)
+    assert pool.submit(tasks.square, 3).result(TIMEOUT) == 9
+
+
+# ---- lambdas, closures, __main__ -----------------------------------------------------------
+
+
+def test_lambdas_and_closures(pools):
+    pool = pools(max_workers=2)
+    assert pool.submit(lambda x: x + 1, 41).result(TIMEOUT) == 42
+    offset = 100
+
+    def add_offset(x):
+        return x + offset
+
+    assert pool.submit(add_offset, 1).result(TIMEOUT) == 101
+    assert list(pool.map(lambda x, y: x * y, range(5), range(5), timeout=TIMEOUT)) == [
+        0, 1, 4, 9, 16
+    ]
+    assert list(pool.imap(add_offset, range(3))) == [100, 101, 102]
+    # A lambda as an argument, and a lambda that raises.
+    assert pool.submit(tasks.identity, lambda: 7).result(TIMEOUT)() == 7
+    with pytest.raises(ZeroDivisionError):
+        pool.submit(lambda: 1 / 0).result(TIMEOUT)
+
+
+def test_function_defined_in_test_module(pools):
+    # Pickled by reference as test_procpool_braid.local_double: the worker imports this
+    # module from the sys.path it was given.
+    pool = pools(max_workers=2)
+    assert pool.submit(local_double, 21).result(TIMEOUT) == 42
+
+
+def local_double(x):
+    return 2 * x
+
+
+MAIN_SCRIPT = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import braid
+
+def triple(x):
+    return 3 * x
+
+def fails(x):
+    raise KeyError(x)
+
+if __name__ == "__main__":
+    with braid.ProcessPool(max_workers=2) as pool:
+        assert pool.submit(triple, 5).result(10) == 15
+        assert list(pool.map(triple, range(50), timeout=10)) == [3 * i for i in range(50)]
+        assert pool.starmap(pow, [(2, 3), (3, 2)]) == [8, 9]
+        assert list(pool.imap(triple, range(5))) == [0, 3, 6, 9, 12]
+        assert pool.submit(lambda: triple(2)).result(10) == 6
+        try:
+            pool.submit(fails, "k").result(10)
+        except KeyError as exc:
+            assert "fails" in str(exc.__cause__)
+        else:
+            raise AssertionError("no KeyError")
+    print("main ok")
+"""
+
+
+def test_functions_defined_in_main(braid, tmp_path):
+    proc = run_script(tmp_path, MAIN_SCRIPT)
+    assert proc.returncode == 0, (proc.stdout, proc.stderr.decode())
+    assert proc.stdout.decode().split() == ["main", "ok"]
+
+
+# ---- imap / imap_unordered / starmap -------------------------------------------------------
+
+
+@pytest.mark.parametrize("chunksize", [None, 1, 7, 100])
+def test_imap_matches_multiprocessing(pools, mp_pool, chunksize):
+    pool = pools(max_workers=2)
+    kw = {} if chunksize is None else {"chunksize": chunksize}
+    expected = list(mp_pool.imap(tasks.square, range(500), **kw))
+    it = pool.imap(tasks.square, range(500), **kw)
+    assert iter(it) is it
+    assert list(it) == expected == [i * i for i in range(500)]
+    assert list(pool.imap(tasks.square, [], **kw)) == []
+
+
+def test_imap_is_lazy(pools):
+    pool = pools(max_workers=2)
+    limit = 50_000
+    source = GuardedCount(limit)
+    it = pool.imap(tasks.square, source)
+    assert [next(it) for _ in range(200)] == [i * i for i in range(200)]
+    assert source.pulled < limit
+    close = getattr(it, "close", None)
+    if close is not None:
+        close()
+
+
+def test_imap_exception_at_position(pools):
+    pool = pools(max_workers=2)
+    it = pool.imap(tasks.fail_at_5, range(10), chunksize=1)
+    assert [next(it) for _ in range(5)] == [0, 10, 20, 30, 40]
+    with pytest.raises(ValueError) as excinfo:
+        next(it)
+    assert excinfo.value.args == (5,)
+    assert "fail_at_5" in str(excinfo.value.__cause__)
+
+
+@pytest.mark.parametrize("chunksize", [None, 1, 9])
+def test_imap_unordered_matches_multiprocessing(pools, mp_pool, chunksize):
+    pool = pools(max_workers=2)
+    kw = {} if chunksize is None else {"chunksize": chunksize}
+    expected = sorted(mp_pool.imap_unordered(tasks.square, range(500), **kw))
+    got = list(pool.imap_unordered(tasks.square, range(500), **kw))
+    assert sorted(got) == expected
+    assert len(got) == 500
+
+
+def test_imap_unordered_is_completion_order(pools):
+    pool = pools(max_workers=2)
+    items = [(1.0, "slow")] + [(0.0, i) for i in range(10)]
+    it = pool.imap_unordered(tasks.sleep_then, items, chunksize=1)
+    first = next(it)
+    assert first != "slow", "imap_unordered waited for the slow first item"
+    rest = list(it)
+    assert sorted([first] + rest, key=str) == sorted(["slow", *range(10)], key=str)
+
+
+@pytest.mark.parametrize("chunksize", [None, 1, 4])
+def test_starmap_matches_multiprocessing(pools, mp_pool, chunksize):
+    pool = pools(max_workers=2)
+    kw = {} if chunksize is None else {"chunksize": chunksize}
+    args = [(i, i + 1, i + 2) for i in range(300)]
+    expected = mp_pool.starmap(tasks.add3, args, **kw)
+    got = pool.starmap(tasks.add3, args, **kw)
+    assert isinstance(got, list)
+    assert got == expected == list(itertools.starmap(tasks.add3, args))
+    assert pool.starmap(pow, iter([(2, 5), (10, 2)]), **kw) == [32, 100]
+    assert pool.starmap(tasks.add3, [], **kw) == []
+
+
+def test_starmap_exception(pools):
+    pool = pools(max_workers=2)
+    with pytest.raises(ValueError):
+        pool.starmap(tasks.fail_at_5, [(i,) for i in range(10)])
+    assert pool.starmap(tasks.square, [(3,)]) == [9]
+
+
+# ---- chunked map ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("chunksize", [None, 1000])
+def test_map_many_items(pools, chunksize):
+    # With automatic chunking (None) 100k tiny items must not be sent one by one; the bound
+    # here is loose, the point is correctness and that it does not take ages.
+    pool = pools(max_workers=2)
+    n = 100_000
+    t0 = time.monotonic()
+    got = list(pool.map(tasks.square, range(n), chunksize=chunksize, timeout=30))
+    assert got == [i * i for i in range(n)]
+    assert time.monotonic() - t0 < 30
+
+
+@pytest.mark.parametrize("chunksize", [1, 2, 7, 64, 5000])
+def test_map_chunksize_results(pools, chunksize):
+    pool = pools(max_workers=2)
+    assert list(pool.map(tasks.square, range(1000), chunksize=chunksize, timeout=TIMEOUT)) == [
+        i * i for i in range(1000)
+    ]
+    assert list(pool.map(pow, range(50), itertools.repeat(2, 30), chunksize=chunksize)) == [
+        i * i for i in range(30)
+    ]
+
+
+def test_map_chunksize_exception_at_position(pools):
+    pool = pools(max_workers=2)
+    it = pool.map(tasks.fail_at_5, range(20), chunksize=4, timeout=TIMEOUT)
+    assert [next(it) for _ in range(5)] == [0, 10, 20, 30, 40]
+    with pytest.raises(ValueError):
+        next(it)
+
+
+# ---- crashes -------------------------------------------------------------------------------
+
+
+CRASHES = {
+    "sigkill": {"signal": signal.SIGKILL, "exitcode": None},
+    "segfault": {"signal": signal.SIGSEGV, "exitcode": None},
+    "exit": {"signal": None, "exitcode": 3},
+}
+
+
+@pytest.mark.parametrize("how", list(CRASHES))
+def test_worker_crash_fails_only_that_task(braid, pools, tmp_path, how):
+    pool = pools(max_workers=2)
+    pidfile = str(tmp_path / "crash-pid")
+    before = [pool.submit(tasks.sleep_and_return, 0.005, i) for i in range(10)]
+    bad = pool.submit(tasks.crash, how, pidfile)
+    after = [pool.submit(tasks.sleep_and_return, 0.005, i) for i in range(10, 30)]
+
+    exc = bad.exception(TIMEOUT)
+    assert isinstance(exc, braid.WorkerCrashed), repr(exc)
+    crashed_pid = int(tasks.read_lines(pidfile)[0])
+    assert exc.pid == crashed_pid
+    expected = CRASHES[how]
+    if expected["signal"] is not None:
+        assert exc.signal == expected["signal"], (exc.signal, exc.exitcode)
+        assert exc.exitcode is None or exc.exitcode == -expected["signal"]
+    else:
+        assert exc.exitcode == expected["exitcode"] and exc.signal is None
+    with pytest.raises(braid.WorkerCrashed):
+        bad.result(0)
+
+    # Queued and later tasks are unaffected.
+    assert [f.result(TIMEOUT) for f in before + after] == list(range(30))
+    # The pool keeps working with a replacement worker; the dead one is reaped.
+    pids = {f.result(TIMEOUT) for f in [pool.submit(tasks.getpid) for _ in range(20)]}
+    assert crashed_pid not in pids
+    assert not tasks.wait_processes_gone([crashed_pid], TIMEOUT, zombie_ok=False)
+    assert list(pool.map(tasks.square, range(100), timeout=TIMEOUT)) == [
+        i * i for i in range(100)
+    ]
+
+
+def test_every_worker_crashing_still_recovers(braid, pools):
+    pool = pools(max_workers=2)
+    bad = [pool.submit(tasks.crash, "sigkill") for _ in range(6)]
+    good = [pool.submit(tasks.square, i) for i in range(10)]
+    for f in bad:
+        assert isinstance(f.exception(TIMEOUT), braid.WorkerCrashed)
+    assert [f.result(TIMEOUT) for f in good] == [i * i for i in range(10)]
+
+
+def test_crash_inside_map(braid, pools):
+    pool = pools(max_workers=2)
+    it = pool.map(functools.partial(tasks.crash_at, 3), range(8), chunksize=1, timeout=TIMEOUT)
+    assert [next(it) for _ in range(3)] == [0, 10, 20]
+    with pytest.raises(braid.WorkerCrashed):
+        next(it)
+    assert pool.submit(tasks.square, 3).result(TIMEOUT) == 9
+
+
+def test_retries_rerun_a_crashed_task(pools, tmp_path):
+    pool = pools(max_workers=2, retries=1)
+    marker = str(tmp_path / "attempted")
+    fut = pool.submit(tasks.crash_once, marker, "second time lucky")
+    assert fut.result(TIMEOUT) == "second time lucky"
+    assert os.path.exists(marker)
+
+
+def test_retries_exhausted(braid, pools, tmp_path):
+    pool = pools(max_workers=2, retries=2)
+    attempts = str(tmp_path / "attempts")
+    fut = pool.submit(tasks.crash_always, attempts)
+    assert isinstance(fut.exception(TIMEOUT), braid.WorkerCrashed)
+    pids = tasks.read_lines(attempts)
+    assert len(pids) == 3, f"expected 1 run + 2 retries, got {len(pids)} runs"
+    assert len(set(pids)) == 3  # each attempt in a fresh worker
+    assert pool.submit(tasks.square, 5).result(TIMEOUT) == 25
+
+
+def test_no_retries_by_default(braid, pools, tmp_path):
+    pool = pools(max_workers=2)
+    marker = str(tmp_path / "attempted")
+    fut = pool.submit(tasks.crash_once, marker, "lucky")
+    assert isinstance(fut.exception(TIMEOUT), braid.WorkerCrashed)
+    # The same task resubmitted now succeeds (the marker exists).
+    assert pool.submit(tasks.crash_once, marker, "lucky").result(TIMEOUT) == "lucky"
+
+
+def test_retries_do_not_rerun_ordinary_exceptions(pools, tmp_path):
+    pool = pools(max_workers=1, retries=3)
+    path = str(tmp_path / "ran")
+
+    with pytest.raises(ValueError):
+        pool.submit(tasks.record_and_fail, path, "once").result(TIMEOUT)
+    assert pool.submit(tasks.square, 2).result(TIMEOUT) == 4
+    assert tasks.read_lines(path) == ["once"], "a task that raised was run again"
+
+
+# ---- task timeout --------------------------------------------------------------------------
+
+
+def test_task_timeout(braid, pools):
+    pool = pools(max_workers=2, task_timeout=0.5)
+    t0 = time.monotonic()
+    slow = pool.submit(tasks.sleep_record_pid, os.devnull, 30, "never")
+    quick = [pool.submit(tasks.sleep_and_return, 0.01, i) for i in range(20)]
+    exc = slow.exception(TIMEOUT)
+    elapsed = time.monotonic() - t0
+    assert isinstance(exc, braid.TaskTimeout), repr(exc)
+    assert isinstance(exc, TimeoutError)
+    assert 0.4 <= elapsed < 5.0, elapsed
+    assert [f.result(TIMEOUT) for f in quick] == list(range(20))
+    # The pool still works (the killed worker was replaced).
+    assert [f.result(TIMEOUT) for f in [pool.submit(tasks.square, i) for i in range(20)]] == [
+        i * i for i in range(20)
+    ]
+
+
+def test_task_timeout_kills_the_worker(braid, pools, tmp_path):
+    pool = pools(max_workers=1, task_timeout=0.3)
+    pidfile = str(tmp_path / "pid")
+    slow = pool.submit(tasks.sleep_record_pid, pidfile, 30, "never")
+    assert isinstance(slow.exception(TIMEOUT), braid.TaskTimeout)
+    pid = int(tasks.read_lines(pidfile)[0])
+    assert not tasks.wait_processes_gone([pid], TIMEOUT, zombie_ok=False), "worker not killed"
+    assert pool.submit(tasks.getpid).result(TIMEOUT) != pid
+
+
+def test_task_timeout_counts_from_start_not_submit(pools):
+    # One worker, three 0.25 s tasks, timeout 0.6 s: the last one starts 0.5 s after its
+    # submit, and must not be charged for its time in the queue.
+    pool = pools(max_workers=1, task_timeout=0.6)
+    futures = [pool.submit(tasks.sleep_and_return, 0.25, i) for i in range(3)]
+    assert [f.result(TIMEOUT) for f in futures] == [0, 1, 2]
+
+
+# ---- max_tasks_per_worker ------------------------------------------------------------------
+
+
+def test_max_tasks_per_worker(pools):
+    pool = pools(max_workers=2, max_tasks_per_worker=3)
+    results = [f.result(TIMEOUT) for f in [pool.submit(tasks.pid_and_value, i) for i in range(30)]]
+    assert [v for _, v in results] == list(range(30))
+    pids = [pid for pid, _ in results]
+    assert len(set(pids)) >= 10, f"30 tasks at 3 per worker ran in only {len(set(pids))} workers"
+    for pid in set(pids):
+        assert pids.count(pid) <= 3
+
+
+def test_max_tasks_per_worker_one(pools):
+    pool = pools(max_workers=2, max_tasks_per_worker=1)
+    got = list(pool.map(tasks.pid_and_value, range(12), chunksize=1, timeout=TIMEOUT))
+    assert [v for _, v in got] == list(range(12))
+    assert len({pid for pid, _ in got}) == 12
+
+
+def test_max_tasks_per_worker_with_initializer(pools):
+    pool = pools(max_workers=2, max_tasks_per_worker=2, initializer=tasks.init_global,
+                 initargs=("set",))
+    results = [f.result(TIMEOUT) for f in [pool.submit(tasks.get_global) for _ in range(12)]]
+    assert all(value == "set" for value, _ in results), "a replacement worker skipped init"
+    assert len({pid for _, pid in results}) >= 6
+
+
+# ---- shutdown details ----------------------------------------------------------------------
+
+
+def test_shutdown_cancel_futures_reported_to_wait(pools, tmp_path):
+    # braid reports futures cancelled by shutdown(cancel_futures=True) to wait() (the stdlib
+    # does not, see test_procpool.py).
+    pool = pools(max_workers=1)
+    gate = tasks.FileGate(tmp_path / "gate")
+    pools.gates.append(gate)
+    started = str(tmp_path / "started")
+    blocked = pool.submit(tasks.block, started, gate.path)
+    assert tasks.wait_for_path(started)
+    queued = [pool.submit(tasks.square, i) for i in range(10)]
+    pool.shutdown(wait=False, cancel_futures=True)
+    # The first one or two may already sit in the busy worker's ring (running, like the
+    # stdlib's call queue); the rest are cancelled and wait() sees that at once.
+    tail = queued[5:]
+    t0 = time.monotonic()
+    done, not_done = cf.wait(tail, timeout=TIMEOUT)
+    assert not not_done and time.monotonic() - t0 < 1.0
+    assert all(f.cancelled() for f in tail)
+    gate.set()
+    assert blocked.result(TIMEOUT) == "blocker"
+    for i, f in enumerate(queued):
+        assert f.cancelled() or f.result(TIMEOUT) == i * i
+
+
+# ---- Ctrl-C and orphans --------------------------------------------------------------------
+
+KEYBOARD_INTERRUPT_SCRIPT = """
+import itertools, sys
+sys.path.insert(0, sys.argv[1])
+import braid
+import procpool_tasks
+
+if __name__ == "__main__":
+    pidfile, mode = sys.argv[2], sys.argv[3]
+    args = (itertools.repeat(pidfile, 400), itertools.repeat(0.2, 400), range(400))
+    if mode == "with":
+        with braid.ProcessPool(max_workers=2) as pool:
+            print("map starting", flush=True)
+            results = list(pool.map(procpool_tasks.sleep_record_pid, *args))
+    else:
+        pool = braid.ProcessPool(max_workers=2)
+        print("map starting", flush=True)
+        results = list(pool.map(procpool_tasks.sleep_record_pid, *args))
+    print("map finished", flush=True)
+"""
+
+
+def start_script(tmp_path, source, *args):
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(source))
+    out = open(tmp_path / "stdout", "wb")
+    err = open(tmp_path / "stderr", "wb")
+    try:
+        return subprocess.Popen(
+            [sys.executable, str(script), TESTS_DIR, *map(str, args)],
+            stdout=out,
+            stderr=err,
+            cwd=str(tmp_path),
+            start_new_session=True,  # our signals go to the script alone, by pid
+        )
+    finally:
+        out.close()
+        err.close()
+
+
+def wait_for_pids(pidfile, n, proc, timeout=TIMEOUT):
+    deadline = time.monotonic() + timeout
+    while True:
+        pids = {int(p) for p in tasks.read_lines(pidfile)}
+        if len(pids) >= n:
+            return pids
+        if proc.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"script did not start {n} workers (exit status {proc.poll()}, "
+                        f"stderr: {(pidfile.parent / 'stderr').read_text()[-2000:]})")
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("mode", ["with", "plain"])
+def test_keyboard_interrupt_in_parent(braid, tmp_path, mode):
+    pidfile = tmp_path / "pids"
+    proc = start_script(tmp_path, KEYBOARD_INTERRUPT_SCRIPT, pidfile, mode)
+    pids = set()
+    try:
+        pids = wait_for_pids(pidfile, 2, proc)
+        os.kill(proc.pid, signal.SIGINT)
+        t0 = time.monotonic()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the script did not exit within 5 s of SIGINT; stderr: "
+                        + (tmp_path / "stderr").read_text()[-2000:])
+        assert time.monotonic() - t0 < 5
+        assert b"map finished" not in (tmp_path / "stdout").read_bytes()
+        time.sleep(1.0)
+        pids |= {int(p) for p in tasks.read_lines(pidfile)}
+        alive = [pid for pid in pids if not tasks.process_gone(pid)]
+        assert not alive, f"workers {alive} survived the interrupted script"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(TIMEOUT)
+        tasks.kill_quietly(pids | {int(p) for p in tasks.read_lines(pidfile)})
+
+
+ORPHAN_SCRIPT = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+import braid
+import procpool_tasks
+
+if __name__ == "__main__":
+    pidfile = sys.argv[2]
+    pool = braid.ProcessPool(max_workers=2)
+    futures = [pool.submit(procpool_tasks.sleep_record_pid, pidfile, 20, i) for i in range(4)]
+    time.sleep(60)
+"""
+
+
+def test_workers_die_with_a_killed_parent(braid, tmp_path):
+    pidfile = tmp_path / "pids"
+    proc = start_script(tmp_path, ORPHAN_SCRIPT, pidfile)
+    pids = set()
+    try:
+        pids = wait_for_pids(pidfile, 2, proc)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(TIMEOUT)
+        alive = tasks.wait_processes_gone(pids, timeout=2.0)
+        assert not alive, f"workers {alive} outlived their SIGKILLed parent"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(TIMEOUT)
+        tasks.kill_quietly(pids | {int(p) for p in tasks.read_lines(pidfile)})
