@@ -18,6 +18,7 @@ __all__ = ["ProcessPool"]
 # Bytes of each shared-memory ring (tasks in, results out) per worker. Messages of any size
 # pass; larger ones stream through in fragments.
 RING_BYTES = 1 << 20
+CHUNKS_PER_WORKER = 16
 
 _interrupted = False
 
@@ -104,10 +105,13 @@ class ProcessPool(_braid._ProcessPoolCore, concurrent.futures.Executor):
             n = min(len(it) for it in iterables)
         except TypeError:  # an iterable of unknown length: one item per task, as Pool.imap
             return 1
-        # as multiprocessing.Pool.map: about four chunks per worker
-        return max(1, math.ceil(n / (4 * self.max_workers)))
+        # About sixteen chunks per worker (multiprocessing.Pool.map makes four): chunks
+        # stay large enough that their overhead vanishes, and small enough that when work
+        # per item is uneven (the primes of 1..N get dearer) no worker is left with a
+        # long last chunk while the others idle.
+        return max(1, math.ceil(n / (CHUNKS_PER_WORKER * self.max_workers)))
 
-    def _submit_chunks(self, fn, argtuples, chunksize, timeout):
+    def _submit_chunks(self, fn, items, chunksize, timeout, star):
         """Submits the first window of chunks now (so work starts and errors show at the call)
         and returns (futures deque, refill function, deadline)."""
         if not callable(fn):
@@ -118,38 +122,42 @@ class ProcessPool(_braid._ProcessPoolCore, concurrent.futures.Executor):
 
         def refill():
             while len(futures) < window:
-                chunk = list(itertools.islice(argtuples, chunksize))
+                chunk = list(itertools.islice(items, chunksize))
                 if not chunk:
                     return
-                futures.append(self.submit(_procworker.run_chunk, fn, chunk))
+                futures.append(self.submit(_procworker.run_chunk, fn, chunk, star))
 
         refill()
         return futures, refill, deadline
 
     def map(self, fn, *iterables, timeout=None, chunksize=None):
-        """Like Executor.map: results in input order. ``chunksize=None`` picks about four
+        """Like Executor.map: results in input order. ``chunksize=None`` picks about sixteen
         chunks per worker when the input has a length, else one item per task."""
         chunksize = self._chunksize(chunksize, iterables)
-        futures, refill, deadline = self._submit_chunks(fn, zip(*iterables), chunksize, timeout)
+        if len(iterables) == 1:  # plain items pickle faster than 1-tuples
+            items, star = iter(iterables[0]), False
+        else:
+            items, star = zip(*iterables), True
+        futures, refill, deadline = self._submit_chunks(fn, items, chunksize, timeout, star)
         return _ordered(futures, refill, deadline)
 
     def imap(self, fn, iterable, chunksize=None):
         """Like multiprocessing.Pool.imap: a lazy iterator of fn(x), in order."""
         chunksize = self._chunksize(1 if chunksize is None else chunksize, ())
-        futures, refill, deadline = self._submit_chunks(fn, zip(iterable), chunksize, None)
+        futures, refill, deadline = self._submit_chunks(fn, iter(iterable), chunksize, None, False)
         return _ordered(futures, refill, deadline)
 
     def imap_unordered(self, fn, iterable, chunksize=None):
         """Like multiprocessing.Pool.imap_unordered: fn(x) in completion order."""
         chunksize = self._chunksize(1 if chunksize is None else chunksize, ())
-        futures, refill, _ = self._submit_chunks(fn, zip(iterable), chunksize, None)
+        futures, refill, _ = self._submit_chunks(fn, iter(iterable), chunksize, None, False)
         return _unordered(futures, refill)
 
     def starmap(self, fn, iterable, chunksize=None):
         """Like multiprocessing.Pool.starmap: [fn(*args) for args in iterable], as a list."""
         items = iterable if hasattr(iterable, "__len__") else list(iterable)
         chunksize = self._chunksize(chunksize, (items,))
-        futures, refill, deadline = self._submit_chunks(fn, (tuple(a) for a in items), chunksize, None)
+        futures, refill, deadline = self._submit_chunks(fn, iter(items), chunksize, None, True)
         return list(_ordered(futures, refill, deadline))
 
 

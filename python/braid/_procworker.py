@@ -28,17 +28,26 @@ def _cloudpickle():
     return cloudpickle
 
 
+_main_importable = {}
+
+
 def _main_is_importable_by_workers():
     main = sys.modules.get("__main__")
-    path = getattr(main, "__file__", None)
-    return bool(path) and os.path.exists(path)
+    known = _main_importable.get(id(main))
+    if known is None:
+        path = getattr(main, "__file__", None)
+        known = _main_importable[id(main)] = bool(path) and os.path.exists(path)
+    return known
+
+
+_pickle_dumps = pickle.dumps
 
 
 def dumps(obj):
     """Pickle with the standard pickler; fall back to cloudpickle (lambdas, closures,
     functions of an interactive __main__) when it fails."""
     try:
-        return pickle.dumps(obj, protocol=PROTOCOL)
+        return _pickle_dumps(obj, PROTOCOL)
     except Exception as exc:
         cloudpickle = _cloudpickle()
         if cloudpickle is None:
@@ -99,15 +108,19 @@ def dump_exception(exc):
         return pickle.dumps(_rebuild_exception(stand_in, f'\n"""\n{text}"""'), protocol=PROTOCOL)
 
 
-def run_chunk(fn, chunk):
-    """fn(*args) for each argument tuple of a map chunk: (results, None), or (results so far,
-    the exception) when one call raises."""
+def run_chunk(fn, chunk, star):
+    """fn(*args) for each argument tuple of a map chunk (fn(x) for each item when not star):
+    (results, None), or (results so far, the exception) when one call raises."""
     results = []
-    for args in chunk:
-        try:
-            results.append(fn(*args))
-        except Exception as exc:
-            return results, _ExceptionWithTraceback(exc)
+    try:
+        if star:
+            for args in chunk:
+                results.append(fn(*args))
+        else:
+            for x in chunk:
+                results.append(fn(x))
+    except Exception as exc:
+        return results, _ExceptionWithTraceback(exc)
     return results, None
 
 

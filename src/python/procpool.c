@@ -65,6 +65,9 @@ typedef struct task_s {
     uint64_t id;
     FutureObject *fut;
     PyObject *payload; /* bytes, kept for a retry */
+    PyObject *keep;    /* (fn, args, kwargs): alive until the task is settled, so
+                          what the payload only names (a braid.shared_array's
+                          memory) outlives the worker's use of it */
     int retries_left;
 } task_t;
 
@@ -137,6 +140,7 @@ static void task_free(task_t *t)
     }
     Py_XDECREF(t->fut);
     Py_XDECREF(t->payload);
+    Py_XDECREF(t->keep);
     PyMem_Free(t);
 }
 
@@ -1078,10 +1082,14 @@ static PyObject *pp_submit(PyObject *self, PyObject *const *args, Py_ssize_t nar
         Py_XDECREF(kwargs);
         return NULL;
     }
-    PyObject *payload = PyObject_CallFunction(st->proc_dumps, "OOO", args[0], tuple, kwargs ? kwargs : Py_None);
-    Py_DECREF(tuple);
-    Py_XDECREF(kwargs);
+    PyObject *keep = Py_BuildValue("(ONN)", args[0], tuple, kwargs ? kwargs : Py_NewRef(Py_None));
+    if (keep == NULL) {
+        Py_DECREF(fut);
+        return NULL;
+    }
+    PyObject *payload = PyObject_Call(st->proc_dumps, keep, NULL);
     if (payload == NULL || !PyBytes_Check(payload)) {
+        Py_DECREF(keep);
         /* an argument that cannot be pickled fails this task alone */
         PyObject *exc = payload ? NULL : PyErr_GetRaisedException();
         if (exc == NULL) {
@@ -1096,10 +1104,12 @@ static PyObject *pp_submit(PyObject *self, PyObject *const *args, Py_ssize_t nar
     }
     task_t *t = PyMem_Calloc(1, sizeof *t);
     if (t == NULL) {
+        Py_DECREF(keep);
         Py_DECREF(payload);
         Py_DECREF(fut);
         return PyErr_NoMemory();
     }
+    t->keep = keep;
     t->id = ++c->next_id;
     t->core = c;
     t->worker = -1;
