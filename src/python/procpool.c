@@ -53,6 +53,7 @@
 #define DEPTH_UNKNOWN 2         /* before any task has finished */
 #define EXIT_GRACE_NS 300000000 /* at interpreter exit after Ctrl-C: then SIGKILL */
 #define STARTUP_FAILURES_LIMIT 3 /* workers in a row dead before starting: broken */
+#define COLLECTOR_SPIN_NS 30000 /* polls result rings this long before epoll */
 
 enum { K_RESULT = 1, K_SPACE = 2, K_EXIT = 3, K_WAKE = 4 };
 enum { W_FREE = 0, W_RUNNING, W_EXITING };
@@ -351,7 +352,6 @@ static void dispatch(proc_core_t *c)
             }
         }
     }
-    c->rr++;
     /* Recycle workers that reached max_tasks_per_worker, and let all go
      * once the pool is closing and nothing is left for them. */
     for (unsigned i = 0; i < c->nworkers; i++) {
@@ -525,6 +525,7 @@ static void handle_message(proc_core_t *c, worker_t *w, uint32_t type, uint64_t 
     int64_t took = now - w->since;
     c->avg_task_ns = c->avg_task_ns == 0 ? took : c->avg_task_ns - c->avg_task_ns / 8 + took / 8;
     w->since = now;
+    c->rr = (unsigned)(w - c->workers); /* it is awake: feed it first */
     t->fut->state = FUT_RUNNING;
     if (w->head != NULL && w->head->fut->state == FUT_PENDING) {
         w->head->fut->state = FUT_RUNNING; /* the next one starts now */
@@ -774,6 +775,32 @@ static int all_settled(proc_core_t *c)
 
 /* --------------------------------------------------------- collector thread */
 
+/* Without the GIL: polls, for a short while, the result rings of workers
+ * that hold tasks. A result that comes within the window is taken without
+ * an epoll wakeup. Only the collector reads result rings, so peeking with
+ * br_ring_recv (which consumes nothing) is safe here. */
+static int results_soon(proc_core_t *c)
+{
+    int busy = 0;
+    for (unsigned i = 0; i < c->nworkers; i++) {
+        busy |= c->workers[i].state != W_FREE && c->workers[i].ninflight > 0;
+    }
+    if (!busy) {
+        return 0;
+    }
+    int64_t until = br_now_ns() + COLLECTOR_SPIN_NS;
+    do {
+        for (unsigned i = 0; i < c->nworkers; i++) {
+            worker_t *w = &c->workers[i];
+            br_ring_frag_t f;
+            if (w->state != W_FREE && w->ninflight > 0 && br_ring_recv(&w->rx, &f) == 0) {
+                return 1;
+            }
+        }
+    } while (br_now_ns() < until);
+    return 0;
+}
+
 static void *collector_main(void *arg)
 {
     proc_core_t *c = arg;
@@ -817,8 +844,15 @@ static void *collector_main(void *arg)
         }
         int n;
         Py_BEGIN_ALLOW_THREADS
-        n = epoll_wait(c->epfd, evs, 64, timeout_ms);
+        n = results_soon(c) ? 0 : epoll_wait(c->epfd, evs, 64, timeout_ms);
         Py_END_ALLOW_THREADS
+        if (n == 0) {
+            for (unsigned i = 0; i < c->nworkers; i++) {
+                if (c->workers[i].state != W_FREE && c->workers[i].ninflight > 0) {
+                    drain_results(c, &c->workers[i]);
+                }
+            }
+        }
         if (n < 0 && errno != EINTR) {
             mark_broken_str(c, "the process pool's collector failed (epoll_wait)");
             c->closing = 1;
