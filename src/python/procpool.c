@@ -319,36 +319,65 @@ static int task_cancel_hook(FutureObject *f, int phase)
 }
 
 /* Hands pending tasks to workers with room. */
+/* Takes the next pending task that is still wanted, or NULL. */
+static task_t *next_pending(proc_core_t *c)
+{
+    task_t *t;
+    while ((t = pend_pop(c)) != NULL && t->fut->state != FUT_PENDING) {
+        braid_future_notify_cancel(t->fut); /* cancelled while queued */
+        task_free(t);
+    }
+    return t;
+}
+
+static void send_task(proc_core_t *c, worker_t *w, task_t *t)
+{
+    t->worker = (int)(w - c->workers);
+    t->seq = w->next_seq++;
+    __atomic_store_n(slot_of(w, t->seq), SLOT_WORD(t->seq, SLOT_QUEUED), __ATOMIC_RELEASE);
+    if (w->tail) {
+        w->tail->next = t;
+    } else {
+        /* an idle worker starts it at once: report it running (it can no
+         * longer be cancelled, as with ProcessPoolExecutor's call queue);
+         * tasks queued behind stay cancellable */
+        w->head = t;
+        w->since = br_now_ns();
+        t->fut->state = FUT_RUNNING;
+    }
+    w->tail = t;
+    w->ninflight++;
+    w->assigned++;
+    if (send_message(w, MSG_CALL, t->seq, t->payload) < 0) {
+        (void)br_proc_kill(&w->proc, SIGKILL); /* the exit handler requeues */
+    }
+}
+
+/* Hands pending tasks to workers: first one to each idle worker (starting
+ * with the one that answered last, which is still awake), then one at a
+ * time round the workers until their queues are full. */
 static void dispatch(proc_core_t *c)
 {
     for (unsigned k = 0; k < c->nworkers && c->pend_head != NULL; k++) {
         worker_t *w = &c->workers[(c->rr + k) % c->nworkers];
-        while (c->pend_head != NULL && worker_available(c, w)) {
-            task_t *t = pend_pop(c);
-            if (t->fut->state != FUT_PENDING) { /* cancelled while queued */
-                braid_future_notify_cancel(t->fut);
-                task_free(t);
-                continue;
+        if (w->ninflight == 0 && worker_available(c, w)) {
+            task_t *t = next_pending(c);
+            if (t != NULL) {
+                send_task(c, w, t);
             }
-            t->worker = (int)(w - c->workers);
-            t->seq = w->next_seq++;
-            __atomic_store_n(slot_of(w, t->seq), SLOT_WORD(t->seq, SLOT_QUEUED), __ATOMIC_RELEASE);
-            if (w->tail) {
-                w->tail->next = t;
-            } else {
-                /* an idle worker starts it at once: report it running (it
-                 * can no longer be cancelled, as with ProcessPoolExecutor's
-                 * call queue); tasks queued behind stay cancellable */
-                w->head = t;
-                w->since = br_now_ns();
-                t->fut->state = FUT_RUNNING;
-            }
-            w->tail = t;
-            w->ninflight++;
-            w->assigned++;
-            if (send_message(w, MSG_CALL, t->seq, t->payload) < 0) {
-                (void)br_proc_kill(&w->proc, SIGKILL); /* the exit handler requeues */
-                break;
+        }
+    }
+    int progress = 1;
+    while (progress && c->pend_head != NULL) {
+        progress = 0;
+        for (unsigned k = 0; k < c->nworkers && c->pend_head != NULL; k++) {
+            worker_t *w = &c->workers[(c->rr + k) % c->nworkers];
+            if (worker_available(c, w)) {
+                task_t *t = next_pending(c);
+                if (t != NULL) {
+                    send_task(c, w, t);
+                    progress = 1;
+                }
             }
         }
     }

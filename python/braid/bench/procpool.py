@@ -812,12 +812,12 @@ def format_header(env):
 _W = (44, 11, 9, 9, 10, 10)
 
 
-def _num(value, unit):
+def _num(value):
     if value is None:
         return "-"
-    if unit == "ms/trip":
+    if value < 9.9995:
         return f"{value:.3f}"
-    return f"{value:.3f}" if value < 10 else f"{value:.2f}"
+    return f"{value:.2f}" if value < 999.995 else f"{value:.1f}"
 
 
 def format_rows(rows):
@@ -849,14 +849,14 @@ def format_rows(rows):
             if cell["status"] != "ok":
                 out.append(f"  {label}  {cell['status']}")
                 continue
-            line = ["  " + label, _num(cell["per_op"], row["unit"]).rjust(_W[1]),
+            line = ["  " + label, _num(cell["per_op"]).rjust(_W[1]),
                     ("-" if cell["ratio"] is None else f"{cell['ratio']:.2f}x").rjust(_W[2])]
             if speed:
                 line.append(("-" if cell.get("speedup") is None else f"{cell['speedup']:.2f}x").rjust(_W[3]))
             if cell["cpu_per_op"] is not None:
                 w = cell["worker_cpu_per_op"]
-                line.append(f"{_num(cell['cpu_per_op'], row['unit'])} / "
-                            f"{'-' if w is None else _num(w, row['unit'])}")
+                line.append(f"{_num(cell['cpu_per_op'])} / "
+                            f"{'-' if w is None else _num(w)}")
             out.append("  ".join(line).rstrip())
         if row["goal_result"]:
             verdict = {True: "goal met", False: "goal NOT met", None: "goal not checked"}[row["goal_met"]]
