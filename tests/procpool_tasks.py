@@ -183,6 +183,34 @@ def return_generator():
     return (i for i in range(3))
 
 
+def _refuse_to_unpickle(what):
+    raise ValueError(f"refusing to unpickle {what}")
+
+
+class UnpicklesBadly:
+    """Pickles fine; unpickling it raises ValueError (wherever that happens)."""
+
+    def __reduce__(self):
+        return (_refuse_to_unpickle, ("UnpicklesBadly",))
+
+
+def return_unpickles_badly():
+    return UnpicklesBadly()
+
+
+class NeedsTwoArgs(Exception):
+    """An exception that pickles but does not unpickle (BaseException.__reduce__ passes only
+    self.args, one item, to an __init__ that needs two)."""
+
+    def __init__(self, a, b):
+        super().__init__(a)
+        self.b = b
+
+
+def raise_needs_two_args():
+    raise NeedsTwoArgs("a", "b")
+
+
 def sleep_record_pid(pidfile, delay, value):
     append_line(pidfile, str(os.getpid()))
     time.sleep(delay)

@@ -16,6 +16,7 @@ import asyncio
 import concurrent.futures as cf
 import functools
 import hashlib
+import multiprocessing
 import os
 import pickle
 import subprocess
@@ -555,6 +556,50 @@ class ProcessExecutorMixin:
         with pytest.raises(TypeError):
             self.resolve_executor_class()(max_workers="4")
 
+    # ---- concurrency and resources ------------------------------------------------------
+
+    def test_many_threads_submitting(self, pools):
+        pool = pools(max_workers=2)
+        n_threads, per_thread = 4, 250
+        barrier = threading.Barrier(n_threads, timeout=TIMEOUT)
+        out = [None] * n_threads
+        errors = []
+
+        def producer(k):
+            try:
+                barrier.wait()
+                out[k] = [pool.submit(tasks.square, k * per_thread + i) for i in range(per_thread)]
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=producer, args=(k,)) for k in range(n_threads)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(TIMEOUT)
+        assert not any(t.is_alive() for t in threads), "a submitting thread hung"
+        assert errors == []
+        for k, futures in enumerate(out):
+            assert [f.result(TIMEOUT) for f in futures] == [
+                (k * per_thread + i) ** 2 for i in range(per_thread)
+            ]
+
+    def test_no_fd_or_thread_leak(self, pools):
+        def cycle():
+            pool = self.resolve_executor_class()(max_workers=2)
+            try:
+                assert pool.submit(tasks.square, 3).result(TIMEOUT) == 9
+            finally:
+                run_bounded(lambda: pool.shutdown(wait=True), what="shutdown(wait=True)")
+
+        cycle()  # warm up: one-time helpers (the stdlib's forkserver, ...)
+        fds = len(os.listdir("/proc/self/fd"))
+        threads = threading.active_count()
+        for _ in range(8):
+            cycle()
+        wait_until(lambda: threading.active_count() <= threads, what="pool threads gone")
+        assert len(os.listdir("/proc/self/fd")) <= fds, "file descriptors leak per pool"
+
     # ---- process lifetime ---------------------------------------------------------------
 
     def test_interpreter_exit_with_queued_work(self, tmp_path):
@@ -575,7 +620,12 @@ class ProcessExecutorMixin:
 
 
 class TestStdlibProcessPool(ProcessExecutorMixin):
-    executor_class = cf.ProcessPoolExecutor
+    # forkserver (the default from 3.14 on), not fork: forking this multi-threaded test process
+    # may deadlock the child (and warns from 3.12 on).  Its workers are fresh processes like
+    # braid's, forked from a single-threaded server that imported this sys.path.
+    executor_class = staticmethod(functools.partial(
+        cf.ProcessPoolExecutor, mp_context=multiprocessing.get_context("forkserver")
+    ))
     executor_path = "concurrent.futures:ProcessPoolExecutor"
 
 

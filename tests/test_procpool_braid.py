@@ -18,6 +18,7 @@ import functools
 import itertools
 import multiprocessing
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -48,7 +49,7 @@ def pools(braid):
 @pytest.fixture(scope="module")
 def mp_pool():
     """A multiprocessing.Pool to compare imap/imap_unordered/starmap results with."""
-    pool = multiprocessing.Pool(2)
+    pool = multiprocessing.get_context("forkserver").Pool(2)  # no fork of a threaded process
     yield pool
     pool.close()
     run_bounded(pool.join, what="multiprocessing.Pool.join")
@@ -210,10 +211,46 @@ if __name__ == "__main__":
 """
 
 
-def test_functions_defined_in_main(braid, tmp_path):
-    proc = run_script(tmp_path, MAIN_SCRIPT)
+@pytest.mark.parametrize("how", ["file", "-c", "stdin"])
+def test_functions_defined_in_main(braid, tmp_path, how):
+    # "file": workers can import the script (as spawn does); "-c" and "stdin": there is no
+    # file, so __main__ functions must travel by value.
+    source = textwrap.dedent(MAIN_SCRIPT)
+    if how == "file":
+        proc = run_script(tmp_path, MAIN_SCRIPT)
+    elif how == "-c":
+        proc = subprocess.run([sys.executable, "-c", source, TESTS_DIR], capture_output=True,
+                              timeout=60, cwd=str(tmp_path))
+    else:
+        proc = subprocess.run([sys.executable, "-", TESTS_DIR], input=source.encode(),
+                              capture_output=True, timeout=60, cwd=str(tmp_path))
     assert proc.returncode == 0, (proc.stdout, proc.stderr.decode())
     assert proc.stdout.decode().split() == ["main", "ok"]
+
+
+# ---- payloads that fail on the other side --------------------------------------------------
+# The stdlib breaks the whole pool on these (an unpickling error in a worker kills it; one in
+# the parent's result reader breaks the pool); braid fails just the task.
+
+
+@pytest.mark.parametrize(
+    "submit",
+    [
+        lambda pool: pool.submit(tasks.identity, tasks.UnpicklesBadly()),  # in the worker
+        lambda pool: pool.submit(tasks.return_unpickles_badly),  # result, in the parent
+        lambda pool: pool.submit(tasks.raise_needs_two_args),  # exception, in the parent
+    ],
+    ids=["argument", "result", "exception"],
+)
+def test_unpickling_error_fails_that_task_only(pools, submit):
+    pool = pools(max_workers=2)
+    before = [pool.submit(tasks.square, i) for i in range(5)]
+    bad = submit(pool)
+    after = [pool.submit(tasks.square, i) for i in range(5, 10)]
+    exc = bad.exception(TIMEOUT)
+    assert isinstance(exc, Exception), repr(exc)
+    assert [f.result(TIMEOUT) for f in before + after] == [i * i for i in range(10)]
+    assert pool.submit(tasks.square, 11).result(TIMEOUT) == 121
 
 
 # ---- imap / imap_unordered / starmap -------------------------------------------------------
@@ -368,6 +405,25 @@ def test_worker_crash_fails_only_that_task(braid, pools, tmp_path, how):
     ]
 
 
+def test_worker_crashed_pickles(braid, pools):
+    pool = pools(max_workers=1)
+    exc = pool.submit(tasks.crash, "exit").exception(TIMEOUT)
+    assert isinstance(exc, braid.WorkerCrashed)
+    copy = pickle.loads(pickle.dumps(exc))
+    assert type(copy) is braid.WorkerCrashed
+    assert (copy.pid, copy.exitcode, copy.signal) == (exc.pid, exc.exitcode, exc.signal)
+    assert str(copy) == str(exc)
+
+
+def test_replacement_worker_runs_initializer(braid, pools):
+    pool = pools(max_workers=2, initializer=tasks.init_global, initargs=("set",))
+    crashes = [pool.submit(tasks.crash, "sigkill") for _ in range(4)]
+    for f in crashes:
+        assert isinstance(f.exception(TIMEOUT), braid.WorkerCrashed)
+    results = [f.result(TIMEOUT) for f in [pool.submit(tasks.get_global) for _ in range(20)]]
+    assert all(value == "set" for value, _ in results), "a replacement worker skipped init"
+
+
 def test_every_worker_crashing_still_recovers(braid, pools):
     pool = pools(max_workers=2)
     bad = [pool.submit(tasks.crash, "sigkill") for _ in range(6)]
@@ -488,6 +544,32 @@ def test_max_tasks_per_worker_with_initializer(pools):
     results = [f.result(TIMEOUT) for f in [pool.submit(tasks.get_global) for _ in range(12)]]
     assert all(value == "set" for value, _ in results), "a replacement worker skipped init"
     assert len({pid for _, pid in results}) >= 6
+
+
+# ---- cancellation --------------------------------------------------------------------------
+
+
+def test_cancel_every_queued_task(pools, tmp_path):
+    # Unlike the stdlib (whose call queue holds max_workers + 1 uncancellable items), every
+    # task that has not started can be cancelled, also one already handed to a busy worker.
+    pool = pools(max_workers=1)
+    gate = tasks.FileGate(tmp_path / "gate")
+    pools.gates.append(gate)
+    started = str(tmp_path / "started")
+    blocked = pool.submit(tasks.block, started, gate.path)
+    assert tasks.wait_for_path(started)
+    ran_path = str(tmp_path / "ran")
+    queued = [pool.submit(tasks.record, ran_path, i) for i in range(10)]
+    time.sleep(0.05)
+    assert not any(f.running() or f.done() for f in queued)
+    assert all(f.cancel() for f in queued)
+    done, not_done = cf.wait(queued, timeout=TIMEOUT)
+    assert not not_done
+    tail = pool.submit(tasks.record, ran_path, 99)
+    gate.set()
+    assert blocked.result(TIMEOUT) == "blocker"
+    assert tail.result(TIMEOUT) == 99
+    assert tasks.read_lines(ran_path) == ["99"], "a cancelled task ran"
 
 
 # ---- shutdown details ----------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Chaos test for ``braid.ProcessPool``: workers SIGKILLed at random while tasks run.
 
-Each round submits a batch of short tasks while a killer thread SIGKILLs one worker that is
-running a task of that round.  Every future must end either with its own value or with
+Each round submits a batch of short tasks while a killer thread SIGKILLs one worker: mostly
+one running a task of that round, sometimes one still starting up.  Every future must end either with its own value or with
 ``braid.WorkerCrashed`` (never hang, never a wrong value, never another error), one kill fails
 at most one task, and after all rounds the pool still runs a batch without a single failure.
 
@@ -45,20 +45,42 @@ def round_pids(pidfile, round_no):
     return pids
 
 
-def killer(pidfile, round_no, rng, killed, stop):
-    """Wait until tasks of this round run, then SIGKILL one of their workers."""
+def all_reported(pidfile):
+    return {int(line.split()[1]) for line in tasks.read_lines(pidfile)}
+
+
+def kill(victim, killed, kind):
+    # Only a live descendant: never signal a pid that was reaped and reused meanwhile.
+    if victim not in tasks.descendants():
+        return False
+    try:
+        os.kill(victim, signal.SIGKILL)
+    except ProcessLookupError:
+        return False
+    killed.append(victim)
+    kind.append(victim)
+    return True
+
+
+def killer(pidfile, round_no, rng, baseline, killed, stats, stop):
+    """SIGKILL one worker during this round.
+
+    Mostly (3 in 4) a worker running a task of this round; otherwise, when there is one, a
+    worker still starting up (a new process of the pool that has not run a task yet, such as
+    the replacement of the previous round's victim).
+    """
+    if rng.random() < 0.25:
+        fresh = tasks.descendants() - baseline - all_reported(pidfile)
+        if fresh:
+            time.sleep(rng.uniform(0, 0.01))
+            if kill(rng.choice(sorted(fresh)), killed, stats["starting"]):
+                return
     deadline = time.monotonic() + TIMEOUT
     while not stop.is_set() and time.monotonic() < deadline:
         candidates = set(round_pids(pidfile, round_no)) & tasks.descendants()
         if candidates:
             time.sleep(rng.uniform(0, 0.004))
-            victim = rng.choice(sorted(candidates))
-            if victim in tasks.descendants():
-                try:
-                    os.kill(victim, signal.SIGKILL)
-                except ProcessLookupError:
-                    continue
-                killed.append(victim)
+            if kill(rng.choice(sorted(candidates)), killed, stats["busy"]):
                 return
         time.sleep(0.001)
 
@@ -74,8 +96,10 @@ def test_chaos_random_worker_kills(tmp_path):
     braid = import_braid()
     rng = random.Random(SEED)
     pidfile = str(tmp_path / "pids")
+    baseline = tasks.descendants()  # processes that are not this pool's workers
     pool = braid.ProcessPool(max_workers=WORKERS)
     killed, crashed = [], []
+    stats = {"busy": [], "starting": []}
     ok = 0
     try:
         # Warm up: all workers started before the first round.
@@ -85,7 +109,8 @@ def test_chaos_random_worker_kills(tmp_path):
             stop = threading.Event()
             killer_thread = threading.Thread(
                 target=killer,
-                args=(pidfile, round_no, random.Random(rng.random()), killed, stop),
+                args=(pidfile, round_no, random.Random(rng.random()), baseline, killed, stats,
+                      stop),
                 daemon=True,
             )
             killer_thread.start()
@@ -129,8 +154,10 @@ def test_chaos_random_worker_kills(tmp_path):
         run_bounded(lambda: pool.shutdown(wait=True), what="shutdown after chaos")
 
     # Every worker, killed or not, is gone and reaped.
-    seen = {int(line.split()[1]) for line in tasks.read_lines(pidfile)}
-    alive = tasks.wait_processes_gone(seen, TIMEOUT, zombie_ok=False)
+    alive = tasks.wait_processes_gone(all_reported(pidfile), TIMEOUT, zombie_ok=False)
     assert not alive, f"seed {SEED}: workers {alive} outlived shutdown"
-    print(f"chaos: seed {SEED}, {ROUNDS} rounds, {len(killed)} kills, "
+    left = tasks.descendants() - baseline
+    assert not left, f"seed {SEED}: processes {left} of the pool outlived shutdown"
+    print(f"chaos: seed {SEED}, {ROUNDS} rounds, {len(killed)} kills "
+          f"({len(stats['busy'])} busy, {len(stats['starting'])} starting workers), "
           f"{len(crashed)} crashed tasks, {ok} ok")

@@ -9,8 +9,10 @@ from . import _braid
 from ._braid import Future
 from ._errors import TaskTimeout, WorkerCrashed
 from ._procpool import ProcessPool
+from ._shared import shared_array
 from ._threadpool import ThreadPool
 
 __version__ = "0.1.0"
 
-__all__ = ["Future", "ProcessPool", "TaskTimeout", "ThreadPool", "WorkerCrashed", "__version__"]
+__all__ = ["Future", "ProcessPool", "TaskTimeout", "ThreadPool", "WorkerCrashed", "__version__",
+           "shared_array"]

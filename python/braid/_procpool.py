@@ -76,6 +76,8 @@ class ProcessPool(_braid._ProcessPoolCore, concurrent.futures.Executor):
         init_payload = None
         if initializer is not None:
             init_payload = _procworker.dumps((initializer, tuple(initargs)))
+            if type(init_payload) is tuple:  # large buffers: alive as long as the pool
+                init_payload, self._init_held = init_payload
         main = sys.modules.get("__main__")
         main_path = getattr(main, "__file__", None) or ""
         if main_path and not os.path.exists(main_path):

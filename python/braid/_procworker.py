@@ -5,6 +5,7 @@ with the shared-memory rings on fds 3-7 (src/python/procproto.h) and its setting
 ``BRAID_WORKER_*`` environment variables.
 """
 
+import collections
 import json
 import os
 import pickle
@@ -18,6 +19,7 @@ MSG_ERROR = 12
 MSG_INIT_FAILED = 13
 
 PROTOCOL = 5
+IN_WORKER = False  # True in a ProcessPool worker process
 
 
 def _cloudpickle():
@@ -43,31 +45,149 @@ def _main_is_importable_by_workers():
 _pickle_dumps = pickle.dumps
 
 
-def dumps(obj):
-    """Pickle with the standard pickler; fall back to cloudpickle (lambdas, closures,
-    functions of an interactive __main__) when it fails."""
+# ---- out-of-band buffers ---------------------------------------------------------------
+# Large contiguous buffers (NumPy arrays, bytearrays, ...) do not go through the rings: with
+# pickle protocol 5 each is handed to a buffer callback, written once into a memfd, and the
+# message carries only (pid, fd, inode, size, offset, length). The receiver maps the memfd
+# through /proc/<pid>/fd/<fd> and unpickles with those mappings as the buffers: no further
+# copy. The sender keeps the memfds open until the receiver has mapped them: the parent until
+# the task is settled, a worker until the parent acknowledges the result
+# (src/python/procproto.h, ACK_INDEX).
+#
+# A worker maps its task's buffers shared (the memfd belongs to that message alone), and
+# when its result is, or is a view of, a buffer it received for the task it is running, the
+# result names the parent's memfd again instead of copying it back: an in-place transform of
+# a large array returns without a copy.
+
+OOB_MIN_BYTES = 1 << 20
+_received = []  # in a worker: (start, end, pid, fd, ino, size) of this task's mapped buffers
+
+
+def _address(raw):
+    np = sys.modules.get("numpy")
+    if np is None:
+        return None
+    return np.frombuffer(raw, np.uint8).ctypes.data if raw.nbytes else None
+
+
+class _Held:
+    """The sender's memfds of one message; closed when this object goes."""
+
+    __slots__ = ("fds",)
+
+    def __init__(self):
+        self.fds = []
+
+    def close(self):
+        fds, self.fds = self.fds, []
+        for fd in fds:
+            os.close(fd)
+
+    __del__ = close
+
+
+class _Envelope:
+    """A pickle whose large buffers are in memfds: (pid, fd, inode, size, offset, length)."""
+
+    __slots__ = ("data", "segments")
+
+    def __init__(self, data, segments):
+        self.data, self.segments = data, segments
+
+    def __reduce__(self):
+        return _Envelope, (self.data, self.segments)
+
+    def open(self):
+        return pickle.loads(self.data, buffers=[_map(*seg) for seg in self.segments])
+
+
+def _map(pid, fd, ino, size, offset, length):
+    import mmap
+
+    if size == 0:
+        return bytearray()
+    f = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDWR | os.O_CLOEXEC)
     try:
-        return _pickle_dumps(obj, PROTOCOL)
+        if os.fstat(f).st_ino != ino:
+            raise RuntimeError(f"an out-of-band buffer of process {pid} was released too early")
+        # populated in one go: much cheaper than a page fault per 4 KiB later
+        mm = mmap.mmap(f, size, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE)
+    finally:
+        os.close(f)
+    if IN_WORKER and pid != os.getpid():
+        start = _address(memoryview(mm))
+        if start is not None:
+            _received.append((start, start + size, pid, fd, ino, size))
+    view = memoryview(mm)
+    return view if offset == 0 and length == size else view[offset:offset + length]
+
+
+def _pack(dump, obj):
+    """dump(obj) with large buffers out of band: bytes, or (bytes, _Held)."""
+    held = _Held()
+    segments = []
+
+    def callback(buf):
+        try:
+            raw = buf.raw()
+        except BufferError:  # not contiguous: in band
+            return True
+        n = raw.nbytes
+        if n < OOB_MIN_BYTES:
+            return True
+        if _received:  # a worker sending back (part of) what it was given: no copy
+            start = _address(raw)
+            for lo, hi, pid, fd, ino, size in _received:
+                if start is not None and lo <= start and start + n <= hi:
+                    segments.append((pid, fd, ino, size, start - lo, n))
+                    return False
+        fd = os.memfd_create("braid.oob", os.MFD_CLOEXEC)
+        held.fds.append(fd)
+        done = 0
+        while done < n:  # write(2) fills shmem faster than faulting in a mapping
+            done += os.write(fd, raw[done:])
+        segments.append((os.getpid(), fd, os.fstat(fd).st_ino, n, 0, n))
+        return False
+
+    data = dump(obj, protocol=PROTOCOL, buffer_callback=callback)
+    if not segments:
+        return data
+    return _pickle_dumps(_Envelope(data, segments), PROTOCOL), held
+
+
+def dumps(obj):
+    """Pickle with the standard pickler, large buffers out of band; fall back to cloudpickle
+    (lambdas, closures, functions of an interactive __main__) when it fails. Returns bytes,
+    or (bytes, what must stay alive until the receiver has the message)."""
+    try:
+        return _pack(pickle.dumps, obj)
     except Exception as exc:
         cloudpickle = _cloudpickle()
         if cloudpickle is None:
             raise TypeError(
                 f"cannot pickle {type(obj).__name__!s}: {exc}; lambdas, closures and functions "
                 "defined interactively need cloudpickle (pip install cloudpickle)") from exc
-        return cloudpickle.dumps(obj, protocol=PROTOCOL)
+        return _pack(cloudpickle.dumps, obj)
 
 
 def dumps_task(fn, args, kwargs):
-    """The payload of one task: (fn, args, kwargs)."""
-    if getattr(fn, "__module__", None) == "__main__" and not _main_is_importable_by_workers():
-        # workers cannot import an interactive __main__: send the function by value
+    """The payload of one task: (fn, args, kwargs), as dumps() returns it."""
+    out = dumps((fn, args, kwargs))
+    data = out[0] if type(out) is tuple else out
+    if b"__main__" in data and not _main_is_importable_by_workers():
+        # It names something of an interactive __main__ (python -c, a REPL), which workers
+        # cannot import: send it by value instead.
         cloudpickle = _cloudpickle()
         if cloudpickle is not None:
-            return cloudpickle.dumps((fn, args, kwargs), protocol=PROTOCOL)
-    return dumps((fn, args, kwargs))
+            return _pack(cloudpickle.dumps, (fn, args, kwargs))
+    return out
 
 
-loads = pickle.loads
+def loads(data):
+    obj = pickle.loads(data)
+    if type(obj) is _Envelope:
+        return obj.open()
+    return obj
 
 
 class _RemoteTraceback(Exception):
@@ -100,7 +220,7 @@ class _ExceptionWithTraceback:
 
 def dump_exception(exc):
     try:
-        return dumps(_ExceptionWithTraceback(exc))
+        return _pickle_dumps(_ExceptionWithTraceback(exc), PROTOCOL)
     except BaseException as err:  # the exception itself does not pickle
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         stand_in = RuntimeError(f"{type(exc).__name__}: {exc} (the exception could not be sent "
@@ -124,17 +244,35 @@ def run_chunk(fn, chunk, star):
     return results, None
 
 
-def _handle(kind, payload):
+_held_results = collections.deque()  # (task seq, _Held) of results not yet acknowledged
+
+
+def _release_acknowledged():
+    from . import _braid
+
+    acked = _braid._worker_acked()
+    while _held_results and _held_results[0][0] <= acked:
+        _held_results.popleft()[1].close()
+
+
+def _handle(kind, payload, seq):
     if kind == MSG_CALL:
+        _received.clear()  # the parent releases a task's buffers once it is settled
+        if _held_results:
+            _release_acknowledged()
         try:
             fn, args, kwargs = loads(payload)
             result = fn(*args, **kwargs) if kwargs else fn(*args)
         except BaseException as exc:
             return MSG_ERROR, dump_exception(exc)
         try:
-            return MSG_RESULT, dumps(result)
+            out = dumps(result)
         except BaseException as exc:
             return MSG_ERROR, dump_exception(exc)
+        if type(out) is tuple:
+            out, held = out
+            _held_results.append((seq, held))
+        return MSG_RESULT, out
     if kind == MSG_INIT:
         try:
             initializer, initargs = loads(payload)
@@ -161,6 +299,8 @@ def _fixup_main(path):
 def main():
     from . import _braid
 
+    global IN_WORKER
+    IN_WORKER = True
     env = os.environ
     ppid = int(env.pop("BRAID_WORKER_PPID"))
     ring_bytes = int(env.pop("BRAID_WORKER_RING"))

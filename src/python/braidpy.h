@@ -124,6 +124,7 @@ PyObject *braid_procpool_at_exit(braid_state *st, int interrupted);
 void braid_procpool_after_fork_child(braid_state *st);
 PyObject *braid_worker_loop(PyObject *module, PyObject *args);
 PyObject *braid_worker_bind_parent(PyObject *module, PyObject *arg);
+PyObject *braid_worker_acked(PyObject *module, PyObject *unused);
 
 /* mapiter.c */
 int braid_mapiter_init_types(PyObject *module, braid_state *st);

@@ -145,6 +145,8 @@ static PyMethodDef braid_methods[] = {
     {"_set_process_hooks", mod_set_process_hooks, METH_VARARGS,
      "_set_process_hooks(dumps, loads, WorkerCrashed, TaskTimeout)"},
     {"_worker_loop", braid_worker_loop, METH_VARARGS, "_worker_loop(ring_bytes, handler): a worker's main loop."},
+    {"_worker_acked", braid_worker_acked, METH_NOARGS,
+     "_worker_acked(): seq of the last result the parent has unpickled."},
     {"_worker_bind_parent", braid_worker_bind_parent, METH_O,
      "_worker_bind_parent(ppid): die with the parent (PR_SET_PDEATHSIG)."},
     {"_set_worker_hooks", mod_set_worker_hooks, METH_VARARGS,

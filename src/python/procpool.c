@@ -66,6 +66,7 @@ typedef struct task_s {
     uint64_t id;
     FutureObject *fut;
     PyObject *payload; /* bytes, kept for a retry */
+    PyObject *held;    /* memfds of the payload's out-of-band buffers, or NULL */
     PyObject *keep;    /* (fn, args, kwargs): alive until the task is settled, so
                           what the payload only names (a braid.shared_array's
                           memory) outlives the worker's use of it */
@@ -142,6 +143,7 @@ static void task_free(task_t *t)
     Py_XDECREF(t->fut);
     Py_XDECREF(t->payload);
     Py_XDECREF(t->keep);
+    Py_XDECREF(t->held);
     PyMem_Free(t);
 }
 
@@ -560,6 +562,8 @@ static void handle_message(proc_core_t *c, worker_t *w, uint32_t type, uint64_t 
         w->head->fut->state = FUT_RUNNING; /* the next one starts now */
     }
     PyObject *obj = loads(c, data, len);
+    /* its out-of-band buffers are mapped now: the worker may close them */
+    __atomic_store_n(&w->slots[ACK_INDEX], tag, __ATOMIC_RELEASE);
     if (obj == NULL) {
         PyObject *exc = PyErr_GetRaisedException();
         task_finish(t, NULL, exc);
@@ -1151,7 +1155,16 @@ static PyObject *pp_submit(PyObject *self, PyObject *const *args, Py_ssize_t nar
         return NULL;
     }
     PyObject *payload = PyObject_Call(st->proc_dumps, keep, NULL);
+    PyObject *held = NULL;
+    if (payload != NULL && PyTuple_Check(payload) && PyTuple_GET_SIZE(payload) == 2) {
+        /* (bytes, memfds of out-of-band buffers to keep until settled) */
+        PyObject *pair = payload;
+        payload = Py_NewRef(PyTuple_GET_ITEM(pair, 0));
+        held = Py_NewRef(PyTuple_GET_ITEM(pair, 1));
+        Py_DECREF(pair);
+    }
     if (payload == NULL || !PyBytes_Check(payload)) {
+        Py_XDECREF(held);
         Py_DECREF(keep);
         /* an argument that cannot be pickled fails this task alone */
         PyObject *exc = payload ? NULL : PyErr_GetRaisedException();
@@ -1167,12 +1180,14 @@ static PyObject *pp_submit(PyObject *self, PyObject *const *args, Py_ssize_t nar
     }
     task_t *t = PyMem_Calloc(1, sizeof *t);
     if (t == NULL) {
+        Py_XDECREF(held);
         Py_DECREF(keep);
         Py_DECREF(payload);
         Py_DECREF(fut);
         return PyErr_NoMemory();
     }
     t->keep = keep;
+    t->held = held;
     t->id = ++c->next_id;
     t->core = c;
     t->worker = -1;

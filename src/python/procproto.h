@@ -38,6 +38,10 @@
 #define SLOT_RUNNING 2u
 #define SLOT_CANCELLED 3u
 #define SLOT_WORD(seq, state) (((uint64_t)(seq) << 2) | (state))
+/* Word of the slot page after the slots: the seq of the last result the
+ * parent has unpickled. Until then the worker keeps that result's
+ * out-of-band memfds open (braid/_procworker.py). */
+#define ACK_INDEX SLOTS
 
 #define WORKER_FD_MEM 3
 #define WORKER_FD_TASK_DATA 4

@@ -17,6 +17,9 @@
 
 #define WORKER_SPIN_NS 50000
 
+/* The slot page of this worker process (one worker loop per process). */
+static uint64_t *worker_slots;
+
 /* Sends a whole message, sleeping while the ring is full. 0 or -1. */
 static int send_all(br_ring_t *tx, br_ring_msg_t *m)
 {
@@ -129,6 +132,7 @@ static PyObject *worker_loop(int64_t ring_bytes, PyObject *handler)
         return braid_raise_errno(rc, "attaching the task rings");
     }
     uint64_t *slots = (uint64_t *)((char *)mem + 2 * one);
+    worker_slots = slots;
     PyObject *ret = NULL;
     br_ring_msg_t ready = {.type = MSG_READY};
     if (send_all(&tx, &ready) < 0) {
@@ -160,7 +164,8 @@ static PyObject *worker_loop(int64_t ring_bytes, PyObject *handler)
                 continue;
             }
         }
-        PyObject *out = PyObject_CallFunction(handler, "IO", (unsigned)type, payload);
+        PyObject *out = PyObject_CallFunction(handler, "IOK", (unsigned)type, payload,
+                                              (unsigned long long)tag);
         Py_DECREF(payload);
         if (out == NULL) {
             break;
@@ -187,6 +192,7 @@ static PyObject *worker_loop(int64_t ring_bytes, PyObject *handler)
             break;
         }
     }
+    worker_slots = NULL;
     munmap(mem, total);
     return ret;
 }
@@ -203,6 +209,15 @@ PyObject *braid_worker_loop(PyObject *module, PyObject *args)
         return NULL;
     }
     return worker_loop(ring_bytes, handler);
+}
+
+PyObject *braid_worker_acked(PyObject *module, PyObject *unused)
+{
+    if (worker_slots == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "not in a worker loop");
+        return NULL;
+    }
+    return PyLong_FromUnsignedLongLong(__atomic_load_n(&worker_slots[ACK_INDEX], __ATOMIC_ACQUIRE));
 }
 
 PyObject *braid_worker_bind_parent(PyObject *module, PyObject *arg)
