@@ -1,0 +1,107 @@
+"""braid.ProcessPool with large buffers: braid.shared_array and out-of-band pickling.
+
+braid-only: the stdlib pools copy every array through a pipe.
+"""
+
+import gc
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import shared_tasks  # noqa: E402
+from pool_helpers import TIMEOUT, import_braid  # noqa: E402
+
+MiB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def braid():
+    return import_braid()
+
+
+@pytest.fixture(scope="module")
+def pool(braid):
+    with braid.ProcessPool(max_workers=2) as pool:
+        yield pool
+
+
+def open_fds():
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_shared_array_is_zeroed_and_typed(braid):
+    a = braid.shared_array((3, 4), np.int32)
+    assert a.shape == (3, 4) and a.dtype == np.int32 and not a.any()
+    assert isinstance(a, np.ndarray)
+
+
+def test_shared_array_bad_shape(braid):
+    with pytest.raises(ValueError):
+        braid.shared_array((2, -1))
+
+
+def test_worker_writes_are_seen_by_the_parent(braid, pool):
+    a = braid.shared_array(1000, np.float64)
+    pool.submit(shared_tasks.fill, a, 7.0).result(TIMEOUT)
+    assert (a == 7.0).all()
+
+
+def test_returned_shared_array_is_the_same_memory(braid, pool):
+    a = braid.shared_array(4 * MiB // 8)
+    a[:] = 1.0
+    b = pool.submit(shared_tasks.add_one_in_place, a).result(TIMEOUT)
+    assert np.shares_memory(a, b)
+    assert (a == 2.0).all() and (b == 2.0).all()
+
+
+def test_views_and_strides_cross(braid, pool):
+    a = braid.shared_array((100, 100))
+    a[:] = np.arange(10_000).reshape(100, 100)
+    assert pool.submit(shared_tasks.total, a[10:20, ::3]).result(TIMEOUT) == float(a[10:20, ::3].sum())
+
+
+def test_array_dropped_right_after_submit_still_reaches_the_worker(braid, pool):
+    a = braid.shared_array(MiB // 8)
+    a[:] = 2.0
+    future = pool.submit(shared_tasks.total, a)
+    del a
+    gc.collect()
+    assert future.result(TIMEOUT) == 2.0 * (MiB // 8)
+
+
+@pytest.mark.parametrize("size", [MiB - 8, MiB, 8 * MiB + 8])
+def test_plain_arrays_round_trip_equal(pool, size):
+    a = np.arange(size // 8, dtype=np.float64)
+    b = pool.submit(shared_tasks.same, a).result(TIMEOUT)
+    assert b.dtype == a.dtype and np.array_equal(a, b)
+    c = pool.submit(shared_tasks.doubled, a).result(TIMEOUT)
+    assert np.array_equal(c, a * 2)
+
+
+def test_in_place_work_on_a_plain_array_leaves_the_parents_copy_alone(pool):
+    a = np.zeros(2 * MiB // 8)
+    b = pool.submit(shared_tasks.add_one_in_place, a).result(TIMEOUT)
+    assert (b == 1.0).all() and (a == 0.0).all()
+    b += 1  # the result is ours to write
+    assert (b == 2.0).all()
+
+
+def test_large_bytes_like_objects(pool):
+    data = bytearray(os.urandom(3 * MiB))
+    assert pool.submit(shared_tasks.same, data).result(TIMEOUT) == data
+
+
+def test_out_of_band_memfds_do_not_leak(pool):
+    a = np.ones(2 * MiB // 8)
+    for _ in range(5):
+        pool.submit(shared_tasks.same, a).result(TIMEOUT)
+    gc.collect()
+    before = open_fds()
+    for _ in range(30):
+        assert pool.submit(shared_tasks.doubled, a).result(TIMEOUT)[0] == 2.0
+    gc.collect()
+    assert open_fds() <= before + 2
