@@ -80,7 +80,10 @@ class ProcessPool(_braid._ProcessPoolCore, concurrent.futures.Executor):
                 init_payload, self._init_held = init_payload
         main = sys.modules.get("__main__")
         main_path = getattr(main, "__file__", None) or ""
-        if main_path and not os.path.exists(main_path):
+        spec_name = getattr(getattr(main, "__spec__", None), "name", "")
+        if main_path and not os.path.exists(main_path) or spec_name.endswith(".__main__"):
+            # as multiprocessing's spawn: a package's __main__ (python -m pytest, ...) is a
+            # launcher, not a home for task functions; workers do not re-run it
             main_path = ""
         env = dict(os.environ)
         env.update(BRAID_WORKER_PPID=str(os.getpid()), BRAID_WORKER_RING=str(RING_BYTES),
