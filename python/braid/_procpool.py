@@ -116,7 +116,7 @@ class ProcessPool(_braid._ProcessPoolCore, concurrent.futures.Executor):
         # long last chunk while the others idle.
         return max(1, math.ceil(n / (CHUNKS_PER_WORKER * self.max_workers)))
 
-    def _submit_chunks(self, fn, items, chunksize, timeout, star):
+    def _submit_chunks(self, fn, chunks, timeout, star):
         """Submits the first window of chunks now (so work starts and errors show at the call)
         and returns (futures deque, refill function, deadline)."""
         if not callable(fn):
@@ -127,8 +127,8 @@ class ProcessPool(_braid._ProcessPoolCore, concurrent.futures.Executor):
 
         def refill():
             while len(futures) < window:
-                chunk = list(itertools.islice(items, chunksize))
-                if not chunk:
+                chunk = next(chunks, None)
+                if chunk is None:
                     return
                 futures.append(self.submit(_procworker.run_chunk, fn, chunk, star))
 
@@ -140,30 +140,39 @@ class ProcessPool(_braid._ProcessPoolCore, concurrent.futures.Executor):
         chunks per worker when the input has a length, else one item per task."""
         chunksize = self._chunksize(chunksize, iterables)
         if len(iterables) == 1:  # plain items pickle faster than 1-tuples
-            items, star = iter(iterables[0]), False
+            chunks, star = _chunks(iterables[0], chunksize), False
         else:
-            items, star = zip(*iterables), True
-        futures, refill, deadline = self._submit_chunks(fn, items, chunksize, timeout, star)
+            chunks, star = _chunks(zip(*iterables), chunksize), True
+        futures, refill, deadline = self._submit_chunks(fn, chunks, timeout, star)
         return _ordered(futures, refill, deadline)
 
     def imap(self, fn, iterable, chunksize=None):
         """Like multiprocessing.Pool.imap: a lazy iterator of fn(x), in order."""
         chunksize = self._chunksize(1 if chunksize is None else chunksize, ())
-        futures, refill, deadline = self._submit_chunks(fn, iter(iterable), chunksize, None, False)
+        futures, refill, deadline = self._submit_chunks(fn, _chunks(iterable, chunksize), None, False)
         return _ordered(futures, refill, deadline)
 
     def imap_unordered(self, fn, iterable, chunksize=None):
         """Like multiprocessing.Pool.imap_unordered: fn(x) in completion order."""
         chunksize = self._chunksize(1 if chunksize is None else chunksize, ())
-        futures, refill, _ = self._submit_chunks(fn, iter(iterable), chunksize, None, False)
+        futures, refill, _ = self._submit_chunks(fn, _chunks(iterable, chunksize), None, False)
         return _unordered(futures, refill)
 
     def starmap(self, fn, iterable, chunksize=None):
         """Like multiprocessing.Pool.starmap: [fn(*args) for args in iterable], as a list."""
         items = iterable if hasattr(iterable, "__len__") else list(iterable)
         chunksize = self._chunksize(chunksize, (items,))
-        futures, refill, deadline = self._submit_chunks(fn, iter(items), chunksize, None, True)
+        futures, refill, deadline = self._submit_chunks(fn, _chunks(items, chunksize), None, True)
         return list(_ordered(futures, refill, deadline))
+
+
+def _chunks(iterable, size):
+    """Lists of ``size`` items; a range is cut into ranges, which pickle in a few bytes
+    whatever their length (the seed's map over range(1, N) sends no list of numbers)."""
+    if type(iterable) is range:
+        return (iterable[i:i + size] for i in range(0, len(iterable), size))
+    items = iter(iterable)  # TypeError for a non-iterable, at the call
+    return iter(lambda: list(itertools.islice(items, size)), [])
 
 
 def _chunk_values(future, timeout):
@@ -217,5 +226,6 @@ def _at_exit():
     _braid._procpool_at_exit(_interrupted or isinstance(last, KeyboardInterrupt))
 
 
-_braid._set_process_hooks(_procworker.dumps_task, _procworker.loads, WorkerCrashed, TaskTimeout)
+_braid._set_process_hooks(_procworker.dumps_task, _procworker.loads, WorkerCrashed, TaskTimeout,
+                          _procworker._Envelope)
 threading._register_atexit(_at_exit)

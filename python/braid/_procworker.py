@@ -249,32 +249,47 @@ def run_chunk(fn, chunk, star):
 _held_results = collections.deque()  # (task seq, _Held) of results not yet acknowledged
 
 
-def _release_acknowledged():
+def release_acknowledged():
+    """Closes the memfds of results the parent has unpickled; how many sets are still held."""
     from . import _braid
 
     acked = _braid._worker_acked()
     while _held_results and _held_results[0][0] <= acked:
         _held_results.popleft()[1].close()
+    return len(_held_results)
+
+
+def pack_result(result, seq, mapped_for_this_task):
+    """(MSG_RESULT, payload), or (MSG_ERROR, payload) when the result does not pickle. The
+    worker loop (procworker.c) calls it for results that are not plain."""
+    if not mapped_for_this_task:
+        _received.clear()  # left over from an earlier task: those buffers are released
+    try:
+        out = dumps(result)
+    except BaseException as exc:
+        return MSG_ERROR, dump_exception(exc)
+    if type(out) is tuple:
+        out, held = out
+        _held_results.append((seq, held))
+    return MSG_RESULT, out
+
+
+def pack_error(exc):
+    return MSG_ERROR, dump_exception(exc)
 
 
 def _handle(kind, payload, seq):
+    """The general path of a message (the worker loop takes plain calls itself)."""
     if kind == MSG_CALL:
         _received.clear()  # the parent releases a task's buffers once it is settled
         if _held_results:
-            _release_acknowledged()
+            release_acknowledged()
         try:
             fn, args, kwargs = loads(payload)
             result = fn(*args, **kwargs) if kwargs else fn(*args)
         except BaseException as exc:
-            return MSG_ERROR, dump_exception(exc)
-        try:
-            out = dumps(result)
-        except BaseException as exc:
-            return MSG_ERROR, dump_exception(exc)
-        if type(out) is tuple:
-            out, held = out
-            _held_results.append((seq, held))
-        return MSG_RESULT, out
+            return pack_error(exc)
+        return pack_result(result, seq, True)
     if kind == MSG_INIT:
         try:
             initializer, initargs = loads(payload)
@@ -329,5 +344,5 @@ def main():
         finally:
             del os.environ["BRAID_WORKER_BOOTSTRAP"]
             sys.argv = saved_argv
-    status = _braid._worker_loop(ring_bytes, _handle)
+    status = _braid._worker_loop(ring_bytes, _handle, pack_result, pack_error, release_acknowledged)
     sys.exit(status or 0)

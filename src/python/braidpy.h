@@ -35,6 +35,10 @@ typedef struct {
     /* process pool hooks from braid._procpool */
     PyObject *proc_dumps;           /* (fn, args, kwargs) -> bytes */
     PyObject *proc_loads;           /* bytes-like -> object */
+    PyObject *proc_envelope_type;   /* _procworker._Envelope: out-of-band buffers */
+    PyObject *pickle_dumps;
+    PyObject *pickle_loads;
+    PyObject *str_module;           /* interned "__module__" */
     PyObject *WorkerCrashed;
     PyObject *TaskTimeout;
     PyObject *BrokenProcessPool;
@@ -83,6 +87,21 @@ typedef struct FutureObject_s {
 braid_state *braid_get_state(PyObject *module);
 braid_state *braid_state_from_type(PyTypeObject *tp);
 
+/* callargs.c: submit(fn, /, *args, **kwargs) from a vectorcall: fn (borrowed),
+ * a new args tuple and a new kwargs dict or NULL. TypeError if fn is not
+ * callable. 0 or -1. */
+int braid_unpack_submit(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, PyObject **fn,
+                        PyObject **call_args, PyObject **call_kwargs);
+
+/* plain.c: pickling of plain tasks and results straight through pickle */
+int braid_is_plain(PyObject *o, int depth);
+/* The payload of a task; bytes, or (bytes, memfds to keep) from the
+ * general path. keep is the (fn, args, kwargs) tuple. */
+PyObject *braid_dumps_task(braid_state *st, PyObject *fn, PyObject *args, PyObject *kwargs,
+                           PyObject *keep);
+/* Unpickles a message payload (bytes-like), out-of-band buffers included. */
+PyObject *braid_loads(braid_state *st, PyObject *data);
+
 /* errors.c: the one map from -errno to a Python exception. Returns NULL. */
 PyObject *braid_raise_errno(int err, const char *what);
 
@@ -96,6 +115,9 @@ int braid_future_notify_cancel(FutureObject *fut);
 /* The engine cancelled the future's queued work item (GIL held): cancel
  * and notify the future, drop the queue's reference. */
 void braid_future_work_cancelled(FutureObject *fut);
+/* timeout: None or a number of seconds -> a br_now_ns() deadline, -1 for
+ * none. TypeError / ValueError (NaN) with a clear message. 0 or -1. */
+int braid_parse_timeout(PyObject *timeout, int64_t *deadline);
 /* Waits with the GIL released until done, `deadline_ns` (< 0: no limit).
  * 0 when done, -1 with TimeoutError or a signal's exception set. */
 int braid_future_wait(FutureObject *fut, int64_t deadline_ns);
@@ -129,6 +151,6 @@ PyObject *braid_worker_acked(PyObject *module, PyObject *unused);
 /* mapiter.c */
 int braid_mapiter_init_types(PyObject *module, braid_state *st);
 PyObject *braid_mapiter_new(braid_state *st, PyObject *pool, PyObject *fn,
-                            PyObject *iterables, double timeout, Py_ssize_t chunksize);
+                            PyObject *iterables, int64_t deadline, Py_ssize_t chunksize);
 
 #endif /* BRAIDPY_H */

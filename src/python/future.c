@@ -278,8 +278,7 @@ PyObject *braid_future_get_result(FutureObject *f)
     return Py_NewRef(f->result ? f->result : Py_None);
 }
 
-/* timeout: None or a real number of seconds -> deadline (-1: none). */
-static int parse_timeout(PyObject *timeout, int64_t *deadline)
+int braid_parse_timeout(PyObject *timeout, int64_t *deadline)
 {
     *deadline = -1;
     if (timeout == NULL || timeout == Py_None) {
@@ -317,7 +316,7 @@ static PyObject *fut_result(FutureObject *f, PyObject *args, PyObject *kwds)
     }
     if (!IS_DONE(f->state)) {
         int64_t deadline;
-        if (parse_timeout(timeout, &deadline) < 0 || braid_future_wait(f, deadline) < 0) {
+        if (braid_parse_timeout(timeout, &deadline) < 0 || braid_future_wait(f, deadline) < 0) {
             return NULL;
         }
     }
@@ -333,7 +332,7 @@ static PyObject *fut_exception(FutureObject *f, PyObject *args, PyObject *kwds)
     }
     if (!IS_DONE(f->state)) {
         int64_t deadline;
-        if (parse_timeout(timeout, &deadline) < 0 || braid_future_wait(f, deadline) < 0) {
+        if (braid_parse_timeout(timeout, &deadline) < 0 || braid_future_wait(f, deadline) < 0) {
             return NULL;
         }
     }

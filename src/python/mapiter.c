@@ -252,7 +252,7 @@ int braid_mapiter_init_types(PyObject *module, braid_state *st)
 }
 
 PyObject *braid_mapiter_new(braid_state *st, PyObject *pool, PyObject *fn, PyObject *iterables,
-                            double timeout, Py_ssize_t chunksize)
+                            int64_t deadline, Py_ssize_t chunksize)
 {
     PyObject *source = PyObject_Call((PyObject *)&PyZip_Type, iterables, NULL);
     if (source == NULL) {
@@ -268,7 +268,7 @@ PyObject *braid_mapiter_new(braid_state *st, PyObject *pool, PyObject *fn, PyObj
     m->fn = Py_NewRef(fn);
     m->source = source;
     m->input_error = NULL;
-    m->deadline = (timeout < 0 || timeout > 1e9) ? -1 : br_now_ns() + (int64_t)(timeout * 1e9);
+    m->deadline = deadline;
     m->chunksize = chunksize;
     /* Read-ahead: about READ_AHEAD_ITEMS items, and at least 4 tasks per
      * worker. Fewer in flight and the consumer keeps waiting on workers

@@ -45,6 +45,9 @@ static int load_stdlib_objects(braid_state *st)
     st->InvalidStateError = getattr_of("concurrent.futures", "InvalidStateError");
     st->BrokenThreadPool = getattr_of("concurrent.futures.thread", "BrokenThreadPool");
     st->Condition = getattr_of("threading", "Condition");
+    st->pickle_dumps = getattr_of("pickle", "dumps");
+    st->pickle_loads = getattr_of("pickle", "loads");
+    st->str_module = PyUnicode_InternFromString("__module__");
     st->BrokenProcessPool = getattr_of("concurrent.futures.process", "BrokenProcessPool");
     PyObject *get_logger = getattr_of("logging", "getLogger");
     if (get_logger != NULL) {
@@ -52,7 +55,7 @@ static int load_stdlib_objects(braid_state *st)
         Py_DECREF(get_logger);
     }
     if (!st->CancelledError || !st->InvalidStateError || !st->BrokenThreadPool || !st->Condition ||
-        !st->logger || !st->BrokenProcessPool) {
+        !st->logger || !st->BrokenProcessPool || !st->pickle_dumps || !st->pickle_loads || !st->str_module) {
         return -1;
     }
     return 0;
@@ -94,11 +97,12 @@ static PyObject *mod_procpool_at_exit(PyObject *module, PyObject *arg)
 
 static PyObject *mod_set_process_hooks(PyObject *module, PyObject *args)
 {
-    PyObject *dumps, *loads, *crashed, *timeout;
-    if (!PyArg_ParseTuple(args, "OOOO:_set_process_hooks", &dumps, &loads, &crashed, &timeout)) {
+    PyObject *dumps, *loads, *crashed, *timeout, *envelope;
+    if (!PyArg_ParseTuple(args, "OOOOO:_set_process_hooks", &dumps, &loads, &crashed, &timeout, &envelope)) {
         return NULL;
     }
     braid_state *st = braid_get_state(module);
+    Py_XSETREF(st->proc_envelope_type, Py_NewRef(envelope));
     Py_XSETREF(st->proc_dumps, Py_NewRef(dumps));
     Py_XSETREF(st->proc_loads, Py_NewRef(loads));
     Py_XSETREF(st->WorkerCrashed, Py_NewRef(crashed));
@@ -143,7 +147,7 @@ static PyMethodDef braid_methods[] = {
     {"_procpool_at_exit", mod_procpool_at_exit, METH_O,
      "_procpool_at_exit(interrupted): closes every process pool; kills workers soon if interrupted."},
     {"_set_process_hooks", mod_set_process_hooks, METH_VARARGS,
-     "_set_process_hooks(dumps, loads, WorkerCrashed, TaskTimeout)"},
+     "_set_process_hooks(dumps, loads, WorkerCrashed, TaskTimeout, envelope_type)"},
     {"_worker_loop", braid_worker_loop, METH_VARARGS, "_worker_loop(ring_bytes, handler): a worker's main loop."},
     {"_worker_acked", braid_worker_acked, METH_NOARGS,
      "_worker_acked(): seq of the last result the parent has unpickled."},
@@ -174,6 +178,10 @@ static int braid_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->procpool_core_type);
     Py_VISIT(st->proc_dumps);
     Py_VISIT(st->proc_loads);
+    Py_VISIT(st->proc_envelope_type);
+    Py_VISIT(st->pickle_dumps);
+    Py_VISIT(st->pickle_loads);
+    Py_VISIT(st->str_module);
     Py_VISIT(st->WorkerCrashed);
     Py_VISIT(st->TaskTimeout);
     Py_VISIT(st->BrokenProcessPool);
@@ -200,6 +208,10 @@ static int braid_clear(PyObject *module)
     Py_CLEAR(st->procpool_core_type);
     Py_CLEAR(st->proc_dumps);
     Py_CLEAR(st->proc_loads);
+    Py_CLEAR(st->proc_envelope_type);
+    Py_CLEAR(st->pickle_dumps);
+    Py_CLEAR(st->pickle_loads);
+    Py_CLEAR(st->str_module);
     Py_CLEAR(st->WorkerCrashed);
     Py_CLEAR(st->TaskTimeout);
     Py_CLEAR(st->BrokenProcessPool);

@@ -510,7 +510,7 @@ static PyObject *loads(proc_core_t *c, const unsigned char *data, size_t len)
     if (view == NULL) {
         return NULL;
     }
-    PyObject *obj = PyObject_CallOneArg(c->st->proc_loads, view);
+    PyObject *obj = braid_loads(c->st, view);
     Py_DECREF(view);
     return obj;
 }
@@ -1107,41 +1107,19 @@ static PyObject *pp_submit(PyObject *self, PyObject *const *args, Py_ssize_t nar
 {
     proc_core_t *c = ((ProcPoolObject *)self)->core;
     braid_state *st = c->st;
-    if (nargs < 1) {
-        PyErr_SetString(PyExc_TypeError, "submit() missing 1 required positional argument: 'fn'");
+    PyObject *fn, *tuple, *kwargs;
+    if (braid_unpack_submit(args, nargs, kwnames, &fn, &tuple, &kwargs) < 0) {
         return NULL;
     }
-    if (!PyCallable_Check(args[0])) {
-        PyErr_Format(PyExc_TypeError, "submit() needs a callable, not %.100s", Py_TYPE(args[0])->tp_name);
-        return NULL;
-    }
-    if (c->broken != NULL) {
-        PyErr_SetObject(st->BrokenProcessPool, c->broken);
-        return NULL;
-    }
-    if (c->closing) {
-        PyErr_SetString(PyExc_RuntimeError, "cannot schedule new futures after shutdown");
-        return NULL;
-    }
-    PyObject *tuple = PyTuple_New(nargs - 1);
-    if (tuple == NULL) {
-        return NULL;
-    }
-    for (Py_ssize_t i = 1; i < nargs; i++) {
-        PyTuple_SET_ITEM(tuple, i - 1, Py_NewRef(args[i]));
-    }
-    PyObject *kwargs = NULL;
-    if (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0) {
-        kwargs = PyDict_New();
-        for (Py_ssize_t i = 0; kwargs && i < PyTuple_GET_SIZE(kwnames); i++) {
-            if (PyDict_SetItem(kwargs, PyTuple_GET_ITEM(kwnames, i), args[nargs + i]) < 0) {
-                Py_CLEAR(kwargs);
-            }
+    if (c->broken != NULL || c->closing) {
+        Py_DECREF(tuple);
+        Py_XDECREF(kwargs);
+        if (c->broken != NULL) {
+            PyErr_SetObject(st->BrokenProcessPool, c->broken);
+        } else {
+            PyErr_SetString(PyExc_RuntimeError, "cannot schedule new futures after shutdown");
         }
-        if (kwargs == NULL) {
-            Py_DECREF(tuple);
-            return NULL;
-        }
+        return NULL;
     }
     FutureObject *fut = braid_future_new(st);
     if (fut == NULL) {
@@ -1149,12 +1127,12 @@ static PyObject *pp_submit(PyObject *self, PyObject *const *args, Py_ssize_t nar
         Py_XDECREF(kwargs);
         return NULL;
     }
-    PyObject *keep = Py_BuildValue("(ONN)", args[0], tuple, kwargs ? kwargs : Py_NewRef(Py_None));
+    PyObject *keep = Py_BuildValue("(ONN)", fn, tuple, kwargs ? kwargs : Py_NewRef(Py_None));
     if (keep == NULL) {
         Py_DECREF(fut);
         return NULL;
     }
-    PyObject *payload = PyObject_Call(st->proc_dumps, keep, NULL);
+    PyObject *payload = braid_dumps_task(st, fn, tuple, kwargs, keep);
     PyObject *held = NULL;
     if (payload != NULL && PyTuple_Check(payload) && PyTuple_GET_SIZE(payload) == 2) {
         /* (bytes, memfds of out-of-band buffers to keep until settled) */

@@ -8,6 +8,7 @@
  * sleeps with the GIL released while there is nothing to do.
  */
 #include "braidpy.h"
+#include "compat.h"
 #include "procproto.h"
 
 #include <errno.h>
@@ -114,7 +115,76 @@ static int recv_message(br_ring_t *rx, uint32_t *type, uint64_t *tag, PyObject *
     }
 }
 
-static PyObject *worker_loop(int64_t ring_bytes, PyObject *handler)
+typedef struct {
+    braid_state *st;
+    PyObject *handler;      /* _procworker._handle: the general path */
+    PyObject *pack_result;  /* (result, seq, mapped) -> (type, bytes) */
+    PyObject *pack_error;   /* (exc) -> (type, bytes) */
+    PyObject *release;      /* () -> result memfd sets still held */
+    int may_hold;           /* a result may still hold out-of-band memfds */
+    uint64_t ack_seen;
+} worker_hooks_t;
+
+/* Lets go of result memfds the parent has acknowledged, when it has. */
+static void release_acknowledged(worker_hooks_t *h, uint64_t *slots)
+{
+    uint64_t ack = __atomic_load_n(&slots[ACK_INDEX], __ATOMIC_ACQUIRE);
+    if (!h->may_hold || ack == h->ack_seen) {
+        return;
+    }
+    h->ack_seen = ack;
+    PyObject *n = PyObject_CallNoArgs(h->release);
+    if (n == NULL) {
+        PyErr_WriteUnraisable(h->release);
+        return;
+    }
+    h->may_hold = PyObject_IsTrue(n) == 1;
+    Py_DECREF(n);
+}
+
+/* Runs a task. The common case (a 3-tuple of a callable, an args tuple and
+ * None or a kwargs dict, returning a plain value) never enters Python-level
+ * code of braid; every other case goes through the hooks. Returns a new
+ * (type, bytes) pair, or a new bytes object for a plain MSG_RESULT, or
+ * NULL with an exception (fatal for the worker). */
+static PyObject *run_call(worker_hooks_t *h, PyObject *payload, uint64_t tag)
+{
+    PyObject *call = PyObject_CallOneArg(h->st->pickle_loads, payload);
+    if (call == NULL) {
+        PyObject *exc = PyErr_GetRaisedException();
+        PyObject *out = PyObject_CallOneArg(h->pack_error, exc);
+        Py_DECREF(exc);
+        return out;
+    }
+    PyObject *kw = PyTuple_CheckExact(call) && PyTuple_GET_SIZE(call) == 3 ? PyTuple_GET_ITEM(call, 2) : NULL;
+    if (kw == NULL || !PyTuple_CheckExact(PyTuple_GET_ITEM(call, 1)) || (kw != Py_None && !PyDict_CheckExact(kw))) {
+        Py_DECREF(call); /* out-of-band buffers, or not ours: the general path */
+        h->may_hold = 1;
+        return PyObject_CallFunction(h->handler, "IOK", (unsigned)MSG_CALL, payload, (unsigned long long)tag);
+    }
+    PyObject *res = PyObject_Call(PyTuple_GET_ITEM(call, 0), PyTuple_GET_ITEM(call, 1), kw == Py_None ? NULL : kw);
+    Py_DECREF(call);
+    if (res == NULL) {
+        PyObject *exc = PyErr_GetRaisedException();
+        PyObject *out = PyObject_CallOneArg(h->pack_error, exc);
+        Py_DECREF(exc);
+        return out;
+    }
+    if (braid_is_plain(res, 0)) {
+        PyObject *bytes = PyObject_CallFunction(h->st->pickle_dumps, "Oi", res, 5);
+        if (bytes != NULL) {
+            Py_DECREF(res);
+            return bytes;
+        }
+        PyErr_Clear(); /* the general path reports why */
+    }
+    h->may_hold = 1;
+    PyObject *out = PyObject_CallFunction(h->pack_result, "OKO", res, (unsigned long long)tag, Py_False);
+    Py_DECREF(res);
+    return out;
+}
+
+static PyObject *worker_loop(int64_t ring_bytes, worker_hooks_t *h)
 {
     size_t one = br_ring_mem_size((size_t)ring_bytes);
     size_t total = 2 * one + SLOTS_BYTES;
@@ -164,8 +234,13 @@ static PyObject *worker_loop(int64_t ring_bytes, PyObject *handler)
                 continue;
             }
         }
-        PyObject *out = PyObject_CallFunction(handler, "IOK", (unsigned)type, payload,
-                                              (unsigned long long)tag);
+        PyObject *out;
+        if (type == MSG_CALL) {
+            release_acknowledged(h, slots);
+            out = run_call(h, payload, tag);
+        } else {
+            out = PyObject_CallFunction(h->handler, "IOK", (unsigned)type, payload, (unsigned long long)tag);
+        }
         Py_DECREF(payload);
         if (out == NULL) {
             break;
@@ -174,10 +249,13 @@ static PyObject *worker_loop(int64_t ring_bytes, PyObject *handler)
             Py_DECREF(out);
             continue;
         }
-        unsigned rtype;
+        unsigned rtype = MSG_RESULT;
         const char *data;
         Py_ssize_t len;
-        if (!PyArg_ParseTuple(out, "Iy#:worker handler result", &rtype, &data, &len)) {
+        if (PyBytes_Check(out)) { /* a plain result */
+            data = PyBytes_AS_STRING(out);
+            len = PyBytes_GET_SIZE(out);
+        } else if (!PyArg_ParseTuple(out, "Iy#:worker handler result", &rtype, &data, &len)) {
             Py_DECREF(out);
             break;
         }
@@ -200,15 +278,17 @@ static PyObject *worker_loop(int64_t ring_bytes, PyObject *handler)
 PyObject *braid_worker_loop(PyObject *module, PyObject *args)
 {
     long long ring_bytes;
-    PyObject *handler;
-    if (!PyArg_ParseTuple(args, "LO:_worker_loop", &ring_bytes, &handler)) {
+    worker_hooks_t h = {.st = braid_get_state(module)};
+    if (!PyArg_ParseTuple(args, "LOOOO:_worker_loop", &ring_bytes, &h.handler, &h.pack_result, &h.pack_error,
+                          &h.release)) {
         return NULL;
     }
-    if (ring_bytes <= 0 || !PyCallable_Check(handler)) {
-        PyErr_SetString(PyExc_ValueError, "_worker_loop(ring_bytes > 0, handler)");
+    if (ring_bytes <= 0 || !PyCallable_Check(h.handler) || !PyCallable_Check(h.pack_result) ||
+        !PyCallable_Check(h.pack_error) || !PyCallable_Check(h.release)) {
+        PyErr_SetString(PyExc_ValueError, "_worker_loop(ring_bytes > 0, handler, pack_result, pack_error, release)");
         return NULL;
     }
-    return worker_loop(ring_bytes, handler);
+    return worker_loop(ring_bytes, &h);
 }
 
 PyObject *braid_worker_acked(PyObject *module, PyObject *unused)

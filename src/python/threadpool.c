@@ -454,34 +454,9 @@ unsigned braid_pool_max_workers(PyObject *self)
 static PyObject *pool_submit(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
                              PyObject *kwnames)
 {
-    if (nargs < 1) {
-        PyErr_SetString(PyExc_TypeError, "submit() missing 1 required positional argument: 'fn'");
+    PyObject *fn, *tuple, *kwargs;
+    if (braid_unpack_submit(args, nargs, kwnames, &fn, &tuple, &kwargs) < 0) {
         return NULL;
-    }
-    PyObject *fn = args[0];
-    if (!PyCallable_Check(fn)) {
-        PyErr_Format(PyExc_TypeError, "submit() needs a callable, not %.100s", Py_TYPE(fn)->tp_name);
-        return NULL;
-    }
-    PyObject *tuple = PyTuple_New(nargs - 1);
-    if (tuple == NULL) {
-        return NULL;
-    }
-    for (Py_ssize_t i = 1; i < nargs; i++) {
-        PyTuple_SET_ITEM(tuple, i - 1, Py_NewRef(args[i]));
-    }
-    PyObject *kwargs = NULL;
-    if (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0) {
-        kwargs = PyDict_New();
-        for (Py_ssize_t i = 0; kwargs && i < PyTuple_GET_SIZE(kwnames); i++) {
-            if (PyDict_SetItem(kwargs, PyTuple_GET_ITEM(kwnames, i), args[nargs + i]) < 0) {
-                Py_CLEAR(kwargs);
-            }
-        }
-        if (kwargs == NULL) {
-            Py_DECREF(tuple);
-            return NULL;
-        }
     }
     FutureObject *f = braid_pool_submit(self, fn, tuple, kwargs, 0);
     Py_DECREF(tuple);
@@ -515,27 +490,15 @@ static PyObject *pool_map(PyObject *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_ValueError, "chunksize must be >= 1");
         return NULL;
     }
-    double t = -1.0;
-    if (timeout != Py_None) {
-        t = PyFloat_AsDouble(timeout);
-        if (t == -1.0 && PyErr_Occurred()) {
-            PyErr_Format(PyExc_TypeError, "timeout must be a number or None, not %.100s",
-                         Py_TYPE(timeout)->tp_name);
-            return NULL;
-        }
-        if (t != t) {
-            PyErr_SetString(PyExc_ValueError, "timeout must not be NaN");
-            return NULL;
-        }
-        if (t < 0) {
-            t = 0;
-        }
+    int64_t deadline; /* counted from the call, as Executor.map does */
+    if (braid_parse_timeout(timeout, &deadline) < 0) {
+        return NULL;
     }
     PyObject *iterables = PyTuple_GetSlice(args, 1, PyTuple_GET_SIZE(args));
     if (iterables == NULL) {
         return NULL;
     }
-    PyObject *it = braid_mapiter_new(((PoolObject *)self)->core->st, self, fn, iterables, t, chunksize);
+    PyObject *it = braid_mapiter_new(((PoolObject *)self)->core->st, self, fn, iterables, deadline, chunksize);
     Py_DECREF(iterables);
     return it;
 }
