@@ -105,3 +105,24 @@ def test_out_of_band_memfds_do_not_leak(pool):
         assert pool.submit(shared_tasks.doubled, a).result(TIMEOUT)[0] == 2.0
     gc.collect()
     assert open_fds() <= before + 2
+
+
+def test_shutdown_wait_from_a_done_callback_raises(braid, tmp_path):
+    import procpool_tasks
+
+    pool = braid.ProcessPool(max_workers=1)
+    seen = []
+
+    def callback(future):
+        try:
+            pool.shutdown(wait=True)
+        except RuntimeError as exc:
+            seen.append(str(exc))
+
+    gate = tmp_path / "gate"
+    future = pool.submit(procpool_tasks.block, str(tmp_path / "started"), str(gate))
+    future.add_done_callback(callback)  # the task waits for the gate: not done yet
+    procpool_tasks.touch(str(gate))
+    assert future.result(TIMEOUT) == "blocker"
+    pool.shutdown(wait=True)
+    assert seen and "wait for itself" in seen[0]

@@ -994,6 +994,12 @@ static void core_free(proc_core_t *c)
 /* With the GIL: waits for the collector to finish and joins it. */
 static int core_join(proc_core_t *c)
 {
+    if (!c->collector_done && pthread_equal(pthread_self(), c->thread)) {
+        /* a done-callback (they run on the collector) waiting for the pool */
+        PyErr_SetString(PyExc_RuntimeError,
+                        "shutdown(wait=True) from a done-callback of the same pool would wait for itself");
+        return -1;
+    }
     while (!c->collector_done) {
         Py_BEGIN_ALLOW_THREADS
         usleep(1000);
