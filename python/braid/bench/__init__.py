@@ -8,6 +8,8 @@ lists them. Every module here has ``main(argv=None, *, command=None) -> int``
 """
 
 import importlib
+import shlex
+import sys
 
 # name -> (module, one-line description). Kept by hand: a benchmark is listed
 # only once it exists, and the list is what `python -m braid bench` prints.
@@ -23,6 +25,42 @@ BENCHMARKS = {
         "(round trip, bulk, map, primes, numpy arrays)",
     ),
 }
+
+
+class BraidMissing(RuntimeError):
+    """braid, or the part of it a benchmark measures, cannot be imported (not built or not
+    installed)."""
+
+
+def load_braid(attribute):
+    """Imports braid lazily and returns the module, which must have ``attribute``.
+
+    Raises BraidMissing with the reason, so a benchmark can say clearly what is missing
+    instead of showing a traceback from deep inside an import.
+    """
+    try:
+        import braid
+    except Exception as exc:  # ImportError, or an error raised by the extension
+        raise BraidMissing(f"import braid failed: {type(exc).__name__}: {exc}") from exc
+    if getattr(braid, attribute, None) is None:
+        raise BraidMissing(f"braid (from {getattr(braid, '__file__', '?')}) has no {attribute} yet")
+    return braid
+
+
+def command_line(name, argv):
+    """The command to print in a benchmark's header: the real one when run from the shell."""
+    if argv is None:
+        return shlex.join(getattr(sys, "orig_argv", sys.argv))
+    return shlex.join(["python", "-m", "braid", "bench", name, *argv])
+
+
+def run_main(main_impl, argv, command):
+    """main_impl(argv, command) -> exit status, with argparse's exits (--help: 0, a usage
+    error: 2) turned into a status too."""
+    try:
+        return main_impl(argv, command)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 2
 
 
 def get(name):

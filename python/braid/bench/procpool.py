@@ -54,9 +54,11 @@ import json
 import multiprocessing
 import os
 import platform
-import shlex
 import sys
 import time
+
+import braid.bench as _bench
+from braid.bench import BraidMissing
 
 DEFAULT_REPEAT = 5
 QUICK_REPEAT = 3
@@ -79,19 +81,9 @@ CONTENDERS = ("braid", "ppe", "pool", "loky", "mpire")
 BRAID_NAME = "braid.ProcessPool"
 
 
-class BraidMissing(RuntimeError):
-    """braid.ProcessPool cannot be imported (engine not built or not installed)."""
-
-
 def load_braid():
-    """Imports braid lazily and returns the module; BraidMissing says why not."""
-    try:
-        import braid
-    except Exception as exc:  # ImportError, or an error raised by the extension
-        raise BraidMissing(f"import braid failed: {type(exc).__name__}: {exc}") from exc
-    if getattr(braid, "ProcessPool", None) is None:
-        raise BraidMissing(f"braid (from {getattr(braid, '__file__', '?')}) has no ProcessPool yet")
-    return braid
+    """The braid module, with its ProcessPool; BraidMissing says why not."""
+    return _bench.load_braid("ProcessPool")
 
 
 def default_workers():
@@ -904,10 +896,7 @@ def _csv(text):
 def main(argv=None, *, command=None):
     """Runs the benchmark; returns the exit status (0 ok, 1 braid missing or a
     contender failed, 2 bad arguments)."""
-    try:
-        return _main(argv, command)
-    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
-        return exc.code if isinstance(exc.code, int) else 2
+    return _bench.run_main(_main, argv, command)
 
 
 def _main(argv, command):
@@ -936,10 +925,7 @@ def _main(argv, command):
         parser.error("--repeat and --workers must be at least 1")
 
     if command is None:
-        if argv is None:
-            command = shlex.join(getattr(sys, "orig_argv", sys.argv))
-        else:
-            command = shlex.join(["python", "-m", "braid", "bench", "procpool", *argv])
+        command = _bench.command_line("procpool", argv)
 
     braid_mod = None
     if args.stdlib_only or "braid" not in keys:

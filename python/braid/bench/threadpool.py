@@ -34,11 +34,13 @@ import os
 import platform
 import queue
 import selectors
-import shlex
 import socket
 import sys
 import threading
 import time
+
+import braid.bench as _bench
+from braid.bench import BraidMissing
 
 DEFAULT_TASKS = 100_000
 QUICK_TASKS = 10_000
@@ -55,25 +57,10 @@ STDLIB_NAME = "concurrent.futures.ThreadPoolExecutor"
 BRAID_NAME = "braid.ThreadPool"
 
 
-class BraidMissing(RuntimeError):
-    """braid.ThreadPool cannot be imported (engine not built or not installed)."""
-
-
 def load_braid():
-    """Imports braid lazily and returns (ThreadPool, version).
-
-    Raises BraidMissing with the reason, so callers can say clearly what is
-    missing instead of showing a traceback from deep inside an import.
-    """
-    try:
-        import braid
-    except Exception as exc:  # ImportError, or an error raised by the extension
-        raise BraidMissing(f"import braid failed: {type(exc).__name__}: {exc}") from exc
-    pool = getattr(braid, "ThreadPool", None)
-    if pool is None:
-        where = getattr(braid, "__file__", "?")
-        raise BraidMissing(f"braid (from {where}) has no ThreadPool yet")
-    return pool, getattr(braid, "__version__", "unknown")
+    """(braid.ThreadPool, braid's version); BraidMissing says why not."""
+    braid = _bench.load_braid("ThreadPool")
+    return braid.ThreadPool, getattr(braid, "__version__", "unknown")
 
 
 def default_workers():
@@ -486,10 +473,7 @@ def build_parser(prog=None):
 def main(argv=None, *, command=None):
     """Runs the benchmark; returns the exit status (0 ok, 1 braid missing,
     2 bad arguments)."""
-    try:
-        return _main(argv, command)
-    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
-        return exc.code if isinstance(exc.code, int) else 2
+    return _bench.run_main(_main, argv, command)
 
 
 def _main(argv, command):
@@ -506,10 +490,7 @@ def _main(argv, command):
         parser.error("--tasks, --repeat, --workers and --io-workers must be at least 1")
 
     if command is None:
-        if argv is None:
-            command = shlex.join(getattr(sys, "orig_argv", sys.argv))
-        else:
-            command = shlex.join(["python", "-m", "braid", "bench", "threadpool", *argv])
+        command = _bench.command_line("threadpool", argv)
 
     braid_pool, braid_version = None, None
     if not args.stdlib_only:
