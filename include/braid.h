@@ -346,6 +346,247 @@ void br_proc_close(br_proc_t *p);
  * parent is already gone, or -errno. */
 int br_proc_bind_to_parent(int sig, int expected_ppid);
 
+/* ---------------------------------------------------------------- event loop
+ * br_loop_t: a single-threaded reactor (epoll) with a timer heap, file
+ * descriptor watchers (br_io_t), cross-thread wakeups (br_async_t) and
+ * signal delivery (br_signal_t). Everything except br_async_send runs on the
+ * thread that calls br_loop_run.
+ *
+ * One iteration of br_loop_run, in this order:
+ *
+ *   1. update the cached time (br_loop_now)
+ *   2. run the timers that are due, in (deadline, start order)
+ *   3. poll for I/O; the timeout is 0 if close callbacks are pending, a stop
+ *      was asked or the mode is BR_RUN_NOWAIT; else the time to the next
+ *      timer; else infinite. The cached time is refreshed when poll returns.
+ *   4. dispatch I/O callbacks (br_io_t, and br_async_t / br_signal_t, which
+ *      ride on the same poll)
+ *   5. run the close callbacks of handles closed before this point
+ *
+ * Handle life cycle (every handle type):
+ *
+ *          init             start               br_close(h, cb)
+ *   (mem) ------> INACTIVE <------> ACTIVE ----------------------> CLOSING
+ *                    |      stop                                     |
+ *                    +---------------- br_close(h, cb) --------------+
+ *                                                                    | step 5 of
+ *                                                                    v an iteration
+ *                                                      CLOSED: cb(h) has run; the
+ *                                                      memory is the caller's again
+ *
+ * ACTIVE handles that are referenced (the default; see br_unref) keep
+ * br_loop_run going. A br_async_t is ACTIVE from init to close.
+ *
+ * Ownership: the caller allocates the loop and every handle. A handle's
+ * memory must stay valid from init until its close callback has run (or,
+ * with a NULL close callback, until the iteration that ran it has ended);
+ * it may be freed inside the close callback. The loop must outlive its
+ * handles: br_loop_close refuses while any handle is not yet CLOSED.
+ */
+typedef struct br_loop_s br_loop_t;
+typedef struct br_handle_s br_handle_t;
+typedef struct br_io_s br_io_t;
+typedef struct br_timer_s br_timer_t;
+typedef struct br_async_s br_async_t;
+typedef struct br_signal_s br_signal_t;
+
+typedef void (*br_close_cb)(br_handle_t *handle);
+/* revents: BR_READABLE | BR_WRITABLE among the events asked for, plus
+ * BR_ERROR / BR_HUP whenever the kernel reports them. */
+typedef void (*br_io_cb)(br_io_t *io, unsigned revents);
+typedef void (*br_timer_cb)(br_timer_t *timer);
+typedef void (*br_async_cb)(br_async_t *async);
+typedef void (*br_signal_cb)(br_signal_t *sig, int signum);
+
+enum br_handle_type {
+    BR_HANDLE_IO = 1,
+    BR_HANDLE_TIMER = 2,
+    BR_HANDLE_ASYNC = 3,
+    BR_HANDLE_SIGNAL = 4
+};
+
+#define BR_READABLE 0x1u
+#define BR_WRITABLE 0x2u
+#define BR_ERROR 0x4u /* revents only */
+#define BR_HUP 0x8u   /* revents only */
+
+enum br_run_mode {
+    BR_RUN_DEFAULT = 0, /* iterate until no active handle is left or stop */
+    BR_RUN_ONCE = 1,    /* one iteration that may block; if it blocked for a
+                           timer, that timer runs before it returns */
+    BR_RUN_NOWAIT = 2   /* one iteration that never blocks */
+};
+
+/* The common first member of every handle: br_close and the data pointer
+ * work on any handle through it (br_close(&timer.handle, cb)). */
+struct br_handle_s {
+    void *data;                 /* the caller's; the loop never touches it */
+    br_loop_t *loop;            /* read-only */
+    int type;                   /* enum br_handle_type, read-only */
+    unsigned flags_;            /* private from here on */
+    br_close_cb close_cb_;
+    br_handle_t *next_;         /* the loop's list of open handles */
+    br_handle_t *prev_;
+    br_handle_t *close_next_;   /* the queue of pending close callbacks */
+};
+
+/* br_io_t: watches one file descriptor for readiness, level-triggered: the
+ * callback runs on every iteration while the fd stays ready, so it may read
+ * as little as it likes. One br_io_t per fd per loop (-EEXIST otherwise).
+ * The fd stays the caller's: stop or close the watcher before closing the
+ * fd, or the kernel may keep reporting a file the loop can no longer
+ * deregister. */
+struct br_io_s {
+    br_handle_t handle;
+    int fd;                     /* read-only */
+    unsigned events_;           /* private: what is registered, 0 if none */
+    br_io_cb cb_;
+};
+
+/* br_timer_t: fires once after timeout_ns, then every repeat_ns if that is
+ * not 0. Deadlines count from br_loop_now(). Timers with equal deadlines run
+ * in the order they were started. A timer started from a callback runs on
+ * the next iteration at the earliest, even with a timeout of 0. A repeating
+ * timer's next deadline is its previous deadline plus repeat_ns (late
+ * callbacks do not push later ones back); periods missed entirely while the
+ * loop was busy are skipped, not run in a burst. */
+struct br_timer_s {
+    br_handle_t handle;
+    br_timer_cb cb_;            /* private from here on */
+    int64_t deadline_;
+    int64_t repeat_;
+    uint64_t seq_;
+    size_t heap_index_;
+};
+
+/* br_async_t: wakes the loop from any thread. Sends coalesce: the callback
+ * runs at least once after any br_async_send, on the loop thread, and once
+ * for many sends that arrive before it runs. A send never blocks and is
+ * async-signal-safe. */
+struct br_async_s {
+    br_handle_t handle;
+    br_async_cb cb_;            /* private from here on */
+    uint32_t pending_;
+    br_async_t *next_;
+    br_async_t *prev_;
+};
+
+/* br_signal_t: delivers one signal number through a signalfd. Start blocks
+ * the signal in the calling thread's mask (the signalfd only sees blocked
+ * signals) and stop restores it. A process-directed signal goes to any
+ * thread that does not block it, so an embedding program with other threads
+ * must block the signal in them too (e.g. before creating them), or the
+ * signal may be delivered there instead of to the loop. */
+struct br_signal_s {
+    br_handle_t handle;
+    int signum;                 /* read-only, 0 while stopped */
+    br_signal_cb cb_;           /* private from here on */
+    int unblock_on_stop_;
+    br_io_t io_;
+};
+
+/* All fields private except data. */
+struct br_loop_s {
+    void *data;
+    int64_t time_;
+    struct br__poll_s *poll_;   /* the readiness backend's state */
+    br_io_t **watchers_;        /* fd -> the br_io_t watching it */
+    unsigned nwatchers_;
+    unsigned active_;           /* ACTIVE and referenced handles */
+    br_handle_t *handles_;      /* every handle not yet CLOSED */
+    br_handle_t *closing_head_;
+    br_handle_t *closing_tail_;
+    br_timer_t **heap_;
+    size_t heap_len_;
+    size_t heap_cap_;
+    uint64_t timer_seq_;
+    br_async_t *asyncs_;
+    br_async_t *async_cursor_;  /* the next one a wakeup scan visits */
+    br_wakeup_t wakeup_;        /* what br_async_send signals */
+    br_io_t wakeup_io_;
+    int stop_;
+    int running_;
+};
+
+/* 0 or -errno (epoll_create1, eventfd, -ENOMEM). */
+int br_loop_init(br_loop_t *loop);
+/* Runs iterations as `mode` says. Returns 1 if the loop is still alive
+ * (br_loop_alive), 0 if not, -EBUSY if the loop is already running, or
+ * -errno if polling failed. A stop request ends it after the current
+ * iteration and is then forgotten. */
+int br_loop_run(br_loop_t *loop, enum br_run_mode mode);
+/* Asks br_loop_run to return after the current iteration (whose poll will
+ * then not block). Loop thread only; from elsewhere, use a br_async_t. */
+void br_loop_stop(br_loop_t *loop);
+/* 1 if there are active referenced handles or pending close callbacks. */
+int br_loop_alive(const br_loop_t *loop);
+/* Releases the loop's fds and memory. -EBUSY while running or while any
+ * handle is not yet CLOSED (its close callback has not run). */
+int br_loop_close(br_loop_t *loop);
+/* The monotonic time in ns cached by the current iteration. */
+int64_t br_loop_now(const br_loop_t *loop);
+/* Refreshes the cached time (e.g. before starting timers after a long
+ * computation outside the loop). */
+void br_loop_update_time(br_loop_t *loop);
+
+/* Closes any handle: stops it, and runs close_cb (may be NULL) from step 5
+ * of the current or next iteration, never from inside br_close. Returns 0,
+ * or -EINVAL if the handle is already closing or closed. */
+int br_close(br_handle_t *handle, br_close_cb close_cb);
+/* 1 from br_close until the close callback has run, and after. */
+int br_is_closing(const br_handle_t *handle);
+/* 1 if the handle is ACTIVE (started, not stopped or closed). */
+int br_is_active(const br_handle_t *handle);
+/* An unreferenced handle does not keep br_loop_run alive by itself (e.g. a
+ * housekeeping timer, or a br_async_t that should not). Idempotent. */
+void br_unref(br_handle_t *handle);
+void br_ref(br_handle_t *handle);
+
+/* Binds io to fd (no syscall). 0, or -EBADF for a negative fd. */
+int br_io_init(br_loop_t *loop, br_io_t *io, int fd);
+/* Watches for `events` (BR_READABLE | BR_WRITABLE, not 0), replacing what
+ * was watched; cb replaces the callback. 0, -EINVAL, -EBADF (fd not open),
+ * -EEXIST (another watcher has the fd), -EPERM (fd that epoll cannot watch,
+ * e.g. a regular file), -ENOMEM, -EBUSY (closing). */
+int br_io_start(br_io_t *io, unsigned events, br_io_cb cb);
+/* Stops watching; a callback pending in the current batch is dropped.
+ * Idempotent; 0 also if the fd was closed meanwhile. */
+int br_io_stop(br_io_t *io);
+
+int br_timer_init(br_loop_t *loop, br_timer_t *timer);
+/* (Re)starts the timer: first call at br_loop_now() + timeout_ns, then
+ * every repeat_ns (0: once). 0, -EINVAL (NULL cb, negative times), -ENOMEM,
+ * -EBUSY (closing). */
+int br_timer_start(br_timer_t *timer, br_timer_cb cb, int64_t timeout_ns, int64_t repeat_ns);
+/* Idempotent; 0. */
+int br_timer_stop(br_timer_t *timer);
+/* Restarts a repeating timer at now + repeat; does nothing to a one-shot
+ * one. -EINVAL if it was never started. */
+int br_timer_again(br_timer_t *timer);
+void br_timer_set_repeat(br_timer_t *timer, int64_t repeat_ns);
+int64_t br_timer_get_repeat(const br_timer_t *timer);
+/* Nanoseconds until the timer is due (0 if overdue or stopped). */
+int64_t br_timer_get_due_in(const br_timer_t *timer);
+
+/* Active at once (it keeps the loop alive unless br_unref'd). 0, -EINVAL. */
+int br_async_init(br_loop_t *loop, br_async_t *async, br_async_cb cb);
+/* Any thread, async-signal-safe. 0 or -errno (a failing eventfd write). The
+ * caller must make sure no send is in progress or starts once br_close has
+ * been called on the handle. */
+int br_async_send(br_async_t *async);
+
+int br_signal_init(br_loop_t *loop, br_signal_t *sig);
+/* Watches signum (restarting with another number is allowed). Call it on
+ * the thread that runs the loop: the signal is blocked in this thread's
+ * mask until stop. 0, -EINVAL (bad number, SIGKILL, SIGSTOP), -EBUSY, or
+ * -errno from signalfd. */
+int br_signal_start(br_signal_t *sig, br_signal_cb cb, int signum);
+/* Stops, closes the signalfd, drops instances that arrived but were not
+ * yet delivered (so they cannot take the default action once unblocked),
+ * and unblocks the signal if start blocked it and no other br_signal_t of
+ * this loop still watches it. Idempotent; 0. */
+int br_signal_stop(br_signal_t *sig);
+
 #ifdef __cplusplus
 }
 #endif
