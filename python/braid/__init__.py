@@ -1,18 +1,21 @@
 """braid: concurrency for Python with its engine in C.
 
 Public API: ``braid.ThreadPool``, ``braid.ProcessPool`` and its errors
-``braid.WorkerCrashed`` and ``braid.TaskTimeout``; ``braid.Loop``,
-``braid.install``, ``braid.run`` and ``braid.map`` follow in later releases.
+``braid.WorkerCrashed`` and ``braid.TaskTimeout``, ``braid.shared_array``;
+``braid.Loop`` with ``braid.install``, ``braid.run`` and
+``braid.new_event_loop`` (its scheduling core is C; its transports are still
+asyncio's); ``braid.map`` follows.
 """
 
 from . import _braid
 from ._braid import Future
 from ._errors import TaskTimeout, WorkerCrashed
+from ._loop import EventLoopPolicy, Loop, install, new_event_loop, run
 from ._procpool import ProcessPool
 from ._shared import shared_array
 from ._threadpool import ThreadPool
 
 __version__ = "0.1.0"
 
-__all__ = ["Future", "ProcessPool", "TaskTimeout", "ThreadPool", "WorkerCrashed", "__version__",
-           "shared_array"]
+__all__ = ["EventLoopPolicy", "Future", "Loop", "ProcessPool", "TaskTimeout", "ThreadPool",
+           "WorkerCrashed", "__version__", "install", "new_event_loop", "run", "shared_array"]

@@ -23,6 +23,8 @@ typedef struct {
     PyTypeObject *pool_core_type;   /* _ThreadPoolCore */
     PyTypeObject *mapiter_type;
     PyTypeObject *procpool_core_type;
+    PyTypeObject *loop_core_type;   /* _LoopCore */
+    PyTypeObject *loop_handle_type; /* LoopHandle (Handle and TimerHandle) */
     /* exceptions and helpers borrowed from the stdlib */
     PyObject *CancelledError;
     PyObject *InvalidStateError;
@@ -139,6 +141,9 @@ void braid_threadpool_clear_state(braid_state *st);
 PyObject *braid_threadpool_after_fork_child(braid_state *st);
 /* Removes a queued work item of this pool (no-op if a worker has it). */
 void braid_pool_cancel_work(pool_core_t *core, br_work_t *work);
+
+/* loop.c */
+int braid_loop_init_types(PyObject *module, braid_state *st);
 
 /* procpool.c, procworker.c */
 int braid_procpool_init_types(PyObject *module, braid_state *st);

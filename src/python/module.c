@@ -66,7 +66,7 @@ static int braid_exec(PyObject *module)
     braid_state *st = braid_get_state(module);
     if (load_stdlib_objects(st) < 0 || braid_future_init_types(module, st) < 0 ||
         braid_threadpool_init_types(module, st) < 0 || braid_mapiter_init_types(module, st) < 0 ||
-        braid_procpool_init_types(module, st) < 0) {
+        braid_procpool_init_types(module, st) < 0 || braid_loop_init_types(module, st) < 0) {
         return -1;
     }
     if (PyModule_AddStringConstant(module, "ENGINE_VERSION", BR_VERSION_STRING) < 0) {
@@ -176,6 +176,8 @@ static int braid_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->worker_started);
     Py_VISIT(st->worker_exiting);
     Py_VISIT(st->procpool_core_type);
+    Py_VISIT(st->loop_core_type);
+    Py_VISIT(st->loop_handle_type);
     Py_VISIT(st->proc_dumps);
     Py_VISIT(st->proc_loads);
     Py_VISIT(st->proc_envelope_type);
@@ -206,6 +208,8 @@ static int braid_clear(PyObject *module)
     Py_CLEAR(st->worker_started);
     Py_CLEAR(st->worker_exiting);
     Py_CLEAR(st->procpool_core_type);
+    Py_CLEAR(st->loop_core_type);
+    Py_CLEAR(st->loop_handle_type);
     Py_CLEAR(st->proc_dumps);
     Py_CLEAR(st->proc_loads);
     Py_CLEAR(st->proc_envelope_type);

@@ -1,0 +1,953 @@
+/*
+ * loop.c — _LoopCore, the C scheduling core of braid.Loop (issue 3, first
+ * part): the ready queue, timers, fd watchers and the run-once step, on the
+ * engine's reactor (br_loop_t).
+ *
+ * braid.Loop (python/braid/_loop.py) puts this type first in its bases and
+ * asyncio's Unix selector loop after it, so everything not written here yet
+ * (transports, servers, subprocesses, signal handlers, run_until_complete,
+ * the exception handler) is asyncio's own code, running on these
+ * primitives: call_soon / call_at / call_later / call_soon_threadsafe /
+ * time / _run_once and the fd watchers _add_reader / _remove_reader /
+ * _add_writer / _remove_writer that asyncio's transports go through.
+ *
+ * One iteration (_run_once), as asyncio's:
+ *
+ *   timeout = 0 if callbacks are ready or stop was asked, else the time to
+ *             the next timer, else none
+ *   GIL released: br_loop_run(ONCE or NOWAIT) polls; the engine's I/O
+ *             callbacks only note which watchers fired (no Python here)
+ *   GIL held:  fired watchers queue their reader/writer handles, due timers
+ *             queue theirs, then the callbacks ready at this point run
+ *             (those they schedule wait for the next iteration)
+ */
+#include "braidpy.h"
+#include "compat.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* --------------------------------------------------------- handles */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *callback;
+    PyObject *args;      /* tuple */
+    PyObject *context;   /* contextvars.Context or NULL */
+    PyObject *loop;      /* the Loop, for the exception handler */
+    int cancelled;
+    int is_timer;
+    int64_t when;        /* timers: deadline, br_now_ns() clock */
+    uint64_t seq;        /* timers: order among equal deadlines */
+    Py_ssize_t heap_index; /* -1 while not in the heap */
+} HandleObject;
+
+typedef struct watcher_s {
+    br_io_t io;
+    HandleObject *reader;
+    HandleObject *writer;
+    unsigned fired;      /* revents noted during the poll */
+    int queued;          /* in the fired list */
+} watcher_t;
+
+typedef struct {
+    PyObject_HEAD
+    br_loop_t *core;     /* heap-allocated: freed after its handles closed */
+    br_async_t wake;     /* call_soon_threadsafe */
+    br_timer_t poll_timer; /* bounds a poll to the next timer */
+    PyObject **ready;    /* our handles, and asyncio.Handle objects (_add_callback) */
+    size_t ready_cap, ready_head, ready_len;
+    HandleObject **heap;
+    size_t heap_len, heap_cap;
+    uint64_t seq;
+    watcher_t **watchers; /* by fd */
+    size_t nwatchers;
+    watcher_t **fired;
+    size_t fired_len, fired_cap;
+    int closed;
+    int init_done;
+} LoopObject;
+
+static braid_state *loop_state(PyObject *o)
+{
+    return braid_state_from_type(Py_TYPE(o));
+}
+
+static int handle_traverse(HandleObject *h, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(h));
+    Py_VISIT(h->callback);
+    Py_VISIT(h->args);
+    Py_VISIT(h->context);
+    Py_VISIT(h->loop);
+    return 0;
+}
+
+static int handle_clear(HandleObject *h)
+{
+    Py_CLEAR(h->callback);
+    Py_CLEAR(h->args);
+    Py_CLEAR(h->context);
+    Py_CLEAR(h->loop);
+    return 0;
+}
+
+static void handle_dealloc(HandleObject *h)
+{
+    PyTypeObject *tp = Py_TYPE(h);
+    PyObject_GC_UnTrack(h);
+    handle_clear(h);
+    tp->tp_free(h);
+    Py_DECREF(tp);
+}
+
+static void heap_remove(LoopObject *L, Py_ssize_t i);
+
+static PyObject *handle_cancel(HandleObject *h, PyObject *unused)
+{
+    if (!h->cancelled) {
+        h->cancelled = 1;
+        if (h->heap_index >= 0 && h->loop != NULL) {
+            heap_remove((LoopObject *)h->loop, h->heap_index);
+        }
+        /* drop the references now, as asyncio does, so a cancelled
+         * callback does not keep what it closes over alive */
+        Py_CLEAR(h->callback);
+        Py_CLEAR(h->args);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *handle_cancelled(HandleObject *h, PyObject *unused)
+{
+    return PyBool_FromLong(h->cancelled);
+}
+
+static PyObject *handle_when(HandleObject *h, PyObject *unused)
+{
+    return PyFloat_FromDouble((double)h->when / 1e9);
+}
+
+static PyObject *handle_get_context(HandleObject *h, PyObject *unused)
+{
+    return Py_NewRef(h->context ? h->context : Py_None);
+}
+
+static void report_callback_error(HandleObject *h)
+{
+    PyObject *exc = PyErr_GetRaisedException();
+    PyObject *msg = PyUnicode_FromFormat("Exception in callback %R", h->callback ? h->callback : Py_None);
+    PyObject *ctx = msg ? Py_BuildValue("{s:N,s:O,s:O}", "message", msg, "exception", exc, "handle", (PyObject *)h)
+                        : NULL;
+    PyObject *r = (ctx && h->loop) ? PyObject_CallMethod(h->loop, "call_exception_handler", "O", ctx) : NULL;
+    if (r == NULL) {
+        PyErr_WriteUnraisable((PyObject *)h);
+    }
+    Py_XDECREF(r);
+    Py_XDECREF(ctx);
+    Py_XDECREF(exc);
+}
+
+/* Runs the callback in its context. KeyboardInterrupt and SystemExit
+ * propagate (-1), as in asyncio; other exceptions go to the handler. */
+static int handle_run(HandleObject *h)
+{
+    if (h->cancelled || h->callback == NULL) {
+        return 0;
+    }
+    if (h->context != NULL && PyContext_Enter(h->context) < 0) {
+        return -1;
+    }
+    PyObject *r = PyObject_Call(h->callback, h->args, NULL);
+    if (h->context != NULL && PyContext_Exit(h->context) < 0) {
+        Py_XDECREF(r);
+        return -1;
+    }
+    if (r != NULL) {
+        Py_DECREF(r);
+        return 0;
+    }
+    if (PyErr_ExceptionMatches(PyExc_SystemExit) || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) {
+        return -1;
+    }
+    report_callback_error(h);
+    return 0;
+}
+
+static PyObject *handle_run_method(HandleObject *h, PyObject *unused)
+{
+    return handle_run(h) < 0 ? NULL : Py_NewRef(Py_None);
+}
+
+static PyObject *handle_repr(HandleObject *h)
+{
+    const char *name = h->is_timer ? "TimerHandle" : "Handle";
+    if (h->cancelled) {
+        return PyUnicode_FromFormat("<%s cancelled>", name);
+    }
+    if (h->is_timer) {
+        PyObject *when = PyFloat_FromDouble((double)h->when / 1e9);
+        PyObject *r = when ? PyUnicode_FromFormat("<%s when=%R %R>", name, when, h->callback) : NULL;
+        Py_XDECREF(when);
+        return r;
+    }
+    return PyUnicode_FromFormat("<%s %R>", name, h->callback);
+}
+
+static PyObject *handle_richcompare(HandleObject *a, PyObject *b, int op)
+{
+    if (!PyObject_TypeCheck(b, Py_TYPE(a)) || !a->is_timer || !((HandleObject *)b)->is_timer) {
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    int64_t x = a->when, y = ((HandleObject *)b)->when;
+    if (op == Py_EQ || op == Py_NE) {
+        int eq = x == y && a->callback == ((HandleObject *)b)->callback && a->cancelled == ((HandleObject *)b)->cancelled;
+        return PyBool_FromLong(op == Py_EQ ? eq : !eq);
+    }
+    Py_RETURN_RICHCOMPARE(x, y, op);
+}
+
+static PyMethodDef handle_methods[] = {
+    {"cancel", (PyCFunction)handle_cancel, METH_NOARGS, "Cancels the callback; idempotent."},
+    {"cancelled", (PyCFunction)handle_cancelled, METH_NOARGS, NULL},
+    {"when", (PyCFunction)handle_when, METH_NOARGS, "Timers: the loop time it is scheduled for."},
+    {"get_context", (PyCFunction)handle_get_context, METH_NOARGS, NULL},
+    {"_run", (PyCFunction)handle_run_method, METH_NOARGS, NULL},
+    {NULL}};
+
+static PyType_Slot handle_slots[] = {
+    {Py_tp_dealloc, handle_dealloc},
+    {Py_tp_traverse, handle_traverse},
+    {Py_tp_clear, handle_clear},
+    {Py_tp_methods, handle_methods},
+    {Py_tp_repr, handle_repr},
+    {Py_tp_richcompare, handle_richcompare},
+    {Py_tp_doc, "A callback scheduled on a braid.Loop (call_soon, call_later, call_at)."},
+    {0, NULL}};
+
+static PyType_Spec handle_spec = {
+    .name = "braid._braid.LoopHandle",
+    .basicsize = sizeof(HandleObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = handle_slots,
+};
+
+/* --------------------------------------------------------- ready queue and timer heap */
+
+static int ready_push(LoopObject *L, PyObject *h)
+{
+    if (L->ready_len == L->ready_cap) {
+        size_t cap = L->ready_cap ? L->ready_cap * 2 : 256;
+        PyObject **q = PyMem_Malloc(cap * sizeof *q);
+        if (q == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        for (size_t i = 0; i < L->ready_len; i++) {
+            q[i] = L->ready[(L->ready_head + i) % L->ready_cap];
+        }
+        PyMem_Free(L->ready);
+        L->ready = q;
+        L->ready_cap = cap;
+        L->ready_head = 0;
+    }
+    L->ready[(L->ready_head + L->ready_len) % L->ready_cap] = Py_NewRef(h);
+    L->ready_len++;
+    return 0;
+}
+
+static PyObject *ready_pop(LoopObject *L)
+{
+    PyObject *h = L->ready[L->ready_head];
+    L->ready_head = (L->ready_head + 1) % L->ready_cap;
+    L->ready_len--;
+    return h; /* the queue's reference */
+}
+
+static int before(HandleObject *a, HandleObject *b)
+{
+    return a->when < b->when || (a->when == b->when && a->seq < b->seq);
+}
+
+static void heap_set(LoopObject *L, size_t i, HandleObject *h)
+{
+    L->heap[i] = h;
+    h->heap_index = (Py_ssize_t)i;
+}
+
+static void sift_up(LoopObject *L, size_t i)
+{
+    HandleObject *h = L->heap[i];
+    while (i > 0 && before(h, L->heap[(i - 1) / 2])) {
+        heap_set(L, i, L->heap[(i - 1) / 2]);
+        i = (i - 1) / 2;
+    }
+    heap_set(L, i, h);
+}
+
+static void sift_down(LoopObject *L, size_t i)
+{
+    HandleObject *h = L->heap[i];
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= L->heap_len) {
+            break;
+        }
+        if (c + 1 < L->heap_len && before(L->heap[c + 1], L->heap[c])) {
+            c++;
+        }
+        if (!before(L->heap[c], h)) {
+            break;
+        }
+        heap_set(L, i, L->heap[c]);
+        i = c;
+    }
+    heap_set(L, i, h);
+}
+
+static int heap_push(LoopObject *L, HandleObject *h)
+{
+    if (L->heap_len == L->heap_cap) {
+        size_t cap = L->heap_cap ? L->heap_cap * 2 : 64;
+        HandleObject **n = PyMem_Realloc(L->heap, cap * sizeof *n);
+        if (n == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        L->heap = n;
+        L->heap_cap = cap;
+    }
+    Py_INCREF(h);
+    L->heap_len++;
+    heap_set(L, L->heap_len - 1, h);
+    sift_up(L, L->heap_len - 1);
+    return 0;
+}
+
+/* Removes heap[i] and drops the heap's reference. */
+static void heap_remove(LoopObject *L, Py_ssize_t i)
+{
+    HandleObject *h = L->heap[i];
+    L->heap_len--;
+    if ((size_t)i != L->heap_len) {
+        heap_set(L, (size_t)i, L->heap[L->heap_len]);
+        sift_down(L, (size_t)i);
+        sift_up(L, (size_t)L->heap[i]->heap_index);
+    }
+    h->heap_index = -1;
+    Py_DECREF(h);
+}
+
+/* --------------------------------------------------------- scheduling */
+
+static int check_open(LoopObject *L)
+{
+    if (L->closed || !L->init_done) {
+        PyErr_SetString(PyExc_RuntimeError, L->init_done ? "Event loop is closed" : "Loop.__init__ was not called");
+        return -1;
+    }
+    return 0;
+}
+
+static HandleObject *make_handle(LoopObject *L, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                                 const char *what, Py_ssize_t skip)
+{
+    braid_state *st = loop_state((PyObject *)L);
+    if (check_open(L) < 0) {
+        return NULL;
+    }
+    if (nargs < skip + 1) {
+        PyErr_Format(PyExc_TypeError, "%s() missing the callback argument", what);
+        return NULL;
+    }
+    PyObject *context = NULL;
+    for (Py_ssize_t i = 0; kwnames && i < PyTuple_GET_SIZE(kwnames); i++) {
+        PyObject *k = PyTuple_GET_ITEM(kwnames, i);
+        if (PyUnicode_CompareWithASCIIString(k, "context") != 0) {
+            PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument %R", what, k);
+            return NULL;
+        }
+        context = args[nargs + i] == Py_None ? NULL : args[nargs + i];
+    }
+    PyObject *cb = args[skip];
+    if (!PyCallable_Check(cb)) {
+        PyErr_Format(PyExc_TypeError, "a callable object was expected by %s(), got %R", what, cb);
+        return NULL;
+    }
+    if (PyFunction_Check(cb) && (PyFunction_GET_CODE(cb) != NULL) &&
+        (((PyCodeObject *)PyFunction_GET_CODE(cb))->co_flags & CO_COROUTINE)) {
+        /* asyncio checks this in debug mode only; it is cheap enough to always do */
+        PyErr_Format(PyExc_TypeError, "coroutines cannot be used with %s()", what);
+        return NULL;
+    }
+    HandleObject *h = PyObject_GC_New(HandleObject, st->loop_handle_type);
+    if (h == NULL) {
+        return NULL;
+    }
+    h->callback = Py_NewRef(cb);
+    h->args = PyTuple_New(nargs - skip - 1);
+    h->context = context ? Py_NewRef(context) : PyContext_CopyCurrent();
+    h->loop = Py_NewRef((PyObject *)L);
+    h->cancelled = 0;
+    h->is_timer = 0;
+    h->when = 0;
+    h->seq = 0;
+    h->heap_index = -1;
+    PyObject_GC_Track(h);
+    if (h->args == NULL || h->context == NULL) {
+        Py_DECREF(h);
+        return NULL;
+    }
+    for (Py_ssize_t i = skip + 1; i < nargs; i++) {
+        PyTuple_SET_ITEM(h->args, i - skip - 1, Py_NewRef(args[i]));
+    }
+    return h;
+}
+
+static PyObject *loop_call_soon(LoopObject *L, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    HandleObject *h = make_handle(L, args, nargs, kwnames, "call_soon", 0);
+    if (h == NULL || ready_push(L, (PyObject *)h) < 0) {
+        Py_XDECREF(h);
+        return NULL;
+    }
+    return (PyObject *)h;
+}
+
+static PyObject *loop_call_soon_threadsafe(LoopObject *L, PyObject *const *args, Py_ssize_t nargs,
+                                           PyObject *kwnames)
+{
+    HandleObject *h = make_handle(L, args, nargs, kwnames, "call_soon_threadsafe", 0);
+    if (h == NULL || ready_push(L, (PyObject *)h) < 0) {
+        Py_XDECREF(h);
+        return NULL;
+    }
+    /* the loop may be asleep in its poll, with the GIL released */
+    (void)br_async_send(&L->wake);
+    return (PyObject *)h;
+}
+
+static PyObject *schedule_at(LoopObject *L, int64_t when, PyObject *const *args, Py_ssize_t nargs,
+                             PyObject *kwnames, const char *what)
+{
+    HandleObject *h = make_handle(L, args, nargs, kwnames, what, 1);
+    if (h == NULL) {
+        return NULL;
+    }
+    h->is_timer = 1;
+    h->when = when;
+    h->seq = L->seq++;
+    if (heap_push(L, h) < 0) {
+        Py_DECREF(h);
+        return NULL;
+    }
+    return (PyObject *)h;
+}
+
+static int seconds(PyObject *o, const char *what, double *out)
+{
+    *out = PyFloat_AsDouble(o);
+    if (*out == -1.0 && PyErr_Occurred()) {
+        PyErr_Format(PyExc_TypeError, "%s must be a number, not %.100s", what, Py_TYPE(o)->tp_name);
+        return -1;
+    }
+    if (*out != *out) {
+        PyErr_Format(PyExc_ValueError, "%s must not be NaN", what);
+        return -1;
+    }
+    return 0;
+}
+
+static int64_t ns_from(double s)
+{
+    if (s > 9e9) {
+        return INT64_MAX / 2;
+    }
+    if (s < -9e9) {
+        return -(INT64_MAX / 2);
+    }
+    return (int64_t)(s * 1e9);
+}
+
+static PyObject *loop_call_later(LoopObject *L, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    double delay;
+    if (nargs < 1) {
+        PyErr_SetString(PyExc_TypeError, "call_later() missing the delay argument");
+        return NULL;
+    }
+    if (seconds(args[0], "delay", &delay) < 0) {
+        return NULL;
+    }
+    return schedule_at(L, br_now_ns() + ns_from(delay), args, nargs, kwnames, "call_later");
+}
+
+static PyObject *loop_call_at(LoopObject *L, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    double when;
+    if (nargs < 1) {
+        PyErr_SetString(PyExc_TypeError, "call_at() missing the when argument");
+        return NULL;
+    }
+    if (seconds(args[0], "when", &when) < 0) {
+        return NULL;
+    }
+    return schedule_at(L, ns_from(when), args, nargs, kwnames, "call_at");
+}
+
+static PyObject *loop_time(LoopObject *L, PyObject *unused)
+{
+    return PyFloat_FromDouble((double)br_now_ns() / 1e9);
+}
+
+/* --------------------------------------------------------- fd watchers */
+
+static void watcher_fired(br_io_t *io, unsigned revents)
+{
+    /* no GIL here: only note it; _run_once queues the handles afterwards */
+    watcher_t *w = (watcher_t *)io;
+    LoopObject *L = io->handle.data;
+    w->fired |= revents;
+    if (!w->queued && L->fired_len < L->fired_cap) {
+        w->queued = 1;
+        L->fired[L->fired_len++] = w;
+    }
+}
+
+static void watcher_closed(br_handle_t *h)
+{
+    PyMem_RawFree(h);
+}
+
+static int fd_of(PyObject *fileobj)
+{
+    int fd = PyObject_AsFileDescriptor(fileobj);
+    if (fd < 0 && !PyErr_Occurred()) {
+        PyErr_SetString(PyExc_ValueError, "invalid file descriptor");
+    }
+    return fd;
+}
+
+/* (Re)registers w for what it has handles for; closes it when nothing. */
+static int watcher_update(LoopObject *L, int fd)
+{
+    watcher_t *w = L->watchers[fd];
+    unsigned events = (w->reader ? BR_READABLE : 0) | (w->writer ? BR_WRITABLE : 0);
+    if (events == 0) {
+        L->watchers[fd] = NULL;
+        if (w->queued) {
+            w->fired = 0; /* dispatch skips it; memory stays until the close callback */
+        }
+        return br_close(&w->io.handle, watcher_closed);
+    }
+    int rc = br_io_start(&w->io, events, watcher_fired);
+    if (rc < 0) {
+        braid_raise_errno(rc, "watching the file descriptor");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *add_watch(LoopObject *L, PyObject *const *args, Py_ssize_t nargs, int writer)
+{
+    if (nargs < 2) {
+        PyErr_SetString(PyExc_TypeError, "expected (fd, callback, *args)");
+        return NULL;
+    }
+    int fd = fd_of(args[0]);
+    if (fd < 0) {
+        return NULL;
+    }
+    HandleObject *h = make_handle(L, args, nargs, NULL, writer ? "add_writer" : "add_reader", 1);
+    if (h == NULL) {
+        return NULL;
+    }
+    if ((size_t)fd >= L->nwatchers) {
+        size_t n = L->nwatchers ? L->nwatchers : 64;
+        while (n <= (size_t)fd) {
+            n *= 2;
+        }
+        watcher_t **ws = PyMem_Realloc(L->watchers, n * sizeof *ws);
+        if (ws == NULL) {
+            Py_DECREF(h);
+            return PyErr_NoMemory();
+        }
+        memset(ws + L->nwatchers, 0, (n - L->nwatchers) * sizeof *ws);
+        L->watchers = ws;
+        L->nwatchers = n;
+    }
+    watcher_t *w = L->watchers[fd];
+    int created = 0;
+    if (w == NULL) {
+        w = PyMem_RawCalloc(1, sizeof *w);
+        if (w == NULL) {
+            Py_DECREF(h);
+            return PyErr_NoMemory();
+        }
+        int rc = br_io_init(L->core, &w->io, fd);
+        if (rc < 0) {
+            PyMem_RawFree(w);
+            Py_DECREF(h);
+            return braid_raise_errno(rc, "watching the file descriptor");
+        }
+        w->io.handle.data = L;
+        L->watchers[fd] = w;
+        created = 1;
+    }
+    HandleObject **slot = writer ? &w->writer : &w->reader;
+    HandleObject *old = *slot;
+    *slot = (HandleObject *)Py_NewRef(h);
+    if (watcher_update(L, fd) < 0) {
+        *slot = old;
+        Py_DECREF(h);
+        if (created || (w->reader == NULL && w->writer == NULL)) {
+            L->watchers[fd] = NULL;
+            (void)br_close(&w->io.handle, watcher_closed);
+        }
+        Py_DECREF(h);
+        return NULL;
+    }
+    if (old != NULL) {
+        handle_cancel(old, NULL);
+        Py_DECREF(old);
+    }
+    return (PyObject *)h;
+}
+
+static PyObject *remove_watch(LoopObject *L, PyObject *fileobj, int writer)
+{
+    if (L->closed) {
+        Py_RETURN_FALSE;
+    }
+    int fd = fd_of(fileobj);
+    if (fd < 0) {
+        return NULL;
+    }
+    watcher_t *w = (size_t)fd < L->nwatchers ? L->watchers[fd] : NULL;
+    HandleObject **slot = w ? (writer ? &w->writer : &w->reader) : NULL;
+    if (slot == NULL || *slot == NULL) {
+        Py_RETURN_FALSE;
+    }
+    HandleObject *old = *slot;
+    *slot = NULL;
+    handle_cancel(old, NULL);
+    Py_DECREF(old);
+    if (watcher_update(L, fd) < 0) {
+        PyErr_Clear(); /* the fd may be closed already: it is unwatched either way */
+    }
+    Py_RETURN_TRUE;
+}
+
+static PyObject *loop_add_reader(LoopObject *L, PyObject *const *args, Py_ssize_t nargs)
+{
+    return add_watch(L, args, nargs, 0);
+}
+
+static PyObject *loop_add_writer(LoopObject *L, PyObject *const *args, Py_ssize_t nargs)
+{
+    return add_watch(L, args, nargs, 1);
+}
+
+static PyObject *loop_remove_reader(LoopObject *L, PyObject *fd)
+{
+    return remove_watch(L, fd, 0);
+}
+
+static PyObject *loop_remove_writer(LoopObject *L, PyObject *fd)
+{
+    return remove_watch(L, fd, 1);
+}
+
+/* _add_callback(handle): asyncio's own code (signal handlers, for one)
+ * queues asyncio.Handle objects this way. */
+static PyObject *loop_add_callback(LoopObject *L, PyObject *handle)
+{
+    if (ready_push(L, handle) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *loop_add_callback_signalsafe(LoopObject *L, PyObject *handle)
+{
+    if (ready_push(L, handle) < 0) {
+        return NULL;
+    }
+    (void)br_async_send(&L->wake);
+    Py_RETURN_NONE;
+}
+
+/* An asyncio.Handle: skipped when cancelled, else its _run(), which
+ * reports exceptions itself. */
+static int run_foreign(PyObject *h)
+{
+    PyObject *c = PyObject_GetAttrString(h, "_cancelled");
+    int cancelled = c ? PyObject_IsTrue(c) : -1;
+    Py_XDECREF(c);
+    if (cancelled != 0) {
+        return cancelled < 0 ? -1 : 0;
+    }
+    PyObject *r = PyObject_CallMethod(h, "_run", NULL);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
+}
+
+/* --------------------------------------------------------- one iteration */
+
+static void nothing(br_timer_t *t)
+{
+}
+
+static void woken(br_async_t *a)
+{
+}
+
+static PyObject *loop_run_once(LoopObject *L, PyObject *unused)
+{
+    if (check_open(L) < 0) {
+        return NULL;
+    }
+    int64_t timeout = -1;
+    if (L->ready_len > 0) {
+        timeout = 0;
+    } else {
+        PyObject *stopping = PyObject_GetAttrString((PyObject *)L, "_stopping");
+        int stop = stopping ? PyObject_IsTrue(stopping) : 0;
+        Py_XDECREF(stopping);
+        if (stopping == NULL) {
+            PyErr_Clear();
+        }
+        if (stop == 1) {
+            timeout = 0;
+        } else if (L->heap_len > 0) {
+            timeout = L->heap[0]->when - br_now_ns();
+            if (timeout < 0) {
+                timeout = 0;
+            }
+        }
+    }
+    /* room to note every watcher that can fire */
+    if (L->fired_cap < L->nwatchers) {
+        watcher_t **f = PyMem_Realloc(L->fired, L->nwatchers * sizeof *f);
+        if (f == NULL) {
+            return PyErr_NoMemory();
+        }
+        L->fired = f;
+        L->fired_cap = L->nwatchers;
+    }
+    if (timeout > 0) {
+        (void)br_timer_start(&L->poll_timer, nothing, timeout, 0);
+    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = br_loop_run(L->core, timeout == 0 ? BR_RUN_NOWAIT : BR_RUN_ONCE);
+    Py_END_ALLOW_THREADS
+    (void)br_timer_stop(&L->poll_timer);
+    if (rc < 0 && rc != -EINTR) {
+        return braid_raise_errno(rc, "polling");
+    }
+    /* I/O first, then timers, as asyncio's _run_once */
+    for (size_t i = 0; i < L->fired_len; i++) {
+        watcher_t *w = L->fired[i];
+        unsigned ev = w->fired;
+        w->fired = 0;
+        w->queued = 0;
+        if ((ev & (BR_READABLE | BR_ERROR | BR_HUP)) && w->reader && ready_push(L, (PyObject *)w->reader) < 0) {
+            return NULL;
+        }
+        if ((ev & (BR_WRITABLE | BR_ERROR | BR_HUP)) && w->writer && ready_push(L, (PyObject *)w->writer) < 0) {
+            return NULL;
+        }
+    }
+    L->fired_len = 0;
+    int64_t end = br_now_ns() + 1000000; /* asyncio's clock resolution slack */
+    while (L->heap_len > 0 && L->heap[0]->when <= end) {
+        HandleObject *h = (HandleObject *)Py_NewRef(L->heap[0]);
+        heap_remove(L, 0);
+        int err = ready_push(L, (PyObject *)h);
+        Py_DECREF(h);
+        if (err < 0) {
+            return NULL;
+        }
+    }
+    size_t n = L->ready_len; /* what is scheduled now waits for next time */
+    PyTypeObject *ours = loop_state((PyObject *)L)->loop_handle_type;
+    for (size_t i = 0; i < n; i++) {
+        PyObject *h = ready_pop(L);
+        int err = Py_IS_TYPE(h, ours) ? handle_run((HandleObject *)h) : run_foreign(h);
+        Py_DECREF(h);
+        if (err < 0) {
+            return NULL;
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+/* --------------------------------------------------------- life cycle */
+
+static void core_closed(br_handle_t *h)
+{
+}
+
+/* Closes every engine handle and then the engine loop (idempotent). */
+static void loop_release(LoopObject *L)
+{
+    if (L->core == NULL) {
+        return;
+    }
+    for (size_t fd = 0; fd < L->nwatchers; fd++) {
+        watcher_t *w = L->watchers[fd];
+        if (w != NULL) {
+            L->watchers[fd] = NULL;
+            Py_CLEAR(w->reader);
+            Py_CLEAR(w->writer);
+            (void)br_close(&w->io.handle, watcher_closed);
+        }
+    }
+    (void)br_close(&L->wake.handle, core_closed);
+    (void)br_close(&L->poll_timer.handle, core_closed);
+    while (br_loop_close(L->core) == -EBUSY) {
+        (void)br_loop_run(L->core, BR_RUN_NOWAIT);
+    }
+    PyMem_RawFree(L->core);
+    L->core = NULL;
+}
+
+static void loop_drop_queues(LoopObject *L)
+{
+    while (L->ready_len > 0) {
+        Py_DECREF(ready_pop(L));
+    }
+    while (L->heap_len > 0) {
+        heap_remove(L, (Py_ssize_t)L->heap_len - 1);
+    }
+}
+
+static PyObject *loop_core_close(LoopObject *L, PyObject *unused)
+{
+    if (!L->closed) {
+        L->closed = 1;
+        loop_drop_queues(L);
+        loop_release(L);
+    }
+    Py_RETURN_NONE;
+}
+
+static int loop_init(LoopObject *L, PyObject *args, PyObject *kwds)
+{
+    if (L->init_done) {
+        return 0;
+    }
+    L->core = PyMem_RawCalloc(1, sizeof *L->core);
+    if (L->core == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    int rc = br_loop_init(L->core);
+    if (rc == 0 && (rc = br_async_init(L->core, &L->wake, woken)) == 0) {
+        rc = br_timer_init(L->core, &L->poll_timer);
+    }
+    if (rc < 0) {
+        PyMem_RawFree(L->core);
+        L->core = NULL;
+        braid_raise_errno(rc, "creating the event loop");
+        return -1;
+    }
+    L->init_done = 1;
+    return 0;
+}
+
+static int loop_traverse(LoopObject *L, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(L));
+    for (size_t i = 0; i < L->ready_len; i++) {
+        Py_VISIT(L->ready[(L->ready_head + i) % L->ready_cap]);
+    }
+    for (size_t i = 0; i < L->heap_len; i++) {
+        Py_VISIT(L->heap[i]);
+    }
+    for (size_t fd = 0; fd < L->nwatchers; fd++) {
+        if (L->watchers[fd]) {
+            Py_VISIT(L->watchers[fd]->reader);
+            Py_VISIT(L->watchers[fd]->writer);
+        }
+    }
+    return 0;
+}
+
+static int loop_clear(LoopObject *L)
+{
+    loop_drop_queues(L);
+    for (size_t fd = 0; fd < L->nwatchers; fd++) {
+        if (L->watchers[fd]) {
+            Py_CLEAR(L->watchers[fd]->reader);
+            Py_CLEAR(L->watchers[fd]->writer);
+        }
+    }
+    return 0;
+}
+
+static void loop_dealloc(LoopObject *L)
+{
+    PyTypeObject *tp = Py_TYPE(L);
+    PyObject_GC_UnTrack(L);
+    loop_clear(L);
+    loop_release(L);
+    PyMem_Free(L->ready);
+    PyMem_Free(L->heap);
+    PyMem_Free(L->watchers);
+    PyMem_Free(L->fired);
+    tp->tp_free(L);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef loop_methods[] = {
+    {"call_soon", (PyCFunction)(void (*)(void))loop_call_soon, METH_FASTCALL | METH_KEYWORDS,
+     "call_soon(callback, *args, context=None) -> Handle"},
+    {"call_soon_threadsafe", (PyCFunction)(void (*)(void))loop_call_soon_threadsafe,
+     METH_FASTCALL | METH_KEYWORDS, "call_soon from any thread; wakes the loop."},
+    {"call_later", (PyCFunction)(void (*)(void))loop_call_later, METH_FASTCALL | METH_KEYWORDS,
+     "call_later(delay, callback, *args, context=None) -> TimerHandle"},
+    {"call_at", (PyCFunction)(void (*)(void))loop_call_at, METH_FASTCALL | METH_KEYWORDS,
+     "call_at(when, callback, *args, context=None) -> TimerHandle"},
+    {"time", (PyCFunction)loop_time, METH_NOARGS, "The loop's clock (time.monotonic)."},
+    {"_run_once", (PyCFunction)loop_run_once, METH_NOARGS, "One iteration of the loop."},
+    {"_add_reader", (PyCFunction)(void (*)(void))loop_add_reader, METH_FASTCALL, NULL},
+    {"_add_writer", (PyCFunction)(void (*)(void))loop_add_writer, METH_FASTCALL, NULL},
+    {"_remove_reader", (PyCFunction)loop_remove_reader, METH_O, NULL},
+    {"_remove_writer", (PyCFunction)loop_remove_writer, METH_O, NULL},
+    {"_core_close", (PyCFunction)loop_core_close, METH_NOARGS, "Releases the C state (close())."},
+    {"_add_callback", (PyCFunction)loop_add_callback, METH_O, NULL},
+    {"_add_callback_signalsafe", (PyCFunction)loop_add_callback_signalsafe, METH_O, NULL},
+    {NULL}};
+
+static PyType_Slot loop_slots[] = {
+    {Py_tp_dealloc, loop_dealloc},
+    {Py_tp_traverse, loop_traverse},
+    {Py_tp_clear, loop_clear},
+    {Py_tp_init, loop_init},
+    {Py_tp_new, PyType_GenericNew},
+    {Py_tp_methods, loop_methods},
+    {Py_tp_doc, "The C scheduling core of braid.Loop."},
+    {0, NULL}};
+
+static PyType_Spec loop_spec = {
+    .name = "braid._braid._LoopCore",
+    .basicsize = sizeof(LoopObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .slots = loop_slots,
+};
+
+int braid_loop_init_types(PyObject *module, braid_state *st)
+{
+    st->loop_handle_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &handle_spec, NULL);
+    if (st->loop_handle_type == NULL) {
+        return -1;
+    }
+    st->loop_core_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &loop_spec, NULL);
+    if (st->loop_core_type == NULL) {
+        return -1;
+    }
+    return PyModule_AddObjectRef(module, "_LoopCore", (PyObject *)st->loop_core_type);
+}

@@ -1,0 +1,348 @@
+"""Event-loop behaviour, written once and run against asyncio's own loop and braid.Loop.
+
+CPython's own loop test mixins run against braid.Loop too (tests/conformance/); these cover
+what issue 3 names as bad input and faults, and the core that braid.Loop implements in C.
+"""
+
+import asyncio
+import contextvars
+import gc
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from pool_helpers import TIMEOUT, import_braid  # noqa: E402
+
+
+def open_fds():
+    return len(os.listdir("/proc/self/fd"))
+
+
+class LoopMixin:
+    def new_loop(self):
+        raise NotImplementedError
+
+    @pytest.fixture
+    def loop(self):
+        loop = self.new_loop()
+        yield loop
+        if not loop.is_closed():
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    def run(self, loop, coro):
+        return loop.run_until_complete(asyncio.wait_for(coro, TIMEOUT))
+
+    # ---- scheduling -------------------------------------------------------------------
+
+    def test_call_soon_runs_in_order_with_args(self, loop):
+        seen = []
+        for i in range(5):
+            loop.call_soon(seen.append, i)
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        assert seen == [0, 1, 2, 3, 4]
+
+    def test_callbacks_scheduled_by_callbacks_wait_an_iteration(self, loop):
+        seen = []
+
+        def first():
+            seen.append("first")
+            loop.call_soon(seen.append, "later")
+
+        loop.call_soon(first)
+        loop.call_soon(seen.append, "second")
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        assert seen[:2] == ["first", "second"]
+
+    def test_timers_fire_in_deadline_order_and_equal_deadlines_in_call_order(self, loop):
+        seen = []
+        now = loop.time()
+        loop.call_at(now + 0.03, seen.append, "c")
+        loop.call_at(now + 0.01, seen.append, "a1")
+        loop.call_at(now + 0.01, seen.append, "a2")
+        loop.call_later(0.02, seen.append, "b")
+        loop.call_later(0.05, loop.stop)
+        loop.run_forever()
+        assert seen == ["a1", "a2", "b", "c"]
+
+    def test_timer_waits_about_its_delay(self, loop):
+        t0 = time.monotonic()
+        self.run(loop, asyncio.sleep(0.05))
+        assert 0.045 <= time.monotonic() - t0 < 2.0
+
+    def test_cancelled_handles_do_not_run(self, loop):
+        seen = []
+        h1 = loop.call_soon(seen.append, 1)
+        h2 = loop.call_later(0.01, seen.append, 2)
+        h1.cancel()
+        h2.cancel()
+        h2.cancel()  # idempotent
+        assert h1.cancelled() and h2.cancelled()
+        loop.call_later(0.03, loop.stop)
+        loop.run_forever()
+        assert seen == []
+
+    def test_timer_handle_when_is_on_the_loop_clock(self, loop):
+        h = loop.call_later(10, lambda: None)
+        assert abs(h.when() - (loop.time() + 10)) < 0.5
+        h.cancel()
+
+    def test_call_soon_threadsafe_wakes_a_sleeping_loop(self, loop):
+        seen = []
+
+        def from_thread():
+            time.sleep(0.05)
+            loop.call_soon_threadsafe(seen.append, "woken")
+            loop.call_soon_threadsafe(loop.stop)
+
+        t = threading.Thread(target=from_thread)
+        t.start()
+        t0 = time.monotonic()
+        loop.call_later(30, loop.stop)  # the bound: the wakeup must come long before
+        loop.run_forever()
+        t.join(TIMEOUT)
+        assert seen == ["woken"] and time.monotonic() - t0 < 5
+
+    def test_callbacks_run_in_their_context(self, loop):
+        var = contextvars.ContextVar("var", default="default")
+        ctx = contextvars.copy_context()
+        ctx.run(var.set, "in ctx")
+        seen = []
+        loop.call_soon(lambda: seen.append(var.get()), context=ctx)
+        loop.call_soon(lambda: seen.append(var.get()))
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        assert seen == ["in ctx", "default"]
+
+    def test_time_is_monotonic_seconds(self, loop):
+        assert abs(loop.time() - time.monotonic()) < 1.0
+
+    def test_tasks_and_gather(self, loop):
+        async def work(i):
+            await asyncio.sleep(0)
+            return i * 2
+
+        async def main():
+            return await asyncio.gather(*(work(i) for i in range(1000)))
+
+        assert self.run(loop, main()) == [i * 2 for i in range(1000)]
+
+    # ---- bad input and faults -----------------------------------------------------------
+
+    def test_callback_that_raises_goes_to_the_exception_handler(self, loop):
+        errors = []
+        loop.set_exception_handler(lambda lp, ctx: errors.append(ctx))
+        seen = []
+
+        def boom():
+            raise ZeroDivisionError("boom")
+
+        loop.call_soon(boom)
+        loop.call_soon(seen.append, "after")
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        assert seen == ["after"]
+        assert isinstance(errors[0]["exception"], ZeroDivisionError)
+        assert "Exception in callback" in errors[0]["message"]
+
+    def test_keyboard_interrupt_in_a_callback_propagates(self, loop):
+        def interrupt():
+            raise KeyboardInterrupt
+
+        loop.call_soon(interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_forever()
+
+    def test_run_until_complete_on_a_running_loop(self, loop):
+        async def nested():
+            coro = asyncio.sleep(0)
+            try:
+                loop.run_until_complete(coro)
+            finally:
+                coro.close()
+
+        with pytest.raises(RuntimeError):
+            self.run(loop, nested())
+
+    def test_invalid_signal(self, loop):
+        with pytest.raises((ValueError, RuntimeError)):
+            loop.add_signal_handler(signal.NSIG + 1, lambda: None)
+        with pytest.raises(RuntimeError):
+            loop.add_signal_handler(signal.SIGKILL, lambda: None)
+
+    def test_closed_fd_passed_to_add_reader(self, loop):
+        a, b = socket.socketpair()
+        fd = a.fileno()
+        a.close()
+        b.close()
+        with pytest.raises((OSError, ValueError)):
+            loop.add_reader(fd, lambda: None)
+
+    def test_coroutine_passed_to_call_soon(self, loop):
+        async def coro_fn():
+            pass
+
+        coro = coro_fn()
+        loop.set_debug(True)  # asyncio checks only in debug mode; braid.Loop always does
+        with pytest.raises(TypeError):
+            loop.call_soon(coro)
+        with pytest.raises(TypeError):
+            loop.call_soon(coro_fn)
+        loop.set_debug(False)
+        coro.close()
+
+    def test_closed_loop_refuses_callbacks(self, loop):
+        loop.close()
+        with pytest.raises(RuntimeError):
+            loop.call_soon(lambda: None)
+        with pytest.raises(RuntimeError):
+            loop.call_later(1, lambda: None)
+
+    def test_add_reader_and_remove_reader(self, loop):
+        a, b = socket.socketpair()
+        seen = []
+        try:
+            def readable():
+                seen.append(a.recv(100))
+                assert loop.remove_reader(a.fileno())
+                loop.stop()
+
+            loop.add_reader(a.fileno(), readable)
+            loop.call_later(0.01, b.send, b"ping")
+            loop.call_later(TIMEOUT, loop.stop)
+            loop.run_forever()
+            assert seen == [b"ping"]
+            assert not loop.remove_reader(a.fileno())
+        finally:
+            a.close()
+            b.close()
+
+    def test_stream_echo_and_transport_faults(self, loop):
+        async def handle(reader, writer):
+            while data := await reader.read(1024):
+                writer.write(data)
+                await writer.drain()
+            writer.close()
+
+        async def main():
+            server = await asyncio.start_server(handle, "127.0.0.1", 0)
+            port = server.sockets[0].getsockname()[1]
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            for i in range(50):
+                writer.write(b"x" * i + b"\n")
+                assert await reader.readline() == b"x" * i + b"\n"
+            writer.close()
+            writer.close()  # closing twice is harmless
+            await writer.wait_closed()
+            writer.write(b"after close")  # ignored, as asyncio does (a warning at most)
+            server.close()
+            await server.wait_closed()
+
+        self.run(loop, main())
+
+    def test_peer_reset_reaches_the_protocol_and_the_loop_lives(self, loop):
+        lost = []
+
+        class Proto(asyncio.Protocol):
+            def connection_made(self, transport):
+                self.transport = transport
+
+            def connection_lost(self, exc):
+                lost.append(exc)
+
+        async def main():
+            listener = socket.socket()
+            listener.bind(("127.0.0.1", 0))
+            listener.listen()
+            listener.setblocking(False)
+            port = listener.getsockname()[1]
+            connect = asyncio.ensure_future(loop.create_connection(Proto, "127.0.0.1", port))
+            peer, _ = await loop.sock_accept(listener)
+            transport, proto = await connect
+            # SO_LINGER 0: close sends RST
+            peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            peer.close()
+            for _ in range(200):
+                transport.write(b"y" * 65536)
+                await asyncio.sleep(0.001)
+                if lost:
+                    break
+            listener.close()
+            await asyncio.sleep(0.01)
+
+        self.run(loop, main())
+        assert lost and (lost[0] is None or isinstance(lost[0], OSError))
+        assert self.run(loop, asyncio.sleep(0, result="alive")) == "alive"
+
+    def test_many_connections_leave_no_fds_behind(self, loop):
+        async def handle(reader, writer):
+            writer.close()
+
+        async def main(n):
+            server = await asyncio.start_server(handle, "127.0.0.1", 0, backlog=512)
+            port = server.sockets[0].getsockname()[1]
+            for start in range(0, n, 250):
+                conns = await asyncio.gather(*(asyncio.open_connection("127.0.0.1", port)
+                                               for _ in range(min(250, n - start))))
+                for reader, writer in conns:
+                    writer.close()
+                await asyncio.gather(*(w.wait_closed() for _, w in conns), return_exceptions=True)
+            server.close()
+            await server.wait_closed()
+
+        self.run(loop, main(250))  # warm-up: lazily created fds (executor, ...)
+        gc.collect()
+        before = open_fds()
+        self.run(loop, main(10_000))
+        gc.collect()
+        assert open_fds() <= before + 4
+
+
+class TestAsyncioLoop(LoopMixin):
+    def new_loop(self):
+        return asyncio.new_event_loop()
+
+
+class TestBraidLoop(LoopMixin):
+    def new_loop(self):
+        return import_braid().Loop()
+
+
+def test_braid_run_and_install():
+    braid = import_braid()
+
+    async def main():
+        return type(asyncio.get_running_loop())
+
+    assert braid.run(main()) is braid.Loop
+    old = asyncio.get_event_loop_policy()
+    try:
+        braid.install()
+        loop = asyncio.new_event_loop()
+        assert isinstance(loop, braid.Loop)
+        loop.close()
+        assert asyncio.run(main()) is braid.Loop
+    finally:
+        asyncio.set_event_loop_policy(old)
+    loop = braid.new_event_loop()
+    assert isinstance(loop, braid.Loop) and isinstance(loop, asyncio.AbstractEventLoop)
+    loop.close()
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="loop_factory= is new in asyncio.run 3.12")
+def test_asyncio_run_with_loop_factory():
+    braid = import_braid()
+
+    async def main():
+        return type(asyncio.get_running_loop())
+
+    assert asyncio.run(main(), loop_factory=braid.Loop) is braid.Loop
