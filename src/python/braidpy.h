@@ -41,6 +41,7 @@ typedef struct {
     PyObject *pickle_dumps;
     PyObject *pickle_loads;
     PyObject *str_module;           /* interned "__module__" */
+    PyObject *str_stopping;         /* interned "_stopping" */
     PyObject *WorkerCrashed;
     PyObject *TaskTimeout;
     PyObject *BrokenProcessPool;

@@ -67,7 +67,13 @@ typedef struct {
     size_t fired_len, fired_cap;
     int closed;
     int init_done;
+    int64_t last_poll;   /* when the reactor was last polled */
 } LoopObject;
+
+/* With callbacks ready, the poll cannot wait; it is skipped entirely when
+ * the last one was this recent, so a busy loop does not make a syscall per
+ * iteration while I/O still gets looked at every POLL_EVERY_NS. */
+#define POLL_EVERY_NS 50000
 
 static braid_state *loop_state(PyObject *o)
 {
@@ -712,7 +718,7 @@ static PyObject *loop_run_once(LoopObject *L, PyObject *unused)
     if (L->ready_len > 0) {
         timeout = 0;
     } else {
-        PyObject *stopping = PyObject_GetAttrString((PyObject *)L, "_stopping");
+        PyObject *stopping = PyObject_GetAttr((PyObject *)L, loop_state((PyObject *)L)->str_stopping);
         int stop = stopping ? PyObject_IsTrue(stopping) : 0;
         Py_XDECREF(stopping);
         if (stopping == NULL) {
@@ -736,14 +742,24 @@ static PyObject *loop_run_once(LoopObject *L, PyObject *unused)
         L->fired = f;
         L->fired_cap = L->nwatchers;
     }
-    if (timeout > 0) {
-        (void)br_timer_start(&L->poll_timer, nothing, timeout, 0);
+    int64_t now = br_now_ns();
+    int rc = 0;
+    if (timeout == 0) {
+        if (L->ready_len == 0 || now - L->last_poll >= POLL_EVERY_NS) {
+            /* a poll that cannot block: no need to let the GIL go */
+            rc = br_loop_run(L->core, BR_RUN_NOWAIT);
+            L->last_poll = now;
+        }
+    } else {
+        if (timeout > 0) {
+            (void)br_timer_start(&L->poll_timer, nothing, timeout, 0);
+        }
+        Py_BEGIN_ALLOW_THREADS
+        rc = br_loop_run(L->core, BR_RUN_ONCE);
+        Py_END_ALLOW_THREADS
+        (void)br_timer_stop(&L->poll_timer);
+        L->last_poll = br_now_ns();
     }
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = br_loop_run(L->core, timeout == 0 ? BR_RUN_NOWAIT : BR_RUN_ONCE);
-    Py_END_ALLOW_THREADS
-    (void)br_timer_stop(&L->poll_timer);
     if (rc < 0 && rc != -EINTR) {
         return braid_raise_errno(rc, "polling");
     }

@@ -48,6 +48,7 @@ static int load_stdlib_objects(braid_state *st)
     st->pickle_dumps = getattr_of("pickle", "dumps");
     st->pickle_loads = getattr_of("pickle", "loads");
     st->str_module = PyUnicode_InternFromString("__module__");
+    st->str_stopping = PyUnicode_InternFromString("_stopping");
     st->BrokenProcessPool = getattr_of("concurrent.futures.process", "BrokenProcessPool");
     PyObject *get_logger = getattr_of("logging", "getLogger");
     if (get_logger != NULL) {
@@ -55,7 +56,8 @@ static int load_stdlib_objects(braid_state *st)
         Py_DECREF(get_logger);
     }
     if (!st->CancelledError || !st->InvalidStateError || !st->BrokenThreadPool || !st->Condition ||
-        !st->logger || !st->BrokenProcessPool || !st->pickle_dumps || !st->pickle_loads || !st->str_module) {
+        !st->logger || !st->BrokenProcessPool || !st->pickle_dumps || !st->pickle_loads || !st->str_module ||
+        !st->str_stopping) {
         return -1;
     }
     return 0;
@@ -184,6 +186,7 @@ static int braid_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->pickle_dumps);
     Py_VISIT(st->pickle_loads);
     Py_VISIT(st->str_module);
+    Py_VISIT(st->str_stopping);
     Py_VISIT(st->WorkerCrashed);
     Py_VISIT(st->TaskTimeout);
     Py_VISIT(st->BrokenProcessPool);
@@ -216,6 +219,7 @@ static int braid_clear(PyObject *module)
     Py_CLEAR(st->pickle_dumps);
     Py_CLEAR(st->pickle_loads);
     Py_CLEAR(st->str_module);
+    Py_CLEAR(st->str_stopping);
     Py_CLEAR(st->WorkerCrashed);
     Py_CLEAR(st->TaskTimeout);
     Py_CLEAR(st->BrokenProcessPool);
