@@ -24,6 +24,11 @@ BENCHMARKS = {
         "braid.ProcessPool vs ProcessPoolExecutor, multiprocessing.Pool, loky and mpire "
         "(round trip, bulk, map, primes, numpy arrays)",
     ),
+    "loop": (
+        "braid.bench.loop",
+        "braid.Loop vs asyncio's loop and uvloop (echo servers against a C floor, "
+        "call_soon and sleep(0) scheduling, aiohttp under wrk)",
+    ),
 }
 
 
