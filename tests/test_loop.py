@@ -79,6 +79,26 @@ class LoopMixin:
         self.run(loop, asyncio.sleep(0.05))
         assert 0.045 <= time.monotonic() - t0 < 2.0
 
+    def test_tiny_timeouts_do_not_stall_the_poll(self, loop):
+        # A timer due in a few microseconds used to be able to leave braid.Loop's poll
+        # without a bound. A watchdog thread stops the loop if that happens again.
+        done = []
+
+        async def tiny_sleeps():
+            for delay in [1e-2, 1e-4, 1e-6, 1e-8, 1e-10] * 40:
+                await asyncio.sleep(delay)
+            done.append(True)
+
+        task = loop.create_task(tiny_sleeps())
+        task.add_done_callback(lambda _: loop.stop())
+        watchdog = threading.Timer(TIMEOUT, loop.call_soon_threadsafe, (loop.stop,))
+        watchdog.start()
+        try:
+            loop.run_forever()
+        finally:
+            watchdog.cancel()
+        assert done == [True]
+
     def test_cancelled_handles_do_not_run(self, loop):
         seen = []
         h1 = loop.call_soon(seen.append, 1)

@@ -752,7 +752,12 @@ static PyObject *loop_run_once(LoopObject *L, PyObject *unused)
         }
     } else {
         if (timeout > 0) {
-            (void)br_timer_start(&L->poll_timer, nothing, timeout, 0);
+            /* The engine caches its clock: refresh it, or the deadline lies in
+             * the past. And repeat: a deadline that passes before the poll
+             * (a timeout of a few us) fires in the timers phase, and without
+             * another due time the poll would then wait for ever. */
+            br_loop_update_time(L->core);
+            (void)br_timer_start(&L->poll_timer, nothing, timeout, timeout);
         }
         Py_BEGIN_ALLOW_THREADS
         rc = br_loop_run(L->core, BR_RUN_ONCE);
