@@ -358,6 +358,19 @@ def test_braid_run_and_install():
     loop.close()
 
 
+def test_braid_loop_default_executor_is_a_braid_thread_pool():
+    braid = import_braid()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        name = await loop.run_in_executor(None, lambda: threading.current_thread().name)
+        return name, type(loop._default_executor)
+
+    name, executor_type = braid.run(main())
+    assert executor_type is braid.ThreadPool
+    assert name.startswith("asyncio")
+
+
 @pytest.mark.skipif(sys.version_info < (3, 12), reason="loop_factory= is new in asyncio.run 3.12")
 def test_asyncio_run_with_loop_factory():
     braid = import_braid()

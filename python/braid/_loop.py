@@ -25,6 +25,15 @@ class _SocketTransport(selector_events._SelectorSocketTransport):
 class Loop(_braid._LoopCore, unix_events._UnixSelectorEventLoop):
     """An ``asyncio`` event loop with braid's C scheduling core."""
 
+    def run_in_executor(self, executor, func, *args):
+        if executor is None and self._default_executor is None and not self.is_closed():
+            # braid.ThreadPool as the default executor (asyncio would make a
+            # ThreadPoolExecutor); set_default_executor() still overrides it
+            from ._threadpool import ThreadPool
+
+            self._default_executor = ThreadPool(thread_name_prefix="asyncio")
+        return super().run_in_executor(executor, func, *args)
+
     def _make_socket_transport(self, sock, protocol, waiter=None, **kwargs):
         return _SocketTransport(self, sock, protocol, waiter, **kwargs)
 
