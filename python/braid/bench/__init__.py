@@ -8,6 +8,8 @@ lists them. Every module here has ``main(argv=None, *, command=None) -> int``
 """
 
 import importlib
+import os
+import platform
 import shlex
 import sys
 
@@ -66,6 +68,23 @@ def run_main(main_impl, argv, command):
         return main_impl(argv, command)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 2
+
+
+def machine():
+    """What every benchmark's header says of the interpreter and the machine."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = None
+    gil = getattr(sys, "_is_gil_enabled", None)
+    return {
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "gil": True if gil is None else bool(gil()),
+        "platform": f"{platform.system()} {platform.machine()}",
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": usable,
+    }
 
 
 def get(name):

@@ -969,19 +969,9 @@ def run_cases(names, *, loops, sizes, repeat, connections, warmup, duration, wrk
 
 def environment(command, loops, *, repeat, quick, sizes, connections, warmup, duration,
                 wrk_seconds, cpus, cc_version, exes):
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        usable = None
-    gil = getattr(sys, "_is_gil_enabled", None)
     return {
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "gil": True if gil is None else bool(gil()),
-        "platform": f"{platform.system()} {platform.machine()}",
+        **_bench.machine(),
         "kernel": platform.release(),
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": usable,
         "server_cpu": cpus[0],
         "client_cpu": cpus[1],
         "command": command,

@@ -744,19 +744,9 @@ def _skipped_row(name, part, workers, reason):
 # ------------------------------------------------------------------ output
 
 def environment(command, contenders, *, workers, repeat, quick, sizes_mib):
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        usable = None
-    gil = getattr(sys, "_is_gil_enabled", None)
     avail = mem_available()
     return {
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "gil": True if gil is None else bool(gil()),
-        "platform": f"{platform.system()} {platform.machine()}",
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": usable,
+        **_bench.machine(),
         "mem_available": avail,
         "command": command,
         "workers": workers,

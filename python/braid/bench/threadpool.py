@@ -31,7 +31,6 @@ import concurrent.futures
 import gc
 import json
 import os
-import platform
 import queue
 import selectors
 import socket
@@ -364,18 +363,8 @@ def _make_row(case, title, n, workers, s_times, b_times, note, s_cpus=None, b_cp
 # ------------------------------------------------------------------ output
 
 def environment(command, braid_version, *, workers, io_workers, repeat, tasks):
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        usable = None
-    gil = getattr(sys, "_is_gil_enabled", None)
     return {
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "gil": True if gil is None else bool(gil()),
-        "platform": f"{platform.system()} {platform.machine()}",
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": usable,
+        **_bench.machine(),
         "braid_version": braid_version,
         "command": command,
         "workers": workers,
