@@ -16,6 +16,7 @@
 #define BRAID_H
 
 #include <pthread.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -35,6 +36,13 @@ const char *br_strerror(int err);
 
 /* Monotonic clock in nanoseconds (CLOCK_MONOTONIC). */
 int64_t br_now_ns(void);
+
+/* The signals a helper thread should block: every asynchronous one, so that
+ * a process-directed signal (Ctrl-C) reaches a thread that wants it, but
+ * not the synchronous faults (SEGV, BUS, FPE, ILL, TRAP, SYS, ABRT), which
+ * would otherwise kill the process silently. 0 or -errno. The thread pool's
+ * workers use it; so should any thread an embedder starts. */
+int br_async_signals(sigset_t *set);
 
 /* ---------------------------------------------------------------- event
  * br_event_t: a one-shot event any number of threads can wait on, built on a

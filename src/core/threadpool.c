@@ -217,15 +217,15 @@ static void *worker_main(void *arg)
  * Synchronous fault signals stay unblocked: the kernel would kill the
  * process silently if one arrived blocked, and crash reporters (ASan,
  * faulthandler) rely on them. */
-static int worker_sigmask(sigset_t *set)
+int br_async_signals(sigset_t *set)
 {
     static const int faults[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGSYS, SIGABRT};
 
     if (sigfillset(set) != 0)
-        return errno;
+        return -errno;
     for (size_t i = 0; i < sizeof faults / sizeof faults[0]; i++)
         if (sigdelset(set, faults[i]) != 0)
-            return errno;
+            return -errno;
     return 0;
 }
 
@@ -240,7 +240,7 @@ static int spawn_locked(br_threadpool_t *pool)
     if (pool->opts_.stack_size != 0)
         err = pthread_attr_setstacksize(&attr, pool->opts_.stack_size);
     if (err == 0)
-        err = worker_sigmask(&block);
+        err = -br_async_signals(&block);
     /* The new thread inherits the creator's mask: block, create, restore. */
     if (err == 0)
         err = pthread_sigmask(SIG_SETMASK, &block, &old);

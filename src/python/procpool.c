@@ -839,13 +839,9 @@ static void *collector_main(void *arg)
     proc_core_t *c = arg;
     /* process-directed signals (Ctrl-C) are for the main thread */
     sigset_t block;
-    sigfillset(&block);
-    sigdelset(&block, SIGSEGV);
-    sigdelset(&block, SIGBUS);
-    sigdelset(&block, SIGFPE);
-    sigdelset(&block, SIGILL);
-    sigdelset(&block, SIGABRT);
-    (void)pthread_sigmask(SIG_BLOCK, &block, NULL);
+    if (br_async_signals(&block) == 0) {
+        (void)pthread_sigmask(SIG_BLOCK, &block, NULL);
+    }
     PyThreadState *ts = PyThreadState_New(c->interp);
     PyEval_RestoreThread(ts);
     int err = 0;
