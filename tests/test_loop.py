@@ -199,6 +199,30 @@ class LoopMixin:
         with pytest.raises(RuntimeError):
             loop.add_signal_handler(signal.SIGKILL, lambda: None)
 
+    def test_signal_handler_runs_during_a_busy_chain_of_callbacks(self, loop):
+        # braid.Loop skips polls while only the self-pipe is watched and callbacks are
+        # ready; a signal must still get through within a bounded number of steps
+        got = []
+        steps = [0]
+        loop.add_signal_handler(signal.SIGUSR1, got.append, "usr1")
+
+        def step():
+            steps[0] += 1
+            if steps[0] == 10:
+                os.kill(os.getpid(), signal.SIGUSR1)
+            if got or steps[0] > 100_000:
+                loop.stop()
+            else:
+                loop.call_soon(step)
+
+        loop.call_soon(step)
+        try:
+            loop.run_forever()
+        finally:
+            loop.remove_signal_handler(signal.SIGUSR1)
+        assert got == ["usr1"]
+        assert steps[0] < 10 + 200, steps[0]
+
     def test_closed_fd_passed_to_add_reader(self, loop):
         a, b = socket.socketpair()
         fd = a.fileno()

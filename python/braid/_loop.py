@@ -37,6 +37,16 @@ class Loop(_braid._LoopCore, unix_events._UnixSelectorEventLoop):
     def _make_socket_transport(self, sock, protocol, waiter=None, **kwargs):
         return _SocketTransport(self, sock, protocol, waiter, **kwargs)
 
+    def _make_self_pipe(self):
+        super()._make_self_pipe()
+        # only signals come through it (call_soon_threadsafe wakes the C core
+        # directly), so a busy chain of callbacks need not poll for it each time
+        self._set_internal_fd(self._ssock.fileno())
+
+    def _close_self_pipe(self):
+        self._set_internal_fd(None)
+        super()._close_self_pipe()
+
     def __init__(self):
         _braid._LoopCore.__init__(self)
         unix_events._UnixSelectorEventLoop.__init__(self)

@@ -65,6 +65,9 @@ typedef struct {
     size_t nwatchers;
     watcher_t **fired;
     size_t fired_len, fired_cap;
+    size_t nactive;      /* watchers with a reader or a writer */
+    int internal_fd;     /* asyncio's self-pipe: signals and wakeups only, -1 if none */
+    unsigned polls_skipped; /* iterations since the last poll */
     int closed;
     int init_done;
 } LoopObject;
@@ -536,6 +539,7 @@ static int watcher_update(LoopObject *L, int fd)
     unsigned events = (w->reader ? BR_READABLE : 0) | (w->writer ? BR_WRITABLE : 0);
     if (events == 0) {
         L->watchers[fd] = NULL;
+        L->nactive--;
         if (w->queued) {
             w->fired = 0; /* dispatch skips it; memory stays until the close callback */
         }
@@ -593,6 +597,7 @@ static PyObject *add_watch(LoopObject *L, PyObject *const *args, Py_ssize_t narg
         }
         w->io.handle.data = L;
         L->watchers[fd] = w;
+        L->nactive++;
         created = 1;
     }
     HandleObject **slot = writer ? &w->writer : &w->reader;
@@ -603,6 +608,7 @@ static PyObject *add_watch(LoopObject *L, PyObject *const *args, Py_ssize_t narg
         Py_DECREF(h);
         if (created || (w->reader == NULL && w->writer == NULL)) {
             L->watchers[fd] = NULL;
+            L->nactive--;
             (void)br_close(&w->io.handle, watcher_closed);
         }
         Py_DECREF(h);
@@ -678,6 +684,18 @@ static PyObject *loop_add_callback_signalsafe(LoopObject *L, PyObject *handle)
     Py_RETURN_NONE;
 }
 
+/* _set_internal_fd(fd): the fd of asyncio's self-pipe, which only wakes
+ * the loop for signals (call_soon_threadsafe uses the engine's wakeup). */
+static PyObject *loop_set_internal_fd(LoopObject *L, PyObject *fileobj)
+{
+    int fd = -1;
+    if (fileobj != Py_None && (fd = fd_of(fileobj)) < 0) {
+        return NULL;
+    }
+    L->internal_fd = fd;
+    Py_RETURN_NONE;
+}
+
 /* An asyncio.Handle: skipped when cancelled, else its _run(), which
  * reports exceptions itself. */
 static int run_foreign(PyObject *h)
@@ -701,6 +719,17 @@ static void nothing(br_timer_t *t)
 
 static void woken(br_async_t *a)
 {
+}
+
+/* Iterations that may pass without a poll when only the self-pipe is
+ * watched: bounds how late a signal handler runs behind a busy chain of
+ * callbacks (a callback costs well under 10 us, so this is under 1 ms). */
+#define MAX_POLLS_SKIPPED 64
+
+static int only_internal_watchers(LoopObject *L)
+{
+    int internal = L->internal_fd >= 0 && (size_t)L->internal_fd < L->nwatchers && L->watchers[L->internal_fd];
+    return L->nactive == (size_t)internal;
 }
 
 static PyObject *loop_run_once(LoopObject *L, PyObject *unused)
@@ -737,7 +766,14 @@ static PyObject *loop_run_once(LoopObject *L, PyObject *unused)
         L->fired_cap = L->nwatchers;
     }
     int rc = 0;
-    if (timeout == 0) {
+    if (timeout == 0 && L->ready_len > 0 && only_internal_watchers(L) && L->polls_skipped < MAX_POLLS_SKIPPED) {
+        /* Nothing but the self-pipe to look at: skip the poll while
+         * callbacks are ready. A signal or a wakeup through the self-pipe
+         * waits at most MAX_POLLS_SKIPPED iterations; nothing's order
+         * changes, as no transport or user fd is watched. */
+        L->polls_skipped++;
+    } else if (timeout == 0) {
+        L->polls_skipped = 0;
         /* a poll that cannot block: no need to let the GIL go. It is not
          * skipped while callbacks are ready: asyncio looks at I/O every
          * iteration, and CPython's own tests rely on that ordering (a
@@ -754,6 +790,7 @@ static PyObject *loop_run_once(LoopObject *L, PyObject *unused)
             br_loop_update_time(L->core);
             (void)br_timer_start(&L->poll_timer, nothing, timeout, timeout);
         }
+        L->polls_skipped = 0;
         Py_BEGIN_ALLOW_THREADS
         rc = br_loop_run(L->core, BR_RUN_ONCE);
         Py_END_ALLOW_THREADS
@@ -869,6 +906,7 @@ static int loop_init(LoopObject *L, PyObject *args, PyObject *kwds)
         braid_raise_errno(rc, "creating the event loop");
         return -1;
     }
+    L->internal_fd = -1;
     L->init_done = 1;
     return 0;
 }
@@ -934,6 +972,7 @@ static PyMethodDef loop_methods[] = {
     {"_remove_writer", (PyCFunction)loop_remove_writer, METH_O, NULL},
     {"_core_close", (PyCFunction)loop_core_close, METH_NOARGS, "Releases the C state (close())."},
     {"_add_callback", (PyCFunction)loop_add_callback, METH_O, NULL},
+    {"_set_internal_fd", (PyCFunction)loop_set_internal_fd, METH_O, NULL},
     {"_add_callback_signalsafe", (PyCFunction)loop_add_callback_signalsafe, METH_O, NULL},
     {NULL}};
 
