@@ -327,6 +327,125 @@ class LoopMixin:
         assert lost and (lost[0] is None or isinstance(lost[0], OSError))
         assert self.run(loop, asyncio.sleep(0, result="alive")) == "alive"
 
+    async def connected_pair(self, loop, protocol_factory):
+        """A transport of protocol_factory() and the peer's plain non-blocking socket."""
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.setblocking(False)
+        connect = asyncio.ensure_future(
+            loop.create_connection(protocol_factory, "127.0.0.1", listener.getsockname()[1]))
+        peer, _ = await loop.sock_accept(listener)
+        listener.close()
+        transport, proto = await connect
+        return transport, proto, peer
+
+    async def read_exactly(self, loop, sock, n):
+        got = bytearray()
+        while len(got) < n:
+            chunk = await loop.sock_recv(sock, n - len(got))
+            assert chunk, f"peer closed after {len(got)} of {n} bytes"
+            got += chunk
+        return bytes(got)
+
+    def test_backpressure_pauses_and_resumes_writing_and_loses_nothing(self, loop):
+        events = []
+
+        class Proto(asyncio.Protocol):
+            def pause_writing(self):
+                events.append("pause")
+
+            def resume_writing(self):
+                events.append("resume")
+
+        async def main():
+            transport, _, peer = await self.connected_pair(loop, Proto)
+            transport.set_write_buffer_limits(high=64 * 1024)
+            transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+            payload = bytes(range(256)) * 4096 * 4  # 4 MiB, more than the socket buffers take
+            transport.write(payload)
+            assert events == ["pause"] and transport.get_write_buffer_size() > 0
+            transport.write(b"tail")
+            got = await self.read_exactly(loop, peer, len(payload) + 4)
+            assert got == payload + b"tail"
+            for _ in range(100):
+                if transport.get_write_buffer_size() == 0:
+                    break
+                await asyncio.sleep(0.001)
+            assert events == ["pause", "resume"]
+            transport.close()
+            peer.close()
+
+        self.run(loop, main())
+
+    def test_write_rejects_bad_input(self, loop):
+        async def main():
+            transport, _, peer = await self.connected_pair(loop, asyncio.Protocol)
+            with pytest.raises(TypeError, match="bytes-like"):
+                transport.write("text")
+            transport.write(b"")  # nothing to do
+            transport.write(memoryview(b"xacex")[1:4])
+            transport.write_eof()
+            with pytest.raises(RuntimeError, match="write_eof"):
+                transport.write(b"more")
+            assert await self.read_exactly(loop, peer, 3) == b"ace"
+            assert await loop.sock_recv(peer, 10) == b""  # the EOF
+            transport.close()
+            transport.close()  # twice is harmless
+            peer.close()
+
+        self.run(loop, main())
+
+    def test_data_received_that_raises_reaches_the_handler_and_closes(self, loop):
+        errors, lost = [], []
+        loop.set_exception_handler(lambda lp, ctx: errors.append(ctx))
+
+        class Proto(asyncio.Protocol):
+            def data_received(self, data):
+                raise ValueError("bad data " + data.decode())
+
+            def connection_lost(self, exc):
+                lost.append(exc)
+
+        async def main():
+            transport, _, peer = await self.connected_pair(loop, Proto)
+            peer.send(b"x")
+            assert await loop.sock_recv(peer, 10) == b""  # closed by the transport
+            await asyncio.sleep(0)
+            peer.close()
+
+        self.run(loop, main())
+        assert [str(c["exception"]) for c in errors] == ["bad data x"]
+        assert "data_received" in errors[0]["message"]
+        assert len(lost) == 1 and isinstance(lost[0], ValueError)
+
+    def test_buffered_protocol_reads_into_its_own_buffer(self, loop):
+        class Proto(asyncio.BufferedProtocol):
+            def __init__(self):
+                self.buf = bytearray(7)
+                self.got = bytearray()
+                self.eof = loop.create_future()
+
+            def get_buffer(self, sizehint):
+                return self.buf
+
+            def buffer_updated(self, nbytes):
+                self.got += self.buf[:nbytes]
+
+            def eof_received(self):
+                self.eof.set_result(None)
+
+        async def main():
+            transport, proto, peer = await self.connected_pair(loop, Proto)
+            peer.sendall(b"0123456789" * 100)
+            peer.shutdown(socket.SHUT_WR)
+            await proto.eof
+            assert bytes(proto.got) == b"0123456789" * 100
+            transport.close()
+            peer.close()
+
+        self.run(loop, main())
+
     def test_many_connections_leave_no_fds_behind(self, loop):
         async def handle(reader, writer):
             writer.close()

@@ -14,12 +14,22 @@ from . import _braid
 __all__ = ["Loop", "new_event_loop", "install", "run", "EventLoopPolicy"]
 
 
-class _SocketTransport(selector_events._SelectorSocketTransport):
-    # asyncio reads into a new 256 KiB bytes object per recv(): above glibc's mmap threshold,
-    # so a 1 KiB message costs an mmap, an mremap and a munmap (5x the CPU per round trip of
-    # a C echo server, against 1.2x at 10 KiB). Reads just under the 128 KiB threshold come
-    # from the heap and still take a 100 KiB message in one go.
-    max_size = 120 * 1024
+class _SocketTransport(_braid._StreamTransportFast, selector_events._SelectorSocketTransport):
+    """asyncio's socket transport (TCP and Unix streams) with its per-message paths in C.
+
+    _read_ready and write come from _braid._StreamTransportFast (src/python/transport.c):
+    recv() into one reusable buffer and an exact-size bytes object for the protocol, and
+    send() at once when nothing is buffered. Everything else -- buffering, backpressure,
+    flow control, close/abort, sendfile, BufferedProtocol reads -- is asyncio's code, fed
+    by the same attributes.
+    """
+
+    _braid_write_slow = selector_events._SelectorSocketTransport.write
+    _braid_buffered = False
+
+    def set_protocol(self, protocol):
+        super().set_protocol(protocol)
+        self._braid_buffered = isinstance(protocol, asyncio.BufferedProtocol)
 
 
 class Loop(_braid._LoopCore, unix_events._UnixSelectorEventLoop):

@@ -25,6 +25,10 @@ typedef struct {
     PyTypeObject *procpool_core_type;
     PyTypeObject *loop_core_type;   /* _LoopCore */
     PyTypeObject *loop_handle_type; /* LoopHandle (Handle and TimerHandle) */
+    PyTypeObject *stream_fast_type; /* _StreamTransportFast */
+#define BRAID_TRANSPORT_NAMES 12
+    PyObject *transport_names[BRAID_TRANSPORT_NAMES]; /* interned attribute names */
+    char *read_buf;                 /* the socket transports' reusable read buffer */
     /* exceptions and helpers borrowed from the stdlib */
     PyObject *CancelledError;
     PyObject *InvalidStateError;
@@ -145,6 +149,11 @@ void braid_pool_cancel_work(pool_core_t *core, br_work_t *work);
 
 /* loop.c */
 int braid_loop_init_types(PyObject *module, braid_state *st);
+
+/* transport.c */
+int braid_transport_init_types(PyObject *module, braid_state *st);
+int braid_transport_traverse(braid_state *st, visitproc visit, void *arg);
+void braid_transport_clear(braid_state *st);
 
 /* procpool.c, procworker.c */
 int braid_procpool_init_types(PyObject *module, braid_state *st);

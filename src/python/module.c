@@ -68,7 +68,8 @@ static int braid_exec(PyObject *module)
     braid_state *st = braid_get_state(module);
     if (load_stdlib_objects(st) < 0 || braid_future_init_types(module, st) < 0 ||
         braid_threadpool_init_types(module, st) < 0 || braid_mapiter_init_types(module, st) < 0 ||
-        braid_procpool_init_types(module, st) < 0 || braid_loop_init_types(module, st) < 0) {
+        braid_procpool_init_types(module, st) < 0 || braid_loop_init_types(module, st) < 0 ||
+        braid_transport_init_types(module, st) < 0) {
         return -1;
     }
     if (PyModule_AddStringConstant(module, "ENGINE_VERSION", BR_VERSION_STRING) < 0) {
@@ -190,7 +191,7 @@ static int braid_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->WorkerCrashed);
     Py_VISIT(st->TaskTimeout);
     Py_VISIT(st->BrokenProcessPool);
-    return 0;
+    return braid_transport_traverse(st, visit, arg);
 }
 
 static int braid_clear(PyObject *module)
@@ -223,6 +224,7 @@ static int braid_clear(PyObject *module)
     Py_CLEAR(st->WorkerCrashed);
     Py_CLEAR(st->TaskTimeout);
     Py_CLEAR(st->BrokenProcessPool);
+    braid_transport_clear(st);
     return 0;
 }
 
