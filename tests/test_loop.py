@@ -143,6 +143,80 @@ class LoopMixin:
         loop.run_forever()
         assert seen == ["in ctx", "default"]
 
+    def test_debug_mode_warns_of_slow_callbacks(self, loop, caplog):
+        assert loop.get_debug() is False
+        loop.set_debug(True)
+        assert loop.get_debug() is True
+        loop.slow_callback_duration = 0.02
+
+        def slow_one():
+            time.sleep(0.05)
+
+        loop.call_soon(slow_one)
+        loop.call_soon(lambda: None)
+        with caplog.at_level("WARNING", logger="asyncio"):
+            self.run(loop, asyncio.sleep(0.01))
+        slow = [r.getMessage() for r in caplog.records if "took" in r.getMessage()]
+        assert len(slow) == 1 and "slow_one" in slow[0], slow
+        loop.set_debug(False)
+        assert loop.get_debug() is False
+
+    def test_create_task_name_context_and_factory(self, loop):
+        var = contextvars.ContextVar("var", default="outer")
+
+        async def read_var():
+            return var.get()
+
+        async def main():
+            ctx = contextvars.copy_context()
+            ctx.run(var.set, "inner")
+            task = loop.create_task(read_var(), name="reader", context=ctx)
+            assert isinstance(task, asyncio.Task) and task.get_name() == "reader"
+            assert await task == "inner"
+            made = []
+
+            def factory(lp, coro, **kwargs):
+                made.append(kwargs)
+                return asyncio.Task(coro, loop=lp, **kwargs)
+
+            loop.set_task_factory(factory)
+            try:
+                assert await loop.create_task(read_var(), name="via-factory") == "outer"
+                assert await loop.create_task(read_var(), context=ctx) == "inner"
+            finally:
+                loop.set_task_factory(None)
+            assert made == [{}, {"context": ctx}]
+            fut = loop.create_future()
+            assert isinstance(fut, asyncio.Future) and fut.get_loop() is loop
+            coro = read_var()
+            with pytest.raises(TypeError):
+                loop.create_task(coro, bogus=1)
+            coro.close()
+
+        self.run(loop, main())
+        loop.close()
+        coro = read_var()
+        with pytest.raises(RuntimeError, match="closed"):
+            loop.create_task(coro)
+        coro.close()
+
+    @pytest.mark.skipif(not hasattr(asyncio, "eager_task_factory"), reason="eager tasks are new in 3.12")
+    def test_eager_task_factory_runs_the_first_step_at_once(self, loop):
+        steps = []
+
+        async def child():
+            steps.append("child ran")
+            return 7
+
+        async def main():
+            loop.set_task_factory(asyncio.eager_task_factory)
+            task = loop.create_task(child())
+            steps.append("after create_task")
+            assert task.done() and await task == 7
+
+        self.run(loop, main())
+        assert steps == ["child ran", "after create_task"]
+
     def test_time_is_monotonic_seconds(self, loop):
         assert abs(loop.time() - time.monotonic()) < 1.0
 

@@ -35,6 +35,10 @@ class _SocketTransport(_braid._StreamTransportFast, selector_events._SelectorSoc
 class Loop(_braid._LoopCore, unix_events._UnixSelectorEventLoop):
     """An ``asyncio`` event loop with braid's C scheduling core."""
 
+    # the C create_task hands what it does not do itself (task factories,
+    # debug mode, arguments of newer Pythons) to asyncio's
+    _create_task_slow = unix_events._UnixSelectorEventLoop.create_task
+
     def run_in_executor(self, executor, func, *args):
         if executor is None and self._default_executor is None and not self.is_closed():
             # braid.ThreadPool as the default executor (asyncio would make a

@@ -26,6 +26,8 @@ typedef struct {
     PyTypeObject *loop_core_type;   /* _LoopCore */
     PyTypeObject *loop_handle_type; /* LoopHandle (Handle and TimerHandle) */
     PyTypeObject *stream_fast_type; /* _StreamTransportFast */
+#define BRAID_LOOP_NAMES 5
+    PyObject *loop_names[BRAID_LOOP_NAMES]; /* interned attribute names (loop.c) */
 #define BRAID_TRANSPORT_NAMES 12
     PyObject *transport_names[BRAID_TRANSPORT_NAMES]; /* interned attribute names */
     char *read_buf;                 /* the socket transports' reusable read buffer */
@@ -149,6 +151,8 @@ void braid_pool_cancel_work(pool_core_t *core, br_work_t *work);
 
 /* loop.c */
 int braid_loop_init_types(PyObject *module, braid_state *st);
+int braid_loop_traverse(braid_state *st, visitproc visit, void *arg);
+void braid_loop_clear(braid_state *st);
 
 /* transport.c */
 int braid_transport_init_types(PyObject *module, braid_state *st);

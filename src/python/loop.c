@@ -70,7 +70,21 @@ typedef struct {
     unsigned polls_skipped; /* iterations since the last poll */
     int closed;
     int init_done;
+    int debug;           /* truth of debug_obj, read on every iteration */
+    PyObject *debug_obj; /* what asyncio stored as self._debug */
+    PyObject *future_type; /* asyncio.Future, asyncio.Task */
+    PyObject *task_type;
 } LoopObject;
+
+enum { N_TASK_FACTORY, N_CREATE_TASK_SLOW, N_SLOW_CALLBACK_DURATION, N_CURRENT_HANDLE, N_LOOP, N_COUNT };
+_Static_assert(N_COUNT == BRAID_LOOP_NAMES, "braidpy.h sizes the names");
+static const char *const name_text[N_COUNT] = {
+    [N_TASK_FACTORY] = "_task_factory",
+    [N_CREATE_TASK_SLOW] = "_create_task_slow",
+    [N_SLOW_CALLBACK_DURATION] = "slow_callback_duration",
+    [N_CURRENT_HANDLE] = "_current_handle",
+    [N_LOOP] = "loop",
+};
 
 static braid_state *loop_state(PyObject *o)
 {
@@ -211,6 +225,28 @@ static PyObject *handle_richcompare(HandleObject *a, PyObject *b, int op)
     Py_RETURN_RICHCOMPARE(x, y, op);
 }
 
+static PyObject *handle_get_callback(HandleObject *h, void *unused)
+{
+    return Py_NewRef(h->callback ? h->callback : Py_None);
+}
+
+static PyObject *handle_get_args(HandleObject *h, void *unused)
+{
+    return Py_NewRef(h->args ? h->args : Py_None);
+}
+
+static PyObject *handle_get_cancelled(HandleObject *h, void *unused)
+{
+    return PyBool_FromLong(h->cancelled);
+}
+
+/* the attributes asyncio's own code reads from its handles */
+static PyGetSetDef handle_getset[] = {
+    {"_callback", (getter)handle_get_callback, NULL, NULL, NULL},
+    {"_args", (getter)handle_get_args, NULL, NULL, NULL},
+    {"_cancelled", (getter)handle_get_cancelled, NULL, NULL, NULL},
+    {NULL}};
+
 static PyMethodDef handle_methods[] = {
     {"cancel", (PyCFunction)handle_cancel, METH_NOARGS, "Cancels the callback; idempotent."},
     {"cancelled", (PyCFunction)handle_cancelled, METH_NOARGS, NULL},
@@ -224,6 +260,7 @@ static PyType_Slot handle_slots[] = {
     {Py_tp_traverse, handle_traverse},
     {Py_tp_clear, handle_clear},
     {Py_tp_methods, handle_methods},
+    {Py_tp_getset, handle_getset},
     {Py_tp_repr, handle_repr},
     {Py_tp_richcompare, handle_richcompare},
     {Py_tp_doc, "A callback scheduled on a braid.Loop (call_soon, call_later, call_at)."},
@@ -732,6 +769,60 @@ static int only_internal_watchers(LoopObject *L)
     return L->nactive == (size_t)internal;
 }
 
+/* asyncio's warning for a callback that held the loop too long, in its
+ * words ('Executing <Handle ...> took 0.250 seconds'). */
+static int warn_slow(PyObject *h, double dt)
+{
+    PyObject *be = PyImport_ImportModule("asyncio.base_events");
+    PyObject *fmt = be ? PyObject_GetAttrString(be, "_format_handle") : NULL;
+    PyObject *logger = be ? PyObject_GetAttrString(be, "logger") : NULL;
+    PyObject *text = fmt ? PyObject_CallOneArg(fmt, h) : NULL;
+    PyObject *r = (text && logger) ? PyObject_CallMethod(logger, "warning", "sOd", "Executing %s took %.3f seconds",
+                                                         text, dt)
+                                   : NULL;
+    Py_XDECREF(r);
+    Py_XDECREF(text);
+    Py_XDECREF(logger);
+    Py_XDECREF(fmt);
+    Py_XDECREF(be);
+    return r ? 0 : -1;
+}
+
+/* Debug mode, as asyncio's _run_once: each callback is timed, the slow are
+ * logged, and _current_handle names the running one (for the exception
+ * handler's 'handle created at' traceback). */
+static PyObject *run_ready_debug(LoopObject *L, size_t n)
+{
+    braid_state *st = loop_state((PyObject *)L);
+    PyObject *limit_obj = PyObject_GetAttr((PyObject *)L, st->loop_names[N_SLOW_CALLBACK_DURATION]);
+    double limit = limit_obj ? PyFloat_AsDouble(limit_obj) : -1.0;
+    Py_XDECREF(limit_obj);
+    if (limit == -1.0 && PyErr_Occurred()) {
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        PyObject *h = ready_pop(L);
+        if (PyObject_SetAttr((PyObject *)L, st->loop_names[N_CURRENT_HANDLE], h) < 0) {
+            Py_DECREF(h);
+            return NULL;
+        }
+        int64_t t0 = br_now_ns();
+        int err = Py_IS_TYPE(h, st->loop_handle_type) ? handle_run((HandleObject *)h) : run_foreign(h);
+        double dt = (double)(br_now_ns() - t0) / 1e9;
+        if (PyObject_SetAttr((PyObject *)L, st->loop_names[N_CURRENT_HANDLE], Py_None) < 0) {
+            err = -1;
+        }
+        if (err == 0 && dt >= limit) {
+            err = warn_slow(h, dt);
+        }
+        Py_DECREF(h);
+        if (err < 0) {
+            return NULL;
+        }
+    }
+    Py_RETURN_NONE;
+}
+
 static PyObject *loop_run_once(LoopObject *L, PyObject *unused)
 {
     if (check_open(L) < 0) {
@@ -825,6 +916,9 @@ static PyObject *loop_run_once(LoopObject *L, PyObject *unused)
     }
     size_t n = L->ready_len; /* what is scheduled now waits for next time */
     PyTypeObject *ours = loop_state((PyObject *)L)->loop_handle_type;
+    if (L->debug) {
+        return run_ready_debug(L, n);
+    }
     for (size_t i = 0; i < n; i++) {
         PyObject *h = ready_pop(L);
         int err = Py_IS_TYPE(h, ours) ? handle_run((HandleObject *)h) : run_foreign(h);
@@ -834,6 +928,94 @@ static PyObject *loop_run_once(LoopObject *L, PyObject *unused)
         }
     }
     Py_RETURN_NONE;
+}
+
+/* --------------------------------------------------------- futures, tasks, debug */
+
+/* self._debug is kept here, so that asyncio's own code (set_debug, the
+ * many `if self._debug:`) and the C core read the same flag. */
+static PyObject *loop_get_debug_attr(LoopObject *L, void *unused)
+{
+    return Py_NewRef(L->debug_obj ? L->debug_obj : Py_False);
+}
+
+static int loop_set_debug_attr(LoopObject *L, PyObject *value, void *unused)
+{
+    int t = value ? PyObject_IsTrue(value) : 0;
+    if (t < 0) {
+        return -1;
+    }
+    Py_XSETREF(L->debug_obj, Py_XNewRef(value));
+    L->debug = t;
+    return 0;
+}
+
+/* get_debug() is called by every asyncio.Future and Task constructor */
+static PyObject *loop_get_debug(LoopObject *L, PyObject *unused)
+{
+    return loop_get_debug_attr(L, NULL);
+}
+
+static PyObject *loop_create_future(LoopObject *L, PyObject *unused)
+{
+    if (L->future_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Loop.__init__ was not called");
+        return NULL;
+    }
+    PyObject *args[] = {NULL, (PyObject *)L};
+    PyObject *kw = PyTuple_Pack(1, loop_state((PyObject *)L)->loop_names[N_LOOP]);
+    PyObject *f = kw ? PyObject_Vectorcall(L->future_type, args + 1, 0 | PY_VECTORCALL_ARGUMENTS_OFFSET, kw) : NULL;
+    Py_XDECREF(kw);
+    return f;
+}
+
+/* create_task(coro, *, name=None, context=None): asyncio.Task(coro,
+ * loop=self, ...) when no task factory is set and debug mode is off;
+ * anything else (a factory, debug's traceback trimming, arguments a newer
+ * Python added) is asyncio's own create_task. */
+static PyObject *loop_create_task(LoopObject *L, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    braid_state *st = loop_state((PyObject *)L);
+    int fast = nargs == 1 && !L->debug && L->task_type != NULL;
+    for (Py_ssize_t i = 0; fast && kwnames && i < PyTuple_GET_SIZE(kwnames); i++) {
+        PyObject *k = PyTuple_GET_ITEM(kwnames, i);
+        fast = PyUnicode_CompareWithASCIIString(k, "name") == 0 || PyUnicode_CompareWithASCIIString(k, "context") == 0;
+    }
+    if (fast) {
+        if (check_open(L) < 0) {
+            return NULL;
+        }
+        PyObject *factory = PyObject_GetAttr((PyObject *)L, st->loop_names[N_TASK_FACTORY]);
+        if (factory == NULL) {
+            return NULL;
+        }
+        fast = factory == Py_None;
+        Py_DECREF(factory);
+    }
+    if (!fast) {
+        PyObject *slow = PyObject_GetAttr((PyObject *)L, st->loop_names[N_CREATE_TASK_SLOW]);
+        PyObject *r = slow ? PyObject_Vectorcall(slow, args, (size_t)nargs, kwnames) : NULL;
+        Py_XDECREF(slow);
+        return r;
+    }
+    /* Task(coro, loop=self, <name=, context=>) */
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    PyObject *stack[1 + 1 + 1 + 2];
+    stack[0] = NULL;
+    stack[1] = args[0];
+    stack[2] = (PyObject *)L;
+    PyObject *names = PyTuple_New(1 + nkw);
+    if (names == NULL) {
+        return NULL;
+    }
+    PyTuple_SET_ITEM(names, 0, Py_NewRef(st->loop_names[N_LOOP]));
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        PyTuple_SET_ITEM(names, 1 + i, Py_NewRef(PyTuple_GET_ITEM(kwnames, i)));
+        stack[3 + i] = args[1 + i];
+    }
+    PyObject *task = PyObject_Vectorcall(L->task_type, stack + 1, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, names);
+    Py_DECREF(names);
+    return task;
 }
 
 /* --------------------------------------------------------- life cycle */
@@ -906,6 +1088,17 @@ static int loop_init(LoopObject *L, PyObject *args, PyObject *kwds)
         braid_raise_errno(rc, "creating the event loop");
         return -1;
     }
+    PyObject *asyncio = PyImport_ImportModule("asyncio");
+    if (asyncio != NULL) {
+        L->future_type = PyObject_GetAttrString(asyncio, "Future");
+        L->task_type = L->future_type ? PyObject_GetAttrString(asyncio, "Task") : NULL;
+        Py_DECREF(asyncio);
+    }
+    if (L->task_type == NULL) {
+        Py_CLEAR(L->future_type);
+        loop_release(L);
+        return -1;
+    }
     L->internal_fd = -1;
     L->init_done = 1;
     return 0;
@@ -914,6 +1107,9 @@ static int loop_init(LoopObject *L, PyObject *args, PyObject *kwds)
 static int loop_traverse(LoopObject *L, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(L));
+    Py_VISIT(L->debug_obj);
+    Py_VISIT(L->future_type);
+    Py_VISIT(L->task_type);
     for (size_t i = 0; i < L->ready_len; i++) {
         Py_VISIT(L->ready[(L->ready_head + i) % L->ready_cap]);
     }
@@ -932,6 +1128,9 @@ static int loop_traverse(LoopObject *L, visitproc visit, void *arg)
 static int loop_clear(LoopObject *L)
 {
     loop_drop_queues(L);
+    Py_CLEAR(L->debug_obj);
+    Py_CLEAR(L->future_type);
+    Py_CLEAR(L->task_type);
     for (size_t fd = 0; fd < L->nwatchers; fd++) {
         if (L->watchers[fd]) {
             Py_CLEAR(L->watchers[fd]->reader);
@@ -973,10 +1172,19 @@ static PyMethodDef loop_methods[] = {
     {"_core_close", (PyCFunction)loop_core_close, METH_NOARGS, "Releases the C state (close())."},
     {"_add_callback", (PyCFunction)loop_add_callback, METH_O, NULL},
     {"_set_internal_fd", (PyCFunction)loop_set_internal_fd, METH_O, NULL},
+    {"get_debug", (PyCFunction)loop_get_debug, METH_NOARGS, "Whether debug mode is on."},
+    {"create_future", (PyCFunction)loop_create_future, METH_NOARGS, "A new asyncio.Future on this loop."},
+    {"create_task", (PyCFunction)(void (*)(void))loop_create_task, METH_FASTCALL | METH_KEYWORDS,
+     "create_task(coro, *, name=None, context=None) -> asyncio.Task"},
     {"_add_callback_signalsafe", (PyCFunction)loop_add_callback_signalsafe, METH_O, NULL},
     {NULL}};
 
+static PyGetSetDef loop_getset[] = {
+    {"_debug", (getter)loop_get_debug_attr, (setter)loop_set_debug_attr, "debug mode (asyncio's attribute)", NULL},
+    {NULL}};
+
 static PyType_Slot loop_slots[] = {
+    {Py_tp_getset, loop_getset},
     {Py_tp_dealloc, loop_dealloc},
     {Py_tp_traverse, loop_traverse},
     {Py_tp_clear, loop_clear},
@@ -993,8 +1201,28 @@ static PyType_Spec loop_spec = {
     .slots = loop_slots,
 };
 
+int braid_loop_traverse(braid_state *st, visitproc visit, void *arg)
+{
+    for (int i = 0; i < N_COUNT; i++) {
+        Py_VISIT(st->loop_names[i]);
+    }
+    return 0;
+}
+
+void braid_loop_clear(braid_state *st)
+{
+    for (int i = 0; i < N_COUNT; i++) {
+        Py_CLEAR(st->loop_names[i]);
+    }
+}
+
 int braid_loop_init_types(PyObject *module, braid_state *st)
 {
+    for (int i = 0; i < N_COUNT; i++) {
+        if ((st->loop_names[i] = PyUnicode_InternFromString(name_text[i])) == NULL) {
+            return -1;
+        }
+    }
     st->loop_handle_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &handle_spec, NULL);
     if (st->loop_handle_type == NULL) {
         return -1;

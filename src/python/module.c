@@ -191,7 +191,8 @@ static int braid_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->WorkerCrashed);
     Py_VISIT(st->TaskTimeout);
     Py_VISIT(st->BrokenProcessPool);
-    return braid_transport_traverse(st, visit, arg);
+    int r = braid_loop_traverse(st, visit, arg);
+    return r ? r : braid_transport_traverse(st, visit, arg);
 }
 
 static int braid_clear(PyObject *module)
@@ -224,6 +225,7 @@ static int braid_clear(PyObject *module)
     Py_CLEAR(st->WorkerCrashed);
     Py_CLEAR(st->TaskTimeout);
     Py_CLEAR(st->BrokenProcessPool);
+    braid_loop_clear(st);
     braid_transport_clear(st);
     return 0;
 }
