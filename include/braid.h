@@ -19,6 +19,7 @@
 #include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h> /* ssize_t */
 
 #ifdef __cplusplus
 extern "C" {
@@ -594,6 +595,87 @@ int br_signal_start(br_signal_t *sig, br_signal_cb cb, int signum);
  * and unblocks the signal if start blocked it and no other br_signal_t of
  * this loop still watches it. Idempotent; 0. */
 int br_signal_stop(br_signal_t *sig);
+
+
+/* ---------------------------------------------------------------- streams
+ * br_stream_t: a byte stream over a non-blocking fd on a br_loop_t -- a TCP
+ * or Unix socket, a pipe end, a pty master. Reads go to a callback from one
+ * buffer the stream reuses; writes are tried at once and what the kernel
+ * does not take is copied into a write queue that drains as the fd becomes
+ * writable. The queue has a high and a low watermark: crossing high calls
+ * the drain callback with paused=1 (from inside br_stream_write), falling
+ * back to low calls it with paused=0 -- asyncio's pause_writing and
+ * resume_writing.
+ *
+ *   init --> OPEN --read_start/stop, write, set_limits--> OPEN
+ *              |  shutdown: SHUT_WR once the queue is empty (sockets)
+ *              |  a write error: on_error(-errno), queue dropped,
+ *              |                 later writes refused (-EPIPE)
+ *              +--br_stream_close(s, cb)--> CLOSING --(next iteration)-->
+ *                  queue freed, fd closed, cb(s): the memory is the caller's
+ *
+ * Ownership: the caller allocates the stream; it must stay valid until the
+ * close callback has run. From br_stream_init on, the fd is the stream's:
+ * br_stream_close closes it. Callbacks run on the loop thread; each may
+ * call any br_stream_* function on its stream, br_stream_close included.
+ */
+typedef struct br_stream_s br_stream_t;
+typedef struct br__chunk_s br__chunk_t;
+
+/* nread > 0: that many bytes at buf, valid during the call only. 0: end of
+ * stream. < 0: -errno (a pty master reports -EIO when the other side is
+ * gone). After 0 or an error, reading has stopped. */
+typedef void (*br_stream_read_cb)(br_stream_t *s, const char *buf, ssize_t nread);
+/* The write queue went above the high watermark (paused=1) or back down to
+ * the low one (paused=0). */
+typedef void (*br_stream_drain_cb)(br_stream_t *s, int paused);
+/* A queued write failed (-EPIPE, -ECONNRESET, ...): the queue was dropped. */
+typedef void (*br_stream_error_cb)(br_stream_t *s, int err);
+typedef void (*br_stream_close_cb)(br_stream_t *s);
+
+struct br_stream_s {
+    void *data;                 /* the caller's */
+    br_loop_t *loop;            /* read-only */
+    int fd;                     /* read-only */
+    br_stream_read_cb on_read_; /* private from here on */
+    br_stream_drain_cb on_drain_;
+    br_stream_error_cb on_error_;
+    br_stream_close_cb on_close_;
+    br__chunk_t *head_;
+    br__chunk_t *tail_;
+    size_t queued_;
+    size_t high_;
+    size_t low_;
+    char *rbuf_;
+    size_t rbuf_size_;
+    unsigned state_;
+    br_io_t io_;
+};
+
+/* Takes fd (sets O_NONBLOCK). Watermarks 64 KiB / 16 KiB as asyncio's. 0,
+ * -EBADF, or -errno from fcntl/fstat. */
+int br_stream_init(br_loop_t *loop, br_stream_t *s, int fd);
+/* Both callbacks may be NULL. */
+void br_stream_set_callbacks(br_stream_t *s, br_stream_drain_cb on_drain, br_stream_error_cb on_error);
+/* high >= low; 0 or -EINVAL. The drain callback may run from here. */
+int br_stream_set_limits(br_stream_t *s, size_t high, size_t low);
+/* Reads up to read_size bytes per callback (0: 64 KiB). 0, -EINVAL, -ENOMEM,
+ * -EBUSY (closing), or -errno from watching the fd. */
+int br_stream_read_start(br_stream_t *s, br_stream_read_cb cb, size_t read_size);
+/* Idempotent; 0. */
+int br_stream_read_stop(br_stream_t *s);
+/* Writes or queues a copy of buf. 0; -EPIPE after shutdown or a write
+ * error; -EBUSY closing; -ENOMEM; or -errno of the kernel's write (nothing
+ * queued then). */
+int br_stream_write(br_stream_t *s, const void *buf, size_t len);
+/* Bytes in the write queue. */
+size_t br_stream_queued(const br_stream_t *s);
+/* Half-close once the queue has drained: SHUT_WR. 0, -ENOTSOCK (not a
+ * socket: close the stream instead), -EBUSY closing; idempotent. */
+int br_stream_shutdown(br_stream_t *s);
+/* Drops the queue, stops everything; cb (may be NULL) runs from a later
+ * step of the loop, after the fd is closed. 0 or -EINVAL (already closing). */
+int br_stream_close(br_stream_t *s, br_stream_close_cb cb);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,342 @@
+/* test_stream.c — br_stream_t over socket pairs, TCP, pipes and a pty. */
+#include "harness.h"
+
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+static br_loop_t loop;
+
+static void pair(int sv[2]) { CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0); }
+
+static int fd_is_open(int fd) { return fcntl(fd, F_GETFD) >= 0; }
+
+/* Runs the loop until *flag is set (or fails the case after 10 s). */
+static void run_until(const int *flag)
+{
+    int64_t t0 = bt_now_ms();
+    while (!*flag) {
+        CHECK(bt_now_ms() - t0 < 10000);
+        CHECK(br_loop_run(&loop, BR_RUN_ONCE) >= 0);
+    }
+}
+
+static void finish(void)
+{
+    CHECK_EQ(br_loop_run(&loop, BR_RUN_DEFAULT), 0);
+    CHECK_EQ(br_loop_close(&loop), 0);
+}
+
+/* A reader that collects what arrives and notes the end. */
+typedef struct {
+    br_stream_t s;
+    char *got;
+    size_t len, cap;
+    ssize_t end; /* 1 while open; 0 EOF; -errno */
+    int ended;
+    int closed;
+} sink_t;
+
+static void sink_read(br_stream_t *s, const char *buf, ssize_t n)
+{
+    sink_t *k = s->data;
+    if (n <= 0) {
+        k->end = n;
+        k->ended = 1;
+        return;
+    }
+    if (k->len + (size_t)n > k->cap) {
+        k->cap = (k->len + (size_t)n) * 2;
+        k->got = realloc(k->got, k->cap);
+        CHECK(k->got != NULL);
+    }
+    memcpy(k->got + k->len, buf, (size_t)n);
+    k->len += (size_t)n;
+}
+
+static void sink_closed(br_stream_t *s)
+{
+    sink_t *k = s->data;
+    k->closed = 1;
+    free(k->got);
+    k->got = NULL;
+}
+
+static void sink_open(sink_t *k, int fd)
+{
+    memset(k, 0, sizeof *k);
+    k->end = 1;
+    CHECK_EQ(br_stream_init(&loop, &k->s, fd), 0);
+    k->s.data = k;
+    CHECK_EQ(br_stream_read_start(&k->s, sink_read, 4096), 0);
+}
+
+static char pattern(size_t i) { return (char)(i % 251); }
+
+static char *patterned(size_t n)
+{
+    char *b = malloc(n);
+    CHECK(b != NULL);
+    for (size_t i = 0; i < n; i++) {
+        b[i] = pattern(i);
+    }
+    return b;
+}
+
+/* ------------------------------------------------------------ echo */
+
+static void echo_read(br_stream_t *s, const char *buf, ssize_t n)
+{
+    if (n > 0) {
+        CHECK_EQ(br_stream_write(s, buf, (size_t)n), 0);
+    } else {
+        CHECK_EQ(br_stream_close(s, NULL), 0);
+    }
+}
+
+TEST(echo_over_a_socket_pair)
+{
+    int sv[2];
+    pair(sv);
+    CHECK_EQ(br_loop_init(&loop), 0);
+    br_stream_t echo;
+    sink_t client;
+    CHECK_EQ(br_stream_init(&loop, &echo, sv[0]), 0);
+    CHECK_EQ(br_stream_read_start(&echo, echo_read, 0), 0);
+    sink_open(&client, sv[1]);
+    CHECK_EQ(br_stream_write(&client.s, "hello, ", 7), 0);
+    CHECK_EQ(br_stream_write(&client.s, "stream", 6), 0);
+    while (client.len < 13) {
+        CHECK(br_loop_run(&loop, BR_RUN_ONCE) >= 0);
+    }
+    CHECK(memcmp(client.got, "hello, stream", 13) == 0);
+    CHECK_EQ(br_stream_shutdown(&client.s), 0);
+    run_until(&client.ended); /* the echo side saw EOF and closed */
+    CHECK_EQ(client.end, 0);
+    CHECK_EQ(br_stream_close(&client.s, sink_closed), 0);
+    finish();
+    CHECK(client.closed);
+    CHECK(!fd_is_open(sv[0]) && !fd_is_open(sv[1]));
+}
+
+/* ------------------------------------------------------------ backpressure */
+
+static int drain_calls[2];
+static void note_drain(br_stream_t *s, int paused) { drain_calls[paused]++; }
+
+TEST(big_write_pauses_then_resumes_and_delivers_every_byte)
+{
+    int sv[2];
+    pair(sv);
+    int small = 8192;
+    CHECK_EQ(setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small), 0);
+    CHECK_EQ(br_loop_init(&loop), 0);
+    br_stream_t w;
+    CHECK_EQ(br_stream_init(&loop, &w, sv[0]), 0);
+    br_stream_set_callbacks(&w, note_drain, NULL);
+    size_t total = 4u << 20;
+    char *src = patterned(total);
+    for (size_t off = 0; off < total; off += 65536) {
+        CHECK_EQ(br_stream_write(&w, src + off, 65536), 0);
+    }
+    CHECK_EQ(drain_calls[1], 1); /* paused once, at the first crossing */
+    CHECK(br_stream_queued(&w) > 64 * 1024);
+    memset(src, 0, total); /* the stream queued copies */
+    free(src);
+    sink_t r;
+    sink_open(&r, sv[1]);
+    while (r.len < total) {
+        CHECK(br_loop_run(&loop, BR_RUN_ONCE) >= 0);
+    }
+    CHECK_EQ(br_stream_queued(&w), 0);
+    CHECK_EQ(drain_calls[0], 1);
+    for (size_t i = 0; i < total; i++) {
+        if (r.got[i] != pattern(i)) {
+            CHECK(!"byte out of place");
+        }
+    }
+    CHECK_EQ(br_stream_close(&w, NULL), 0);
+    run_until(&r.ended);
+    CHECK_EQ(r.end, 0);
+    CHECK_EQ(br_stream_close(&r.s, sink_closed), 0);
+    finish();
+}
+
+TEST(shutdown_waits_for_the_queue_and_then_gives_eof)
+{
+    int sv[2];
+    pair(sv);
+    CHECK_EQ(br_loop_init(&loop), 0);
+    br_stream_t w;
+    CHECK_EQ(br_stream_init(&loop, &w, sv[0]), 0);
+    size_t total = 2u << 20;
+    char *src = patterned(total);
+    CHECK_EQ(br_stream_write(&w, src, total), 0);
+    free(src);
+    CHECK(br_stream_queued(&w) > 0);
+    CHECK_EQ(br_stream_shutdown(&w), 0);
+    CHECK_EQ(br_stream_shutdown(&w), 0); /* idempotent */
+    CHECK_EQ(br_stream_write(&w, "late", 4), -EPIPE);
+    sink_t r;
+    sink_open(&r, sv[1]);
+    run_until(&r.ended);
+    CHECK_EQ(r.end, 0);
+    CHECK_EQ(r.len, total);
+    CHECK_EQ(br_stream_close(&w, NULL), 0);
+    CHECK_EQ(br_stream_close(&r.s, sink_closed), 0);
+    finish();
+}
+
+/* ------------------------------------------------------------ faults */
+
+static int error_seen;
+static void note_error(br_stream_t *s, int err) { error_seen = err; }
+
+TEST(peer_gone_is_an_error_not_a_signal)
+{
+    /* SIGPIPE at its default action: a send without MSG_NOSIGNAL would kill us */
+    signal(SIGPIPE, SIG_DFL);
+    int sv[2];
+    pair(sv);
+    CHECK_EQ(br_loop_init(&loop), 0);
+    br_stream_t w;
+    CHECK_EQ(br_stream_init(&loop, &w, sv[0]), 0);
+    br_stream_set_callbacks(&w, NULL, note_error);
+    char *src = patterned(1u << 20);
+    CHECK_EQ(br_stream_write(&w, src, 1u << 20), 0); /* most of it queued */
+    CHECK(br_stream_queued(&w) > 0);
+    CHECK_EQ(close(sv[1]), 0);
+    int64_t t0 = bt_now_ms();
+    while (error_seen == 0) {
+        CHECK(bt_now_ms() - t0 < 10000);
+        CHECK(br_loop_run(&loop, BR_RUN_ONCE) >= 0);
+    }
+    CHECK(error_seen == -EPIPE || error_seen == -ECONNRESET);
+    CHECK_EQ(br_stream_queued(&w), 0);
+    CHECK_EQ(br_stream_write(&w, src, 10), -EPIPE);
+    free(src);
+    CHECK_EQ(br_stream_close(&w, NULL), 0);
+    CHECK_EQ(br_stream_close(&w, NULL), -EINVAL); /* twice */
+    CHECK_EQ(br_stream_write(&w, "x", 1), -EBUSY);
+    finish();
+}
+
+TEST(tcp_reset_reaches_the_reader)
+{
+    int lst = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    CHECK(lst >= 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t alen = sizeof a;
+    CHECK_EQ(bind(lst, (struct sockaddr *)&a, sizeof a), 0);
+    CHECK_EQ(listen(lst, 1), 0);
+    CHECK_EQ(getsockname(lst, (struct sockaddr *)&a, &alen), 0);
+    int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    CHECK_EQ(connect(c, (struct sockaddr *)&a, sizeof a), 0);
+    int p = accept(lst, NULL, NULL);
+    CHECK(p >= 0);
+    CHECK_EQ(close(lst), 0);
+    CHECK_EQ(br_loop_init(&loop), 0);
+    sink_t r;
+    sink_open(&r, c);
+    struct linger lg = {.l_onoff = 1, .l_linger = 0};
+    CHECK_EQ(setsockopt(p, SOL_SOCKET, SO_LINGER, &lg, sizeof lg), 0);
+    CHECK_EQ(close(p), 0); /* RST */
+    run_until(&r.ended);
+    CHECK_EQ(r.end, -ECONNRESET);
+    CHECK_EQ(br_stream_close(&r.s, sink_closed), 0);
+    finish();
+}
+
+TEST(close_with_a_queue_frees_it_and_closes_the_fd)
+{
+    int sv[2];
+    pair(sv);
+    CHECK_EQ(br_loop_init(&loop), 0);
+    sink_t w; /* also reading, so that close has both to stop */
+    sink_open(&w, sv[0]);
+    char *src = patterned(1u << 20);
+    CHECK_EQ(br_stream_write(&w.s, src, 1u << 20), 0);
+    free(src);
+    CHECK(br_stream_queued(&w.s) > 0);
+    CHECK_EQ(br_stream_close(&w.s, sink_closed), 0);
+    CHECK(fd_is_open(sv[0])); /* closed by a later step of the loop */
+    CHECK_EQ(w.closed, 0);
+    finish();
+    CHECK_EQ(w.closed, 1);
+    CHECK(!fd_is_open(sv[0]));
+    CHECK_EQ(close(sv[1]), 0);
+}
+
+TEST(bad_input)
+{
+    CHECK_EQ(br_loop_init(&loop), 0);
+    br_stream_t s;
+    CHECK_EQ(br_stream_init(&loop, &s, -1), -EBADF);
+    int sv[2];
+    pair(sv);
+    CHECK_EQ(close(sv[1]), 0);
+    CHECK_EQ(br_stream_init(&loop, &s, sv[1]), -EBADF); /* closed fd */
+    CHECK_EQ(br_stream_init(&loop, &s, sv[0]), 0);
+    CHECK_EQ(br_stream_read_start(&s, NULL, 0), -EINVAL);
+    CHECK_EQ(br_stream_set_limits(&s, 10, 20), -EINVAL);
+    CHECK_EQ(br_stream_write(&s, "", 0), 0);
+    CHECK_EQ(br_stream_read_stop(&s), 0); /* not reading: fine */
+    CHECK_EQ(br_stream_close(&s, NULL), 0);
+    CHECK_EQ(br_stream_read_start(&s, sink_read, 0), -EBUSY);
+    CHECK_EQ(br_stream_shutdown(&s), -EBUSY);
+    finish();
+}
+
+/* ------------------------------------------------------------ pipes and ptys */
+
+TEST(pipe_carries_bytes_and_eof)
+{
+    int p[2];
+    CHECK_EQ(pipe2(p, O_CLOEXEC), 0);
+    CHECK_EQ(br_loop_init(&loop), 0);
+    br_stream_t w;
+    CHECK_EQ(br_stream_init(&loop, &w, p[1]), 0);
+    CHECK_EQ(br_stream_shutdown(&w), -ENOTSOCK); /* a pipe's EOF is its close */
+    sink_t r;
+    sink_open(&r, p[0]);
+    size_t total = 1u << 20; /* well past the pipe's 64 KiB */
+    char *src = patterned(total);
+    CHECK_EQ(br_stream_write(&w, src, total), 0);
+    free(src);
+    while (r.len < total) {
+        CHECK(br_loop_run(&loop, BR_RUN_ONCE) >= 0);
+    }
+    for (size_t i = 0; i < total; i += 4093) {
+        CHECK_EQ(r.got[i], pattern(i));
+    }
+    CHECK_EQ(br_stream_close(&w, NULL), 0);
+    run_until(&r.ended);
+    CHECK_EQ(r.end, 0);
+    CHECK_EQ(br_stream_close(&r.s, sink_closed), 0);
+    finish();
+}
+
+TEST(pty_master_reads_what_the_slave_writes)
+{
+    int m = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+    CHECK(m >= 0);
+    CHECK_EQ(grantpt(m), 0);
+    CHECK_EQ(unlockpt(m), 0);
+    int sl = open(ptsname(m), O_RDWR | O_NOCTTY | O_CLOEXEC);
+    CHECK(sl >= 0);
+    CHECK_EQ(br_loop_init(&loop), 0);
+    sink_t r;
+    sink_open(&r, m);
+    CHECK_EQ(write(sl, "tty\n", 4), 4);
+    while (r.len < 4) {
+        CHECK(br_loop_run(&loop, BR_RUN_ONCE) >= 0);
+    }
+    CHECK(memcmp(r.got, "tty", 3) == 0); /* the line discipline may make \n \r\n */
+    CHECK_EQ(close(sl), 0);
+    run_until(&r.ended);
+    CHECK(r.end == -EIO || r.end == 0); /* Linux says EIO once the slave is gone */
+    CHECK_EQ(br_stream_close(&r.s, sink_closed), 0);
+    finish();
+}
+
+BT_MAIN()
