@@ -19,7 +19,8 @@
 #include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <sys/types.h> /* ssize_t */
+#include <sys/socket.h> /* struct sockaddr, socklen_t */
+#include <sys/types.h>  /* ssize_t */
 
 #ifdef __cplusplus
 extern "C" {
@@ -676,6 +677,61 @@ int br_stream_shutdown(br_stream_t *s);
 /* Drops the queue, stops everything; cb (may be NULL) runs from a later
  * step of the loop, after the fd is closed. 0 or -EINVAL (already closing). */
 int br_stream_close(br_stream_t *s, br_stream_close_cb cb);
+
+
+/* ---------------------------------------------------------------- datagrams
+ * br_udp_t: a datagram socket (UDP, or a Unix SOCK_DGRAM) on a br_loop_t.
+ * Each datagram reaches the receive callback whole with its sender's
+ * address; a send goes out at once, or, when the socket buffer is full, is
+ * copied into a queue sent in order as the socket becomes writable. Same
+ * life cycle and ownership as br_stream_t: the fd is the handle's from init,
+ * br_udp_close closes it and the memory is the caller's after the close
+ * callback.
+ */
+typedef struct br_udp_s br_udp_t;
+typedef struct br__dgram_s br__dgram_t;
+
+/* n >= 0: a datagram of n bytes (0 is a valid empty datagram) from addr;
+ * both valid during the call only. n < 0: -errno of the receive (e.g.
+ * -ECONNREFUSED after an ICMP port unreachable on a connected socket);
+ * receiving goes on. */
+typedef void (*br_udp_recv_cb)(br_udp_t *u, const char *buf, ssize_t n, const struct sockaddr *addr,
+                               socklen_t addrlen);
+/* A queued datagram could not be sent: -errno; the others stay queued. */
+typedef void (*br_udp_error_cb)(br_udp_t *u, int err);
+typedef void (*br_udp_close_cb)(br_udp_t *u);
+
+struct br_udp_s {
+    void *data;                 /* the caller's */
+    br_loop_t *loop;            /* read-only */
+    int fd;                     /* read-only */
+    br_udp_recv_cb on_recv_;    /* private from here on */
+    br_udp_error_cb on_error_;
+    br_udp_close_cb on_close_;
+    br__dgram_t *head_;
+    br__dgram_t *tail_;
+    size_t queued_;             /* bytes */
+    char *rbuf_;
+    int receiving_;
+    int closing_;
+    br_io_t io_;
+};
+
+/* Takes fd, a SOCK_DGRAM socket (sets O_NONBLOCK). 0, -EBADF, -ENOTSOCK,
+ * -EPROTOTYPE (not a datagram socket), -errno. */
+int br_udp_init(br_loop_t *loop, br_udp_t *u, int fd);
+void br_udp_set_error_cb(br_udp_t *u, br_udp_error_cb on_error);
+/* 0, -EINVAL (NULL cb), -ENOMEM, -EBUSY (closing), -errno from watching. */
+int br_udp_recv_start(br_udp_t *u, br_udp_recv_cb cb);
+int br_udp_recv_stop(br_udp_t *u);
+/* Sends buf to addr (NULL on a connected socket). 0 sent or queued;
+ * -EMSGSIZE and other immediate refusals as the kernel's -errno; -EBUSY
+ * closing; -ENOMEM. */
+int br_udp_send(br_udp_t *u, const void *buf, size_t len, const struct sockaddr *addr, socklen_t addrlen);
+/* Bytes waiting in the send queue. */
+size_t br_udp_queued(const br_udp_t *u);
+/* As br_stream_close. 0 or -EINVAL (already closing). */
+int br_udp_close(br_udp_t *u, br_udp_close_cb cb);
 
 #ifdef __cplusplus
 }

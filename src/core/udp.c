@@ -1,0 +1,237 @@
+/*
+ * udp.c — br_udp_t: datagram sockets on a br_loop_t (see braid.h).
+ *
+ * Receives: one recvfrom per readable callback into a buffer of the largest
+ * datagram size (64 KiB), so a datagram is never truncated and several
+ * sockets share the loop fairly. Sends: at once when nothing is queued;
+ * EAGAIN (full socket buffer) queues a copy with its address, and the
+ * queue drains in order when the socket becomes writable. A datagram the
+ * kernel refuses for good (EMSGSIZE, EHOSTUNREACH, ...) is dropped and
+ * reported, and the ones behind it still go.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define MAX_DATAGRAM 65536
+
+struct br__dgram_s {
+    br__dgram_t *next;
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+    size_t len;
+    char bytes[];
+};
+
+static void on_io(br_io_t *io, unsigned revents);
+
+static int update_watch(br_udp_t *u)
+{
+    unsigned events = (u->receiving_ ? BR_READABLE : 0) | (u->head_ ? BR_WRITABLE : 0);
+    return events ? br_io_start(&u->io_, events, on_io) : br_io_stop(&u->io_);
+}
+
+int br_udp_init(br_loop_t *loop, br_udp_t *u, int fd)
+{
+    memset(u, 0, sizeof *u);
+    if (fd < 0) {
+        return -EBADF;
+    }
+    int type;
+    socklen_t tl = sizeof type;
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) < 0) {
+        return -errno;
+    }
+    if (type != SOCK_DGRAM) {
+        return -EPROTOTYPE;
+    }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || (!(fl & O_NONBLOCK) && fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)) {
+        return -errno;
+    }
+    int rc = br_io_init(loop, &u->io_, fd);
+    if (rc < 0) {
+        return rc;
+    }
+    u->io_.handle.data = u;
+    u->loop = loop;
+    u->fd = fd;
+    return 0;
+}
+
+void br_udp_set_error_cb(br_udp_t *u, br_udp_error_cb on_error)
+{
+    u->on_error_ = on_error;
+}
+
+int br_udp_recv_start(br_udp_t *u, br_udp_recv_cb cb)
+{
+    if (cb == NULL) {
+        return -EINVAL;
+    }
+    if (u->closing_) {
+        return -EBUSY;
+    }
+    if (u->rbuf_ == NULL && (u->rbuf_ = malloc(MAX_DATAGRAM)) == NULL) {
+        return -ENOMEM;
+    }
+    u->on_recv_ = cb;
+    int was = u->receiving_;
+    u->receiving_ = 1;
+    int rc = update_watch(u);
+    if (rc < 0) {
+        u->receiving_ = was;
+    }
+    return rc;
+}
+
+int br_udp_recv_stop(br_udp_t *u)
+{
+    if (u->closing_ || !u->receiving_) {
+        return 0;
+    }
+    u->receiving_ = 0;
+    return update_watch(u);
+}
+
+static ssize_t send_one(br_udp_t *u, const void *buf, size_t len, const struct sockaddr *addr, socklen_t addrlen)
+{
+    ssize_t w;
+    do {
+        w = sendto(u->fd, buf, len, MSG_NOSIGNAL, addr, addrlen);
+    } while (w < 0 && errno == EINTR);
+    return w < 0 ? -errno : w;
+}
+
+int br_udp_send(br_udp_t *u, const void *buf, size_t len, const struct sockaddr *addr, socklen_t addrlen)
+{
+    if (u->closing_) {
+        return -EBUSY;
+    }
+    if (addr != NULL && (addrlen == 0 || addrlen > sizeof(struct sockaddr_storage))) {
+        return -EINVAL;
+    }
+    if (u->head_ == NULL) {
+        ssize_t w = send_one(u, buf, len, addr, addrlen);
+        if (w >= 0) {
+            return 0; /* a datagram goes whole or not at all */
+        }
+        if (w != -EAGAIN && w != -EWOULDBLOCK && w != -ENOBUFS) {
+            return (int)w;
+        }
+    }
+    br__dgram_t *d = malloc(sizeof *d + len);
+    if (d == NULL) {
+        return -ENOMEM;
+    }
+    memcpy(d->bytes, buf, len);
+    d->len = len;
+    d->addrlen = addr ? addrlen : 0;
+    if (addr != NULL) {
+        memcpy(&d->addr, addr, addrlen);
+    }
+    d->next = NULL;
+    int was_empty = u->head_ == NULL;
+    if (u->tail_ != NULL) {
+        u->tail_->next = d;
+    } else {
+        u->head_ = d;
+    }
+    u->tail_ = d;
+    u->queued_ += len;
+    if (was_empty) {
+        int rc = update_watch(u);
+        if (rc < 0) {
+            /* unqueue it again: the caller hears of it now */
+            u->head_ = u->tail_ = NULL;
+            u->queued_ = 0;
+            free(d);
+            return rc;
+        }
+    }
+    return 0;
+}
+
+size_t br_udp_queued(const br_udp_t *u)
+{
+    return u->queued_;
+}
+
+static void flush(br_udp_t *u)
+{
+    while (u->head_ != NULL && !u->closing_) {
+        br__dgram_t *d = u->head_;
+        ssize_t w = send_one(u, d->bytes, d->len, d->addrlen ? (struct sockaddr *)&d->addr : NULL, d->addrlen);
+        if (w == -EAGAIN || w == -EWOULDBLOCK || w == -ENOBUFS) {
+            return;
+        }
+        u->head_ = d->next;
+        if (u->head_ == NULL) {
+            u->tail_ = NULL;
+        }
+        u->queued_ -= d->len;
+        free(d);
+        if (w < 0 && u->on_error_ != NULL) {
+            u->on_error_(u, (int)w); /* may close u: the loop condition checks */
+        }
+    }
+    if (!u->closing_) {
+        (void)update_watch(u); /* only ever narrows the watch here */
+    }
+}
+
+static void on_io(br_io_t *io, unsigned revents)
+{
+    br_udp_t *u = io->handle.data;
+    if ((revents & (BR_READABLE | BR_ERROR)) && u->receiving_) {
+        struct sockaddr_storage from;
+        socklen_t fl = sizeof from;
+        ssize_t n;
+        do {
+            n = recvfrom(u->fd, u->rbuf_, MAX_DATAGRAM, 0, (struct sockaddr *)&from, &fl);
+        } while (n < 0 && errno == EINTR);
+        if (n >= 0) {
+            u->on_recv_(u, u->rbuf_, n, (struct sockaddr *)&from, fl);
+        } else if (errno != EAGAIN && errno != EWOULDBLOCK) {
+            u->on_recv_(u, NULL, -errno, NULL, 0);
+        }
+    }
+    if ((revents & (BR_WRITABLE | BR_ERROR)) && !u->closing_ && u->head_ != NULL) {
+        flush(u);
+    }
+}
+
+static void io_closed(br_handle_t *h)
+{
+    br_udp_t *u = h->data;
+    (void)close(u->fd); /* even on EINTR the fd is gone on Linux: no retry */
+    u->fd = -1;
+    if (u->on_close_ != NULL) {
+        u->on_close_(u);
+    }
+}
+
+int br_udp_close(br_udp_t *u, br_udp_close_cb cb)
+{
+    if (u->closing_) {
+        return -EINVAL;
+    }
+    u->closing_ = 1;
+    u->receiving_ = 0;
+    u->on_close_ = cb;
+    while (u->head_ != NULL) {
+        br__dgram_t *d = u->head_;
+        u->head_ = d->next;
+        free(d);
+    }
+    u->tail_ = NULL;
+    u->queued_ = 0;
+    free(u->rbuf_);
+    u->rbuf_ = NULL;
+    return br_close(&u->io_.handle, io_closed);
+}

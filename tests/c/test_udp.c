@@ -1,0 +1,198 @@
+/* test_udp.c — br_udp_t over UDP on loopback and Unix datagram pairs. */
+#include "harness.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+static br_loop_t loop;
+
+static void finish(void)
+{
+    CHECK_EQ(br_loop_run(&loop, BR_RUN_DEFAULT), 0);
+    CHECK_EQ(br_loop_close(&loop), 0);
+}
+
+static int udp_socket(struct sockaddr_in *bound)
+{
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    CHECK(fd >= 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    CHECK_EQ(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+    CHECK_EQ(getsockname(fd, (struct sockaddr *)bound, &len), 0);
+    return fd;
+}
+
+/* ------------------------------------------------------------ round trip */
+
+static char last[64];
+static ssize_t last_n = -1;
+static int received;
+
+static void pong_back(br_udp_t *u, const char *buf, ssize_t n, const struct sockaddr *addr, socklen_t alen)
+{
+    CHECK(n >= 0);
+    received++;
+    if (n == 4 && memcmp(buf, "ping", 4) == 0) {
+        CHECK_EQ(br_udp_send(u, "pong", 4, addr, alen), 0);
+    }
+}
+
+static void keep(br_udp_t *u, const char *buf, ssize_t n, const struct sockaddr *addr, socklen_t alen)
+{
+    CHECK(n >= 0 && n < (ssize_t)sizeof last);
+    memcpy(last, buf, (size_t)n);
+    last_n = n;
+    CHECK_EQ(((const struct sockaddr_in *)addr)->sin_addr.s_addr, htonl(INADDR_LOOPBACK));
+}
+
+TEST(ping_pong_and_an_empty_datagram)
+{
+    struct sockaddr_in aa, ba;
+    int a = udp_socket(&aa), b = udp_socket(&ba);
+    CHECK_EQ(br_loop_init(&loop), 0);
+    br_udp_t ua, ub;
+    CHECK_EQ(br_udp_init(&loop, &ua, a), 0);
+    CHECK_EQ(br_udp_init(&loop, &ub, b), 0);
+    CHECK_EQ(br_udp_recv_start(&ua, keep), 0);
+    CHECK_EQ(br_udp_recv_start(&ub, pong_back), 0);
+    CHECK_EQ(br_udp_send(&ua, "ping", 4, (struct sockaddr *)&ba, sizeof ba), 0);
+    int64_t t0 = bt_now_ms();
+    while (last_n != 4) {
+        CHECK(bt_now_ms() - t0 < 10000);
+        CHECK(br_loop_run(&loop, BR_RUN_ONCE) >= 0);
+    }
+    CHECK(memcmp(last, "pong", 4) == 0);
+    CHECK_EQ(br_udp_send(&ua, "", 0, (struct sockaddr *)&ba, sizeof ba), 0);
+    while (received < 2) {
+        CHECK(br_loop_run(&loop, BR_RUN_ONCE) >= 0);
+    }
+    CHECK_EQ(br_udp_close(&ua, NULL), 0);
+    CHECK_EQ(br_udp_close(&ub, NULL), 0);
+    finish();
+}
+
+/* ------------------------------------------------------------ a full buffer queues, in order */
+
+static int next_seq;
+static int out_of_order;
+
+static void check_seq(br_udp_t *u, const char *buf, ssize_t n, const struct sockaddr *addr, socklen_t alen)
+{
+    CHECK_EQ(n, 1000);
+    int seq;
+    memcpy(&seq, buf, sizeof seq);
+    out_of_order += seq != next_seq;
+    next_seq = seq + 1;
+}
+
+TEST(full_socket_buffer_queues_and_drains_in_order)
+{
+    int sv[2];
+    CHECK_EQ(socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, sv), 0); /* no loss: it pushes back */
+    CHECK_EQ(br_loop_init(&loop), 0);
+    br_udp_t w, r;
+    CHECK_EQ(br_udp_init(&loop, &w, sv[0]), 0);
+    CHECK_EQ(br_udp_init(&loop, &r, sv[1]), 0);
+    char msg[1000] = {0};
+    int total = 5000;
+    for (int i = 0; i < total; i++) {
+        memcpy(msg, &i, sizeof i);
+        CHECK_EQ(br_udp_send(&w, msg, sizeof msg, NULL, 0), 0);
+    }
+    CHECK(br_udp_queued(&w) > 0); /* the receiver has not read yet */
+    CHECK_EQ(br_udp_recv_start(&r, check_seq), 0);
+    int64_t t0 = bt_now_ms();
+    while (next_seq < total) {
+        CHECK(bt_now_ms() - t0 < 10000);
+        CHECK(br_loop_run(&loop, BR_RUN_ONCE) >= 0);
+    }
+    CHECK_EQ(out_of_order, 0);
+    CHECK_EQ(br_udp_queued(&w), 0);
+    CHECK_EQ(br_udp_close(&w, NULL), 0);
+    CHECK_EQ(br_udp_close(&r, NULL), 0);
+    finish();
+}
+
+TEST(close_with_a_queue_frees_it)
+{
+    int sv[2];
+    CHECK_EQ(socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, sv), 0);
+    CHECK_EQ(br_loop_init(&loop), 0);
+    br_udp_t w;
+    CHECK_EQ(br_udp_init(&loop, &w, sv[0]), 0);
+    char msg[4000] = {0};
+    while (br_udp_queued(&w) == 0) {
+        CHECK_EQ(br_udp_send(&w, msg, sizeof msg, NULL, 0), 0);
+    }
+    CHECK_EQ(br_udp_send(&w, msg, sizeof msg, NULL, 0), 0);
+    CHECK_EQ(br_udp_close(&w, NULL), 0);
+    CHECK_EQ(br_udp_send(&w, msg, 1, NULL, 0), -EBUSY);
+    finish(); /* LeakSanitizer checks the queue went */
+    CHECK(fcntl(sv[0], F_GETFD) < 0);
+    CHECK_EQ(close(sv[1]), 0);
+}
+
+/* ------------------------------------------------------------ errors */
+
+static int refused;
+
+static void note_refused(br_udp_t *u, const char *buf, ssize_t n, const struct sockaddr *addr, socklen_t alen)
+{
+    if (n == -ECONNREFUSED) {
+        refused = 1;
+    }
+}
+
+TEST(port_unreachable_reaches_a_connected_socket)
+{
+    struct sockaddr_in gone;
+    int g = udp_socket(&gone);
+    CHECK_EQ(close(g), 0); /* nobody listens there now */
+    struct sockaddr_in mine;
+    int fd = udp_socket(&mine);
+    CHECK_EQ(connect(fd, (struct sockaddr *)&gone, sizeof gone), 0);
+    CHECK_EQ(br_loop_init(&loop), 0);
+    br_udp_t u;
+    CHECK_EQ(br_udp_init(&loop, &u, fd), 0);
+    CHECK_EQ(br_udp_recv_start(&u, note_refused), 0);
+    int64_t t0 = bt_now_ms();
+    while (!refused) {
+        CHECK(bt_now_ms() - t0 < 10000);
+        int rc = br_udp_send(&u, "hello?", 6, NULL, 0);
+        CHECK(rc == 0 || rc == -ECONNREFUSED);
+        refused |= rc == -ECONNREFUSED;
+        CHECK(br_loop_run(&loop, BR_RUN_NOWAIT) >= 0);
+        bt_sleep_ms(1);
+    }
+    CHECK_EQ(br_udp_close(&u, NULL), 0);
+    finish();
+}
+
+TEST(bad_input)
+{
+    CHECK_EQ(br_loop_init(&loop), 0);
+    br_udp_t u;
+    CHECK_EQ(br_udp_init(&loop, &u, -1), -EBADF);
+    int p[2];
+    CHECK_EQ(pipe2(p, O_CLOEXEC), 0);
+    CHECK_EQ(br_udp_init(&loop, &u, p[0]), -ENOTSOCK);
+    CHECK_EQ(close(p[0]), 0);
+    CHECK_EQ(close(p[1]), 0);
+    int tcp = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    CHECK_EQ(br_udp_init(&loop, &u, tcp), -EPROTOTYPE);
+    CHECK_EQ(close(tcp), 0);
+    struct sockaddr_in a;
+    CHECK_EQ(br_udp_init(&loop, &u, udp_socket(&a)), 0);
+    CHECK_EQ(br_udp_recv_start(&u, NULL), -EINVAL);
+    static char big[70000];
+    CHECK_EQ(br_udp_send(&u, big, sizeof big, (struct sockaddr *)&a, sizeof a), -EMSGSIZE);
+    CHECK_EQ(br_udp_send(&u, big, 1, (struct sockaddr *)&a, 0), -EINVAL);
+    CHECK_EQ(br_udp_close(&u, NULL), 0);
+    CHECK_EQ(br_udp_close(&u, NULL), -EINVAL);
+    finish();
+}
+
+BT_MAIN()
