@@ -588,6 +588,28 @@ def test_braid_loop_default_executor_is_a_braid_thread_pool():
     assert name.startswith("asyncio")
 
 
+def test_braid_transports_are_asyncio_transports_with_c_hot_paths():
+    braid = import_braid()
+    from braid import _braid
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        transport, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+        try:
+            return (isinstance(transport, asyncio.Transport),
+                    isinstance(transport, _braid._StreamTransportFast),
+                    type(transport).write is _braid._StreamTransportFast.write,
+                    transport.get_extra_info("peername")[1] == port)
+        finally:
+            transport.close()
+            server.close()
+            await server.wait_closed()
+
+    assert braid.run(main()) == (True, True, True, True)
+
+
 @pytest.mark.skipif(sys.version_info < (3, 12), reason="loop_factory= is new in asyncio.run 3.12")
 def test_asyncio_run_with_loop_factory():
     braid = import_braid()
