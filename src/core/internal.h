@@ -9,6 +9,7 @@
 #include "braid.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 
 /* Writes "braid: fatal: <what>: <ERRNAME>" to stderr and aborts.
@@ -56,6 +57,16 @@ static inline void br__cond_broadcast(pthread_cond_t *cv)
     int err = pthread_cond_broadcast(cv);
     if (err != 0)
         br__fatal("pthread_cond_broadcast", err);
+}
+
+/* Sets O_NONBLOCK on fd (the streams and datagram sockets take fds that
+ * may be blocking). 0 or -errno. */
+static inline int br__set_nonblocking(int fd)
+{
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || (!(fl & O_NONBLOCK) && fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0))
+        return -errno;
+    return 0;
 }
 
 #endif /* BRAID_INTERNAL_H */

@@ -17,7 +17,6 @@
 #include "internal.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -79,11 +78,11 @@ int br_stream_init(br_loop_t *loop, br_stream_t *s, int fd)
     if (fstat(fd, &st) < 0) {
         return -errno;
     }
-    int fl = fcntl(fd, F_GETFL);
-    if (fl < 0 || (!(fl & O_NONBLOCK) && fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)) {
-        return -errno;
+    int rc = br__set_nonblocking(fd);
+    if (rc < 0) {
+        return rc;
     }
-    int rc = br_io_init(loop, &s->io_, fd);
+    rc = br_io_init(loop, &s->io_, fd);
     if (rc < 0) {
         return rc;
     }

@@ -12,7 +12,6 @@
 #include "internal.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -50,11 +49,11 @@ int br_udp_init(br_loop_t *loop, br_udp_t *u, int fd)
     if (type != SOCK_DGRAM) {
         return -EPROTOTYPE;
     }
-    int fl = fcntl(fd, F_GETFL);
-    if (fl < 0 || (!(fl & O_NONBLOCK) && fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)) {
-        return -errno;
+    int rc = br__set_nonblocking(fd);
+    if (rc < 0) {
+        return rc;
     }
-    int rc = br_io_init(loop, &u->io_, fd);
+    rc = br_io_init(loop, &u->io_, fd);
     if (rc < 0) {
         return rc;
     }

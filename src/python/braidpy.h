@@ -26,8 +26,9 @@ typedef struct {
     PyTypeObject *loop_core_type;   /* _LoopCore */
     PyTypeObject *loop_handle_type; /* LoopHandle (Handle and TimerHandle) */
     PyTypeObject *stream_fast_type; /* _StreamTransportFast */
-#define BRAID_LOOP_NAMES 5
+#define BRAID_LOOP_NAMES 6
     PyObject *loop_names[BRAID_LOOP_NAMES]; /* interned attribute names (loop.c) */
+    PyObject *kwnames_loop;         /* ("loop",): create_future's keyword names */
 #define BRAID_TRANSPORT_NAMES 12
     PyObject *transport_names[BRAID_TRANSPORT_NAMES]; /* interned attribute names */
     char *read_buf;                 /* the socket transports' reusable read buffer */
@@ -47,7 +48,6 @@ typedef struct {
     PyObject *pickle_dumps;
     PyObject *pickle_loads;
     PyObject *str_module;           /* interned "__module__" */
-    PyObject *str_stopping;         /* interned "_stopping" */
     PyObject *WorkerCrashed;
     PyObject *TaskTimeout;
     PyObject *BrokenProcessPool;
@@ -95,6 +95,11 @@ typedef struct FutureObject_s {
 /* module.c */
 braid_state *braid_get_state(PyObject *module);
 braid_state *braid_state_from_type(PyTypeObject *tp);
+/* Tables of interned attribute names (enum-indexed, in module state):
+ * intern n texts (0 or -1), visit them, clear them. */
+int braid_intern_names(PyObject **names, const char *const *text, int n);
+int braid_visit_names(PyObject **names, int n, visitproc visit, void *arg);
+void braid_clear_names(PyObject **names, int n);
 
 /* callargs.c: submit(fn, /, *args, **kwargs) from a vectorcall: fn (borrowed),
  * a new args tuple and a new kwargs dict or NULL. TypeError if fn is not

@@ -76,7 +76,7 @@ typedef struct {
     PyObject *task_type;
 } LoopObject;
 
-enum { N_TASK_FACTORY, N_CREATE_TASK_SLOW, N_SLOW_CALLBACK_DURATION, N_CURRENT_HANDLE, N_LOOP, N_COUNT };
+enum { N_TASK_FACTORY, N_CREATE_TASK_SLOW, N_SLOW_CALLBACK_DURATION, N_CURRENT_HANDLE, N_LOOP, N_STOPPING, N_COUNT };
 _Static_assert(N_COUNT == BRAID_LOOP_NAMES, "braidpy.h sizes the names");
 static const char *const name_text[N_COUNT] = {
     [N_TASK_FACTORY] = "_task_factory",
@@ -84,6 +84,7 @@ static const char *const name_text[N_COUNT] = {
     [N_SLOW_CALLBACK_DURATION] = "slow_callback_duration",
     [N_CURRENT_HANDLE] = "_current_handle",
     [N_LOOP] = "loop",
+    [N_STOPPING] = "_stopping",
 };
 
 static braid_state *loop_state(PyObject *o)
@@ -788,6 +789,12 @@ static int warn_slow(PyObject *h, double dt)
     return r ? 0 : -1;
 }
 
+/* Runs one ready entry: our handle, or an asyncio.Handle. 0 or -1. */
+static int run_ready_one(braid_state *st, PyObject *h)
+{
+    return Py_IS_TYPE(h, st->loop_handle_type) ? handle_run((HandleObject *)h) : run_foreign(h);
+}
+
 /* Debug mode, as asyncio's _run_once: each callback is timed, the slow are
  * logged, and _current_handle names the running one (for the exception
  * handler's 'handle created at' traceback). */
@@ -807,7 +814,7 @@ static PyObject *run_ready_debug(LoopObject *L, size_t n)
             return NULL;
         }
         int64_t t0 = br_now_ns();
-        int err = Py_IS_TYPE(h, st->loop_handle_type) ? handle_run((HandleObject *)h) : run_foreign(h);
+        int err = run_ready_one(st, h);
         double dt = (double)(br_now_ns() - t0) / 1e9;
         if (PyObject_SetAttr((PyObject *)L, st->loop_names[N_CURRENT_HANDLE], Py_None) < 0) {
             err = -1;
@@ -832,7 +839,7 @@ static PyObject *loop_run_once(LoopObject *L, PyObject *unused)
     if (L->ready_len > 0) {
         timeout = 0;
     } else {
-        PyObject *stopping = PyObject_GetAttr((PyObject *)L, loop_state((PyObject *)L)->str_stopping);
+        PyObject *stopping = PyObject_GetAttr((PyObject *)L, loop_state((PyObject *)L)->loop_names[N_STOPPING]);
         int stop = stopping ? PyObject_IsTrue(stopping) : 0;
         Py_XDECREF(stopping);
         if (stopping == NULL) {
@@ -865,9 +872,10 @@ static PyObject *loop_run_once(LoopObject *L, PyObject *unused)
         L->polls_skipped++;
     } else if (timeout == 0) {
         L->polls_skipped = 0;
-        /* a poll that cannot block: no need to let the GIL go. It is not
-         * skipped while callbacks are ready: asyncio looks at I/O every
-         * iteration, and CPython's own tests rely on that ordering (a
+        /* a poll that cannot block: no need to let the GIL go. With a
+         * transport or user fd watched it is not skipped while callbacks
+         * are ready: asyncio looks at I/O every iteration, and CPython's
+         * own tests rely on that ordering (a
          * peer's reset seen in the same iteration as the callbacks that
          * follow it; measured: skipping polls for 50 us made
          * test_sendfile_close_peer_in_the_middle_of_receiving fail 5 in 10). */
@@ -915,13 +923,13 @@ static PyObject *loop_run_once(LoopObject *L, PyObject *unused)
         }
     }
     size_t n = L->ready_len; /* what is scheduled now waits for next time */
-    PyTypeObject *ours = loop_state((PyObject *)L)->loop_handle_type;
     if (L->debug) {
         return run_ready_debug(L, n);
     }
+    braid_state *st = loop_state((PyObject *)L);
     for (size_t i = 0; i < n; i++) {
         PyObject *h = ready_pop(L);
-        int err = Py_IS_TYPE(h, ours) ? handle_run((HandleObject *)h) : run_foreign(h);
+        int err = run_ready_one(st, h);
         Py_DECREF(h);
         if (err < 0) {
             return NULL;
@@ -963,10 +971,8 @@ static PyObject *loop_create_future(LoopObject *L, PyObject *unused)
         return NULL;
     }
     PyObject *args[] = {NULL, (PyObject *)L};
-    PyObject *kw = PyTuple_Pack(1, loop_state((PyObject *)L)->loop_names[N_LOOP]);
-    PyObject *f = kw ? PyObject_Vectorcall(L->future_type, args + 1, 0 | PY_VECTORCALL_ARGUMENTS_OFFSET, kw) : NULL;
-    Py_XDECREF(kw);
-    return f;
+    return PyObject_Vectorcall(L->future_type, args + 1, 0 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                               loop_state((PyObject *)L)->kwnames_loop);
 }
 
 /* create_task(coro, *, name=None, context=None): asyncio.Task(coro,
@@ -1203,25 +1209,21 @@ static PyType_Spec loop_spec = {
 
 int braid_loop_traverse(braid_state *st, visitproc visit, void *arg)
 {
-    for (int i = 0; i < N_COUNT; i++) {
-        Py_VISIT(st->loop_names[i]);
-    }
-    return 0;
+    Py_VISIT(st->kwnames_loop);
+    return braid_visit_names(st->loop_names, N_COUNT, visit, arg);
 }
 
 void braid_loop_clear(braid_state *st)
 {
-    for (int i = 0; i < N_COUNT; i++) {
-        Py_CLEAR(st->loop_names[i]);
-    }
+    Py_CLEAR(st->kwnames_loop);
+    braid_clear_names(st->loop_names, N_COUNT);
 }
 
 int braid_loop_init_types(PyObject *module, braid_state *st)
 {
-    for (int i = 0; i < N_COUNT; i++) {
-        if ((st->loop_names[i] = PyUnicode_InternFromString(name_text[i])) == NULL) {
-            return -1;
-        }
+    if (braid_intern_names(st->loop_names, name_text, N_COUNT) < 0 ||
+        (st->kwnames_loop = PyTuple_Pack(1, st->loop_names[N_LOOP])) == NULL) {
+        return -1;
     }
     st->loop_handle_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &handle_spec, NULL);
     if (st->loop_handle_type == NULL) {

@@ -30,6 +30,31 @@ static PyObject *getattr_of(const char *module, const char *name)
     return v;
 }
 
+int braid_intern_names(PyObject **names, const char *const *text, int n)
+{
+    for (int i = 0; i < n; i++) {
+        if ((names[i] = PyUnicode_InternFromString(text[i])) == NULL) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int braid_visit_names(PyObject **names, int n, visitproc visit, void *arg)
+{
+    for (int i = 0; i < n; i++) {
+        Py_VISIT(names[i]);
+    }
+    return 0;
+}
+
+void braid_clear_names(PyObject **names, int n)
+{
+    for (int i = 0; i < n; i++) {
+        Py_CLEAR(names[i]);
+    }
+}
+
 static int load_stdlib_objects(braid_state *st)
 {
     static const char *names[] = {"PENDING", "RUNNING", "CANCELLED", "CANCELLED_AND_NOTIFIED",
@@ -48,7 +73,6 @@ static int load_stdlib_objects(braid_state *st)
     st->pickle_dumps = getattr_of("pickle", "dumps");
     st->pickle_loads = getattr_of("pickle", "loads");
     st->str_module = PyUnicode_InternFromString("__module__");
-    st->str_stopping = PyUnicode_InternFromString("_stopping");
     st->BrokenProcessPool = getattr_of("concurrent.futures.process", "BrokenProcessPool");
     PyObject *get_logger = getattr_of("logging", "getLogger");
     if (get_logger != NULL) {
@@ -56,8 +80,7 @@ static int load_stdlib_objects(braid_state *st)
         Py_DECREF(get_logger);
     }
     if (!st->CancelledError || !st->InvalidStateError || !st->BrokenThreadPool || !st->Condition ||
-        !st->logger || !st->BrokenProcessPool || !st->pickle_dumps || !st->pickle_loads || !st->str_module ||
-        !st->str_stopping) {
+        !st->logger || !st->BrokenProcessPool || !st->pickle_dumps || !st->pickle_loads || !st->str_module) {
         return -1;
     }
     return 0;
@@ -187,7 +210,6 @@ static int braid_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->pickle_dumps);
     Py_VISIT(st->pickle_loads);
     Py_VISIT(st->str_module);
-    Py_VISIT(st->str_stopping);
     Py_VISIT(st->WorkerCrashed);
     Py_VISIT(st->TaskTimeout);
     Py_VISIT(st->BrokenProcessPool);
@@ -221,7 +243,6 @@ static int braid_clear(PyObject *module)
     Py_CLEAR(st->pickle_dumps);
     Py_CLEAR(st->pickle_loads);
     Py_CLEAR(st->str_module);
-    Py_CLEAR(st->str_stopping);
     Py_CLEAR(st->WorkerCrashed);
     Py_CLEAR(st->TaskTimeout);
     Py_CLEAR(st->BrokenProcessPool);

@@ -273,10 +273,8 @@ static PyType_Spec fast_spec = {
 
 int braid_transport_init_types(PyObject *module, braid_state *st)
 {
-    for (int i = 0; i < N_COUNT; i++) {
-        if ((st->transport_names[i] = PyUnicode_InternFromString(name_text[i])) == NULL) {
-            return -1;
-        }
+    if (braid_intern_names(st->transport_names, name_text, N_COUNT) < 0) {
+        return -1;
     }
     st->stream_fast_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &fast_spec, NULL);
     if (st->stream_fast_type == NULL) {
@@ -288,18 +286,13 @@ int braid_transport_init_types(PyObject *module, braid_state *st)
 int braid_transport_traverse(braid_state *st, visitproc visit, void *arg)
 {
     Py_VISIT(st->stream_fast_type);
-    for (int i = 0; i < N_COUNT; i++) {
-        Py_VISIT(st->transport_names[i]);
-    }
-    return 0;
+    return braid_visit_names(st->transport_names, N_COUNT, visit, arg);
 }
 
 void braid_transport_clear(braid_state *st)
 {
     Py_CLEAR(st->stream_fast_type);
-    for (int i = 0; i < N_COUNT; i++) {
-        Py_CLEAR(st->transport_names[i]);
-    }
+    braid_clear_names(st->transport_names, N_COUNT);
     PyMem_Free(st->read_buf);
     st->read_buf = NULL;
 }
