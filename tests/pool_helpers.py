@@ -2,7 +2,7 @@
 
 Every blocking call in these tests is bounded by ``TIMEOUT`` so that a bug in a pool shows up
 as a failing test, never as a hung test run.  The helpers here are imported by
-``test_threadpool.py``, ``test_threadpool_braid.py`` and ``test_future.py``.
+``test_threadpool.py``, ``test_threadpool_braid.py``, ``test_procpool_braid.py`` and ``test_future.py``.
 """
 
 import importlib
@@ -13,6 +13,27 @@ import pytest
 # Upper bound for any single wait in the tests (result(), join(), Event.wait(), ...).
 # Generous, because it only matters when something is broken.
 TIMEOUT = 10.0
+
+
+class GuardedCount:
+    """itertools.count() that records how far it was read and refuses to go past ``limit``
+    (an eager reader of a lazy map's input fails)."""
+
+    def __init__(self, limit):
+        self.limit = limit
+        self.pulled = 0
+        self.lock = threading.Lock()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        with self.lock:
+            if self.pulled >= self.limit:
+                raise AssertionError(f"read {self.pulled} items ahead: it is not lazy")
+            value = self.pulled
+            self.pulled += 1
+            return value
 
 
 def import_braid(name="braid"):

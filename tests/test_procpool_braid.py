@@ -23,7 +23,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 
 import pytest
@@ -31,7 +30,7 @@ import pytest
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, TESTS_DIR)
 import procpool_tasks as tasks  # noqa: E402
-from pool_helpers import TIMEOUT, PoolFactory, import_braid, run_bounded  # noqa: E402
+from pool_helpers import TIMEOUT, GuardedCount, PoolFactory, import_braid, run_bounded  # noqa: E402
 
 
 @pytest.fixture
@@ -53,26 +52,6 @@ def mp_pool():
     yield pool
     pool.close()
     run_bounded(pool.join, what="multiprocessing.Pool.join")
-
-
-class GuardedCount:
-    """itertools.count() that refuses to be read past ``limit`` (an eager reader fails)."""
-
-    def __init__(self, limit):
-        self.limit = limit
-        self.pulled = 0
-        self.lock = threading.Lock()
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        with self.lock:
-            if self.pulled >= self.limit:
-                raise AssertionError(f"read {self.pulled} items ahead: not lazy")
-            value = self.pulled
-            self.pulled += 1
-            return value
 
 
 def run_script(tmp_path, source, *args, timeout=60):

@@ -21,31 +21,11 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from pool_helpers import TIMEOUT, Blocker, PoolFactory, import_braid, run_bounded  # noqa: E402
+from pool_helpers import TIMEOUT, Blocker, GuardedCount, PoolFactory, import_braid, run_bounded  # noqa: E402
 
 # How far ahead of the consumer map may read its input in these tests (pools of <= 4 workers,
 # chunksize <= 16).  Far above any sensible read-ahead, far below "read everything".
 READ_AHEAD_LIMIT = 5000
-
-
-class GuardedCount:
-    """itertools.count() that records how far it was read and refuses to go past ``limit``."""
-
-    def __init__(self, limit=READ_AHEAD_LIMIT * 2):
-        self.limit = limit
-        self.pulled = 0
-        self.lock = threading.Lock()
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        with self.lock:
-            if self.pulled >= self.limit:
-                raise AssertionError(f"map read {self.pulled} items ahead: it is not lazy")
-            value = self.pulled
-            self.pulled += 1
-            return value
 
 
 def square(x):
@@ -129,7 +109,7 @@ def test_max_workers_none_and_int(braid, pools):
 
 def test_map_reads_input_lazily(pools):
     pool = pools(max_workers=4)
-    source = GuardedCount()
+    source = GuardedCount(READ_AHEAD_LIMIT * 2)
     it = pool.map(square, source, timeout=TIMEOUT)
     assert source.pulled <= READ_AHEAD_LIMIT, "map() call consumed its input eagerly"
     assert iter(it) is it
@@ -151,7 +131,7 @@ def test_map_reads_input_lazily(pools):
 
 def test_map_infinite_input_with_chunksize(pools):
     pool = pools(max_workers=4)
-    source = GuardedCount()
+    source = GuardedCount(READ_AHEAD_LIMIT * 2)
     it = pool.map(square, source, timeout=TIMEOUT, chunksize=16)
     assert [next(it) for _ in range(500)] == [i * i for i in range(500)]
     assert source.pulled <= 500 + READ_AHEAD_LIMIT
@@ -168,7 +148,7 @@ def test_map_infinite_with_finite_second_iterable(pools):
 
 def test_map_early_break_stops_reading_and_running(pools):
     pool = pools(max_workers=2)
-    source = GuardedCount()
+    source = GuardedCount(READ_AHEAD_LIMIT * 2)
     calls = []
     lock = threading.Lock()
 
@@ -220,7 +200,7 @@ def test_map_many_items_chunked(pools):
 @pytest.mark.parametrize("chunksize", [1, 4])
 def test_map_exception_at_position_lazy(pools, chunksize):
     pool = pools(max_workers=3)
-    it = pool.map(fail_at(10), GuardedCount(), timeout=TIMEOUT, chunksize=chunksize)
+    it = pool.map(fail_at(10), GuardedCount(READ_AHEAD_LIMIT * 2), timeout=TIMEOUT, chunksize=chunksize)
     # Items before the failing one (including those in the failing item's chunk) come back.
     assert [next(it) for _ in range(10)] == [i * 10 for i in range(10)]
     with pytest.raises(ValueError) as excinfo:
@@ -232,7 +212,7 @@ def test_map_timeout_lazy(pools):
     gate = pools.gate()
     pool = pools(max_workers=1)
     blocker = Blocker(gate)
-    it = pool.map(blocker, GuardedCount(), timeout=0.05)
+    it = pool.map(blocker, GuardedCount(READ_AHEAD_LIMIT * 2), timeout=0.05)
     t0 = time.monotonic()
     with pytest.raises(TimeoutError):
         next(it)
@@ -259,7 +239,7 @@ def _closed_or_dropped_before_iterating(pools, close):
     blocked = pool.submit(blocker)
     blocker.wait_started()
     calls = []
-    source = GuardedCount()
+    source = GuardedCount(READ_AHEAD_LIMIT * 2)
     it = pool.map(calls.append, source, timeout=TIMEOUT)
     pulled = wait_stable(lambda: source.pulled)
     assert pulled <= READ_AHEAD_LIMIT
@@ -295,7 +275,7 @@ def test_map_close_midway_cancels_rest(pools):
             gate.wait(TIMEOUT)
         return x
 
-    it = pool.map(fn, GuardedCount(), timeout=TIMEOUT, chunksize=1)
+    it = pool.map(fn, GuardedCount(READ_AHEAD_LIMIT * 2), timeout=TIMEOUT, chunksize=1)
     assert next(it) == 0
     assert second_started.wait(TIMEOUT)
     it.close()
@@ -321,7 +301,7 @@ def test_shutdown_cancel_futures_with_live_map(pools):
     blocked = pool.submit(blocker)
     blocker.wait_started()
     calls = []
-    it = pool.map(calls.append, GuardedCount(), timeout=TIMEOUT)
+    it = pool.map(calls.append, GuardedCount(READ_AHEAD_LIMIT * 2), timeout=TIMEOUT)
     pool.shutdown(wait=False, cancel_futures=True)
     gate.set()
     assert blocked.result(TIMEOUT) == "blocker"
