@@ -924,16 +924,20 @@ class ExecutorMixin:
 
     # ---- process lifetime ---------------------------------------------------------------
 
-    def test_interpreter_exit_with_queued_work(self, tmp_path):
-        self.resolve_executor_class()  # the braid side fails here if braid is not built
-        script = tmp_path / "exit_with_queued_work.py"
-        script.write_text(EXIT_SCRIPT)
-        proc = subprocess.run(
+    def run_script(self, tmp_path, name, source):
+        """Runs source as a script in a fresh interpreter, given this executor's path."""
+        script = tmp_path / name
+        script.write_text(source)
+        return subprocess.run(
             [sys.executable, str(script), self.executor_path],
             capture_output=True,
             timeout=30,
             cwd=str(tmp_path),
         )
+
+    def test_interpreter_exit_with_queued_work(self, tmp_path):
+        self.resolve_executor_class()  # the braid side fails here if braid is not built
+        proc = self.run_script(tmp_path, "exit_with_queued_work.py", EXIT_SCRIPT)
         out = proc.stdout.decode()
         assert proc.returncode == 0, (proc.returncode, out, proc.stderr.decode())
         lines = out.splitlines()
@@ -945,27 +949,13 @@ class ExecutorMixin:
 
     def test_deep_recursion_in_task(self, tmp_path):
         self.resolve_executor_class()
-        script = tmp_path / "deep_recursion.py"
-        script.write_text(RECURSION_SCRIPT)
-        proc = subprocess.run(
-            [sys.executable, str(script), self.executor_path],
-            capture_output=True,
-            timeout=30,
-            cwd=str(tmp_path),
-        )
+        proc = self.run_script(tmp_path, "deep_recursion.py", RECURSION_SCRIPT)
         assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr.decode())
         assert proc.stdout.decode().split() == ["recursion", "ok"]
 
     def test_fork_with_running_pool(self, tmp_path):
         self.resolve_executor_class()
-        script = tmp_path / "fork_with_running_pool.py"
-        script.write_text(FORK_SCRIPT)
-        proc = subprocess.run(
-            [sys.executable, str(script), self.executor_path],
-            capture_output=True,
-            timeout=30,
-            cwd=str(tmp_path),
-        )
+        proc = self.run_script(tmp_path, "fork_with_running_pool.py", FORK_SCRIPT)
         out = proc.stdout.decode()
         assert proc.returncode == 0, (proc.returncode, out, proc.stderr.decode())
         assert "child ok" in out.splitlines(), (out, proc.stderr.decode())
