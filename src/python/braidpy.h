@@ -132,6 +132,9 @@ void braid_future_work_cancelled(FutureObject *fut);
 /* timeout: None or a number of seconds -> a br_now_ns() deadline, -1 for
  * none. TypeError / ValueError (NaN) with a clear message. 0 or -1. */
 int braid_parse_timeout(PyObject *timeout, int64_t *deadline);
+/* A number of seconds (int or float), TypeError "<what> must be <expected>,
+ * not <type>" or ValueError for NaN. 0 or -1. */
+int braid_parse_seconds(PyObject *o, const char *what, const char *expected, double *out);
 /* Waits with the GIL released until done, `deadline_ns` (< 0: no limit).
  * 0 when done, -1 with TimeoutError or a signal's exception set. */
 int braid_future_wait(FutureObject *fut, int64_t deadline_ns);

@@ -278,20 +278,28 @@ PyObject *braid_future_get_result(FutureObject *f)
     return Py_NewRef(f->result ? f->result : Py_None);
 }
 
+int braid_parse_seconds(PyObject *o, const char *what, const char *expected, double *out)
+{
+    *out = PyFloat_AsDouble(o);
+    if (*out == -1.0 && PyErr_Occurred()) {
+        PyErr_Format(PyExc_TypeError, "%s must be %s, not %.100s", what, expected, Py_TYPE(o)->tp_name);
+        return -1;
+    }
+    if (*out != *out) {
+        PyErr_Format(PyExc_ValueError, "%s must not be NaN", what);
+        return -1;
+    }
+    return 0;
+}
+
 int braid_parse_timeout(PyObject *timeout, int64_t *deadline)
 {
     *deadline = -1;
     if (timeout == NULL || timeout == Py_None) {
         return 0;
     }
-    double t = PyFloat_AsDouble(timeout);
-    if (t == -1.0 && PyErr_Occurred()) {
-        PyErr_Format(PyExc_TypeError, "timeout must be a number or None, not %.100s",
-                     Py_TYPE(timeout)->tp_name);
-        return -1;
-    }
-    if (t != t) {
-        PyErr_SetString(PyExc_ValueError, "timeout must not be NaN");
+    double t;
+    if (braid_parse_seconds(timeout, "timeout", "a number or None", &t) < 0) {
         return -1;
     }
     if (t < 0) {

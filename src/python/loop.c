@@ -486,20 +486,6 @@ static PyObject *schedule_at(LoopObject *L, int64_t when, PyObject *const *args,
     return (PyObject *)h;
 }
 
-static int seconds(PyObject *o, const char *what, double *out)
-{
-    *out = PyFloat_AsDouble(o);
-    if (*out == -1.0 && PyErr_Occurred()) {
-        PyErr_Format(PyExc_TypeError, "%s must be a number, not %.100s", what, Py_TYPE(o)->tp_name);
-        return -1;
-    }
-    if (*out != *out) {
-        PyErr_Format(PyExc_ValueError, "%s must not be NaN", what);
-        return -1;
-    }
-    return 0;
-}
-
 static int64_t ns_from(double s)
 {
     if (s > 9e9) {
@@ -518,7 +504,7 @@ static PyObject *loop_call_later(LoopObject *L, PyObject *const *args, Py_ssize_
         PyErr_SetString(PyExc_TypeError, "call_later() missing the delay argument");
         return NULL;
     }
-    if (seconds(args[0], "delay", &delay) < 0) {
+    if (braid_parse_seconds(args[0], "delay", "a number", &delay) < 0) {
         return NULL;
     }
     return schedule_at(L, br_now_ns() + ns_from(delay), args, nargs, kwnames, "call_later");
@@ -531,7 +517,7 @@ static PyObject *loop_call_at(LoopObject *L, PyObject *const *args, Py_ssize_t n
         PyErr_SetString(PyExc_TypeError, "call_at() missing the when argument");
         return NULL;
     }
-    if (seconds(args[0], "when", &when) < 0) {
+    if (braid_parse_seconds(args[0], "when", "a number", &when) < 0) {
         return NULL;
     }
     return schedule_at(L, ns_from(when), args, nargs, kwnames, "call_at");
