@@ -644,7 +644,7 @@ static void settle_crashed(proc_core_t *c, worker_t *w, task_t *t)
         Py_XDECREF(args);
         return;
     }
-    if (t->retries_left > 0) {
+    if (t->retries_left > 0 && c->kill_at == 0) { /* no second go once the pool kills its workers */
         t->retries_left--;
         t->worker = -1;
         t->fut->state = FUT_PENDING;
@@ -1198,6 +1198,22 @@ static PyObject *pp_shutdown(PyObject *self, PyObject *args, PyObject *kwds)
     Py_RETURN_NONE;
 }
 
+/* terminate(): what multiprocessing.Pool.terminate does -- queued work is
+ * cancelled, the workers are killed at once (their running tasks fail with
+ * WorkerCrashed), and the call returns once the collector has settled all. */
+static PyObject *pp_terminate(PyObject *self, PyObject *unused)
+{
+    proc_core_t *c = ((ProcPoolObject *)self)->core;
+    if (!c->collector_done) {
+        core_close(c, 1);
+        c->kill_at = br_now_ns();
+    }
+    if (core_join(c) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyObject *pp_get_max_workers(PyObject *self, void *x)
 {
     return PyLong_FromUnsignedLong(((ProcPoolObject *)self)->core->nworkers);
@@ -1340,6 +1356,9 @@ static PyMethodDef pp_methods[] = {
      "submit(fn, /, *args, **kwargs) -> Future: runs fn(*args, **kwargs) in a worker process."},
     {"shutdown", (PyCFunction)(void (*)(void))pp_shutdown, METH_VARARGS | METH_KEYWORDS,
      "shutdown(wait=True, *, cancel_futures=False)"},
+    {"terminate", pp_terminate, METH_NOARGS,
+     "terminate(): cancels queued work, kills the workers now (running tasks fail with "
+     "WorkerCrashed) and waits until they are gone."},
     {NULL}};
 
 static PyGetSetDef pp_getset[] = {

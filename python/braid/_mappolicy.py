@@ -1,0 +1,248 @@
+"""braid.map's auto mode: the tutorial's rule of thumb, decided by measurement.
+
+The rule of thumb says: waiting on I/O -> threads, heavy calculation -> processes, and
+says nothing of how heavy is heavy. Guessing goes wrong both ways (the tutorial's own
+primes example is slower on a process pool than on one core at its size), so auto mode
+measures instead of guessing:
+
+1. Calibration runs the first items for real, in the caller's thread, in batches that
+   double (1, 1, 2, 4, ...) until they have taken CALIBRATION_S of wall time. Nothing runs
+   twice: these results are the map's own results. Each batch is timed as a whole, with
+   the thread's CPU clock beside the wall clock, so timing costs nothing per item. From a
+   sequence (braid.map reads its input into one) the batches are taken at 16 places spread
+   over it, since cost often grows along the input; from an iterator, from its head.
+2. From the CPU time ``c`` and wall time ``w`` per item, and the number of items left, it
+   estimates how long each way would take and picks the fastest:
+
+       sequential   n * w
+       threads      k * THREAD_START_S + n * max(c, w / k)      (the GIL serialises c)
+       processes    PROCESS_START_S + n * w / P + n * PROCESS_ITEM_S
+
+   ``k`` threads follow Little's law: to keep one core busy while each item waits
+   ``w - c``, about ``w / c`` items must be in flight (capped at THREAD_CAP). ``P`` is the
+   number of usable CPUs. On a free-threaded build (no GIL) threads run ``c`` in parallel
+   too, so CPU-bound work goes to threads. A pool must win by PAYOFF to be picked: near
+   the crossover, sequential has no start-up to lose.
+3. A function or first item that does not pickle cannot go to processes; threads take
+   the work instead, and the explanation says so.
+
+The start-up costs are constants measured on a 2-core Linux machine (docs/BENCHMARKS.md).
+"""
+
+import dataclasses
+import itertools
+import math
+import os
+import sys
+import time
+
+CALIBRATION_S = 0.01      # wall time of the calibration batches
+CALIBRATION_MAX = 1 << 16  # items, whatever their cost
+SPREAD_BLOCKS = 16        # places of a sequence where calibration takes its items
+PAYOFF = 0.8              # a pool's estimate must be below PAYOFF x sequential
+THREAD_START_S = 60e-6    # one more worker thread
+THREAD_ITEM_S = 4e-6      # hand-off of an item to a thread and back, in the caller
+THREAD_CAP = 128          # threads for waiting-bound work
+PROCESS_START_S = 0.12    # a process pool's first result, and its shutdown
+PROCESS_ITEM_S = 0.08e-6  # pickling an item and its result (measured: small ints)
+CHUNKS_PER_WORKER = 16    # a short tail: the last chunks end close together
+CHUNK_S = 0.02            # when the number of items is unknown: about this much per chunk
+CHUNK_MAX_S = 0.25        # a chunk's work at most ...
+CHUNK_MAX_ITEMS = 10_000  # ... or its items, when their cost is not known
+
+
+def usable_cpus():
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def gil_enabled():
+    check = getattr(sys, "_is_gil_enabled", None)
+    return True if check is None else bool(check())
+
+
+def _runnable_seconds():
+    """Seconds this thread has spent runnable but waiting for a CPU (Linux schedstat), or 0
+    where the kernel does not say."""
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+@dataclasses.dataclass
+class Profile:
+    """What calibration measured: ``items`` run, their CPU and wall seconds in total. The
+    wall time leaves out the time the thread was runnable but had no CPU: on a busy machine
+    CPU-bound work would otherwise look as if it waited on I/O."""
+
+    items: int = 0
+    cpu: float = 0.0
+    wall: float = 0.0
+
+    @property
+    def cpu_each(self):
+        return self.cpu / self.items if self.items else 0.0
+
+    @property
+    def wall_each(self):
+        return self.wall / self.items if self.items else 0.0
+
+
+@dataclasses.dataclass
+class Plan:
+    """How the rest of the items run: ``mode`` with ``workers`` and ``chunksize``; ``why``
+    is the explanation's tail (the measured shape, and any fallback)."""
+
+    mode: str
+    workers: int = 1
+    chunksize: int = 1
+    why: str = ""
+
+
+def _slice(items, start, stop):
+    part = items[start:stop]
+    return list(part) if type(part) is range else part
+
+
+def calibrate(fn, items, total, run_block, deadline=None):
+    """Runs the first calibration items: from ``items``, an iterator, or a sequence of
+    ``total`` items (then SPREAD_BLOCKS blocks spread over it, not just its head: work that
+    grows along the input, as the primes of 1..N do, is timed at its average, not at its
+    cheap start). ``run_block(fn, batch, out, start)`` runs a batch whose first item is at
+    index ``start`` into the list ``out``.
+
+    Returns (Profile, blocks, exhausted): blocks is a list of [start, results] in input
+    order; exhausted says every item has run."""
+    profile = Profile()
+    spread = total is not None and total >= 4 * SPREAD_BLOCKS and hasattr(items, "__getitem__")
+    if spread:
+        starts = [i * total // SPREAD_BLOCKS for i in range(SPREAD_BLOCKS)]
+        ends = starts[1:] + [total]
+    else:
+        starts, ends = [0], [total]
+        items = iter(items)  # a short sequence: its head, read once
+    blocks = [[start, []] for start in starts]
+    size, rounds = 1, 0
+    while profile.wall < CALIBRATION_S and profile.items < CALIBRATION_MAX:
+        todo = blocks[:1] if rounds == 0 else blocks  # the first item alone warms caches up
+        ran = 0
+        for (start, out), end in zip(todo, ends):
+            at = start + len(out)
+            if spread:
+                batch = _slice(items, at, min(at + size, end))
+            else:
+                batch = list(itertools.islice(items, size))
+            if not batch:
+                continue
+            queued0 = _runnable_seconds()  # read outside the timed part: a file read costs µs
+            cpu0, wall0 = time.thread_time(), time.perf_counter()
+            run_block(fn, batch, out, at)
+            wall, cpu = time.perf_counter() - wall0, time.thread_time() - cpu0
+            queued = _runnable_seconds() - queued0
+            profile.cpu += cpu
+            profile.wall += max(cpu, wall - queued)
+            profile.items += len(batch)
+            ran += len(batch)
+            if profile.wall >= CALIBRATION_S or deadline is not None and time.monotonic() >= deadline:
+                break
+        if ran == 0 or total is not None and profile.items >= total:
+            return profile, [b for b in blocks if b[1]], True
+        if deadline is not None and time.monotonic() >= deadline:
+            break
+        rounds += 1
+        if rounds > 1:
+            size *= 2
+    return profile, [b for b in blocks if b[1]], False
+
+
+def shape(profile):
+    """'CPU-bound', 'waiting-bound' or 'mixed', from the CPU share of the wall time."""
+    share = profile.cpu / profile.wall if profile.wall > 0 else 1.0
+    if share >= 0.8:
+        return "CPU-bound"
+    if share <= 0.2:
+        return "waiting-bound"
+    return "mixed"
+
+
+def thread_workers(profile, cap):
+    """Little's law: items in flight to keep one core busy while each waits."""
+    c, w = max(profile.cpu_each, 1e-7), profile.wall_each
+    return max(1, min(cap, math.ceil(w / c)))
+
+
+def _chunks_for(n, workers, wall_each):
+    """Items per chunk: a short tail for a known number of items; else about CHUNK_S of
+    work, or one item when the cost is not known (``wall_each`` 0). Never more than
+    CHUNK_MAX_S of work, or CHUNK_MAX_ITEMS when the cost is not known, so that the first
+    results of a huge input come soon."""
+    if n is None:
+        return max(1, math.ceil(CHUNK_S / wall_each)) if wall_each > 0 else 1
+    cap = math.ceil(CHUNK_MAX_S / wall_each) if wall_each > 0 else CHUNK_MAX_ITEMS
+    return max(1, min(cap, math.ceil(n / (CHUNKS_PER_WORKER * workers))))
+
+
+def choose(profile, remaining, *, workers=None, picklable=lambda: None):
+    """The plan for ``remaining`` items (None: unknown, maybe endless) after calibration.
+    ``workers`` caps the pool; ``picklable()`` returns None or why processes cannot be used."""
+    cpus = usable_cpus()
+    gil = gil_enabled()
+    c, w = profile.cpu_each, profile.wall_each
+    kind = shape(profile)
+    n = remaining if remaining is not None else 1e12  # a per-item rate decides then
+
+    estimates = {"sequential": n * w}
+    k_thread = thread_workers(profile, workers or THREAD_CAP)
+    if not gil:
+        k_thread = min(workers or THREAD_CAP, max(cpus, k_thread * cpus))
+    k_thread = min(k_thread, max(1, int(n)))
+    serial = c if gil else c / min(cpus, k_thread)
+    estimates["thread"] = k_thread * THREAD_START_S + n * (max(serial, w / k_thread) + THREAD_ITEM_S)
+    k_proc = min(workers or cpus, cpus, max(1, int(n)))
+    estimates["process"] = PROCESS_START_S + n * (w / k_proc + PROCESS_ITEM_S)
+
+    fallback = ""
+    best = min(estimates, key=estimates.get)
+    if best == "process":
+        why_not = picklable()
+        if why_not is not None:
+            fallback = f"; {why_not}, so threads instead of processes"
+            best = "thread" if estimates["thread"] < estimates["sequential"] else "sequential"
+    if best != "sequential" and estimates[best] > PAYOFF * estimates["sequential"]:
+        best = "sequential"
+    why = kind + fallback
+    if best == "thread":
+        return Plan("thread", k_thread, _chunks_for(remaining, 4 * k_thread, w), why)
+    if best == "process":
+        return Plan("process", k_proc, _chunks_for(remaining, k_proc, w), why)
+    return Plan("sequential", 1, 1, why)
+
+
+def explain_line(total, profile, plan, given=False):
+    """The one line explain=True prints, e.g. 'braid.map: 1,999,999 items; first 512 took
+    1.8 µs CPU / 1.8 µs wall each (CPU-bound) → process, 2 workers, chunks of 62,500'."""
+    count = "an unknown number of items" if total is None else f"{total:,} items"
+    if given:
+        head = f"braid.map: {count}; mode {plan.mode!r} as given"
+    else:
+        head = (f"braid.map: {count}; first {profile.items:,} took {_us(profile.cpu_each)} CPU / "
+                f"{_us(profile.wall_each)} wall each ({plan.why})")
+    if plan.mode == "sequential":
+        tail = "sequential, in the calling thread"
+    elif plan.mode in ("thread", "process"):
+        tail = f"{plan.mode}, {plan.workers} workers, chunks of {plan.chunksize:,}"
+    else:
+        tail = plan.mode + (f", {plan.why}" if given and plan.why else "")
+    return f"{head} → {tail}"
+
+
+def _us(seconds):
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.1f} ms"
+    return f"{seconds * 1e6:.1f} µs"
