@@ -264,6 +264,14 @@ def test_timeout(braid, mode):
     assert time.monotonic() - t0 < 0.3 + 2.0
 
 
+def test_thread_timeout_does_not_wait_for_running_items(braid):
+    fn = functools.partial(tasks.sleepy_where, seconds=3)
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError):
+        braid.map(fn, range(4), mode="thread", workers=4, timeout=0.2)
+    assert time.monotonic() - t0 < 2, "the 3 s items were waited for"
+
+
 def test_timeout_async(braid):
     async def slow(x):
         await asyncio.sleep(10)

@@ -8,17 +8,38 @@ asyncio's); ``braid.map``, ``braid.imap`` and ``braid.amap``, which run a functi
 items on whichever of these suits the work, measured.
 """
 
-from . import _braid
-from ._braid import Future
+import importlib
+
 from ._errors import TaskTimeout, WorkerCrashed
-from ._loop import EventLoopPolicy, Loop, install, new_event_loop, run
-from ._map import amap, imap, map
-from ._procpool import ProcessPool
-from ._shared import shared_array
-from ._threadpool import ThreadPool
 
 __version__ = "0.1.0"
+
+# Everything else is imported on first use (PEP 562): `import braid` stays cheap, and a
+# process-pool worker, which imports braid to run its tasks, does not load asyncio and the
+# pools it never uses.
+_LAZY = {
+    "Future": "._braid",
+    "ThreadPool": "._threadpool",
+    "ProcessPool": "._procpool",
+    "shared_array": "._shared",
+    "EventLoopPolicy": "._loop", "Loop": "._loop", "install": "._loop",
+    "new_event_loop": "._loop", "run": "._loop",
+    "map": "._map", "imap": "._map", "amap": "._map",
+}
 
 __all__ = ["EventLoopPolicy", "Future", "Loop", "ProcessPool", "TaskTimeout", "ThreadPool",
            "WorkerCrashed", "__version__", "amap", "imap", "install", "map", "new_event_loop", "run",
            "shared_array"]
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'braid' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -347,17 +347,16 @@ def _pool_run(call, plan, chunks, progress):
     def submit(start, chunk):
         return pool.submit(run_chunk, call.fn, chunk, start)
 
+    finished = False
     try:
         yield from ordered(submit, chunks, window, deadline=call.deadline, timeout=call.timeout,
                            progress=progress, abort=abort, stopper=call.stopper, total=call.total)
-    except BaseException:
-        if plan.mode == "process" and isinstance(sys.exc_info()[1], KeyboardInterrupt):
-            from . import _procpool
-
-            _procpool._interrupted = True
-        raise
+        finished = True
     finally:
-        pool.shutdown(wait=True)
+        # After a failure, a timeout or Ctrl-C, abort() has cancelled the queue and killed
+        # the processes; threads cannot be killed, so their running items end on their own,
+        # in the background, instead of holding up the exception.
+        pool.shutdown(wait=finished)
 
 
 def _executor_run(call, items, progress):
