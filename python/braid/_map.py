@@ -423,7 +423,8 @@ def _results(call, progress):
     if call.mode != "auto":
         plan = _fixed_plan(call)
         _report(call, policy.explain_line(call.total, None, plan, given=True))
-        yield from _run_plan(call, plan, lambda size: _input_chunks(items, call.total, size), progress)
+        yield from _run_plan(call, plan, lambda size: _input_chunks(items, call.total, size), progress,
+                             remaining=call.total)
         return
     sample = []
 
@@ -462,7 +463,7 @@ def _results(call, progress):
     if cursor < call.total:
         gaps.append((cursor, call.total))
     runner = _run_plan(call, plan, lambda size: _gap_chunks(items, gaps, size), progress,
-                       profile.wall_each)
+                       profile.wall_each, remaining)
     cursor = 0
     for start, results in blocks:
         if start > cursor:
@@ -472,12 +473,17 @@ def _results(call, progress):
     yield from runner  # the last gap, and the runner's own end (its pool shut down)
 
 
-def _run_plan(call, plan, cut, progress, wall_each=0.0):
-    """Runs the chunks ``cut(size)`` makes as ``plan`` says."""
+def _run_plan(call, plan, cut, progress, wall_each=0.0, remaining=None):
+    """Runs the chunks ``cut(size)`` makes as ``plan`` says; ``size`` a number of items, or
+    a callable giving the next chunk's (shrinking chunks for a pool and a known number of
+    items, unless the caller fixed chunksize)."""
     if plan.mode == "sequential":
         pace = Pace(wall_each)
         return _sequential(call, cut(pace), progress, pace)
-    return _pool_run(call, plan, cut(plan.chunksize), progress)
+    size = plan.chunksize
+    if remaining is not None and call.chunksize is None:
+        size = policy.Guided(remaining, plan.workers, plan.chunksize, policy.smallest_chunk(wall_each))
+    return _pool_run(call, plan, cut(size), progress)
 
 
 def _count(call):

@@ -43,12 +43,13 @@ PAYOFF = 0.8              # a pool's estimate must be below PAYOFF x sequential
 THREAD_START_S = 60e-6    # one more worker thread
 THREAD_ITEM_S = 4e-6      # hand-off of an item to a thread and back, in the caller
 THREAD_CAP = 128          # threads for waiting-bound work
-PROCESS_START_S = 0.12    # a process pool's first result, and its shutdown
+PROCESS_START_S = 0.06    # a process pool's first task starting (measured 40-66 ms), and its shutdown
 PROCESS_ITEM_S = 0.08e-6  # pickling an item and its result (measured: small ints)
 CHUNKS_PER_WORKER = 16    # a short tail: the last chunks end close together
 CHUNK_S = 0.02            # when the number of items is unknown: about this much per chunk
 CHUNK_MAX_S = 0.25        # a chunk's work at most ...
 CHUNK_MAX_ITEMS = 10_000  # ... or its items, when their cost is not known
+CHUNK_MIN_S = 0.002       # the last chunks' work: a round trip costs ~20 µs
 
 
 def usable_cpus():
@@ -184,6 +185,30 @@ def _chunks_for(n, workers, wall_each):
         return max(1, math.ceil(CHUNK_S / wall_each)) if wall_each > 0 else 1
     cap = math.ceil(CHUNK_MAX_S / wall_each) if wall_each > 0 else CHUNK_MAX_ITEMS
     return max(1, min(cap, math.ceil(n / (CHUNKS_PER_WORKER * workers))))
+
+
+class Guided:
+    """Chunk sizes that shrink as the items run out (guided self-scheduling): a chunk takes
+    at most a 1/(2 x workers) share of the items left, from ``first`` down to ``smallest``.
+    Equal chunks leave the last ones running alone while other workers idle -- half a
+    chunk on average, and the dearest chunk when cost grows along the input; shrinking
+    chunks end close together, and the many chunks before them stay large."""
+
+    def __init__(self, remaining, workers, first, smallest=1):
+        self.left = remaining
+        self.share = 2 * workers
+        self.first = first
+        self.smallest = max(1, min(smallest, first))
+
+    def __call__(self):
+        n = max(self.smallest, min(self.first, math.ceil(self.left / self.share)))
+        self.left = max(0, self.left - n)
+        return n
+
+
+def smallest_chunk(wall_each):
+    """Items in a chunk of about CHUNK_MIN_S of work (1 when the cost is not known)."""
+    return max(1, math.ceil(CHUNK_MIN_S / wall_each)) if wall_each > 0 else 1
 
 
 def choose(profile, remaining, *, workers=None, picklable=lambda: None):
