@@ -13,6 +13,7 @@ import collections.abc
 import concurrent.futures
 import itertools
 import logging
+import operator
 import reprlib
 import sys
 import threading
@@ -25,7 +26,8 @@ __all__ = ["map", "imap", "amap"]
 
 MODES = ("auto", "sequential", "thread", "process", "async", "dask")
 ASYNC_LIMIT = 1000
-SEQUENTIAL_BATCH = 1024  # items between checks of the deadline and progress updates
+SEQUENTIAL_BATCH = 8192  # at most, items between checks of the deadline and progress (and
+# cache-friendly: a comprehension over 64 Ki items runs 1.4x slower per item than over 8 Ki)
 
 log = logging.getLogger("braid")
 _builtin_map = map
@@ -42,28 +44,16 @@ def _note(exc, index, item):
             pass
 
 
-def run_chunk(fn, items, start):
-    """fn(x) for each of ``items`` (the input's items from index ``start``): the list of
-    results, or the first exception, noted with the index of its item. Runs in pool
-    workers, so it lives at module level."""
-    results = []
+def run_chunk(fn, batch, start):
+    """[fn(x) for x in batch], the batch being the input's items from index ``start``; the
+    first exception is noted with the index of its item. A list comprehension, which calls
+    a Python function faster than map() does (3.11+), and the iterator's length hint says
+    how far it got. Runs in pool workers too, so it lives at module level."""
+    it = iter(batch)
     try:
-        results.extend(_builtin_map(fn, items))
-    except Exception as exc:  # list.extend keeps what came before the failing item
-        index = len(results)
-        _note(exc, start + index, items[index])
-        raise
-    return results
-
-
-def _run_block(fn, batch, out, start):
-    """Calibration and sequential mode: fn over ``batch`` (items from index ``start``),
-    appended to ``out``."""
-    first = len(out)
-    try:
-        out.extend(_builtin_map(fn, batch))
+        return [fn(x) for x in it]
     except Exception as exc:
-        index = len(out) - first
+        index = len(batch) - operator.length_hint(it) - 1
         _note(exc, start + index, batch[index])
         raise
 
@@ -106,9 +96,16 @@ def _future_failed(future):
     return future.cancelled() or future.exception() is not None
 
 
+def timeout_error(done, total, timeout):
+    of = "" if total is None else f" of {total:,}"
+    return TimeoutError(f"braid.map: {done:,}{of} items done when the timeout of {timeout} s "
+                        "ran out; the rest were cancelled")
+
+
 def ordered(submit, chunks, window, *, deadline=None, timeout=None, progress, abort,
             stopper=None, failed=_future_failed, total=None, unwrap=None):
-    """Results of the chunks, in input order, with at most ``window`` chunks in flight.
+    """The chunks' lists of results, in input order, with at most ``window`` chunks in
+    flight.
 
     ``submit(start, chunk)`` returns a future of the chunk's result list. A failure in any
     chunk ends the iteration at once, in the order failures happened (not the input's).
@@ -147,9 +144,7 @@ def ordered(submit, chunks, window, *, deadline=None, timeout=None, progress, ab
                     raise concurrent.futures.CancelledError("braid.map was cancelled")
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
-                    of = "" if total is None else f" of {total:,}"
-                    raise TimeoutError(f"braid.map: {done_items:,}{of} items done when the timeout "
-                                       f"of {timeout} s ran out; the rest were cancelled")
+                    raise timeout_error(done_items, total, timeout)
                 stopper.wake.clear()
                 if head.done() or bad:
                     break
@@ -165,7 +160,7 @@ def ordered(submit, chunks, window, *, deadline=None, timeout=None, progress, ab
             refill()
             done_items += len(results)
             progress.update(len(results))
-            yield from results
+            yield results
         finished = True
     finally:
         if not finished:
@@ -308,22 +303,20 @@ class Pace:
 
 
 def _sequential(call, chunks, progress, pace):
-    """The chunks run in the calling thread; ``pace`` (cutting them) learns from each."""
+    """The chunks run in the calling thread, a list of results each; ``pace`` (cutting
+    them) learns from each."""
     done = 0
     for start, chunk in chunks:
         if call.stopper.stopped:
             raise concurrent.futures.CancelledError("braid.map was cancelled")
         if call.deadline is not None and time.monotonic() >= call.deadline:
-            of = "" if call.total is None else f" of {call.total:,}"
-            raise TimeoutError(f"braid.map: {done:,}{of} items done when the timeout of "
-                               f"{call.timeout} s ran out")
-        results = []
+            raise timeout_error(done, call.total, call.timeout)
         t0 = time.perf_counter()
-        _run_block(call.fn, chunk, results, start)
+        results = run_chunk(call.fn, chunk, start)
         pace.ran(len(results), time.perf_counter() - t0)
         done += len(results)
         progress.update(len(results))
-        yield from results
+        yield results
 
 
 def _pool_run(call, plan, chunks, progress):
@@ -413,7 +406,8 @@ def _picklable(fn, sample):
 
 
 def _results(call, progress):
-    """The generator behind map and imap (not async, not dask)."""
+    """The generator behind map and imap (not async, not dask): lists of results, in
+    input order."""
     items = call.items if call.total is None else call.iterable
     if call.mode == "executor":
         gen, what = _executor_run(call, items, progress)
@@ -430,7 +424,7 @@ def _results(call, progress):
 
     def run_block(fn, batch, out, start):
         sample[:] = batch[-1:]
-        _run_block(fn, batch, out, start)
+        out += run_chunk(fn, batch, start)
 
     random_access = _is_sequence(items, call.total)
     source = items if random_access else iter(items)
@@ -447,10 +441,10 @@ def _results(call, progress):
     _report(call, policy.explain_line(call.total, profile, plan))
     if exhausted:
         for _, results in blocks:
-            yield from results
+            yield results
         return
     if not random_access:  # one block, the head; the rest is the iterator's
-        yield from blocks[0][1]
+        yield blocks[0][1]
         yield from _run_plan(call, plan, lambda size: _chunks(source, size, profile.items), progress,
                              profile.wall_each)
         return
@@ -466,9 +460,11 @@ def _results(call, progress):
                        profile.wall_each, remaining)
     cursor = 0
     for start, results in blocks:
-        if start > cursor:
-            yield from itertools.islice(runner, start - cursor)
-        yield from results
+        while cursor < start:  # the gap's chunks, which never cross into a block
+            batch = next(runner)
+            cursor += len(batch)
+            yield batch
+        yield results
         cursor = start + len(results)
     yield from runner  # the last gap, and the runner's own end (its pool shut down)
 
@@ -500,9 +496,10 @@ def _call(fn, iterable, mode, workers, chunksize, timeout, progress, limit, exec
     return call
 
 
-def _sync_results(call):
-    """The results generator for map and imap, whatever the mode; progress is closed when
-    the generator ends."""
+def _batches(call):
+    """Lists of results in input order, for map and imap, whatever the mode (a list a
+    chunk: items pass the generators here in bulk, not one by one); progress is closed
+    when the generator ends."""
     progress = make_progress(call.progress, call.total)
     try:
         if call.mode == "async":
@@ -548,7 +545,7 @@ def map(fn, iterable, *, mode="auto", workers=None, chunksize=None, timeout=None
             return run_all(call, progress)
         finally:
             progress.close()
-    return list(_sync_results(call))
+    return _joined(_batches(call))
 
 
 def imap(fn, iterable, *, mode="auto", workers=None, chunksize=None, timeout=None,
@@ -557,7 +554,26 @@ def imap(fn, iterable, *, mode="auto", workers=None, chunksize=None, timeout=Non
     ahead, so endless iterables work. Closing the iterator cancels what has not started."""
     call = _call(fn, iterable, mode, workers, chunksize, timeout, progress, limit, executor,
                  address, client, explain)
-    return _sync_results(call)
+    return _items(_batches(call))
+
+
+def _joined(batches):
+    """The batches as one list (the first one, extended: no copy when there is one)."""
+    joined = next(batches, None)
+    if joined is None:
+        return []
+    for batch in batches:
+        joined += batch
+    return joined
+
+
+def _items(batches):
+    """imap's iterator; closing it closes the map's generators, which cancels the rest."""
+    try:
+        for batch in batches:
+            yield from batch
+    finally:
+        batches.close()
 
 
 async def amap(fn, iterable, *, mode="auto", workers=None, chunksize=None, timeout=None,
@@ -580,7 +596,7 @@ async def amap(fn, iterable, *, mode="auto", workers=None, chunksize=None, timeo
 
     call.materialize()
     loop = asyncio.get_running_loop()
-    done = loop.run_in_executor(None, lambda: list(_sync_results(call)))
+    done = loop.run_in_executor(None, lambda: _joined(_batches(call)))
     try:
         return await asyncio.shield(done)
     except asyncio.CancelledError:

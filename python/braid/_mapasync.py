@@ -12,7 +12,7 @@ import collections
 import itertools
 import time
 
-from ._map import ASYNC_LIMIT, _note
+from ._map import ASYNC_LIMIT, _note, timeout_error
 
 __all__ = ["async_results", "run_all", "sync_results"]
 
@@ -63,9 +63,7 @@ class _Window:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     self.waiter = None
-                    of = "" if self.call.total is None else f" of {self.call.total:,}"
-                    raise TimeoutError(f"braid.map: {self.done:,}{of} items done when the timeout of "
-                                       f"{self.call.timeout} s ran out; the rest were cancelled")
+                    raise timeout_error(self.done, self.call.total, self.call.timeout)
                 timer = self.loop.call_later(left, _wake, self.waiter)
             try:
                 await self.waiter
@@ -141,8 +139,8 @@ async def async_results(call, progress):
 
 
 def sync_results(call, progress):
-    """map/imap of a coroutine function from synchronous code: on a braid.Loop of its own,
-    run step by step, so imap stays lazy."""
+    """imap of a coroutine function from synchronous code: on a braid.Loop of its own, run
+    a turn at a time (lists of the results ready), so imap stays lazy."""
     _not_in_a_loop()
     from ._loop import Loop
 
@@ -151,7 +149,7 @@ def sync_results(call, progress):
         window = loop.run_until_complete(_make_window(call, progress))
         try:
             while taken := loop.run_until_complete(window.take()):
-                yield from taken
+                yield taken
         except BaseException:
             loop.run_until_complete(window.cancel_all())
             raise

@@ -9,7 +9,7 @@ measures instead of guessing:
    double (1, 1, 2, 4, ...) until they have taken CALIBRATION_S of wall time. Nothing runs
    twice: these results are the map's own results. Each batch is timed as a whole, with
    the thread's CPU clock beside the wall clock, so timing costs nothing per item. From a
-   sequence (braid.map reads its input into one) the batches are taken at 16 places spread
+   sequence (braid.map reads its input into one) the batches are taken at 8 places spread
    over it, since cost often grows along the input; from an iterator, from its head.
 2. From the CPU time ``c`` and wall time ``w`` per item, and the number of items left, it
    estimates how long each way would take and picks the fastest:
@@ -36,9 +36,10 @@ import os
 import sys
 import time
 
-CALIBRATION_S = 0.01      # wall time of the calibration batches
-CALIBRATION_MAX = 1 << 16  # items, whatever their cost
-SPREAD_BLOCKS = 16        # places of a sequence where calibration takes its items
+CALIBRATION_S = 0.005     # wall time of the calibration batches
+CALIBRATION_ENOUGH_S = 0.001  # ... or this much, once no pool can pay off (see calibrate)
+CALIBRATION_MAX = 1 << 14  # items, whatever their cost
+SPREAD_BLOCKS = 8         # places of a sequence where calibration takes its items
 PAYOFF = 0.8              # a pool's estimate must be below PAYOFF x sequential
 THREAD_START_S = 60e-6    # one more worker thread
 THREAD_ITEM_S = 4e-6      # hand-off of an item to a thread and back, in the caller
@@ -104,11 +105,6 @@ class Plan:
     why: str = ""
 
 
-def _slice(items, start, stop):
-    part = items[start:stop]
-    return list(part) if type(part) is range else part
-
-
 def calibrate(fn, items, total, run_block, deadline=None):
     """Runs the first calibration items: from ``items``, an iterator, or a sequence of
     ``total`` items (then SPREAD_BLOCKS blocks spread over it, not just its head: work that
@@ -127,6 +123,7 @@ def calibrate(fn, items, total, run_block, deadline=None):
         starts, ends = [0], [total]
         items = iter(items)  # a short sequence: its head, read once
     blocks = [[start, []] for start in starts]
+    queued = _runnable_seconds()
     size, rounds = 1, 0
     while profile.wall < CALIBRATION_S and profile.items < CALIBRATION_MAX:
         todo = blocks[:1] if rounds == 0 else blocks  # the first item alone warms caches up
@@ -134,30 +131,43 @@ def calibrate(fn, items, total, run_block, deadline=None):
         for (start, out), end in zip(todo, ends):
             at = start + len(out)
             if spread:
-                batch = _slice(items, at, min(at + size, end))
+                batch = items[at:min(at + size, end)]
             else:
                 batch = list(itertools.islice(items, size))
             if not batch:
                 continue
-            queued0 = _runnable_seconds()  # read outside the timed part: a file read costs µs
             cpu0, wall0 = time.thread_time(), time.perf_counter()
             run_block(fn, batch, out, at)
-            wall, cpu = time.perf_counter() - wall0, time.thread_time() - cpu0
-            queued = _runnable_seconds() - queued0
-            profile.cpu += cpu
-            profile.wall += max(cpu, wall - queued)
+            profile.wall += time.perf_counter() - wall0
+            profile.cpu += time.thread_time() - cpu0
             profile.items += len(batch)
             ran += len(batch)
             if profile.wall >= CALIBRATION_S or deadline is not None and time.monotonic() >= deadline:
                 break
         if ran == 0 or total is not None and profile.items >= total:
-            return profile, [b for b in blocks if b[1]], True
-        if deadline is not None and time.monotonic() >= deadline:
+            return _unqueued(profile, queued), [b for b in blocks if b[1]], True
+        if deadline is not None and time.monotonic() >= deadline or _too_small(profile, total):
             break
         rounds += 1
         if rounds > 1:
             size *= 2
-    return profile, [b for b in blocks if b[1]], False
+    return _unqueued(profile, queued), [b for b in blocks if b[1]], False
+
+
+def _too_small(profile, total):
+    """CPU-bound items too few for a process pool's start to pay off, with the GIL on (so
+    threads cannot help either): more calibration would not change the answer."""
+    if total is None or profile.wall < CALIBRATION_ENOUGH_S or not gil_enabled():
+        return False
+    return shape(profile) == "CPU-bound" and (total - profile.items) * profile.wall_each < PROCESS_START_S
+
+
+def _unqueued(profile, queued_before):
+    """The profile without the time the thread spent runnable without a CPU (read once per
+    calibration: the read costs microseconds, more than a small batch)."""
+    queued = _runnable_seconds() - queued_before
+    profile.wall = max(profile.cpu, profile.wall - queued)
+    return profile
 
 
 def shape(profile):
