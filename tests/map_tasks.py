@@ -67,6 +67,12 @@ def record_pid_and_sleep(path, x):
     return x
 
 
+async def async_record_pid_and_sleep(path, x):
+    append_line(path, str(os.getpid()))
+    await asyncio.sleep(60)
+    return x
+
+
 async def async_double(x):
     await asyncio.sleep(0.001 * (x % 3))
     return 2 * x

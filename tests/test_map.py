@@ -303,13 +303,15 @@ sys.path.insert(0, sys.argv[1])
 import braid, map_tasks
 
 if __name__ == "__main__":
-    fn = functools.partial(map_tasks.record_pid_and_sleep, sys.argv[2])
-    braid.map(fn, range(20), mode=sys.argv[3], workers=2, chunksize=1)
+    mode = sys.argv[3]
+    record = map_tasks.async_record_pid_and_sleep if mode == "async" else map_tasks.record_pid_and_sleep
+    fn = functools.partial(record, sys.argv[2])
+    braid.map(fn, range(20), mode=mode, workers=2, chunksize=None if mode == "async" else 1)
     print("map finished", flush=True)
 """
 
 
-@pytest.mark.parametrize("mode", ["process", "auto"])
+@pytest.mark.parametrize("mode", ["process", "auto", "async"])
 def test_ctrl_c_cancels_everything_and_leaves_no_worker(braid, tmp_path, mode):
     pidfile = tmp_path / "pids"
     script = tmp_path / "script.py"
@@ -321,10 +323,11 @@ def test_ctrl_c_cancels_everything_and_leaves_no_worker(braid, tmp_path, mode):
     try:
         deadline = time.monotonic() + TIMEOUT * 2
         # auto: calibration runs the first item here (60 s), so the script's own pid shows
-        want = 2 if mode == "process" else 1
-        while len(pids := {int(p) for p in procpool_tasks.read_lines(pidfile)}) < want:
+        want = {"process": 2, "auto": 1, "async": 20}[mode]
+        while len(procpool_tasks.read_lines(pidfile)) < want:
             assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
             time.sleep(0.02)
+        pids = {int(p) for p in procpool_tasks.read_lines(pidfile)}
         os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole group
         t0 = time.monotonic()
         out, err = proc.communicate(timeout=5)
