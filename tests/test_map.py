@@ -524,6 +524,22 @@ def test_dask_same_results_as_local(braid, dask_cluster):
     assert braid.map(tasks.square, items, address=dask_cluster.scheduler_address) == local
 
 
+def test_dask_batches_small_items(braid, dask_cluster):
+    import distributed
+
+    with distributed.Client(dask_cluster) as client:
+        submitted = []
+        submit = client.submit
+        client.submit = lambda fn, *args, **kw: submitted.append(len(args[1])) or submit(fn, *args, **kw)
+        items = list(range(50_000))
+        assert braid.map(tasks.square, items, client=client) == [x * x for x in items]
+    # the first batches hold one item and time it; then batches are as large as the
+    # cluster's threads allow (a quarter of the items per thread at most)
+    assert submitted[:2] == [1, 1]
+    assert max(submitted) == 50_000 // (4 * 2) + (50_000 % 8 > 0)
+    assert len(submitted) < 100
+
+
 def test_dask_failure_names_the_item(braid, dask_cluster):
     import distributed
 
