@@ -16,6 +16,7 @@ import functools
 import itertools
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -175,7 +176,8 @@ def test_explain_prints_one_line_and_logs_it(braid, capsys, caplog):
     assert len(err) == 1
     line = err[0]
     assert line.startswith("braid.map: 1,000 items; first ")
-    assert "µs CPU /" in line and "(CPU-bound)" in line and "→ sequential" in line
+    unit = r"[\d.]+ (ns|µs)"
+    assert re.search(rf"took {unit} CPU / {unit} wall each \(CPU-bound\) → sequential", line), line
     assert [r.getMessage() for r in caplog.records if r.name == "braid"] == [line]
     braid.map(tasks.square, range(10))  # explain=False: nothing on stderr
     assert capsys.readouterr().err == ""
@@ -450,8 +452,23 @@ def test_sync_map_of_coroutines_inside_a_loop_is_an_error(braid):
     asyncio.run(main())
 
 
-def test_sequential_mode_for_coroutines_runs_one_at_a_time(braid):
-    assert braid.map(tasks.async_double, range(20), mode="async", limit=1) == [2 * x for x in range(20)]
+def test_sequential_mode_for_coroutines_awaits_one_at_a_time(braid, caplog):
+    running = 0
+    peak = 0
+
+    async def fn(x):
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0)
+        running -= 1
+        return 2 * x
+
+    with caplog.at_level(logging.INFO, logger="braid"):
+        assert braid.map(fn, range(20), mode="sequential") == [2 * x for x in range(20)]
+        assert list(braid.imap(fn, range(5), mode="sequential")) == [0, 2, 4, 6, 8]
+    assert peak == 1
+    assert "coroutine function → async on the event loop, at most 1 in flight" in caplog.text
 
 
 # ---- bad input -----------------------------------------------------------------------------

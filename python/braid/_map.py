@@ -253,7 +253,9 @@ class _Call:
         if coro and mode in ("thread", "process", "dask", "executor"):
             raise TypeError(f"{_name(fn)} is a coroutine function: use mode='async' (or 'auto'), "
                             f"not {mode!r}")
-        self.mode = "async" if coro and mode == "auto" else mode
+        if coro and mode == "sequential":  # one coroutine at a time, each awaited
+            limit = self.limit = 1
+        self.mode = "async" if coro and mode in ("auto", "sequential") else mode
         self.total = self._length()
 
     def _length(self):
@@ -496,6 +498,12 @@ def _call(fn, iterable, mode, workers, chunksize, timeout, progress, limit, exec
     return call
 
 
+def _report_async(call):
+    limit = call.limit or ASYNC_LIMIT
+    _report(call, f"braid.map: {_count(call)}; {_name(call.fn)} is a coroutine function → async on "
+                  f"the event loop, at most {limit:,} in flight")
+
+
 def _batches(call):
     """Lists of results in input order, for map and imap, whatever the mode (a list a
     chunk: items pass the generators here in bulk, not one by one); progress is closed
@@ -505,6 +513,7 @@ def _batches(call):
         if call.mode == "async":
             from ._mapasync import sync_results
 
+            _report_async(call)
             yield from sync_results(call, progress)
         elif call.mode == "dask":
             from ._mapdask import dask_results
@@ -540,6 +549,7 @@ def map(fn, iterable, *, mode="auto", workers=None, chunksize=None, timeout=None
     if call.mode == "async":
         from ._mapasync import run_all
 
+        _report_async(call)
         progress = make_progress(call.progress, call.total)
         try:
             return run_all(call, progress)
@@ -587,6 +597,7 @@ async def amap(fn, iterable, *, mode="auto", workers=None, chunksize=None, timeo
     if call.mode == "async":
         from ._mapasync import async_results
 
+        _report_async(call)
         progress = make_progress(call.progress, call.total)
         try:
             return await async_results(call, progress)

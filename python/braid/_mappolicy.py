@@ -6,7 +6,7 @@ primes example is slower on a process pool than on one core at its size), so aut
 measures instead of guessing:
 
 1. Calibration runs the first items for real, in the caller's thread, in batches that
-   double (1, 1, 2, 4, ...) until they have taken CALIBRATION_S of wall time. Nothing runs
+   grow (1, 1, 4, 16, ...) until they have taken CALIBRATION_S of wall time. Nothing runs
    twice: these results are the map's own results. Each batch is timed as a whole, with
    the thread's CPU clock beside the wall clock, so timing costs nothing per item. From a
    sequence (braid.map reads its input into one) the batches are taken at 8 places spread
@@ -37,7 +37,7 @@ import sys
 import time
 
 CALIBRATION_S = 0.005     # wall time of the calibration batches
-CALIBRATION_ENOUGH_S = 0.001  # ... or this much, once no pool can pay off (see calibrate)
+CALIBRATION_ENOUGH_S = 0.0005  # ... or this much, once no pool can pay off (_too_small)
 CALIBRATION_MAX = 1 << 14  # items, whatever their cost
 SPREAD_BLOCKS = 8         # places of a sequence where calibration takes its items
 PAYOFF = 0.8              # a pool's estimate must be below PAYOFF x sequential
@@ -150,7 +150,7 @@ def calibrate(fn, items, total, run_block, deadline=None):
             break
         rounds += 1
         if rounds > 1:
-            size *= 2
+            size *= 4  # few rounds: each costs a few µs per block, more than tiny items do
     return _unqueued(profile, queued), [b for b in blocks if b[1]], False
 
 
@@ -280,4 +280,6 @@ def _us(seconds):
         return f"{seconds:.2f} s"
     if seconds >= 1e-3:
         return f"{seconds * 1e3:.1f} ms"
-    return f"{seconds * 1e6:.1f} µs"
+    if seconds >= 1e-6:
+        return f"{seconds * 1e6:.1f} µs"
+    return f"{seconds * 1e9:.0f} ns"
