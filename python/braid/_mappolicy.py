@@ -40,7 +40,7 @@ CALIBRATION_S = 0.005     # wall time of the calibration batches
 CALIBRATION_ENOUGH_S = 0.0005  # ... or this much, once no pool can pay off (_too_small)
 CALIBRATION_MAX = 1 << 14  # items, whatever their cost
 SPREAD_BLOCKS = 8         # places of a sequence where calibration takes its items
-PAYOFF = 0.8              # a pool's estimate must be below PAYOFF x sequential
+PAYOFF = 0.7              # a pool's estimate must be below PAYOFF x sequential
 THREAD_START_S = 60e-6    # one more worker thread
 THREAD_ITEM_S = 4e-6      # hand-off of an item to a thread and back, in the caller
 THREAD_CAP = 128          # threads for waiting-bound work
@@ -123,9 +123,12 @@ def calibrate(fn, items, total, run_block, deadline=None):
         starts, ends = [0], [total]
         items = iter(items)  # a short sequence: its head, read once
     blocks = [[start, []] for start in starts]
+    # The clocks are read around the whole calibration (the wall clock after each batch
+    # too, for the budget): the batches' own overhead is a few µs in all.
     queued = _runnable_seconds()
-    size, rounds = 1, 0
-    while profile.wall < CALIBRATION_S and profile.items < CALIBRATION_MAX:
+    cpu0, wall0 = time.thread_time(), time.perf_counter()
+    size, rounds, enough = 1, 0, False
+    while not enough and profile.items < CALIBRATION_MAX:
         todo = blocks[:1] if rounds == 0 else blocks  # the first item alone warms caches up
         ran = 0
         for (start, out), end in zip(todo, ends):
@@ -136,35 +139,36 @@ def calibrate(fn, items, total, run_block, deadline=None):
                 batch = list(itertools.islice(items, size))
             if not batch:
                 continue
-            cpu0, wall0 = time.thread_time(), time.perf_counter()
             run_block(fn, batch, out, at)
-            profile.wall += time.perf_counter() - wall0
-            profile.cpu += time.thread_time() - cpu0
+            profile.wall = time.perf_counter() - wall0
             profile.items += len(batch)
             ran += len(batch)
-            if profile.wall >= CALIBRATION_S or deadline is not None and time.monotonic() >= deadline:
+            enough = profile.wall >= CALIBRATION_S or deadline is not None and time.monotonic() >= deadline
+            if not enough and profile.wall >= CALIBRATION_ENOUGH_S:
+                profile.cpu = time.thread_time() - cpu0
+                enough = _too_small(profile, total)
+            if enough:
                 break
         if ran == 0 or total is not None and profile.items >= total:
-            return _unqueued(profile, queued), [b for b in blocks if b[1]], True
-        if deadline is not None and time.monotonic() >= deadline or _too_small(profile, total):
-            break
+            return _finish(profile, cpu0, queued), [b for b in blocks if b[1]], True
         rounds += 1
         if rounds > 1:
             size *= 4  # few rounds: each costs a few µs per block, more than tiny items do
-    return _unqueued(profile, queued), [b for b in blocks if b[1]], False
+    return _finish(profile, cpu0, queued), [b for b in blocks if b[1]], False
 
 
 def _too_small(profile, total):
     """CPU-bound items too few for a process pool's start to pay off, with the GIL on (so
     threads cannot help either): more calibration would not change the answer."""
-    if total is None or profile.wall < CALIBRATION_ENOUGH_S or not gil_enabled():
+    if total is None or not gil_enabled():
         return False
     return shape(profile) == "CPU-bound" and (total - profile.items) * profile.wall_each < PROCESS_START_S
 
 
-def _unqueued(profile, queued_before):
-    """The profile without the time the thread spent runnable without a CPU (read once per
-    calibration: the read costs microseconds, more than a small batch)."""
+def _finish(profile, cpu_before, queued_before):
+    """The profile's CPU time, and its wall time without the time the thread spent runnable
+    without a CPU."""
+    profile.cpu = time.thread_time() - cpu_before
     queued = _runnable_seconds() - queued_before
     profile.wall = max(profile.cpu, profile.wall - queued)
     return profile
