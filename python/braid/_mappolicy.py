@@ -84,14 +84,25 @@ class Profile:
     items: int = 0
     cpu: float = 0.0
     wall: float = 0.0
+    first_cpu: float = 0.0   # the first item alone: imports, connections and caches warm up
+    first_wall: float = 0.0  # in it, so the cost per item is taken from the others
 
     @property
     def cpu_each(self):
+        if self.items > 1:
+            return max(0.0, self.cpu - self.first_cpu) / (self.items - 1)
         return self.cpu / self.items if self.items else 0.0
 
     @property
     def wall_each(self):
+        if self.items > 1:
+            return max(0.0, self.wall - self.first_wall) / (self.items - 1)
         return self.wall / self.items if self.items else 0.0
+
+    @property
+    def warmup(self):
+        """What the first item took beyond the others' cost: paid again by each new worker."""
+        return max(0.0, self.first_wall - self.wall_each) if self.items > 1 else 0.0
 
 
 @dataclasses.dataclass
@@ -149,6 +160,8 @@ def calibrate(fn, items, total, run_block, deadline=None):
                 enough = _too_small(profile, total)
             if enough:
                 break
+        if rounds == 0:
+            profile.first_wall, profile.first_cpu = profile.wall, time.thread_time() - cpu0
         if ran == 0 or total is not None and profile.items >= total:
             return _finish(profile, cpu0, queued), [b for b in blocks if b[1]], True
         rounds += 1
@@ -242,7 +255,7 @@ def choose(profile, remaining, *, workers=None, picklable=lambda: None):
     serial = c if gil else c / min(cpus, k_thread)
     estimates["thread"] = k_thread * THREAD_START_S + n * (max(serial, w / k_thread) + THREAD_ITEM_S)
     k_proc = min(workers or cpus, cpus, max(1, int(n)))
-    estimates["process"] = PROCESS_START_S + n * (w / k_proc + PROCESS_ITEM_S)
+    estimates["process"] = PROCESS_START_S + profile.warmup + n * (w / k_proc + PROCESS_ITEM_S)
 
     fallback = ""
     best = min(estimates, key=estimates.get)
@@ -268,8 +281,11 @@ def explain_line(total, profile, plan, given=False):
     if given:
         head = f"braid.map: {count}; mode {plan.mode!r} as given"
     else:
+        warm = ""
+        if profile.items > 1 and profile.first_wall > 2 * profile.wall_each:
+            warm = f" after the first ({_us(profile.first_wall)})"
         head = (f"braid.map: {count}; first {profile.items:,} took {_us(profile.cpu_each)} CPU / "
-                f"{_us(profile.wall_each)} wall each ({plan.why})")
+                f"{_us(profile.wall_each)} wall each{warm} ({plan.why})")
     if plan.mode == "sequential":
         tail = "sequential, in the calling thread"
     elif plan.mode in ("thread", "process"):
