@@ -388,22 +388,28 @@ def test_imap_close_cancels_the_rest(braid, tmp_path):
 # ---- async and amap ------------------------------------------------------------------------
 
 
+class InFlight:
+    """A coroutine function (x -> 2x) that counts how many of its calls run at once."""
+
+    def __init__(self, delay=0.0):
+        self.delay = delay
+        self.running = 0
+        self.peak = 0
+
+    async def __call__(self, x):
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        await asyncio.sleep(self.delay)
+        self.running -= 1
+        return 2 * x
+
+
 def test_async_mode_limits_the_coroutines_in_flight(braid):
-    running = 0
-    peak = 0
-
-    async def fn(x):
-        nonlocal running, peak
-        running += 1
-        peak = max(peak, running)
-        await asyncio.sleep(0.001)
-        running -= 1
-        return x
-
-    assert braid.map(fn, range(500), mode="async", limit=20) == list(range(500))
-    assert peak == 20
-    assert braid.map(fn, range(3000)) == list(range(3000))
-    assert peak == 1000  # the default limit
+    fn = InFlight(0.001)
+    assert braid.map(fn, range(500), mode="async", limit=20) == [2 * x for x in range(500)]
+    assert fn.peak == 20
+    assert braid.map(fn, range(3000)) == [2 * x for x in range(3000)]
+    assert fn.peak == 1000  # the default limit
 
 
 def test_amap_inside_a_running_loop(braid):
@@ -454,21 +460,11 @@ def test_sync_map_of_coroutines_inside_a_loop_is_an_error(braid):
 
 
 def test_sequential_mode_for_coroutines_awaits_one_at_a_time(braid, caplog):
-    running = 0
-    peak = 0
-
-    async def fn(x):
-        nonlocal running, peak
-        running += 1
-        peak = max(peak, running)
-        await asyncio.sleep(0)
-        running -= 1
-        return 2 * x
-
+    fn = InFlight()
     with caplog.at_level(logging.INFO, logger="braid"):
         assert braid.map(fn, range(20), mode="sequential") == [2 * x for x in range(20)]
         assert list(braid.imap(fn, range(5), mode="sequential")) == [0, 2, 4, 6, 8]
-    assert peak == 1
+    assert fn.peak == 1
     assert "coroutine function → async on the event loop, at most 1 in flight" in caplog.text
 
 

@@ -31,6 +31,11 @@ BENCHMARKS = {
         "braid.Loop vs asyncio's loop and uvloop (echo servers against a C floor, "
         "call_soon and sleep(0) scheduling, aiohttp under wrk)",
     ),
+    "map": (
+        "braid.bench.map",
+        "braid.map (auto and each fixed mode) vs the plain Python a user writes "
+        "(primes, sleep, HTTP, tiny items, aiohttp coroutines)",
+    ),
 }
 
 
