@@ -16,7 +16,10 @@ measures instead of guessing:
 
        sequential   n * w
        threads      k * THREAD_START_S + n * max(c, w / k)      (the GIL serialises c)
-       processes    PROCESS_START_S + n * w / P + n * PROCESS_ITEM_S
+       processes    PROCESS_START_S + warm-up + n * w / P + n * PROCESS_ITEM_S
+
+   plus a hand-off cost per chunk, and the first item's extra time (imports, connections:
+   its warm-up) once per new worker process.
 
    ``k`` threads follow Little's law: to keep one core busy while each item waits
    ``w - c``, about ``w / c`` items must be in flight (capped at THREAD_CAP). ``P`` is the
@@ -42,10 +45,11 @@ CALIBRATION_MAX = 1 << 14  # items, whatever their cost
 SPREAD_BLOCKS = 8         # places of a sequence where calibration takes its items
 PAYOFF = 0.7              # a pool's estimate must be below PAYOFF x sequential
 THREAD_START_S = 60e-6    # one more worker thread
-THREAD_ITEM_S = 4e-6      # hand-off of an item to a thread and back, in the caller
+THREAD_CHUNK_S = 5e-6     # hand-off of a chunk to a thread and back, in the caller
 THREAD_CAP = 128          # threads for waiting-bound work
 PROCESS_START_S = 0.06    # a process pool's first task starting (measured 40-66 ms), and its shutdown
 PROCESS_ITEM_S = 0.08e-6  # pickling an item and its result (measured: small ints)
+PROCESS_CHUNK_S = 20e-6   # a chunk's round trip through the rings, in the caller
 CHUNKS_PER_WORKER = 16    # a short tail: the last chunks end close together
 CHUNK_S = 0.02            # when the number of items is unknown: about this much per chunk
 CHUNK_MAX_S = 0.25        # a chunk's work at most ...
@@ -253,24 +257,26 @@ def choose(profile, remaining, *, workers=None, picklable=lambda: None):
         k_thread = min(workers or THREAD_CAP, max(cpus, k_thread * cpus))
     k_thread = min(k_thread, max(1, int(n)))
     serial = c if gil else c / min(cpus, k_thread)
-    estimates["thread"] = k_thread * THREAD_START_S + n * (max(serial, w / k_thread) + THREAD_ITEM_S)
+    chunk_thread = _chunks_for(remaining, 4 * k_thread, w)
+    estimates["thread"] = (k_thread * THREAD_START_S + n * max(serial, w / k_thread)
+                           + n / chunk_thread * THREAD_CHUNK_S)
     k_proc = min(workers or cpus, cpus, max(1, int(n)))
-    estimates["process"] = PROCESS_START_S + profile.warmup + n * (w / k_proc + PROCESS_ITEM_S)
+    chunk_proc = _chunks_for(remaining, k_proc, w)
+    estimates["process"] = (PROCESS_START_S + profile.warmup + n * (w / k_proc + PROCESS_ITEM_S)
+                            + n / chunk_proc * PROCESS_CHUNK_S)
 
-    fallback = ""
     best = min(estimates, key=estimates.get)
-    if best == "process":
-        why_not = picklable()
-        if why_not is not None:
-            fallback = f"; {why_not}, so threads instead of processes"
-            best = "thread" if estimates["thread"] < estimates["sequential"] else "sequential"
     if best != "sequential" and estimates[best] > PAYOFF * estimates["sequential"]:
         best = "sequential"
-    why = kind + fallback
+    why = kind
+    if best == "process" and (why_not := picklable()) is not None:
+        best, why = "thread", f"{kind}; {why_not}, so threads instead of processes"
+        k_thread = max(k_thread, min(cpus, max(1, int(n))))
+        chunk_thread = _chunks_for(remaining, 4 * k_thread, w)
     if best == "thread":
-        return Plan("thread", k_thread, _chunks_for(remaining, 4 * k_thread, w), why)
+        return Plan("thread", k_thread, chunk_thread, why)
     if best == "process":
-        return Plan("process", k_proc, _chunks_for(remaining, k_proc, w), why)
+        return Plan("process", k_proc, chunk_proc, why)
     return Plan("sequential", 1, 1, why)
 
 
