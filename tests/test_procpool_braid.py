@@ -631,6 +631,26 @@ def wait_for_pids(pidfile, n, proc, timeout=TIMEOUT):
         time.sleep(0.01)
 
 
+def test_terminate_kills_running_tasks_and_cancels_queued_ones(braid, pools, tmp_path):
+    pidfile = tmp_path / "pids"
+    pool = pools(max_workers=2)
+    running = [pool.submit(tasks.sleep_record_pid, str(pidfile), 30, i) for i in range(2)]
+    queued = [pool.submit(tasks.square, i) for i in range(5)]
+    deadline = time.monotonic() + TIMEOUT
+    while len(pids := {int(p) for p in tasks.read_lines(pidfile)}) < 2:
+        assert time.monotonic() < deadline, "the two tasks did not start"
+        time.sleep(0.01)
+    t0 = time.monotonic()
+    pool.terminate()
+    assert time.monotonic() - t0 < 5, "terminate waited for the running tasks"
+    for fut in running:
+        assert isinstance(fut.exception(TIMEOUT), braid.WorkerCrashed)
+    assert all(fut.cancelled() for fut in queued)
+    assert all(tasks.process_gone(pid, zombie_ok=False) for pid in pids)
+    with pytest.raises(RuntimeError):
+        pool.submit(tasks.square, 1)
+
+
 @pytest.mark.parametrize("mode", ["with", "plain"])
 def test_keyboard_interrupt_in_parent(braid, tmp_path, mode):
     pidfile = tmp_path / "pids"
