@@ -357,7 +357,7 @@ def _pool_run(call, plan, chunks, progress):
 def _executor_run(call, items, progress):
     executor = call.executor
     workers = getattr(executor, "_max_workers", None) or policy.usable_cpus()
-    size = call.chunksize or policy._chunks_for(call.total, workers, 0.0)
+    size = call.chunksize or policy.chunk_size(call.total, workers, 0.0)
     window = 2 * workers if call.limit is None else max(1, call.limit // size)
 
     def submit(start, chunk):
@@ -378,7 +378,7 @@ def _fixed_plan(call):
         return policy.Plan("sequential")
     if call.total is not None:
         workers = max(1, min(workers, call.total))
-    chunksize = call.chunksize or policy._chunks_for(call.total, workers, 0.0)
+    chunksize = call.chunksize or policy.chunk_size(call.total, workers, 0.0)
     return policy.Plan(mode, workers, chunksize)
 
 

@@ -6,11 +6,15 @@ primes example is slower on a process pool than on one core at its size), so aut
 measures instead of guessing:
 
 1. Calibration runs the first items for real, in the caller's thread, in batches that
-   grow (1, 1, 4, 16, ...) until they have taken CALIBRATION_S of wall time. Nothing runs
-   twice: these results are the map's own results. Each batch is timed as a whole, with
-   the thread's CPU clock beside the wall clock, so timing costs nothing per item. From a
-   sequence (braid.map reads its input into one) the batches are taken at 8 places spread
-   over it, since cost often grows along the input; from an iterator, from its head.
+   grow (1, 1, 4, 16, ...) until they have taken CALIBRATION_S of wall time, or half a
+   millisecond once it is clear no pool could pay off. Nothing runs twice: these results
+   are the map's own results. The clocks are read around batches, never per item: the
+   wall clock against the thread's CPU clock, less the time the thread sat runnable
+   without a CPU (a busy machine must not make computing look like waiting). The first
+   item is timed alone: its extra cost (imports, connections) is a warm-up, not a cost
+   per item. From a sequence (braid.map reads its input into one) the batches are taken
+   at 8 places spread over it, since cost often grows along the input; from an iterator,
+   from its head.
 2. From the CPU time ``c`` and wall time ``w`` per item, and the number of items left, it
    estimates how long each way would take and picks the fastest:
 
@@ -207,7 +211,7 @@ def thread_workers(profile, cap):
     return max(1, min(cap, math.ceil(w / c)))
 
 
-def _chunks_for(n, workers, wall_each):
+def chunk_size(n, workers, wall_each):
     """Items per chunk: a short tail for a known number of items; else about CHUNK_S of
     work, or one item when the cost is not known (``wall_each`` 0). Never more than
     CHUNK_MAX_S of work, or CHUNK_MAX_ITEMS when the cost is not known, so that the first
@@ -257,11 +261,11 @@ def choose(profile, remaining, *, workers=None, picklable=lambda: None):
         k_thread = min(workers or THREAD_CAP, max(cpus, k_thread * cpus))
     k_thread = min(k_thread, max(1, int(n)))
     serial = c if gil else c / min(cpus, k_thread)
-    chunk_thread = _chunks_for(remaining, 4 * k_thread, w)
+    chunk_thread = chunk_size(remaining, 4 * k_thread, w)
     estimates["thread"] = (k_thread * THREAD_START_S + n * max(serial, w / k_thread)
                            + n / chunk_thread * THREAD_CHUNK_S)
     k_proc = min(workers or cpus, cpus, max(1, int(n)))
-    chunk_proc = _chunks_for(remaining, k_proc, w)
+    chunk_proc = chunk_size(remaining, k_proc, w)
     estimates["process"] = (PROCESS_START_S + profile.warmup + n * (w / k_proc + PROCESS_ITEM_S)
                             + n / chunk_proc * PROCESS_CHUNK_S)
 
@@ -272,7 +276,7 @@ def choose(profile, remaining, *, workers=None, picklable=lambda: None):
     if best == "process" and (why_not := picklable()) is not None:
         best, why = "thread", f"{kind}; {why_not}, so threads instead of processes"
         k_thread = max(k_thread, min(cpus, max(1, int(n))))
-        chunk_thread = _chunks_for(remaining, 4 * k_thread, w)
+        chunk_thread = chunk_size(remaining, 4 * k_thread, w)
     if best == "thread":
         return Plan("thread", k_thread, chunk_thread, why)
     if best == "process":
