@@ -217,6 +217,105 @@ class LoopMixin:
         self.run(loop, main())
         assert steps == ["child ran", "after create_task"]
 
+    # ---- handles and debug mode, as asyncio's --------------------------------------------
+
+    def test_handles_are_asyncio_handles_hashable_and_weakrefable(self, loop):
+        import weakref
+
+        h = loop.call_soon(print)
+        t = loop.call_later(10, print)
+        assert isinstance(h, asyncio.Handle) and not isinstance(h, asyncio.TimerHandle)
+        assert isinstance(t, asyncio.TimerHandle)
+        assert len({h, t, loop.call_later(10, print)}) == 3
+        assert weakref.ref(h)() is h and weakref.ref(t)() is t
+        assert t.when() == t._when and h.cancelled() is False
+        assert repr(h) == "<Handle print()>"
+        assert repr(t).startswith(f"<TimerHandle when={t.when()!r} print()")
+        t.cancel()
+        assert t.cancelled() and repr(t).startswith("<TimerHandle cancelled when=")
+        h.cancel()
+        assert h._callback is None and h._args is None
+
+    def test_debug_mode_shows_the_callbacks_own_exception(self, loop):
+        seen = []
+        loop.set_exception_handler(lambda lp, ctx: seen.append(ctx))
+        loop.set_debug(True)
+
+        def boom():
+            1 / 0
+
+        handle = loop.call_soon(boom)
+        loop.call_later(0.001, boom)
+        self.run(loop, asyncio.sleep(0.05))
+        assert len(seen) == 2
+        for ctx in seen:
+            assert isinstance(ctx["exception"], ZeroDivisionError)
+            assert ctx["message"].startswith("Exception in callback ")
+            assert "boom()" in ctx["message"]
+            # where the callback was scheduled: this test function, as asyncio records it
+            assert ctx["source_traceback"][-1].name == "test_debug_mode_shows_the_callbacks_own_exception"
+        assert seen[0]["handle"] is handle
+        assert "created at " in repr(handle) and " at " in repr(handle).split("created at")[0]
+
+    def test_debug_mode_default_handler_logs_the_error(self, loop, caplog):
+        loop.set_debug(True)
+        loop.call_soon(lambda: 1 / 0)
+        with caplog.at_level("ERROR", logger="asyncio"):
+            self.run(loop, asyncio.sleep(0.02))
+        assert "ZeroDivisionError" in caplog.text
+        assert "Exception in default exception handler" not in caplog.text
+
+    def test_debug_mode_refuses_calls_from_another_thread(self, loop):
+        loop.set_debug(True)
+        errors = []
+
+        def other_thread():
+            for call in (lambda: loop.call_soon(print), lambda: loop.call_later(1, print),
+                         lambda: loop.call_at(loop.time() + 1, print)):
+                try:
+                    call()
+                except RuntimeError as exc:
+                    errors.append(str(exc))
+            loop.call_soon_threadsafe(print)  # the thread-safe one is fine
+
+        async def main():
+            t = threading.Thread(target=other_thread)
+            t.start()
+            await asyncio.sleep(0.01)
+            t.join(TIMEOUT)
+
+        self.run(loop, main())
+        assert errors == ["Non-thread-safe operation invoked on an event loop other than the current one"] * 3
+
+    def test_add_reader_converts_fileno_with_int(self, loop):
+        a, b = socket.socketpair()
+
+        class FileLike:
+            def __init__(self, fd):
+                self.fd = fd
+
+            def fileno(self):
+                return self  # not an int: int() of it is
+
+            def __index__(self):
+                return self.fd
+
+            __int__ = __index__
+
+        try:
+            got = loop.create_future()
+            loop.add_reader(FileLike(a.fileno()), lambda: got.done() or got.set_result(a.recv(1)))
+            b.send(b"x")
+            assert self.run(loop, got) == b"x"
+            assert loop.remove_reader(FileLike(a.fileno())) is True
+            for bad, message in ((object(), "Invalid file object"), (-1, "Invalid file descriptor: -1"),
+                                 ("x", "Invalid file object: 'x'")):
+                with pytest.raises(ValueError, match=message):
+                    loop.add_reader(bad, print)
+        finally:
+            a.close()
+            b.close()
+
     def test_time_is_monotonic_seconds(self, loop):
         assert abs(loop.time() - time.monotonic()) < 1.0
 

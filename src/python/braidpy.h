@@ -24,7 +24,8 @@ typedef struct {
     PyTypeObject *mapiter_type;
     PyTypeObject *procpool_core_type;
     PyTypeObject *loop_core_type;   /* _LoopCore */
-    PyTypeObject *loop_handle_type; /* LoopHandle (Handle and TimerHandle) */
+    PyTypeObject *loop_handle_type; /* LoopHandle, an asyncio.Handle (made by the first Loop) */
+    PyTypeObject *loop_timer_type;  /* LoopTimerHandle, an asyncio.TimerHandle */
     PyTypeObject *stream_fast_type; /* _StreamTransportFast */
 #define BRAID_LOOP_NAMES 6
     PyObject *loop_names[BRAID_LOOP_NAMES]; /* interned attribute names (loop.c) */
@@ -159,6 +160,7 @@ void braid_pool_cancel_work(pool_core_t *core, br_work_t *work);
 
 /* loop.c */
 int braid_loop_init_types(PyObject *module, braid_state *st);
+PyObject *braid_module_from_type(PyTypeObject *tp); /* borrowed; NULL with an error if not ours */
 int braid_loop_traverse(braid_state *st, visitproc visit, void *arg);
 void braid_loop_clear(braid_state *st);
 
@@ -177,7 +179,10 @@ PyObject *braid_worker_acked(PyObject *module, PyObject *unused);
 
 /* mapiter.c */
 int braid_mapiter_init_types(PyObject *module, braid_state *st);
+/* buffersize: tasks (chunks) submitted ahead of the results handed out;
+ * 0 submits them all at the call (Executor.map's buffersize=None). */
 PyObject *braid_mapiter_new(braid_state *st, PyObject *pool, PyObject *fn,
-                            PyObject *iterables, int64_t deadline, Py_ssize_t chunksize);
+                            PyObject *iterables, int64_t deadline, Py_ssize_t chunksize,
+                            Py_ssize_t buffersize);
 
 #endif /* BRAIDPY_H */

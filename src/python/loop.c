@@ -24,24 +24,14 @@
 #include "braidpy.h"
 #include "compat.h"
 
+#include <structmember.h> /* T_OBJECT_EX: how asyncio's __slots__ are stored */
+
 #include <errno.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* --------------------------------------------------------- handles */
-
-typedef struct {
-    PyObject_HEAD
-    PyObject *callback;
-    PyObject *args;      /* tuple */
-    PyObject *context;   /* contextvars.Context or NULL */
-    PyObject *loop;      /* the Loop, for the exception handler */
-    int cancelled;
-    int is_timer;
-    int64_t when;        /* timers: deadline, br_now_ns() clock */
-    uint64_t seq;        /* timers: order among equal deadlines */
-    Py_ssize_t heap_index; /* -1 while not in the heap */
-} HandleObject;
+typedef PyObject HandleObject; /* an asyncio.Handle or TimerHandle: see the handles section */
 
 typedef struct watcher_s {
     br_io_t io;
@@ -92,78 +82,113 @@ static braid_state *loop_state(PyObject *o)
     return braid_state_from_type(Py_TYPE(o));
 }
 
-static int handle_traverse(HandleObject *h, visitproc visit, void *arg)
+/* --------------------------------------------------------- handles
+ *
+ * A handle is an asyncio.Handle (call_soon, call_soon_threadsafe, fd
+ * watchers) or an asyncio.TimerHandle (call_later, call_at): braid's two
+ * handle types are C subtypes of asyncio's classes, made when the first Loop
+ * of the interpreter starts (asyncio is imported then, not with braid). Their
+ * data lives in asyncio's own __slots__ -- _callback, _args, _cancelled,
+ * _loop, _source_traceback, _repr, _context, and TimerHandle's _scheduled and
+ * _when -- so asyncio's Python methods, its repr ("at file:line", "created
+ * at" in debug mode), its __eq__/__hash__, weak references and every
+ * attribute asyncio's code reads behave as on asyncio's own loop. What the C
+ * timer heap needs (the deadline in ns, the order among equal deadlines, the
+ * heap position) follows asyncio's layout in a tail. The slots' offsets come
+ * from asyncio's member descriptors; they are the same in every interpreter
+ * of the process (one build of asyncio), so they are plain statics.
+ *
+ * Only cancel() and _run() are C methods here (the hot ones); the rest is
+ * asyncio's.
+ */
+
+typedef struct {
+    int64_t when;          /* timers: deadline, br_now_ns() clock */
+    uint64_t seq;          /* timers: order among equal deadlines */
+    Py_ssize_t heap_index; /* -1 while not in the heap */
+    int is_timer;
+} handle_tail_t;
+
+static struct {
+    Py_ssize_t callback, args, cancelled, loop, source_traceback, repr, context; /* asyncio.Handle */
+    Py_ssize_t scheduled, when;                                                  /* asyncio.TimerHandle */
+    Py_ssize_t tail;       /* handle_tail_t, after TimerHandle's layout in both types */
+} hoff;
+
+#define HSLOT(h, name) (*(PyObject **)((char *)(h) + hoff.name))
+
+static inline handle_tail_t *htail(HandleObject *h)
 {
-    Py_VISIT(Py_TYPE(h));
-    Py_VISIT(h->callback);
-    Py_VISIT(h->args);
-    Py_VISIT(h->context);
-    Py_VISIT(h->loop);
-    return 0;
+    return (handle_tail_t *)((char *)h + hoff.tail);
 }
 
-static int handle_clear(HandleObject *h)
+/* Replaces a slot's value (the slot owns a reference; NULL reads as unset). */
+static inline void hset(HandleObject *h, Py_ssize_t off, PyObject *value)
 {
-    Py_CLEAR(h->callback);
-    Py_CLEAR(h->args);
-    Py_CLEAR(h->context);
-    Py_CLEAR(h->loop);
-    return 0;
+    PyObject **p = (PyObject **)((char *)h + off);
+    PyObject *old = *p;
+    *p = value;
+    Py_XDECREF(old);
 }
 
-static void handle_dealloc(HandleObject *h)
+static inline int handle_is_cancelled(HandleObject *h)
 {
-    PyTypeObject *tp = Py_TYPE(h);
-    PyObject_GC_UnTrack(h);
-    handle_clear(h);
-    tp->tp_free(h);
-    Py_DECREF(tp);
+    return HSLOT(h, cancelled) == Py_True;
 }
 
 static void heap_remove(LoopObject *L, Py_ssize_t i);
 
+/* asyncio's Handle.cancel and TimerHandle.cancel: the callback and its
+ * arguments are dropped at once, so a cancelled callback does not keep what
+ * it closes over alive; in debug mode the repr is kept first. */
 static PyObject *handle_cancel(HandleObject *h, PyObject *unused)
 {
-    if (!h->cancelled) {
-        h->cancelled = 1;
-        if (h->heap_index >= 0 && h->loop != NULL) {
-            heap_remove((LoopObject *)h->loop, h->heap_index);
-        }
-        /* drop the references now, as asyncio does, so a cancelled
-         * callback does not keep what it closes over alive */
-        Py_CLEAR(h->callback);
-        Py_CLEAR(h->args);
+    if (handle_is_cancelled(h)) {
+        Py_RETURN_NONE;
     }
+    hset(h, hoff.cancelled, Py_NewRef(Py_True));
+    LoopObject *L = (LoopObject *)HSLOT(h, loop);
+    if (htail(h)->heap_index >= 0 && L != NULL) {
+        heap_remove(L, htail(h)->heap_index);
+    }
+    if (L != NULL && L->debug) {
+        PyObject *r = PyObject_Repr(h);
+        if (r == NULL) {
+            return NULL;
+        }
+        hset(h, hoff.repr, r);
+    }
+    hset(h, hoff.callback, Py_NewRef(Py_None));
+    hset(h, hoff.args, Py_NewRef(Py_None));
     Py_RETURN_NONE;
 }
 
-static PyObject *handle_cancelled(HandleObject *h, PyObject *unused)
-{
-    return PyBool_FromLong(h->cancelled);
-}
-
-static PyObject *handle_when(HandleObject *h, PyObject *unused)
-{
-    return PyFloat_FromDouble((double)h->when / 1e9);
-}
-
-static PyObject *handle_get_context(HandleObject *h, PyObject *unused)
-{
-    return Py_NewRef(h->context ? h->context : Py_None);
-}
-
+/* A callback's exception, to the loop's exception handler, with asyncio's
+ * words and context keys. */
 static void report_callback_error(HandleObject *h)
 {
     PyObject *exc = PyErr_GetRaisedException();
-    PyObject *msg = PyUnicode_FromFormat("Exception in callback %R", h->callback ? h->callback : Py_None);
-    PyObject *ctx = msg ? Py_BuildValue("{s:N,s:O,s:O}", "message", msg, "exception", exc, "handle", (PyObject *)h)
-                        : NULL;
-    PyObject *r = (ctx && h->loop) ? PyObject_CallMethod(h->loop, "call_exception_handler", "O", ctx) : NULL;
+    PyObject *fh = PyImport_ImportModule("asyncio.format_helpers");
+    PyObject *source = fh ? PyObject_CallMethod(fh, "_format_callback_source", "OO", HSLOT(h, callback),
+                                                HSLOT(h, args))
+                          : NULL;
+    PyObject *msg = source ? PyUnicode_FromFormat("Exception in callback %U", source) : NULL;
+    PyObject *ctx = msg ? Py_BuildValue("{s:O,s:O,s:O}", "message", msg, "exception", exc, "handle", h) : NULL;
+    PyObject *tb = HSLOT(h, source_traceback);
+    if (ctx != NULL && tb != NULL && tb != Py_None && PyObject_IsTrue(tb) == 1 &&
+        PyDict_SetItemString(ctx, "source_traceback", tb) < 0) {
+        Py_CLEAR(ctx);
+    }
+    PyObject *loop = HSLOT(h, loop);
+    PyObject *r = (ctx && loop) ? PyObject_CallMethod(loop, "call_exception_handler", "O", ctx) : NULL;
     if (r == NULL) {
-        PyErr_WriteUnraisable((PyObject *)h);
+        PyErr_WriteUnraisable(h);
     }
     Py_XDECREF(r);
     Py_XDECREF(ctx);
+    Py_XDECREF(msg);
+    Py_XDECREF(source);
+    Py_XDECREF(fh);
     Py_XDECREF(exc);
 }
 
@@ -171,14 +196,16 @@ static void report_callback_error(HandleObject *h)
  * propagate (-1), as in asyncio; other exceptions go to the handler. */
 static int handle_run(HandleObject *h)
 {
-    if (h->cancelled || h->callback == NULL) {
+    PyObject *cb = HSLOT(h, callback);
+    if (handle_is_cancelled(h) || cb == NULL || cb == Py_None) {
         return 0;
     }
-    if (h->context != NULL && PyContext_Enter(h->context) < 0) {
+    PyObject *context = HSLOT(h, context);
+    if (context != NULL && context != Py_None && PyContext_Enter(context) < 0) {
         return -1;
     }
-    PyObject *r = PyObject_Call(h->callback, h->args, NULL);
-    if (h->context != NULL && PyContext_Exit(h->context) < 0) {
+    PyObject *r = PyObject_Call(cb, HSLOT(h, args), NULL);
+    if (context != NULL && context != Py_None && PyContext_Exit(context) < 0) {
         Py_XDECREF(r);
         return -1;
     }
@@ -198,61 +225,50 @@ static PyObject *handle_run_method(HandleObject *h, PyObject *unused)
     return handle_run(h) < 0 ? NULL : Py_NewRef(Py_None);
 }
 
-static PyObject *handle_repr(HandleObject *h)
+/* The slots this file fills; asyncio's own Python code may set no others. */
+#define HANDLE_SLOTS(X) X(callback) X(args) X(cancelled) X(loop) X(source_traceback) X(repr) X(context)
+
+static int handle_traverse(HandleObject *h, visitproc visit, void *arg)
 {
-    const char *name = h->is_timer ? "TimerHandle" : "Handle";
-    if (h->cancelled) {
-        return PyUnicode_FromFormat("<%s cancelled>", name);
+    Py_VISIT(Py_TYPE(h));
+#define VISIT_SLOT(name) Py_VISIT(HSLOT(h, name));
+    HANDLE_SLOTS(VISIT_SLOT)
+#undef VISIT_SLOT
+    if (htail(h)->is_timer) {
+        Py_VISIT(HSLOT(h, scheduled));
+        Py_VISIT(HSLOT(h, when));
     }
-    if (h->is_timer) {
-        PyObject *when = PyFloat_FromDouble((double)h->when / 1e9);
-        PyObject *r = when ? PyUnicode_FromFormat("<%s when=%R %R>", name, when, h->callback) : NULL;
-        Py_XDECREF(when);
-        return r;
+    return 0;
+}
+
+static int handle_clear(HandleObject *h)
+{
+#define CLEAR_SLOT(name) Py_CLEAR(HSLOT(h, name));
+    HANDLE_SLOTS(CLEAR_SLOT)
+#undef CLEAR_SLOT
+    if (htail(h)->is_timer) {
+        Py_CLEAR(HSLOT(h, scheduled));
+        Py_CLEAR(HSLOT(h, when));
     }
-    return PyUnicode_FromFormat("<%s %R>", name, h->callback);
+    return 0;
 }
 
-static PyObject *handle_richcompare(HandleObject *a, PyObject *b, int op)
+/* asyncio's subtype_dealloc would do, generically; this is the short way
+ * for a layout known here. */
+static void handle_dealloc(HandleObject *h)
 {
-    if (!PyObject_TypeCheck(b, Py_TYPE(a)) || !a->is_timer || !((HandleObject *)b)->is_timer) {
-        Py_RETURN_NOTIMPLEMENTED;
+    PyTypeObject *tp = Py_TYPE(h);
+    PyObject_GC_UnTrack(h);
+    if (*(PyObject **)((char *)h + tp->tp_weaklistoffset) != NULL) {
+        PyObject_ClearWeakRefs(h);
     }
-    int64_t x = a->when, y = ((HandleObject *)b)->when;
-    if (op == Py_EQ || op == Py_NE) {
-        int eq = x == y && a->callback == ((HandleObject *)b)->callback && a->cancelled == ((HandleObject *)b)->cancelled;
-        return PyBool_FromLong(op == Py_EQ ? eq : !eq);
-    }
-    Py_RETURN_RICHCOMPARE(x, y, op);
+    handle_clear(h);
+    tp->tp_free(h);
+    Py_DECREF(tp);
 }
-
-static PyObject *handle_get_callback(HandleObject *h, void *unused)
-{
-    return Py_NewRef(h->callback ? h->callback : Py_None);
-}
-
-static PyObject *handle_get_args(HandleObject *h, void *unused)
-{
-    return Py_NewRef(h->args ? h->args : Py_None);
-}
-
-static PyObject *handle_get_cancelled(HandleObject *h, void *unused)
-{
-    return PyBool_FromLong(h->cancelled);
-}
-
-/* the attributes asyncio's own code reads from its handles */
-static PyGetSetDef handle_getset[] = {
-    {"_callback", (getter)handle_get_callback, NULL, NULL, NULL},
-    {"_args", (getter)handle_get_args, NULL, NULL, NULL},
-    {"_cancelled", (getter)handle_get_cancelled, NULL, NULL, NULL},
-    {NULL}};
 
 static PyMethodDef handle_methods[] = {
     {"cancel", (PyCFunction)handle_cancel, METH_NOARGS, "Cancels the callback; idempotent."},
-    {"cancelled", (PyCFunction)handle_cancelled, METH_NOARGS, NULL},
-    {"when", (PyCFunction)handle_when, METH_NOARGS, "Timers: the loop time it is scheduled for."},
-    {"get_context", (PyCFunction)handle_get_context, METH_NOARGS, NULL},
     {"_run", (PyCFunction)handle_run_method, METH_NOARGS, NULL},
     {NULL}};
 
@@ -261,18 +277,87 @@ static PyType_Slot handle_slots[] = {
     {Py_tp_traverse, handle_traverse},
     {Py_tp_clear, handle_clear},
     {Py_tp_methods, handle_methods},
-    {Py_tp_getset, handle_getset},
-    {Py_tp_repr, handle_repr},
-    {Py_tp_richcompare, handle_richcompare},
-    {Py_tp_doc, "A callback scheduled on a braid.Loop (call_soon, call_later, call_at)."},
+    {Py_tp_doc, "A callback scheduled on a braid.Loop: an asyncio.Handle."},
+    {0, NULL}};
+
+static PyType_Slot timer_handle_slots[] = {
+    {Py_tp_dealloc, handle_dealloc},
+    {Py_tp_traverse, handle_traverse},
+    {Py_tp_clear, handle_clear},
+    {Py_tp_methods, handle_methods},
+    {Py_tp_doc, "A callback scheduled on a braid.Loop for a time: an asyncio.TimerHandle."},
     {0, NULL}};
 
 static PyType_Spec handle_spec = {
-    .name = "braid._braid.LoopHandle",
-    .basicsize = sizeof(HandleObject),
+    .name = "braid._braid.Handle", /* asyncio's repr shows the class name */
+    /* weak references: asyncio's __weakref__ slot, inherited */
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION,
     .slots = handle_slots,
 };
+
+static PyType_Spec timer_handle_spec = {
+    .name = "braid._braid.TimerHandle",
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = timer_handle_slots,
+};
+
+/* The offset of the __slots__ member `name` of `cls`, or -1 with an error. */
+static Py_ssize_t slot_offset(PyObject *cls, const char *name)
+{
+    PyObject *d = PyObject_GetAttrString(cls, name);
+    if (d == NULL) {
+        return -1;
+    }
+    Py_ssize_t off = -1;
+    if (Py_IS_TYPE(d, &PyMemberDescr_Type)) {
+        PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+        if (m->type == T_OBJECT_EX) {
+            off = m->offset;
+        }
+    }
+    Py_DECREF(d);
+    if (off < 0) {
+        PyErr_Format(PyExc_RuntimeError, "asyncio's %s has no slot %s: this asyncio is not supported", ((PyTypeObject *)cls)->tp_name, name);
+    }
+    return off;
+}
+
+/* Makes the two handle types of this interpreter on asyncio's classes. */
+static int make_handle_types(braid_state *st, PyObject *module)
+{
+    PyObject *events = PyImport_ImportModule("asyncio.events");
+    PyObject *handle = events ? PyObject_GetAttrString(events, "Handle") : NULL;
+    PyObject *timer = handle ? PyObject_GetAttrString(events, "TimerHandle") : NULL;
+    int rc = -1;
+    if (timer == NULL) {
+        goto done;
+    }
+    const struct { const char *name; PyObject *cls; Py_ssize_t *off; } slots[] = {
+        {"_callback", handle, &hoff.callback}, {"_args", handle, &hoff.args},
+        {"_cancelled", handle, &hoff.cancelled}, {"_loop", handle, &hoff.loop},
+        {"_source_traceback", handle, &hoff.source_traceback}, {"_repr", handle, &hoff.repr},
+        {"_context", handle, &hoff.context}, {"_scheduled", timer, &hoff.scheduled},
+        {"_when", timer, &hoff.when},
+    };
+    for (size_t i = 0; i < sizeof slots / sizeof slots[0]; i++) {
+        if ((*slots[i].off = slot_offset(slots[i].cls, slots[i].name)) < 0) {
+            goto done;
+        }
+    }
+    hoff.tail = ((PyTypeObject *)timer)->tp_basicsize;
+    handle_spec.basicsize = timer_handle_spec.basicsize = (int)(hoff.tail + sizeof(handle_tail_t));
+    st->loop_handle_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &handle_spec, handle);
+    if (st->loop_handle_type == NULL) {
+        goto done;
+    }
+    st->loop_timer_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &timer_handle_spec, timer);
+    rc = st->loop_timer_type ? 0 : -1;
+done:
+    Py_XDECREF(timer);
+    Py_XDECREF(handle);
+    Py_XDECREF(events);
+    return rc;
+}
 
 /* --------------------------------------------------------- ready queue and timer heap */
 
@@ -308,13 +393,14 @@ static PyObject *ready_pop(LoopObject *L)
 
 static int before(HandleObject *a, HandleObject *b)
 {
-    return a->when < b->when || (a->when == b->when && a->seq < b->seq);
+    handle_tail_t *x = htail(a), *y = htail(b);
+    return x->when < y->when || (x->when == y->when && x->seq < y->seq);
 }
 
 static void heap_set(LoopObject *L, size_t i, HandleObject *h)
 {
     L->heap[i] = h;
-    h->heap_index = (Py_ssize_t)i;
+    htail(h)->heap_index = (Py_ssize_t)i;
 }
 
 static void sift_up(LoopObject *L, size_t i)
@@ -363,6 +449,7 @@ static int heap_push(LoopObject *L, HandleObject *h)
     L->heap_len++;
     heap_set(L, L->heap_len - 1, h);
     sift_up(L, L->heap_len - 1);
+    hset(h, hoff.scheduled, Py_NewRef(Py_True));
     return 0;
 }
 
@@ -374,9 +461,10 @@ static void heap_remove(LoopObject *L, Py_ssize_t i)
     if ((size_t)i != L->heap_len) {
         heap_set(L, (size_t)i, L->heap[L->heap_len]);
         sift_down(L, (size_t)i);
-        sift_up(L, (size_t)L->heap[i]->heap_index);
+        sift_up(L, (size_t)htail(L->heap[i])->heap_index);
     }
-    h->heap_index = -1;
+    htail(h)->heap_index = -1;
+    hset(h, hoff.scheduled, Py_NewRef(Py_False));
     Py_DECREF(h);
 }
 
@@ -391,8 +479,40 @@ static int check_open(LoopObject *L)
     return 0;
 }
 
+/* Debug mode, as asyncio's _check_thread: the scheduling methods that are
+ * not thread-safe refuse a call from another thread than the running loop's. */
+static int check_thread(LoopObject *L)
+{
+    PyObject *tid = PyObject_GetAttrString((PyObject *)L, "_thread_id");
+    if (tid == NULL) {
+        return -1;
+    }
+    int other = tid != Py_None && PyLong_AsUnsignedLong(tid) != PyThread_get_thread_ident();
+    Py_DECREF(tid);
+    if (PyErr_Occurred()) {
+        return -1;
+    }
+    if (other) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "Non-thread-safe operation invoked on an event loop other than the current one");
+        return -1;
+    }
+    return 0;
+}
+
+/* Debug mode, as asyncio's Handle: where the handle was made, up to the
+ * caller's frame (asyncio.format_helpers.extract_stack). */
+static PyObject *source_traceback(void)
+{
+    PyObject *fh = PyImport_ImportModule("asyncio.format_helpers");
+    PyFrameObject *frame = PyEval_GetFrame();
+    PyObject *tb = fh ? PyObject_CallMethod(fh, "extract_stack", "O", frame ? (PyObject *)frame : Py_None) : NULL;
+    Py_XDECREF(fh);
+    return tb;
+}
+
 static HandleObject *make_handle(LoopObject *L, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
-                                 const char *what, Py_ssize_t skip)
+                                 const char *what, Py_ssize_t skip, int timer)
 {
     braid_state *st = loop_state((PyObject *)L);
     if (check_open(L) < 0) {
@@ -422,33 +542,44 @@ static HandleObject *make_handle(LoopObject *L, PyObject *const *args, Py_ssize_
         PyErr_Format(PyExc_TypeError, "coroutines cannot be used with %s()", what);
         return NULL;
     }
-    HandleObject *h = PyObject_GC_New(HandleObject, st->loop_handle_type);
+    PyTypeObject *tp = timer ? st->loop_timer_type : st->loop_handle_type;
+    HandleObject *h = PyObject_GC_New(PyObject, tp); /* not zeroed: every field is set below */
     if (h == NULL) {
         return NULL;
     }
-    h->callback = Py_NewRef(cb);
-    h->args = PyTuple_New(nargs - skip - 1);
-    h->context = context ? Py_NewRef(context) : PyContext_CopyCurrent();
-    h->loop = Py_NewRef((PyObject *)L);
-    h->cancelled = 0;
-    h->is_timer = 0;
-    h->when = 0;
-    h->seq = 0;
-    h->heap_index = -1;
+    *(PyObject **)((char *)h + tp->tp_weaklistoffset) = NULL;
+    handle_tail_t *t = htail(h);
+    t->heap_index = -1;
+    t->is_timer = timer;
+    PyObject *hargs = PyTuple_New(nargs - skip - 1);
+    for (Py_ssize_t i = skip + 1; hargs && i < nargs; i++) {
+        PyTuple_SET_ITEM(hargs, i - skip - 1, Py_NewRef(args[i]));
+    }
+    HSLOT(h, callback) = Py_NewRef(cb);
+    HSLOT(h, args) = hargs;
+    HSLOT(h, context) = context ? Py_NewRef(context) : PyContext_CopyCurrent();
+    HSLOT(h, loop) = Py_NewRef((PyObject *)L);
+    HSLOT(h, cancelled) = Py_NewRef(Py_False);
+    HSLOT(h, repr) = Py_NewRef(Py_None);
+    HSLOT(h, source_traceback) = L->debug ? source_traceback() : Py_NewRef(Py_None);
+    if (timer) {
+        HSLOT(h, scheduled) = Py_NewRef(Py_False);
+        HSLOT(h, when) = NULL; /* schedule_at sets it */
+    }
     PyObject_GC_Track(h);
-    if (h->args == NULL || h->context == NULL) {
+    if (hargs == NULL || HSLOT(h, context) == NULL || HSLOT(h, source_traceback) == NULL) {
         Py_DECREF(h);
         return NULL;
-    }
-    for (Py_ssize_t i = skip + 1; i < nargs; i++) {
-        PyTuple_SET_ITEM(h->args, i - skip - 1, Py_NewRef(args[i]));
     }
     return h;
 }
 
 static PyObject *loop_call_soon(LoopObject *L, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    HandleObject *h = make_handle(L, args, nargs, kwnames, "call_soon", 0);
+    if (L->debug && L->init_done && check_thread(L) < 0) {
+        return NULL;
+    }
+    HandleObject *h = make_handle(L, args, nargs, kwnames, "call_soon", 0, 0);
     if (h == NULL || ready_push(L, (PyObject *)h) < 0) {
         Py_XDECREF(h);
         return NULL;
@@ -459,7 +590,7 @@ static PyObject *loop_call_soon(LoopObject *L, PyObject *const *args, Py_ssize_t
 static PyObject *loop_call_soon_threadsafe(LoopObject *L, PyObject *const *args, Py_ssize_t nargs,
                                            PyObject *kwnames)
 {
-    HandleObject *h = make_handle(L, args, nargs, kwnames, "call_soon_threadsafe", 0);
+    HandleObject *h = make_handle(L, args, nargs, kwnames, "call_soon_threadsafe", 0, 0);
     if (h == NULL || ready_push(L, (PyObject *)h) < 0) {
         Py_XDECREF(h);
         return NULL;
@@ -472,13 +603,19 @@ static PyObject *loop_call_soon_threadsafe(LoopObject *L, PyObject *const *args,
 static PyObject *schedule_at(LoopObject *L, int64_t when, PyObject *const *args, Py_ssize_t nargs,
                              PyObject *kwnames, const char *what)
 {
-    HandleObject *h = make_handle(L, args, nargs, kwnames, what, 1);
+    if (L->debug && L->init_done && check_thread(L) < 0) {
+        return NULL;
+    }
+    HandleObject *h = make_handle(L, args, nargs, kwnames, what, 1, 1);
     if (h == NULL) {
         return NULL;
     }
-    h->is_timer = 1;
-    h->when = when;
-    h->seq = L->seq++;
+    htail(h)->when = when;
+    htail(h)->seq = L->seq++;
+    if ((HSLOT(h, when) = PyFloat_FromDouble((double)when / 1e9)) == NULL) {
+        Py_DECREF(h);
+        return NULL;
+    }
     if (heap_push(L, h) < 0) {
         Py_DECREF(h);
         return NULL;
@@ -547,13 +684,37 @@ static void watcher_closed(br_handle_t *h)
     PyMem_RawFree(h);
 }
 
+/* The fd of an int or of an object with fileno(), converted with int() as
+ * selectors._fileobj_to_fd does, with its errors. */
 static int fd_of(PyObject *fileobj)
 {
-    int fd = PyObject_AsFileDescriptor(fileobj);
-    if (fd < 0 && !PyErr_Occurred()) {
-        PyErr_SetString(PyExc_ValueError, "invalid file descriptor");
+    PyObject *n;
+    if (PyLong_Check(fileobj)) {
+        n = Py_NewRef(fileobj);
+    } else {
+        PyObject *r = PyObject_CallMethod(fileobj, "fileno", NULL);
+        n = r ? PyNumber_Long(r) : NULL;
+        Py_XDECREF(r);
+        if (n == NULL) {
+            if (PyErr_ExceptionMatches(PyExc_AttributeError) || PyErr_ExceptionMatches(PyExc_TypeError) ||
+                PyErr_ExceptionMatches(PyExc_ValueError)) {
+                PyErr_Clear();
+                PyErr_Format(PyExc_ValueError, "Invalid file object: %R", fileobj);
+            }
+            return -1;
+        }
     }
-    return fd;
+    int overflow;
+    long fd = PyLong_AsLongAndOverflow(n, &overflow);
+    Py_DECREF(n);
+    if (fd == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (overflow != 0 || fd < 0 || fd > INT_MAX) {
+        PyErr_Format(PyExc_ValueError, "Invalid file descriptor: %R", fileobj);
+        return -1;
+    }
+    return (int)fd;
 }
 
 /* (Re)registers w for what it has handles for; closes it when nothing. */
@@ -587,7 +748,7 @@ static PyObject *add_watch(LoopObject *L, PyObject *const *args, Py_ssize_t narg
     if (fd < 0) {
         return NULL;
     }
-    HandleObject *h = make_handle(L, args, nargs, NULL, writer ? "add_writer" : "add_reader", 1);
+    HandleObject *h = make_handle(L, args, nargs, NULL, writer ? "add_writer" : "add_reader", 1, 0);
     if (h == NULL) {
         return NULL;
     }
@@ -778,7 +939,8 @@ static int warn_slow(PyObject *h, double dt)
 /* Runs one ready entry: our handle, or an asyncio.Handle. 0 or -1. */
 static int run_ready_one(braid_state *st, PyObject *h)
 {
-    return Py_IS_TYPE(h, st->loop_handle_type) ? handle_run((HandleObject *)h) : run_foreign(h);
+    return Py_IS_TYPE(h, st->loop_handle_type) || Py_IS_TYPE(h, st->loop_timer_type) ? handle_run(h)
+                                                                                     : run_foreign(h);
 }
 
 /* Debug mode, as asyncio's _run_once: each callback is timed, the slow are
@@ -834,7 +996,7 @@ static PyObject *loop_run_once(LoopObject *L, PyObject *unused)
         if (stop == 1) {
             timeout = 0;
         } else if (L->heap_len > 0) {
-            timeout = L->heap[0]->when - br_now_ns();
+            timeout = htail(L->heap[0])->when - br_now_ns();
             if (timeout < 0) {
                 timeout = 0;
             }
@@ -899,7 +1061,7 @@ static PyObject *loop_run_once(LoopObject *L, PyObject *unused)
     }
     L->fired_len = 0;
     int64_t end = br_now_ns() + 1000000; /* asyncio's clock resolution slack */
-    while (L->heap_len > 0 && L->heap[0]->when <= end) {
+    while (L->heap_len > 0 && htail(L->heap[0])->when <= end) {
         HandleObject *h = (HandleObject *)Py_NewRef(L->heap[0]);
         heap_remove(L, 0);
         int err = ready_push(L, (PyObject *)h);
@@ -1080,7 +1242,12 @@ static int loop_init(LoopObject *L, PyObject *args, PyObject *kwds)
         braid_raise_errno(rc, "creating the event loop");
         return -1;
     }
+    braid_state *st = loop_state((PyObject *)L);
     PyObject *asyncio = PyImport_ImportModule("asyncio");
+    if (asyncio != NULL && st->loop_timer_type == NULL &&
+        make_handle_types(st, braid_module_from_type(Py_TYPE(L))) < 0) {
+        Py_CLEAR(asyncio);
+    }
     if (asyncio != NULL) {
         L->future_type = PyObject_GetAttrString(asyncio, "Future");
         L->task_type = L->future_type ? PyObject_GetAttrString(asyncio, "Task") : NULL;
@@ -1209,10 +1376,6 @@ int braid_loop_init_types(PyObject *module, braid_state *st)
 {
     if (braid_intern_names(st->loop_names, name_text, N_COUNT) < 0 ||
         (st->kwnames_loop = PyTuple_Pack(1, st->loop_names[N_LOOP])) == NULL) {
-        return -1;
-    }
-    st->loop_handle_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &handle_spec, NULL);
-    if (st->loop_handle_type == NULL) {
         return -1;
     }
     st->loop_core_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &loop_spec, NULL);

@@ -13,6 +13,11 @@ braid_state *braid_get_state(PyObject *module)
     return (braid_state *)PyModule_GetState(module);
 }
 
+PyObject *braid_module_from_type(PyTypeObject *tp)
+{
+    return PyType_GetModuleByDef(tp, &braid_module_def);
+}
+
 braid_state *braid_state_from_type(PyTypeObject *tp)
 {
     PyObject *m = PyType_GetModuleByDef(tp, &braid_module_def);
@@ -204,6 +209,7 @@ static int braid_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->procpool_core_type);
     Py_VISIT(st->loop_core_type);
     Py_VISIT(st->loop_handle_type);
+    Py_VISIT(st->loop_timer_type);
     Py_VISIT(st->proc_dumps);
     Py_VISIT(st->proc_loads);
     Py_VISIT(st->proc_envelope_type);
@@ -237,6 +243,7 @@ static int braid_clear(PyObject *module)
     Py_CLEAR(st->procpool_core_type);
     Py_CLEAR(st->loop_core_type);
     Py_CLEAR(st->loop_handle_type);
+    Py_CLEAR(st->loop_timer_type);
     Py_CLEAR(st->proc_dumps);
     Py_CLEAR(st->proc_loads);
     Py_CLEAR(st->proc_envelope_type);
