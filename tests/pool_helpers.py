@@ -5,7 +5,9 @@ as a failing test, never as a hung test run.  The helpers here are imported by
 ``test_threadpool.py``, ``test_threadpool_braid.py``, ``test_procpool_braid.py`` and ``test_future.py``.
 """
 
+import concurrent.futures
 import importlib
+import inspect
 import threading
 
 import pytest
@@ -13,6 +15,33 @@ import pytest
 # Upper bound for any single wait in the tests (result(), join(), Event.wait(), ...).
 # Generous, because it only matters when something is broken.
 TIMEOUT = 10.0
+
+# Executor.map(..., buffersize=) is new in Python 3.14. braid's pools have it on every Python;
+# the buffersize mixins run against the stdlib executors only where the stdlib has it.
+STDLIB_MAP_HAS_BUFFERSIZE = (
+    "buffersize" in inspect.signature(concurrent.futures.Executor.map).parameters
+)
+
+# The exceptions and messages of 3.14's Executor.map for a bad buffersize.
+BAD_BUFFERSIZES = [
+    (0, ValueError, "buffersize must be None or > 0"),
+    (-1, ValueError, "buffersize must be None or > 0"),
+    (1.5, TypeError, "buffersize must be an integer or None"),
+    ("2", TypeError, "buffersize must be an integer or None"),
+]
+
+
+class Counter:
+    """A task that counts its calls (thread-safe) and returns its first argument."""
+
+    def __init__(self):
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, *args):
+        with self.lock:
+            self.calls += 1
+        return args[0] if args else None
 
 
 class GuardedCount:

@@ -6,6 +6,10 @@ on one side only.  Only behaviour the two are meant to share belongs here; braid
 (lambdas, imap/starmap, crashes, retries, timeouts, ...) is in ``test_procpool_braid.py`` and
 ``test_procpool_chaos.py``.
 
+``map`` is eager, as ``Executor.map`` is (every chunk submitted at the call), and takes 3.14's
+``buffersize=`` for a lazy window of chunks: ``ProcessMapBuffersizeMixin`` runs against braid on
+every Python and against ``ProcessPoolExecutor`` where the stdlib has ``buffersize`` (3.14 on).
+
 Task functions live in ``procpool_tasks.py`` so worker processes can import them.  Workers
 cannot see ``threading.Event`` objects, so gates are files (``procpool_tasks.FileGate``); the
 ``pools`` fixture opens every gate before it shuts the pools down, and every wait is bounded
@@ -15,7 +19,9 @@ cannot see ``threading.Event`` objects, so gates are files (``procpool_tasks.Fil
 import asyncio
 import concurrent.futures as cf
 import functools
+import gc
 import hashlib
+import itertools
 import multiprocessing
 import os
 import pickle
@@ -24,6 +30,7 @@ import sys
 import textwrap
 import threading
 import time
+import weakref
 from concurrent.futures.process import BrokenProcessPool
 
 import pytest
@@ -31,7 +38,15 @@ import pytest
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, TESTS_DIR)
 import procpool_tasks as tasks  # noqa: E402
-from pool_helpers import TIMEOUT, PoolFactory, import_braid, run_bounded  # noqa: E402
+from pool_helpers import (  # noqa: E402
+    BAD_BUFFERSIZES,
+    STDLIB_MAP_HAS_BUFFERSIZE,
+    TIMEOUT,
+    GuardedCount,
+    PoolFactory,
+    import_braid,
+    run_bounded,
+)
 
 
 def wait_until(predicate, timeout=TIMEOUT, what="condition"):
@@ -415,6 +430,75 @@ class ProcessExecutorMixin:
         with pytest.raises(StopIteration):
             next(it)
 
+    @pytest.mark.parametrize("chunksize", [1, 4])
+    def test_map_keeps_no_result_it_handed_out(self, pools, chunksize):
+        # CPython's test_free_reference: results are fresh objects unpickled in this process
+        pool = pools(max_workers=2)
+        items = [tasks.CustomError(i) for i in range(10)]
+        for obj in pool.map(tasks.identity, items, chunksize=chunksize, timeout=TIMEOUT):
+            ref = weakref.ref(obj)
+            del obj
+            gc.collect()
+            assert ref() is None, "the map iterator kept a result it had handed out"
+
+    # ---- map submits every chunk at the call ----------------------------------------------
+    # "the iterables are collected immediately rather than lazily": a map called for its side
+    # effects, whose iterator is never consumed, still runs every item.
+
+    def test_map_unconsumed_in_with_block_runs_every_item(self, pools):
+        ran_path = pools.path("ran")
+        pool = pools(max_workers=2)
+
+        def body():
+            with pool:
+                pool.map(functools.partial(tasks.record, ran_path), range(40))
+
+        run_bounded(body, timeout=60, what="with-block")
+        assert sorted(map(int, tasks.read_lines(ran_path))) == list(range(40))
+
+    def test_map_kept_unconsumed_iterator_runs_every_item(self, pools):
+        ran_path = pools.path("ran")
+        pool = pools(max_workers=2)
+        it = pool.map(functools.partial(tasks.record, ran_path), range(40), chunksize=3)
+        run_bounded(lambda: pool.shutdown(wait=True), timeout=60, what="shutdown")
+        assert sorted(map(int, tasks.read_lines(ran_path))) == list(range(40))
+        assert list(it) == list(range(40))
+
+    def test_map_reads_all_input_at_the_call(self, pools):
+        pool, gate, blocked = self.one_blocked_worker(pools)
+        source = GuardedCount(10_000)
+        it = pool.map(tasks.square, itertools.islice(source, 500), timeout=TIMEOUT)
+        assert source.pulled == 500  # read and submitted while the only worker is busy
+        gate.set()
+        assert list(it) == [i * i for i in range(500)]
+
+    def test_map_input_error_is_raised_by_the_call(self, pools):
+        pool = pools(max_workers=2)
+
+        def items():
+            yield from range(5)
+            raise KeyError("from the input")
+
+        with pytest.raises(KeyError):
+            pool.map(tasks.square, items())
+        assert pool.submit(tasks.square, 3).result(TIMEOUT) == 9
+
+    def test_map_closed_or_dropped_before_iterating_runs_every_item(self, pools):
+        # The iterator is a generator that was never started: close() or dropping it runs no
+        # clean-up, so nothing is cancelled.
+        ran_path = pools.path("ran")
+        pool, gate, blocked = self.one_blocked_worker(pools)
+        record = functools.partial(tasks.record, ran_path)
+        closed = pool.map(record, range(10), chunksize=1)
+        closed.close()
+        with pytest.raises(StopIteration):
+            next(closed)
+        dropped = pool.map(record, range(10, 20), chunksize=1)
+        del dropped
+        gate.set()
+        run_bounded(lambda: pool.shutdown(wait=True), timeout=60, what="shutdown")
+        assert sorted(map(int, tasks.read_lines(ran_path))) == list(range(20))
+
     # ---- waiting and callbacks ----------------------------------------------------------
 
     def test_wait_first_completed_and_all(self, pools):
@@ -634,3 +718,101 @@ class TestBraidProcessPool(ProcessExecutorMixin):
 
     def resolve_executor_class(self):
         return import_braid().ProcessPool
+
+
+class ProcessMapBuffersizeMixin:
+    """``map(..., buffersize=N)`` as in Python 3.14: the call submits the first N chunks, each
+    chunk whose results start to be handed out reads and submits one more, so the input is read
+    lazily, at most N chunks ahead of the consumer."""
+
+    executor_class = None
+
+    def resolve_executor_class(self):
+        return self.executor_class
+
+    @pytest.fixture
+    def pools(self, tmp_path):
+        factory = ProcPoolFactory(self.resolve_executor_class(), tmp_path)
+        yield factory
+        factory.close()
+
+    def test_results(self, pools):
+        pool = pools(max_workers=2)
+        ref = list(map(pow, range(10), range(10)))
+        for buffersize in (1, 2, 9, 10, 11):
+            for chunksize in (1, 2, 9, 10, 11):
+                kw = dict(chunksize=chunksize, buffersize=buffersize)
+                assert list(pool.map(pow, range(10), range(10), **kw)) == ref, kw
+        assert list(pool.map(tasks.square, [], buffersize=2)) == []
+
+    @pytest.mark.parametrize("buffersize", [1, 3])
+    def test_window_bound(self, pools, buffersize):
+        pool = pools(max_workers=2)
+        source = GuardedCount(1000)
+        it = pool.map(tasks.square, source, timeout=TIMEOUT, chunksize=1, buffersize=buffersize)
+        assert source.pulled == buffersize, "the call submits the first window"
+        for k in range(1, 30):
+            assert next(it) == (k - 1) ** 2
+            assert source.pulled == buffersize + k, "one more read per result handed out"
+        it.close()
+
+    def test_window_counts_chunks(self, pools):
+        pool = pools(max_workers=2)
+        source = GuardedCount(1000)
+        it = pool.map(tasks.square, source, timeout=TIMEOUT, chunksize=3, buffersize=2)
+        assert source.pulled == 6, "the call submits the first 2 chunks of 3"
+        for k in range(1, 30):
+            assert next(it) == (k - 1) ** 2
+            # the chunk of the k-th result started: one more chunk read when each starts
+            assert source.pulled == 3 * (2 + (k + 2) // 3)
+        it.close()
+
+    def test_endless_input(self, pools):
+        pool = pools(max_workers=2)
+        it = pool.map(tasks.square, itertools.count(), chunksize=1, buffersize=2)
+        assert [next(it) for _ in range(3)] == [0, 1, 4]
+        it.close()
+
+    @pytest.mark.parametrize("bad, exc_type, message", BAD_BUFFERSIZES)
+    def test_bad_buffersize(self, pools, bad, exc_type, message):
+        pool = pools(max_workers=1)
+        source = GuardedCount(10)
+        with pytest.raises(exc_type, match=message):
+            pool.map(tasks.square, source, chunksize=1, buffersize=bad)
+        assert source.pulled == 0
+
+    def test_input_error_is_raised_by_the_next_that_reads_it(self, pools):
+        pool = pools(max_workers=2)
+
+        def items():
+            yield from range(5)
+            raise KeyError("from the input")
+
+        it = pool.map(tasks.square, items(), timeout=TIMEOUT, chunksize=1, buffersize=2)
+        # the call read 0, 1; each next() reads one more before it waits: the 4th reads the error
+        assert [next(it) for _ in range(3)] == [0, 1, 4]
+        with pytest.raises(KeyError):
+            next(it)
+        with pytest.raises(StopIteration):
+            next(it)
+
+    def test_unconsumed_reads_only_the_first_window(self, pools):
+        ran_path = pools.path("ran")
+        pool = pools(max_workers=2)
+        ints = iter(range(10))
+        pool.map(functools.partial(tasks.record, ran_path), ints, chunksize=1, buffersize=2)
+        run_bounded(lambda: pool.shutdown(wait=True), timeout=60, what="shutdown")
+        assert next(ints) == 2
+        assert sorted(map(int, tasks.read_lines(ran_path))) == [0, 1]
+
+
+class TestBraidProcessPoolBuffersize(ProcessMapBuffersizeMixin):
+    def resolve_executor_class(self):
+        return import_braid().ProcessPool
+
+
+# Only where the stdlib has buffersize (3.14 on); braid's side runs on every Python.
+if STDLIB_MAP_HAS_BUFFERSIZE:
+
+    class TestStdlibProcessPoolBuffersize(ProcessMapBuffersizeMixin):
+        executor_class = staticmethod(TestStdlibProcessPool.executor_class)

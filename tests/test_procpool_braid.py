@@ -6,7 +6,8 @@ lambdas, closures and ``__main__`` functions as tasks; the multiprocessing.Pool-
 and automatically chunked ``map``; workers that die mid-task (``WorkerCrashed``), ``retries``,
 ``task_timeout`` (``TaskTimeout``), ``max_tasks_per_worker``; argument checking; and the
 process-lifetime guarantees: Ctrl-C in the parent leaves no worker behind, and neither does a
-parent that is SIGKILLed (PR_SET_PDEATHSIG).
+parent that is SIGKILLed (PR_SET_PDEATHSIG). ``map`` is eager as ``Executor.map`` is; its
+``buffersize=`` window counts chunks, automatic ones too.
 
 Task functions live in ``procpool_tasks.py`` so the workers can import them.  Every wait is
 bounded (``pool_helpers.TIMEOUT``); child scripts run with a timeout and are killed, with any
@@ -340,6 +341,63 @@ def test_map_chunksize_exception_at_position(pools):
     assert [next(it) for _ in range(5)] == [0, 10, 20, 30, 40]
     with pytest.raises(ValueError):
         next(it)
+
+
+# ---- map: eager by default, a window of chunks with buffersize= -----------------------------
+# The behaviour shared with ProcessPoolExecutor is in test_procpool.py (ProcessMapBuffersizeMixin
+# runs on braid for every Python). Here: automatic chunks, and cancelling the window.
+
+
+def test_map_buffersize_with_automatic_chunks(pools):
+    pool = pools(max_workers=2)
+    # range(3200) on 2 workers: chunks of 100 (about sixteen per worker); the window counts them
+    it = pool.map(tasks.square, range(3200), timeout=TIMEOUT, buffersize=2)
+    assert [next(it) for _ in range(150)] == [i * i for i in range(150)]
+    assert list(it) == [i * i for i in range(150, 3200)]
+    # an input without a length: one item per task, as imap
+    source = GuardedCount(1000)
+    it = pool.map(tasks.square, source, timeout=TIMEOUT, buffersize=2)
+    assert source.pulled == 2
+    assert next(it) == 0 and source.pulled == 3
+    it.close()
+
+
+def test_map_eager_submits_every_chunk_at_the_call(pools, tmp_path):
+    pool = pools(max_workers=1)
+    gate = tasks.FileGate(tmp_path / "gate")
+    pools.gates.append(gate)
+    started = str(tmp_path / "started")
+    pool.submit(tasks.block, started, gate.path)
+    assert tasks.wait_for_path(started)
+    source = GuardedCount(10_000)
+    it = pool.map(tasks.square, itertools.islice(source, 1000), chunksize=10, timeout=TIMEOUT)
+    assert source.pulled == 1000
+    gate.set()
+    assert list(it) == [i * i for i in range(1000)]
+
+
+def test_map_buffersize_timeout_cancels_the_window(pools, tmp_path):
+    # Every queued task of braid's pool can be cancelled (the stdlib's call queue holds
+    # max_workers + 1 that cannot): a map that ends early leaves nothing of its window to run.
+    pool = pools(max_workers=1)
+    gate = tasks.FileGate(tmp_path / "gate")
+    pools.gates.append(gate)
+    started = str(tmp_path / "started")
+    blocked = pool.submit(tasks.block, started, gate.path)
+    assert tasks.wait_for_path(started)
+    ran_path = str(tmp_path / "ran")
+    source = GuardedCount(1000)
+    it = pool.map(functools.partial(tasks.record, ran_path), source, timeout=0.2, chunksize=1,
+                  buffersize=3)
+    with pytest.raises(TimeoutError):
+        next(it)
+    with pytest.raises(StopIteration):
+        next(it)
+    assert source.pulled == 4  # the first window, and one more read by next()
+    gate.set()
+    assert blocked.result(TIMEOUT) == "blocker"
+    run_bounded(lambda: pool.shutdown(wait=True), timeout=60, what="shutdown")
+    assert tasks.read_lines(ran_path) == [], "a task of the ended map's window ran"
 
 
 # ---- crashes -------------------------------------------------------------------------------

@@ -2,8 +2,12 @@
 
 The tests live in ``ExecutorMixin`` and run once against the stdlib executor and once against
 braid (DESIGN.md, Conventions), so a difference in behaviour shows up as a failing test on one
-side only.  Only behaviour the two are meant to share belongs here; braid-only behaviour (lazy
-``map``, ``chunksize``, callability checked at submit, ...) is in ``test_threadpool_braid.py``.
+side only.  Only behaviour the two are meant to share belongs here; braid-only behaviour
+(``chunksize``, callability checked at submit, ...) is in ``test_threadpool_braid.py``.
+
+``map`` is eager, as ``Executor.map`` is (every task submitted at the call), and takes 3.14's
+``buffersize=`` for a lazy window: ``MapBuffersizeMixin`` runs against braid on every Python and
+against ``ThreadPoolExecutor`` where the stdlib has ``buffersize`` (3.14 on).
 
 Every wait is bounded (see ``pool_helpers.TIMEOUT``) so a broken pool fails instead of hanging.
 """
@@ -11,7 +15,9 @@ Every wait is bounded (see ``pool_helpers.TIMEOUT``) so a broken pool fails inst
 import asyncio
 import concurrent.futures as cf
 import gc
+import itertools
 import logging
+import operator
 import os
 import subprocess
 import sys
@@ -25,7 +31,17 @@ from concurrent.futures.thread import BrokenThreadPool
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from pool_helpers import TIMEOUT, Blocker, PoolFactory, import_braid, run_bounded  # noqa: E402
+from pool_helpers import (  # noqa: E402
+    BAD_BUFFERSIZES,
+    STDLIB_MAP_HAS_BUFFERSIZE,
+    TIMEOUT,
+    Blocker,
+    Counter,
+    GuardedCount,
+    PoolFactory,
+    import_braid,
+    run_bounded,
+)
 
 
 def square(x):
@@ -131,6 +147,26 @@ RECURSION_SCRIPT = textwrap.dedent(
     print("recursion ok")
     """
 )
+
+
+class _Box:
+    pass
+
+
+def _fresh_box(_):
+    return _Box()
+
+
+def _abandoned_map_in_a_cycle(pool, started, **map_kw):
+    box = _Box()
+
+    def fn(x):
+        return box
+
+    box.it = pool.map(fn, range(50), **map_kw)
+    if started:
+        assert next(box.it) is box
+    return weakref.ref(box)
 
 
 class ExecutorMixin:
@@ -481,6 +517,87 @@ class ExecutorMixin:
         gate.set()
         run_bounded(lambda: pool.shutdown(wait=True), what="shutdown after map drop")
         assert calls == [0, 1], "dropping the map iterator did not cancel the unstarted items"
+
+    # ---- map submits every task at the call ---------------------------------------------
+    # "the iterables are collected immediately rather than lazily": a map called for its side
+    # effects, whose iterator is never consumed, still runs every item.
+
+    def test_map_unconsumed_in_with_block_runs_every_item(self, pools):
+        counter = Counter()
+        pool = pools(max_workers=4)
+
+        def body():
+            with pool:
+                pool.map(counter, range(3000))  # the iterator is dropped at once
+
+        run_bounded(body, what="with-block")
+        assert counter.calls == 3000
+
+    def test_map_kept_unconsumed_iterator_runs_every_item(self, pools):
+        counter = Counter()
+        pool = pools(max_workers=4)
+        it = pool.map(counter, range(3000))  # more items than any read-ahead window
+        run_bounded(lambda: pool.shutdown(wait=True), what="shutdown")
+        assert counter.calls == 3000
+        assert list(it) == list(range(3000))
+
+    def test_map_reads_all_input_at_the_call(self, pools):
+        pool, gate, blocked = self.one_blocked_worker(pools)
+        source = GuardedCount(10_000)
+        it = pool.map(square, itertools.islice(source, 5000), timeout=TIMEOUT)
+        assert source.pulled == 5000  # read and submitted while the only worker is busy
+        gate.set()
+        assert list(it) == [i * i for i in range(5000)]
+
+    def test_map_input_error_is_raised_by_the_call(self, pools):
+        counter = Counter()
+        pool = pools(max_workers=2)
+
+        def items():
+            yield from range(5)
+            raise KeyError("from the input")
+
+        with pytest.raises(KeyError):
+            pool.map(counter, items())
+        # the tasks submitted before it still run, as a list comprehension of submits would
+        run_bounded(lambda: pool.shutdown(wait=True), what="shutdown")
+        assert counter.calls == 5
+
+    def test_map_closed_or_dropped_before_iterating_runs_every_item(self, pools):
+        # The iterator is a generator that was never started: close() or dropping it runs no
+        # clean-up, so nothing is cancelled.
+        counter = Counter()
+        pool, gate, blocked = self.one_blocked_worker(pools)
+        closed = pool.map(counter, range(50))
+        closed.close()
+        with pytest.raises(StopIteration):
+            next(closed)
+        dropped = pool.map(counter, range(50, 100))
+        del dropped
+        gc.collect()
+        gate.set()
+        run_bounded(lambda: pool.shutdown(wait=True), what="shutdown")
+        assert counter.calls == 100
+
+    @pytest.mark.parametrize("chunksize", [1, 4])
+    def test_map_keeps_no_result_it_handed_out(self, pools, chunksize):
+        # CPython's test_free_reference (the stdlib ignores chunksize)
+        pool = pools(max_workers=2)
+        for obj in pool.map(_fresh_box, range(10), chunksize=chunksize, timeout=TIMEOUT):
+            ref = weakref.ref(obj)
+            del obj
+            gc.collect()
+            assert ref() is None, "the map iterator kept a result it had handed out"
+
+    @pytest.mark.parametrize("started", [False, True])
+    def test_map_iterator_in_a_reference_cycle_is_collected(self, pools, started):
+        # The results the iterator holds hold a box that holds the iterator: only the cycle
+        # collector frees it (braid's iterator reports what its finished futures hold).
+        pool = pools(max_workers=2)
+        ref = _abandoned_map_in_a_cycle(pool, started)
+        run_bounded(lambda: pool.shutdown(wait=True), what="shutdown")
+        gc.collect()
+        assert ref() is None, "a map iterator in a reference cycle was not collected"
 
     # ---- concurrency and load -----------------------------------------------------------
 
@@ -972,3 +1089,171 @@ class TestBraidThreadPool(ExecutorMixin):
 
     def resolve_executor_class(self):
         return import_braid().ThreadPool
+
+
+class MapBuffersizeMixin:
+    """``map(..., buffersize=N)`` as in Python 3.14: the call submits the first N tasks, each
+    result handed out reads and submits one more, so the input is read lazily (endless inputs
+    work) at most N ahead of the consumer."""
+
+    executor_class = None
+
+    def resolve_executor_class(self):
+        return self.executor_class
+
+    @pytest.fixture
+    def pools(self):
+        factory = PoolFactory(self.resolve_executor_class())
+        yield factory
+        factory.close()
+
+    @pytest.mark.parametrize("buffersize", [1, 2, 4, 8])
+    def test_results(self, pools, buffersize):
+        pool = pools(max_workers=2)
+        assert list(pool.map(str, range(4), buffersize=buffersize)) == ["0", "1", "2", "3"]
+        got = pool.map(operator.add, range(4), range(4), buffersize=buffersize)
+        assert list(got) == [0, 2, 4, 6]
+        assert list(pool.map(pow, range(10), [2] * 3, buffersize=buffersize)) == [0, 1, 4]
+        assert list(pool.map(str, [], buffersize=buffersize)) == []
+        assert list(pool.map(str, buffersize=buffersize)) == []
+
+    @pytest.mark.parametrize("buffersize", [1, 3, 10])
+    def test_window_bound(self, pools, buffersize):
+        pool = pools(max_workers=4)
+        source = GuardedCount(1000)
+        it = pool.map(square, source, timeout=TIMEOUT, buffersize=buffersize)
+        assert source.pulled == buffersize, "the call submits the first window"
+        for k in range(1, 60):
+            assert next(it) == (k - 1) ** 2
+            assert source.pulled == buffersize + k, "one more read per result handed out"
+        it.close()
+
+    def test_endless_input(self, pools):
+        pool = pools(max_workers=2)
+        it = pool.map(str, itertools.count(), buffersize=2)
+        assert [next(it) for _ in range(3)] == ["0", "1", "2"]
+        it = pool.map(operator.add, itertools.count(), itertools.count(), buffersize=2)
+        assert [next(it) for _ in range(3)] == [0, 2, 4]
+        it.close()
+
+    def test_unconsumed_reads_only_the_first_window(self, pools):
+        counter = Counter()
+        pool = pools(max_workers=2)
+        ints = iter(range(10))
+        pool.map(counter, ints, buffersize=2)
+        run_bounded(lambda: pool.shutdown(wait=True), what="shutdown")
+        assert next(ints) == 2
+        assert counter.calls == 2  # the first window ran: dropping the unstarted iterator
+
+    @pytest.mark.parametrize("bad, exc_type, message", BAD_BUFFERSIZES)
+    def test_bad_buffersize(self, pools, bad, exc_type, message):
+        pool = pools(max_workers=1)
+        source = GuardedCount(10)
+        with pytest.raises(exc_type, match=message):
+            pool.map(square, source, buffersize=bad)
+        assert source.pulled == 0
+
+    def test_input_error_in_first_window_is_raised_by_the_call(self, pools):
+        pool = pools(max_workers=2)
+
+        def items():
+            yield 1
+            raise KeyError("from the input")
+
+        with pytest.raises(KeyError):
+            pool.map(square, items(), buffersize=3)
+
+    def test_input_error_is_raised_by_the_next_that_reads_it(self, pools):
+        pool = pools(max_workers=2)
+
+        def items():
+            yield from range(5)
+            raise KeyError("from the input")
+
+        it = pool.map(square, items(), timeout=TIMEOUT, buffersize=2)
+        # the call read 0, 1; each next() reads one more before it waits: the 4th reads the error
+        assert [next(it) for _ in range(3)] == [0, 1, 4]
+        with pytest.raises(KeyError):
+            next(it)
+        with pytest.raises(StopIteration):
+            next(it)
+
+    def test_task_exception_at_position(self, pools):
+        pool = pools(max_workers=3)
+
+        def fail_at_5(x):
+            if x == 5:
+                raise ValueError(x)
+            return x * 10
+
+        it = pool.map(fail_at_5, GuardedCount(1000), timeout=TIMEOUT, buffersize=4)
+        assert [next(it) for _ in range(5)] == [0, 10, 20, 30, 40]
+        with pytest.raises(ValueError) as excinfo:
+            next(it)
+        assert excinfo.value.args == (5,)
+        with pytest.raises(StopIteration):
+            next(it)
+
+    def test_timeout(self, pools):
+        gate = pools.gate()
+        pool = pools(max_workers=1)
+        blocker = Blocker(gate)
+        it = pool.map(blocker, GuardedCount(1000), timeout=0.05, buffersize=2)
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError):
+            next(it)
+        assert time.monotonic() - t0 < 2.0
+        with pytest.raises(StopIteration):
+            next(it)
+        blocker.wait_started()
+        gate.set()
+
+    @pytest.mark.parametrize("how", ["close", "drop"])
+    def test_ending_a_started_iterator_cancels_the_window(self, pools, how):
+        gate = pools.gate()
+        pool = pools(max_workers=1)
+        second_started = threading.Event()
+        calls = []
+        source = GuardedCount(1000)
+
+        def fn(x):
+            calls.append(x)
+            if x == 1:
+                second_started.set()
+                gate.wait(TIMEOUT)
+            return x
+
+        it = pool.map(fn, source, timeout=TIMEOUT, buffersize=4)
+        assert next(it) == 0
+        assert second_started.wait(TIMEOUT)
+        if how == "close":
+            it.close()
+            with pytest.raises(StopIteration):
+                next(it)
+        else:
+            del it
+            gc.collect()
+        gate.set()
+        run_bounded(lambda: pool.shutdown(wait=True), what="shutdown after the map ended")
+        assert calls == [0, 1], "the window's unstarted tasks ran after the iterator ended"
+        assert source.pulled == 5, "the input was read after the iterator ended"
+
+    @pytest.mark.parametrize("started", [False, True])
+    def test_iterator_in_a_reference_cycle_is_collected(self, pools, started):
+        pool = pools(max_workers=2)
+        ref = _abandoned_map_in_a_cycle(pool, started, buffersize=5)
+        run_bounded(lambda: pool.shutdown(wait=True), what="shutdown")
+        gc.collect()
+        assert ref() is None, "a map iterator in a reference cycle was not collected"
+
+
+class TestBraidThreadPoolBuffersize(MapBuffersizeMixin):
+    def resolve_executor_class(self):
+        return import_braid().ThreadPool
+
+
+# Only where the stdlib has buffersize (3.14 on); braid's side runs on every Python.
+if STDLIB_MAP_HAS_BUFFERSIZE:
+
+    class TestStdlibThreadPoolBuffersize(MapBuffersizeMixin):
+        executor_class = cf.ThreadPoolExecutor

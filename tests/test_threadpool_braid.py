@@ -1,12 +1,14 @@
 """``braid.ThreadPool`` behaviour that the stdlib executor does not share.
 
-The shared behaviour is tested in ``test_threadpool.py`` (run against both executors).  Here:
-callability checked at submit, strict ``max_workers`` type, and the lazy ``map``: bounded
-read-ahead of its input (so an infinite input works), ``chunksize``, timeouts, cancellation of
-the unstarted rest when the iterator is closed or dropped, and exceptions at their position.
+The shared behaviour is tested in ``test_threadpool.py`` (run against both executors; its
+``MapBuffersizeMixin`` covers 3.14's ``buffersize=`` on braid for every Python).  Here:
+callability checked at submit, strict ``max_workers`` type, ``chunksize`` (and the
+``buffersize`` window counted in chunks), the lazy ``map(..., buffersize=N)`` over large and
+endless inputs, timeouts, cancellation of the unstarted rest when a started iterator is closed
+or dropped, exceptions at their position, and an iterator used from two places at once.
 
 Infinite inputs are guarded: ``GuardedCount`` raises once more than ``limit`` items have been
-pulled, so an eager ``map`` fails the test instead of eating memory forever.
+pulled, so a ``map`` that reads past its window fails the test instead of eating memory forever.
 """
 
 import concurrent.futures as cf
@@ -104,46 +106,74 @@ def test_max_workers_none_and_int(braid, pools):
         assert pools(**kw).submit(square, 6).result(TIMEOUT) == 36
 
 
-# ---- lazy map ------------------------------------------------------------------------------
+# ---- map: eager by default, a lazy window with buffersize= ---------------------------------
 
 
-def test_map_reads_input_lazily(pools):
+def test_map_with_buffersize_reads_input_lazily(pools):
     pool = pools(max_workers=4)
     source = GuardedCount(READ_AHEAD_LIMIT * 2)
-    it = pool.map(square, source, timeout=TIMEOUT)
-    assert source.pulled <= READ_AHEAD_LIMIT, "map() call consumed its input eagerly"
+    it = pool.map(square, source, timeout=TIMEOUT, buffersize=1024)
+    assert source.pulled == 1024
     assert iter(it) is it
     first = [next(it) for _ in range(100)]
     assert first == [i * i for i in range(100)]
-    assert source.pulled <= 100 + READ_AHEAD_LIMIT
-    # More consumption reads more input, still in step with the consumer.
+    assert source.pulled == 1024 + 100
+    # More consumption reads more input, in step with the consumer.
     more = [next(it) for _ in range(1000)]
     assert more == [i * i for i in range(100, 1100)]
-    assert 1100 <= source.pulled <= 1100 + READ_AHEAD_LIMIT
+    assert source.pulled == 1024 + 1100
     it.close()
 
     # Now the real thing: an unbounded input where only the first N results are taken.
-    it = pool.map(square, itertools.count())
+    it = pool.map(square, itertools.count(), buffersize=64)
     assert [next(it) for _ in range(200)] == [i * i for i in range(200)]
     del it
     gc.collect()
 
 
-def test_map_infinite_input_with_chunksize(pools):
+def test_map_buffersize_counts_chunks(pools):
     pool = pools(max_workers=4)
     source = GuardedCount(READ_AHEAD_LIMIT * 2)
-    it = pool.map(square, source, timeout=TIMEOUT, chunksize=16)
-    assert [next(it) for _ in range(500)] == [i * i for i in range(500)]
-    assert source.pulled <= 500 + READ_AHEAD_LIMIT
+    it = pool.map(square, source, timeout=TIMEOUT, chunksize=16, buffersize=4)
+    assert source.pulled == 4 * 16, "the call submits the first 4 chunks"
+    for k in range(1, 501):
+        assert next(it) == (k - 1) ** 2
+        # one more chunk is read each time a chunk's results start to be handed out
+        assert source.pulled == 16 * (4 + (k + 15) // 16)
     it.close()
+
+
+def test_map_eager_with_chunksize_submits_every_chunk(pools):
+    gate = pools.gate()
+    pool = pools(max_workers=1)
+    blocker = Blocker(gate)
+    pool.submit(blocker)
+    blocker.wait_started()
+    source = GuardedCount(READ_AHEAD_LIMIT * 2)
+    it = pool.map(square, itertools.islice(source, 1000), timeout=TIMEOUT, chunksize=16)
+    assert source.pulled == 1000
+    assert pool.queued == 63  # ceil(1000 / 16) chunks wait for the busy worker
+    gate.set()
+    assert list(it) == [i * i for i in range(1000)]
+
+
+def test_map_huge_buffersize_is_no_bound(pools):
+    pool = pools(max_workers=2)
+    source = GuardedCount(READ_AHEAD_LIMIT * 2)
+    it = pool.map(square, itertools.islice(source, 300), buffersize=10**30)
+    assert source.pulled == 300
+    assert list(it) == [i * i for i in range(300)]
+    assert list(pool.map(square, range(5), buffersize=True)) == [0, 1, 4, 9, 16]  # an int, as 1
 
 
 def test_map_infinite_with_finite_second_iterable(pools):
     pool = pools(max_workers=2)
+    # zip stops at the shortest input, so even the eager map ends
     assert list(pool.map(operator.add, itertools.count(), range(5), timeout=TIMEOUT)) == [
         0, 2, 4, 6, 8
     ]
     assert list(pool.map(pow, range(4), itertools.repeat(3), timeout=TIMEOUT)) == [0, 1, 8, 27]
+    assert list(pool.map(pow, range(4), itertools.repeat(3), buffersize=2)) == [0, 1, 8, 27]
 
 
 def test_map_early_break_stops_reading_and_running(pools):
@@ -158,7 +188,7 @@ def test_map_early_break_stops_reading_and_running(pools):
         time.sleep(0.001)
         return x
 
-    it = pool.map(record, source, timeout=TIMEOUT)
+    it = pool.map(record, source, timeout=TIMEOUT, buffersize=8)
     for i, value in enumerate(it):
         assert value == i
         if i == 20:
@@ -169,24 +199,22 @@ def test_map_early_break_stops_reading_and_running(pools):
     started = wait_stable(lambda: len(calls))
     time.sleep(0.05)
     assert len(calls) == started, "tasks kept starting after the map iterator was dropped"
-    assert source.pulled == pulled, "input kept being read after the map iterator was dropped"
-    assert started <= 21 + READ_AHEAD_LIMIT
+    assert source.pulled == pulled == 21 + 8, "input read after the map iterator was dropped"
+    assert started <= 21 + 8
 
 
 @pytest.mark.parametrize("chunksize", [1, 2, 3, 7, 64, 1000, 5000])
-def test_map_chunksize_same_results(pools, chunksize):
+@pytest.mark.parametrize("buffersize", [None, 1, 3])
+def test_map_chunksize_same_results(pools, chunksize, buffersize):
     pool = pools(max_workers=4)
     n = 1000
-    assert list(pool.map(square, range(n), chunksize=chunksize, timeout=TIMEOUT)) == [
-        i * i for i in range(n)
+    kw = dict(chunksize=chunksize, buffersize=buffersize)
+    assert list(pool.map(square, range(n), timeout=TIMEOUT, **kw)) == [i * i for i in range(n)]
+    assert list(pool.map(pow, range(n), itertools.repeat(2, 600), timeout=TIMEOUT, **kw)) == [
+        i * i for i in range(600)
     ]
-    assert list(
-        pool.map(pow, range(n), itertools.repeat(2, 600), chunksize=chunksize, timeout=TIMEOUT)
-    ) == [i * i for i in range(600)]
-    assert list(pool.map(square, (i for i in range(37)), chunksize=chunksize)) == [
-        i * i for i in range(37)
-    ]
-    assert list(pool.map(square, [], chunksize=chunksize)) == []
+    assert list(pool.map(square, (i for i in range(37)), **kw)) == [i * i for i in range(37)]
+    assert list(pool.map(square, [], **kw)) == []
 
 
 def test_map_many_items_chunked(pools):
@@ -195,30 +223,23 @@ def test_map_many_items_chunked(pools):
     assert sum(pool.map(square, range(n), chunksize=256, timeout=TIMEOUT)) == sum(
         i * i for i in range(n)
     )
+    assert sum(pool.map(square, range(n), chunksize=256, buffersize=8, timeout=TIMEOUT)) == sum(
+        i * i for i in range(n)
+    )
 
 
 @pytest.mark.parametrize("chunksize", [1, 4])
 def test_map_exception_at_position_lazy(pools, chunksize):
     pool = pools(max_workers=3)
-    it = pool.map(fail_at(10), GuardedCount(READ_AHEAD_LIMIT * 2), timeout=TIMEOUT, chunksize=chunksize)
+    it = pool.map(fail_at(10), GuardedCount(READ_AHEAD_LIMIT * 2), timeout=TIMEOUT,
+                  chunksize=chunksize, buffersize=16)
     # Items before the failing one (including those in the failing item's chunk) come back.
     assert [next(it) for _ in range(10)] == [i * 10 for i in range(10)]
     with pytest.raises(ValueError) as excinfo:
         next(it)
     assert excinfo.value.args == (10,)
-
-
-def test_map_timeout_lazy(pools):
-    gate = pools.gate()
-    pool = pools(max_workers=1)
-    blocker = Blocker(gate)
-    it = pool.map(blocker, GuardedCount(READ_AHEAD_LIMIT * 2), timeout=0.05)
-    t0 = time.monotonic()
-    with pytest.raises(TimeoutError):
+    with pytest.raises(StopIteration):
         next(it)
-    assert time.monotonic() - t0 < 2.0
-    blocker.wait_started()
-    gate.set()
 
 
 def test_map_timeout_with_chunksize(pools):
@@ -232,7 +253,9 @@ def test_map_timeout_with_chunksize(pools):
 
 
 def _closed_or_dropped_before_iterating(pools, close):
-    """1 blocked worker; map over a guarded infinite input; close/drop without iterating."""
+    """1 blocked worker; map(buffersize=8) over a guarded infinite input; close or drop the
+    iterator without iterating: as the stdlib's never-started generator, it cancels nothing
+    (the first window runs) and reads no more input."""
     gate = pools.gate()
     pool = pools(max_workers=1)
     blocker = Blocker(gate)
@@ -240,29 +263,31 @@ def _closed_or_dropped_before_iterating(pools, close):
     blocker.wait_started()
     calls = []
     source = GuardedCount(READ_AHEAD_LIMIT * 2)
-    it = pool.map(calls.append, source, timeout=TIMEOUT)
-    pulled = wait_stable(lambda: source.pulled)
-    assert pulled <= READ_AHEAD_LIMIT
+    it = pool.map(calls.append, source, timeout=TIMEOUT, buffersize=8)
+    assert source.pulled == 8
     if close:
         it.close()
+        with pytest.raises(StopIteration):
+            next(it)
     del it
     gc.collect()
     gate.set()
     assert blocked.result(TIMEOUT) == "blocker"
     run_bounded(lambda: pool.shutdown(wait=True), what="shutdown after map close")
-    assert calls == [], "unstarted map items ran after the iterator was closed/dropped"
-    assert source.pulled == pulled, "input was read after the iterator was closed/dropped"
+    assert calls == list(range(8))
+    assert source.pulled == 8, "input was read after the iterator was closed/dropped"
 
 
-def test_map_close_before_iterating_cancels_everything(pools):
+def test_map_close_before_iterating_runs_the_first_window(pools):
     _closed_or_dropped_before_iterating(pools, close=True)
 
 
-def test_map_drop_before_iterating_cancels_everything(pools):
+def test_map_drop_before_iterating_runs_the_first_window(pools):
     _closed_or_dropped_before_iterating(pools, close=False)
 
 
-def test_map_close_midway_cancels_rest(pools):
+@pytest.mark.parametrize("buffersize", [None, 4])
+def test_map_close_midway_cancels_rest(pools, buffersize):
     gate = pools.gate()
     pool = pools(max_workers=1)
     calls = []
@@ -275,7 +300,7 @@ def test_map_close_midway_cancels_rest(pools):
             gate.wait(TIMEOUT)
         return x
 
-    it = pool.map(fn, GuardedCount(READ_AHEAD_LIMIT * 2), timeout=TIMEOUT, chunksize=1)
+    it = pool.map(fn, range(3000), timeout=TIMEOUT, chunksize=1, buffersize=buffersize)
     assert next(it) == 0
     assert second_started.wait(TIMEOUT)
     it.close()
@@ -289,9 +314,20 @@ def test_map_close_midway_cancels_rest(pools):
 def test_map_after_shutdown(pools):
     pool = pools(max_workers=1)
     pool.shutdown()
-    with pytest.raises(RuntimeError):
-        # Either the call or the first next() reports the closed pool.
-        next(pool.map(square, range(3)))
+    for buffersize in (None, 2):
+        with pytest.raises(RuntimeError):
+            pool.map(square, range(3), buffersize=buffersize)
+
+
+def test_map_refill_after_shutdown_raises(pools):
+    pool = pools(max_workers=2)
+    it = pool.map(square, itertools.count(), timeout=TIMEOUT, buffersize=2)
+    pool.shutdown(wait=True)
+    # the refill's submit fails (as Executor.map's does in 3.14); the iteration ends
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        next(it)
+    with pytest.raises(StopIteration):
+        next(it)
 
 
 def test_shutdown_cancel_futures_with_live_map(pools):
@@ -301,7 +337,7 @@ def test_shutdown_cancel_futures_with_live_map(pools):
     blocked = pool.submit(blocker)
     blocker.wait_started()
     calls = []
-    it = pool.map(calls.append, GuardedCount(READ_AHEAD_LIMIT * 2), timeout=TIMEOUT)
+    it = pool.map(calls.append, GuardedCount(READ_AHEAD_LIMIT * 2), timeout=TIMEOUT, buffersize=16)
     pool.shutdown(wait=False, cancel_futures=True)
     gate.set()
     assert blocked.result(TIMEOUT) == "blocker"
@@ -309,6 +345,50 @@ def test_shutdown_cancel_futures_with_live_map(pools):
     with pytest.raises((cf.CancelledError, RuntimeError)):
         next(it)
     assert calls == []
+
+
+def test_map_iterator_refuses_reentry(pools):
+    # next() waits with the GIL released and may run the input's code: a second next() or a
+    # close() meanwhile is refused (a generator says "already executing"), never a crash.
+    pool = pools(max_workers=2)
+    box = {}
+
+    def items():
+        yield 1
+        yield 2
+        for call in (lambda: next(box["it"]), lambda: box["it"].close()):
+            with pytest.raises(ValueError, match="already executing"):
+                call()
+        yield 3
+
+    box["it"] = it = pool.map(square, items(), timeout=TIMEOUT, buffersize=2)
+    assert list(it) == [1, 4, 9]
+
+
+def test_map_iterator_from_two_threads(pools):
+    pool = pools(max_workers=2)
+    inside = threading.Event()
+    gate = pools.gate()
+
+    def items():
+        yield 1
+        inside.set()  # a thread's next() is reading the input, the GIL released below
+        assert gate.wait(TIMEOUT)
+        yield 2
+
+    it = pool.map(square, items(), timeout=TIMEOUT, buffersize=1)
+    got = []
+    t = threading.Thread(target=lambda: got.append(next(it)))
+    t.start()
+    assert inside.wait(TIMEOUT)
+    with pytest.raises(ValueError, match="already executing"):
+        next(it)
+    with pytest.raises(ValueError, match="already executing"):
+        it.close()
+    gate.set()
+    t.join(TIMEOUT)
+    assert got == [1]
+    assert list(it) == [4]
 
 
 # ---- cancellation seen by wait() at once ---------------------------------------------------

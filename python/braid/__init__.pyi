@@ -6,7 +6,6 @@
 # with __init__.py's __all__; tests/test_typing.py runs mypy --strict on a script using it all.
 
 import asyncio
-import sys
 import concurrent.futures
 from collections.abc import Callable, Coroutine, Iterable, Iterator
 from typing import Any, Literal, Protocol, SupportsIndex, TypeVar, overload, type_check_only
@@ -59,8 +58,9 @@ class WorkerCrashed(Exception):
 
 class TaskTimeout(TimeoutError): ...
 
-# What the pools' map/imap and braid.imap return: an iterator whose close() stops it and
-# cancels the tasks not yet started (a C MapIterator for ThreadPool.map, a generator elsewhere).
+# What the pools' map/imap and braid.imap return: an iterator whose close() stops it and, once
+# iteration has started (as a generator's), cancels the tasks not yet started (a C MapIterator
+# for ThreadPool.map, a generator elsewhere).
 @type_check_only
 class _ClosingIterator(Iterator[_R_co], Protocol[_R_co]):
     def close(self) -> None: ...
@@ -82,15 +82,14 @@ class ThreadPool(concurrent.futures.Executor):
     @property
     def queued(self) -> int: ...
     def submit(self, fn: Callable[_P, _R], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_R]: ...
-    if sys.version_info >= (3, 14):
-        # no buffersize= (3.14's Executor.map) yet
-        def map(  # type: ignore[override]
-            self, fn: Callable[..., _R], *iterables: Iterable[Any], timeout: float | None = None, chunksize: int = 1
-        ) -> _ClosingIterator[_R]: ...
-    else:
-        def map(
-            self, fn: Callable[..., _R], *iterables: Iterable[Any], timeout: float | None = None, chunksize: int = 1
-        ) -> _ClosingIterator[_R]: ...
+    def map(
+        self,
+        fn: Callable[..., _R],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+        buffersize: int | None = None,
+    ) -> _ClosingIterator[_R]: ...
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None: ...
 
 class ProcessPool(concurrent.futures.Executor):
@@ -109,23 +108,14 @@ class ProcessPool(concurrent.futures.Executor):
     @property
     def pids(self) -> list[int]: ...
     def submit(self, fn: Callable[_P, _R], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_R]: ...
-    if sys.version_info >= (3, 14):
-        # no buffersize= (3.14's Executor.map) yet
-        def map(  # type: ignore[override]
-            self,
-            fn: Callable[..., _R],
-            *iterables: Iterable[Any],
-            timeout: float | None = None,
-            chunksize: int | None = None,
-        ) -> _ClosingIterator[_R]: ...
-    else:
-        def map(
-            self,
-            fn: Callable[..., _R],
-            *iterables: Iterable[Any],
-            timeout: float | None = None,
-            chunksize: int | None = None,
-        ) -> _ClosingIterator[_R]: ...
+    def map(
+        self,
+        fn: Callable[..., _R],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        buffersize: int | None = None,
+    ) -> _ClosingIterator[_R]: ...
     def imap(
         self, fn: Callable[[_T], _R], iterable: Iterable[_T], chunksize: int | None = None
     ) -> _ClosingIterator[_R]: ...

@@ -30,6 +30,15 @@ def _default_workers():
         return os.cpu_count() or 1
 
 
+def _buffersize(buffersize):
+    """None, or an int >= 1: checked as 3.14's Executor.map checks it (same exceptions)."""
+    if buffersize is not None and not isinstance(buffersize, int):
+        raise TypeError("buffersize must be an integer or None")
+    if buffersize is not None and buffersize < 1:
+        raise ValueError("buffersize must be None or > 0")
+    return buffersize
+
+
 def _positive_int(name, value):
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, not {type(value).__name__}")
@@ -97,7 +106,7 @@ class ProcessPool(_braid._ProcessPoolCore, concurrent.futures.Executor):
     def __repr__(self):
         return f"<braid.ProcessPool max_workers={self.max_workers}>"
 
-    # ---- map and friends: chunks of calls, results handed out lazily --------------------
+    # ---- map and friends: chunks of calls, results handed out in order or as they come ----
 
     def _chunksize(self, chunksize, iterables):
         if chunksize is not None:
@@ -116,53 +125,66 @@ class ProcessPool(_braid._ProcessPoolCore, concurrent.futures.Executor):
         # long last chunk while the others idle.
         return max(1, math.ceil(n / (CHUNKS_PER_WORKER * self.max_workers)))
 
-    def _submit_chunks(self, fn, chunks, timeout, star):
-        """Submits the first window of chunks now (so work starts and errors show at the call)
-        and returns (futures deque, refill function, deadline)."""
+    def _submit_chunks(self, fn, chunks, timeout, star, window):
+        """Submits the first ``window`` chunks now (all of them for None), so work starts and
+        errors show at the call; returns (futures deque, refill function, deadline).
+        ``refill(extra)`` tops the deque up to window + extra chunks."""
         if not callable(fn):
             raise TypeError(f"map() needs a callable, not {type(fn).__name__}")
         deadline = None if timeout is None else time.monotonic() + timeout
-        window = max(2 * self.max_workers, 4)
         futures = collections.deque()
+        source = [chunks]  # emptied at the end of the input
 
-        def refill():
-            while len(futures) < window:
-                chunk = next(chunks, None)
+        def refill(extra=0):
+            while source and (window is None or len(futures) < window + extra):
+                chunk = next(source[0], None)
                 if chunk is None:
+                    source.clear()
                     return
                 futures.append(self.submit(_procworker.run_chunk, fn, chunk, star))
 
         refill()
         return futures, refill, deadline
 
-    def map(self, fn, *iterables, timeout=None, chunksize=None):
+    def map(self, fn, *iterables, timeout=None, chunksize=None, buffersize=None):
         """Like Executor.map: results in input order. ``chunksize=None`` picks about sixteen
-        chunks per worker when the input has a length, else one item per task."""
+        chunks per worker when the input has a length, else one item per task. As 3.14's,
+        every chunk is submitted at the call; with ``buffersize=N`` at most N chunks are
+        submitted ahead of the results handed out, and the input is read as they are."""
         chunksize = self._chunksize(chunksize, iterables)
+        buffersize = _buffersize(buffersize)
         if len(iterables) == 1:  # plain items pickle faster than 1-tuples
             chunks, star = _chunks(iterables[0], chunksize), False
         else:
             chunks, star = _chunks(zip(*iterables), chunksize), True
-        futures, refill, deadline = self._submit_chunks(fn, chunks, timeout, star)
+        futures, refill, deadline = self._submit_chunks(fn, chunks, timeout, star, buffersize)
         return _ordered(futures, refill, deadline)
+
+    def _imap_window(self):
+        # imap and imap_unordered read lazily, as multiprocessing.Pool's do not: a bounded
+        # window of chunks in flight, so an endless input works
+        return max(2 * self.max_workers, 4)
 
     def imap(self, fn, iterable, chunksize=None):
         """Like multiprocessing.Pool.imap: a lazy iterator of fn(x), in order."""
         chunksize = self._chunksize(1 if chunksize is None else chunksize, ())
-        futures, refill, deadline = self._submit_chunks(fn, _chunks(iterable, chunksize), None, False)
+        futures, refill, deadline = self._submit_chunks(fn, _chunks(iterable, chunksize), None, False,
+                                                        self._imap_window())
         return _ordered(futures, refill, deadline)
 
     def imap_unordered(self, fn, iterable, chunksize=None):
         """Like multiprocessing.Pool.imap_unordered: fn(x) in completion order."""
         chunksize = self._chunksize(1 if chunksize is None else chunksize, ())
-        futures, refill, _ = self._submit_chunks(fn, _chunks(iterable, chunksize), None, False)
+        futures, refill, _ = self._submit_chunks(fn, _chunks(iterable, chunksize), None, False,
+                                                 self._imap_window())
         return _unordered(futures, refill)
 
     def starmap(self, fn, iterable, chunksize=None):
         """Like multiprocessing.Pool.starmap: [fn(*args) for args in iterable], as a list."""
         items = iterable if hasattr(iterable, "__len__") else list(iterable)
         chunksize = self._chunksize(chunksize, (items,))
-        futures, refill, deadline = self._submit_chunks(fn, _chunks(items, chunksize), None, True)
+        futures, refill, deadline = self._submit_chunks(fn, _chunks(items, chunksize), None, True,
+                                                        self._imap_window())
         return list(_ordered(futures, refill, deadline))
 
 
@@ -176,8 +198,16 @@ def _chunks(iterable, size):
 
 
 def _chunk_values(future, timeout):
-    results, exc = future.result(timeout)
-    yield from results
+    try:
+        results, exc = future.result(timeout)
+    except BaseException:
+        future.cancel()  # as the stdlib's _result_or_cancel: a failed wait (timeout, Ctrl-C)
+        raise            # leaves nothing of this chunk to run
+    del future
+    # as the stdlib's _chain_from_iterable_of_lists: a result handed out is no longer held here
+    results.reverse()
+    while results:
+        yield results.pop()
     if exc is not None:
         raise exc
 
@@ -186,10 +216,9 @@ def _ordered(futures, refill, deadline):
     global _interrupted
     try:
         while futures:
+            refill(1)  # 3.14: one more chunk submitted before the oldest one is waited for
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            future = futures.popleft()
-            refill()
-            yield from _chunk_values(future, timeout)
+            yield from _chunk_values(futures.popleft(), timeout)
     except KeyboardInterrupt:
         _interrupted = True
         raise

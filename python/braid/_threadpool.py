@@ -17,11 +17,14 @@ class ThreadPool(_braid._ThreadPoolCore, concurrent.futures.Executor):
     instances (``braid.Future``, kept in C), so ``wait``, ``as_completed``,
     ``asyncio.wrap_future`` and ``loop.run_in_executor`` accept them.
 
+    ``map`` is 3.14's on every Python: every task is submitted at the call,
+    and ``buffersize=N`` keeps at most N tasks submitted ahead of the results
+    handed out, reading the input lazily (endless iterables work).
+
     Differences from the stdlib, all on the side of safety:
 
     * ``submit`` checks that ``fn`` is callable (TypeError at once);
-    * ``map`` reads its input lazily with a bounded read-ahead, so it works
-      on endless iterables; ``chunksize`` groups items per task;
+    * ``map`` takes ``chunksize`` (items per task; the stdlib ignores it);
     * a cancelled or shut-down future is reported to ``wait`` and
       ``as_completed`` at once.
     """

@@ -179,7 +179,10 @@ PyObject *braid_worker_acked(PyObject *module, PyObject *unused);
 
 /* mapiter.c */
 int braid_mapiter_init_types(PyObject *module, braid_state *st);
+/* buffersize: tasks (chunks) submitted ahead of the results handed out;
+ * 0 submits them all at the call (Executor.map's buffersize=None). */
 PyObject *braid_mapiter_new(braid_state *st, PyObject *pool, PyObject *fn,
-                            PyObject *iterables, int64_t deadline, Py_ssize_t chunksize);
+                            PyObject *iterables, int64_t deadline, Py_ssize_t chunksize,
+                            Py_ssize_t buffersize);
 
 #endif /* BRAIDPY_H */

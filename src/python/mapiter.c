@@ -1,67 +1,124 @@
 /*
  * mapiter.c — the iterator ThreadPool.map returns.
  *
- * Unlike Executor.map, which submits every item before returning, this
- * reads its input lazily: it keeps at most `window` futures (about 1,024
- * items, at least 4 tasks per worker) in flight and
- * submits one more each time it hands out a result, so map over an endless
- * or huge iterable runs in bounded memory. What stays as in the stdlib:
- * results come in input order, the first window is submitted at the call
- * (so work starts at once and a shut-down pool raises there), `timeout`
- * counts from the call, an exception is raised at its item's position, and
- * ending early (exception, timeout, close(), garbage collection) cancels the
- * futures not yet started.
+ * It follows Executor.map of Python 3.14 (Lib/concurrent/futures/_base.py),
+ * on every Python braid supports:
+ *
+ * - buffersize=None (`buffersize == 0` here): the call reads all of its
+ *   input and submits every task before it returns ("the iterables are
+ *   collected immediately"), so a map whose iterator is never consumed still
+ *   runs every item;
+ * - buffersize=N: the call submits the first N tasks, and each next() reads
+ *   and submits one more before it waits for the oldest result, so at most N
+ *   tasks are submitted ahead of the results handed out and the input is
+ *   read lazily (endless inputs work). With chunksize > 1 the window counts
+ *   chunks, as ProcessPoolExecutor.map's does.
+ *
+ * As there: results come in input order; `timeout` counts from the call; an
+ * exception from the input is raised where the input is read (the call, or
+ * the next() whose refill read it); the first exception (of a task, of the
+ * input, a timeout) ends the iteration; and an iterator that was started
+ * (next() called) and ends early — exception, timeout, close(), garbage
+ * collection — cancels the tasks not yet started. An iterator never started
+ * leaves its tasks to run when it is closed or dropped, as the stdlib's
+ * generator does: that is what makes `pool.map(fn, items)` fire and forget.
  *
  * With chunksize > 1 each future runs fn over a list of argument tuples and
  * returns (results, exception-or-None); results before a failing item are
  * still handed out before its exception.
+ *
+ * The futures never reach Python code, so they are not tracked by the cycle
+ * collector: the iterator reports, in its own traverse, what a finished
+ * future that it alone holds references. An eager map of 100,000 items
+ * would otherwise spend more time in the collector than in the pool.
  */
 #include "braidpy.h"
 #include "compat.h"
 
-#define READ_AHEAD_ITEMS 1024
+#include <string.h>
 
 typedef struct {
     PyObject_HEAD
-    PyObject *pool;
+    PyObject *pool;        /* NULL once the input is exhausted: nothing more to submit */
     PyObject *fn;
-    PyObject *source;      /* zip(*iterables); NULL once exhausted */
-    PyObject *input_error; /* raised by the input; reported at its position */
+    PyObject *source;      /* zip(*iterables); NULL once exhausted or the iteration ended */
     int64_t deadline;      /* -1: none */
     Py_ssize_t chunksize;
-    Py_ssize_t window;     /* futures in flight at most */
-    FutureObject **ring;
-    Py_ssize_t head, count;
+    Py_ssize_t buffersize; /* tasks (chunks) submitted ahead; 0: all of them (eager) */
+    FutureObject **ring;   /* the futures not yet handed out, oldest at head; grows */
+    Py_ssize_t cap, head, count;
     PyObject *chunk;       /* results of the current chunk */
     Py_ssize_t chunk_pos;
     PyObject *chunk_exc;   /* raised after the current chunk's results */
+    char started;          /* next() was called: ending early cancels the rest */
+    char running;          /* inside next(): re-entry and use from another thread refused */
 } MapIterObject;
 
-/* Reads up to chunksize argument tuples; NULL at the end of the input or
- * on an input error (kept in input_error, not raised now). */
+/* ---------------------------------------------------------------- the ring */
+
+static int ring_push(MapIterObject *m, FutureObject *f)
+{
+    if (m->count == m->cap) {
+        Py_ssize_t cap = m->cap ? m->cap * 2 : 16;
+        FutureObject **ring = cap > 0 ? PyMem_New(FutureObject *, cap) : NULL;
+        if (ring == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        if (m->count > 0) {
+            Py_ssize_t first = m->cap - m->head < m->count ? m->cap - m->head : m->count;
+            memcpy(ring, m->ring + m->head, first * sizeof(*ring));
+            memcpy(ring + first, m->ring, (m->count - first) * sizeof(*ring));
+        }
+        PyMem_Free(m->ring);
+        m->ring = ring;
+        m->cap = cap;
+        m->head = 0;
+    }
+    Py_ssize_t tail = m->head + m->count;
+    m->ring[tail < m->cap ? tail : tail - m->cap] = f;
+    m->count++;
+    return 0;
+}
+
+/* The oldest future; the caller owns the reference. count > 0. */
+static FutureObject *ring_pop(MapIterObject *m)
+{
+    FutureObject *f = m->ring[m->head];
+    if (++m->head == m->cap) {
+        m->head = 0;
+    }
+    m->count--;
+    return f;
+}
+
+/* ---------------------------------------------------------------- input and submit */
+
+/* The next argument tuple, or with chunksize > 1 a list of up to chunksize
+ * of them. NULL: the input is exhausted (no error set; source cleared) or
+ * it raised (error set). */
 static PyObject *read_args(MapIterObject *m)
 {
+    if (m->source == NULL) {
+        return NULL;
+    }
     if (m->chunksize == 1) {
         PyObject *args = PyIter_Next(m->source);
-        if (args == NULL) {
-            if (PyErr_Occurred()) {
-                m->input_error = PyErr_GetRaisedException();
-            }
+        if (args == NULL && !PyErr_Occurred()) {
             Py_CLEAR(m->source);
         }
         return args;
     }
     PyObject *list = PyList_New(0);
     if (list == NULL) {
-        m->input_error = PyErr_GetRaisedException();
-        Py_CLEAR(m->source);
         return NULL;
     }
     while (m->source != NULL && PyList_GET_SIZE(list) < m->chunksize) {
         PyObject *args = PyIter_Next(m->source);
         if (args == NULL) {
             if (PyErr_Occurred()) {
-                m->input_error = PyErr_GetRaisedException();
+                Py_DECREF(list);
+                return NULL;
             }
             Py_CLEAR(m->source);
             break;
@@ -69,8 +126,8 @@ static PyObject *read_args(MapIterObject *m)
         int rc = PyList_Append(list, args);
         Py_DECREF(args);
         if (rc < 0) {
-            m->input_error = PyErr_GetRaisedException();
-            Py_CLEAR(m->source);
+            Py_DECREF(list);
+            return NULL;
         }
     }
     if (PyList_GET_SIZE(list) == 0) {
@@ -80,60 +137,85 @@ static PyObject *read_args(MapIterObject *m)
     return list;
 }
 
-/* Tops the window up. -1 if a submit failed (the error is set). */
-static int refill(MapIterObject *m)
+static void cancel_quietly(FutureObject *f)
 {
-    while (m->source != NULL && m->count < m->window) {
-        PyObject *args = read_args(m);
-        if (args == NULL) {
-            break;
-        }
+    PyObject *exc = PyErr_GetRaisedException();
+    if (braid_future_cancel(f) < 0) {
+        PyErr_WriteUnraisable((PyObject *)f);
+    }
+    PyErr_SetRaisedException(exc);
+}
+
+/* Reads one task's (chunk's) arguments and submits it: 1, 0 at the end of
+ * the input, -1 with an exception (from the input or the submit). */
+static int submit_next(MapIterObject *m)
+{
+    PyObject *args = read_args(m);
+    int rc = 0;
+    if (args != NULL) {
         FutureObject *f = braid_pool_submit(m->pool, m->fn, args, NULL, m->chunksize > 1);
         Py_DECREF(args);
         if (f == NULL) {
             return -1;
         }
-        m->ring[(m->head + m->count) % m->window] = f;
-        m->count++;
+        if (ring_push(m, f) < 0) {
+            cancel_quietly(f);
+            Py_DECREF(f);
+            return -1;
+        }
+        PyObject_GC_UnTrack(f); /* see mapiter_traverse */
+        rc = 1;
+    } else if (PyErr_Occurred()) {
+        return -1;
     }
-    return 0;
+    if (m->source == NULL) {
+        /* nothing more to submit: the pool may go, as the stdlib's
+         * iterator holds its executor only weakly */
+        Py_CLEAR(m->pool);
+    }
+    return rc;
 }
 
-/* Ends the iteration: cancels what has not started, drops the input. */
-static void finish(MapIterObject *m)
+/* Ends the iteration: drops the input and the futures not handed out,
+ * cancelling them if next() was ever called. Keeps a pending exception. */
+static void end_iteration(MapIterObject *m)
 {
     PyObject *exc = PyErr_GetRaisedException();
-    while (m->count > 0) {
-        FutureObject *f = m->ring[m->head];
-        m->head = (m->head + 1) % m->window;
-        m->count--;
-        if (braid_future_cancel(f) < 0) {
-            PyErr_WriteUnraisable((PyObject *)f);
-        }
-        Py_DECREF(f);
-    }
     Py_CLEAR(m->source);
+    Py_CLEAR(m->pool);
+    while (m->count > 0) {
+        FutureObject *f = ring_pop(m);
+        if (m->started) {
+            cancel_quietly(f);
+        }
+        Py_DECREF(f); /* an uncancelled task keeps running: the queue holds its own reference */
+    }
     Py_CLEAR(m->chunk);
     Py_CLEAR(m->chunk_exc);
     PyErr_SetRaisedException(exc);
 }
 
+/* ---------------------------------------------------------------- iteration */
+
 static PyObject *from_chunk(MapIterObject *m)
 {
     if (m->chunk_pos < PyList_GET_SIZE(m->chunk)) {
-        return Py_NewRef(PyList_GET_ITEM(m->chunk, m->chunk_pos++));
+        /* handed over, not kept: the list is this iterator's alone */
+        PyObject *r = PyList_GET_ITEM(m->chunk, m->chunk_pos);
+        PyList_SET_ITEM(m->chunk, m->chunk_pos++, Py_NewRef(Py_None));
+        return r;
     }
     Py_CLEAR(m->chunk);
     if (m->chunk_exc != NULL) {
         PyObject *exc = m->chunk_exc;
         m->chunk_exc = NULL;
         PyErr_SetRaisedException(exc);
-        finish(m);
+        end_iteration(m);
     }
     return NULL;
 }
 
-static PyObject *mapiter_next(MapIterObject *m)
+static PyObject *next_result(MapIterObject *m)
 {
     for (;;) {
         if (m->chunk != NULL) {
@@ -142,29 +224,27 @@ static PyObject *mapiter_next(MapIterObject *m)
                 return r;
             }
         }
-        if (refill(m) < 0) {
-            finish(m);
+        /* 3.14: with a buffersize, one more task is submitted before the
+         * oldest result is waited for */
+        if (m->buffersize > 0 && m->source != NULL && submit_next(m) < 0) {
+            end_iteration(m);
             return NULL;
         }
         if (m->count == 0) {
-            if (m->input_error != NULL) {
-                PyObject *exc = m->input_error;
-                m->input_error = NULL;
-                PyErr_SetRaisedException(exc);
-            }
+            end_iteration(m);
             return NULL; /* StopIteration */
         }
-        FutureObject *f = m->ring[m->head];
+        FutureObject *f = ring_pop(m);
         if (braid_future_wait(f, m->deadline) < 0) {
-            finish(m);
+            cancel_quietly(f); /* as _result_or_cancel */
+            Py_DECREF(f);
+            end_iteration(m);
             return NULL;
         }
-        m->head = (m->head + 1) % m->window;
-        m->count--;
         PyObject *r = braid_future_get_result(f);
         Py_DECREF(f);
         if (r == NULL) {
-            finish(m);
+            end_iteration(m);
             return NULL;
         }
         if (m->chunksize == 1) {
@@ -179,10 +259,35 @@ static PyObject *mapiter_next(MapIterObject *m)
     }
 }
 
+static int refuse_if_running(MapIterObject *m)
+{
+    if (m->running) {
+        PyErr_SetString(PyExc_ValueError, "ThreadPool.map iterator already executing");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *mapiter_next(MapIterObject *m)
+{
+    /* next() waits with the GIL released and may run the input's Python
+     * code: the flag keeps another thread (or the input itself) out */
+    if (refuse_if_running(m) < 0) {
+        return NULL;
+    }
+    m->running = 1;
+    m->started = 1;
+    PyObject *r = next_result(m);
+    m->running = 0;
+    return r;
+}
+
 static PyObject *mapiter_close(MapIterObject *m, PyObject *unused)
 {
-    finish(m);
-    Py_CLEAR(m->input_error);
+    if (refuse_if_running(m) < 0) {
+        return NULL;
+    }
+    end_iteration(m);
     Py_RETURN_NONE;
 }
 
@@ -192,24 +297,33 @@ static int mapiter_traverse(MapIterObject *m, visitproc visit, void *arg)
     Py_VISIT(m->pool);
     Py_VISIT(m->fn);
     Py_VISIT(m->source);
-    Py_VISIT(m->input_error);
     Py_VISIT(m->chunk);
     Py_VISIT(m->chunk_exc);
     for (Py_ssize_t i = 0; i < m->count; i++) {
-        Py_VISIT(m->ring[(m->head + i) % m->window]);
+        Py_ssize_t at = m->head + i;
+        FutureObject *f = m->ring[at < m->cap ? at : at - m->cap];
+        /* The futures are untracked (submit_next). One that only this
+         * iterator holds (done: the queue dropped its reference) belongs to
+         * it alone, so what the future references is this iterator's to
+         * report, and a cycle through it (a result that holds the
+         * iterator, ...) is still found. A future the pool still holds
+         * keeps its references alive whatever becomes of the iterator. */
+        if (Py_REFCNT(f) == 1) {
+            int rc = Py_TYPE(f)->tp_traverse((PyObject *)f, visit, arg);
+            if (rc) {
+                return rc;
+            }
+        } else {
+            Py_VISIT(f);
+        }
     }
     return 0;
 }
 
 static int mapiter_clear(MapIterObject *m)
 {
-    if (m->ring != NULL) {
-        finish(m);
-    }
-    Py_CLEAR(m->pool);
+    end_iteration(m);
     Py_CLEAR(m->fn);
-    Py_CLEAR(m->source);
-    Py_CLEAR(m->input_error);
     return 0;
 }
 
@@ -225,7 +339,7 @@ static void mapiter_dealloc(MapIterObject *m)
 
 static PyMethodDef mapiter_methods[] = {
     {"close", (PyCFunction)mapiter_close, METH_NOARGS,
-     "Stops the iteration and cancels the tasks not yet started."},
+     "Stops the iteration; once started, it cancels the tasks not yet started."},
     {NULL}};
 
 static PyType_Slot mapiter_slots[] = {
@@ -252,7 +366,7 @@ int braid_mapiter_init_types(PyObject *module, braid_state *st)
 }
 
 PyObject *braid_mapiter_new(braid_state *st, PyObject *pool, PyObject *fn, PyObject *iterables,
-                            int64_t deadline, Py_ssize_t chunksize)
+                            int64_t deadline, Py_ssize_t chunksize, Py_ssize_t buffersize)
 {
     PyObject *source = PyObject_Call((PyObject *)&PyZip_Type, iterables, NULL);
     if (source == NULL) {
@@ -263,31 +377,32 @@ PyObject *braid_mapiter_new(braid_state *st, PyObject *pool, PyObject *fn, PyObj
         Py_DECREF(source);
         return NULL;
     }
-    unsigned workers = braid_pool_max_workers(pool);
     m->pool = Py_NewRef(pool);
     m->fn = Py_NewRef(fn);
     m->source = source;
-    m->input_error = NULL;
     m->deadline = deadline;
     m->chunksize = chunksize;
-    /* Read-ahead: about READ_AHEAD_ITEMS items, and at least 4 tasks per
-     * worker. Fewer in flight and the consumer keeps waiting on workers
-     * (a GIL handoff each time); more only costs memory. */
-    Py_ssize_t by_items = (READ_AHEAD_ITEMS + chunksize - 1) / chunksize;
-    m->window = by_items > (Py_ssize_t)workers * 4 ? by_items : (Py_ssize_t)workers * 4;
-    m->head = m->count = 0;
+    m->buffersize = buffersize;
+    m->ring = NULL;
+    m->cap = m->head = m->count = 0;
     m->chunk = NULL;
     m->chunk_pos = 0;
     m->chunk_exc = NULL;
-    m->ring = PyMem_Calloc(m->window, sizeof(FutureObject *));
+    m->started = 0;
+    m->running = 0;
     PyObject_GC_Track(m);
-    if (m->ring == NULL) {
-        Py_DECREF(m);
-        return PyErr_NoMemory();
-    }
-    if (refill(m) < 0) {
-        Py_DECREF(m);
-        return NULL;
+    /* Everything (eager), or the first window. An error here is raised by
+     * the call; as with the stdlib, the tasks already submitted still run
+     * (the iterator was never started, so dropping it cancels nothing). */
+    while (buffersize == 0 || m->count < buffersize) {
+        int rc = submit_next(m);
+        if (rc < 0) {
+            Py_DECREF(m);
+            return NULL;
+        }
+        if (rc == 0) {
+            break;
+        }
     }
     return (PyObject *)m;
 }

@@ -464,6 +464,32 @@ static PyObject *pool_submit(PyObject *self, PyObject *const *args, Py_ssize_t n
     return (PyObject *)f;
 }
 
+/* buffersize=: None (0 here) or an int >= 1, checked as 3.14's Executor.map
+ * does (isinstance(buffersize, int), then > 0); larger than a Py_ssize_t
+ * means no bound in practice. */
+static int parse_buffersize(PyObject *obj, Py_ssize_t *out)
+{
+    *out = 0;
+    if (obj == Py_None) {
+        return 0;
+    }
+    if (!PyLong_Check(obj)) {
+        PyErr_SetString(PyExc_TypeError, "buffersize must be an integer or None");
+        return -1;
+    }
+    int overflow;
+    long long n = PyLong_AsLongLongAndOverflow(obj, &overflow);
+    if (n == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (overflow < 0 || (overflow == 0 && n < 1)) {
+        PyErr_SetString(PyExc_ValueError, "buffersize must be None or > 0");
+        return -1;
+    }
+    *out = (overflow > 0 || n > PY_SSIZE_T_MAX / 2) ? PY_SSIZE_T_MAX / 2 : (Py_ssize_t)n;
+    return 0;
+}
+
 static PyObject *pool_map(PyObject *self, PyObject *args, PyObject *kwds)
 {
     if (PyTuple_GET_SIZE(args) < 1) {
@@ -471,16 +497,21 @@ static PyObject *pool_map(PyObject *self, PyObject *args, PyObject *kwds)
         return NULL;
     }
     PyObject *fn = PyTuple_GET_ITEM(args, 0);
-    PyObject *timeout = Py_None;
-    Py_ssize_t chunksize = 1;
+    PyObject *timeout = Py_None, *buffer_obj = Py_None;
+    Py_ssize_t chunksize = 1, buffersize = 0;
     if (kwds != NULL) {
-        static char *kwlist[] = {"timeout", "chunksize", NULL};
+        static char *kwlist[] = {"timeout", "chunksize", "buffersize", NULL};
         PyObject *empty = PyTuple_New(0);
-        int ok = empty && PyArg_ParseTupleAndKeywords(empty, kwds, "|$On:map", kwlist, &timeout, &chunksize);
+        int ok = empty && PyArg_ParseTupleAndKeywords(empty, kwds, "|$OnO:map", kwlist, &timeout,
+                                                      &chunksize, &buffer_obj);
         Py_XDECREF(empty);
         if (!ok) {
             return NULL;
         }
+    }
+    /* first, as in 3.14's Executor.map */
+    if (parse_buffersize(buffer_obj, &buffersize) < 0) {
+        return NULL;
     }
     if (!PyCallable_Check(fn)) {
         PyErr_Format(PyExc_TypeError, "map() needs a callable, not %.100s", Py_TYPE(fn)->tp_name);
@@ -498,7 +529,8 @@ static PyObject *pool_map(PyObject *self, PyObject *args, PyObject *kwds)
     if (iterables == NULL) {
         return NULL;
     }
-    PyObject *it = braid_mapiter_new(((PoolObject *)self)->core->st, self, fn, iterables, deadline, chunksize);
+    PyObject *it = braid_mapiter_new(((PoolObject *)self)->core->st, self, fn, iterables, deadline,
+                                     chunksize, buffersize);
     Py_DECREF(iterables);
     return it;
 }
@@ -670,8 +702,10 @@ static PyMethodDef pool_methods[] = {
     {"submit", (PyCFunction)(void (*)(void))pool_submit, METH_FASTCALL | METH_KEYWORDS,
      "submit(fn, /, *args, **kwargs) -> Future: schedules fn(*args, **kwargs)."},
     {"map", (PyCFunction)(void (*)(void))pool_map, METH_VARARGS | METH_KEYWORDS,
-     "map(fn, *iterables, timeout=None, chunksize=1): results in order, lazily.\n\n"
-     "Reads the iterables with a bounded read-ahead; timeout counts from the call."},
+     "map(fn, *iterables, timeout=None, chunksize=1, buffersize=None): results in order.\n\n"
+     "As Executor.map (3.14): every task is submitted at the call; with buffersize=N,\n"
+     "at most N tasks (chunks) ahead of the results handed out, the input read lazily.\n"
+     "timeout counts from the call."},
     {"shutdown", (PyCFunction)(void (*)(void))pool_shutdown, METH_VARARGS | METH_KEYWORDS,
      "shutdown(wait=True, *, cancel_futures=False)"},
     {NULL}};
