@@ -89,6 +89,11 @@ import time
 import traceback
 import unittest
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# the children's environment, log tails, killing a child's group and the exclusion
+# files are shared with the whole-package suites
+from _cpython_suite import _child_env, _kill_group, _tail, load_exclusions  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_EXCLUDE = os.path.join(HERE, "excluded.txt")
 
@@ -368,62 +373,6 @@ def run_probe(args, timeout=60):
 # --------------------------------------------------------------------------
 # Parent: schedule children, enforce timeouts, summarise
 # --------------------------------------------------------------------------
-
-def load_exclusions(path):
-    """Return [(pattern, reason)] from an exclusion file (missing file = none)."""
-    entries = []
-    if not path or not os.path.exists(path):
-        return entries
-    with open(path) as fp:
-        for lineno, raw in enumerate(fp, 1):
-            line = raw.split("#", 1)[0].strip()
-            if not line:
-                continue
-            parts = line.split(None, 1)
-            reason = parts[1].strip() if len(parts) > 1 else ""
-            if not reason:
-                sys.exit(f"{path}:{lineno}: an exclusion needs a reason: {raw.strip()!r}")
-            entries.append((parts[0], reason))
-    return entries
-
-
-def _child_env():
-    env = dict(os.environ)
-    # Children run in a temporary cwd: make relative PYTHONPATH entries absolute.
-    if env.get("PYTHONPATH"):
-        env["PYTHONPATH"] = os.pathsep.join(
-            os.path.abspath(p) if p else os.getcwd()
-            for p in env["PYTHONPATH"].split(os.pathsep))
-    env.setdefault("PYTHONFAULTHANDLER", "1")
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def _tail(path, limit=4000):
-    try:
-        with open(path, "rb") as fp:
-            fp.seek(0, os.SEEK_END)
-            size = fp.tell()
-            fp.seek(max(0, size - limit))
-            return fp.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-
-
-def _kill_group(proc):
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    try:
-        proc.kill()
-    except ProcessLookupError:
-        pass
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        pass   # unkillable (D state); never block the harness on it
-
 
 class _Running:
     __slots__ = ("test_id", "proc", "workdir", "result", "log", "start")
