@@ -1,7 +1,7 @@
 """braid.Loop: an asyncio event loop whose scheduling core is C (src/python/loop.c).
 
-This first part moves the hot core into C on braid's reactor (src/core/loop.c): the ready
-queue, the timers, the poll and the fd watchers that asyncio's transports use. Transports,
+The hot core is C, on braid's reactor (src/core/loop.c): the ready queue, the timers, the
+poll and the fd watchers that asyncio's transports use. Transports,
 servers, subprocesses, signal handlers and the rest are asyncio's own code running on that
 core, through the same internal methods asyncio's selector loop uses (_add_reader, ...).
 """

@@ -1,7 +1,7 @@
 /*
- * loop.c — _LoopCore, the C scheduling core of braid.Loop (issue 3, first
- * part): the ready queue, timers, fd watchers and the run-once step, on the
- * engine's reactor (br_loop_t).
+ * loop.c — _LoopCore, the C scheduling core of braid.Loop: the ready
+ * queue, timers, fd watchers and the run-once step, on the engine's reactor
+ * (br_loop_t).
  *
  * braid.Loop (python/braid/_loop.py) puts this type first in its bases and
  * asyncio's Unix selector loop after it, so everything not written here yet
