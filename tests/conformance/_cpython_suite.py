@@ -48,10 +48,12 @@ counters to record per test.
 """
 
 import argparse
+import ast
 import datetime
 import faulthandler
 import fnmatch
 import importlib
+import inspect
 import json
 import os
 import pkgutil
@@ -61,6 +63,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 import traceback
 import unittest
@@ -357,6 +360,75 @@ def _frame_short(frame):
         return f"{name}:{lineno.strip()} {func.strip()}"
     except ValueError:
         return frame
+
+
+class PrivateUses:
+    """What a test's source does with private attributes, for the --scan-private listings.
+
+    ``uses(cls, tree, seen)`` reports ``<expr>._name`` (a read; ``self``/``cls``/``super``
+    do not count, so a test's own helpers do not), ``<expr>._name = ...`` (an assignment:
+    a C type without __dict__ refuses it alone), and, with ``patches``,
+    ``patch.object(X, '_name')``, ``patch('a.b._name')`` and ``patch('<patched_package>...')``.
+    Helpers called as ``self.helper(...)`` are followed. Code of ``own_file`` (the harness's
+    shims) is not CPython's and is skipped."""
+
+    def __init__(self, own_file, patches=False, patched_package="asyncio."):
+        self.own_file = os.path.abspath(own_file)
+        self.patches = patches
+        self.patched_package = patched_package
+        self.cache = {}
+
+    def func_ast(self, func):
+        func = inspect.unwrap(getattr(func, "__func__", func))
+        code = getattr(func, "__code__", None)
+        if code is None or code.co_filename == self.own_file:
+            return None
+        if code not in self.cache:
+            try:
+                self.cache[code] = ast.parse(textwrap.dedent(inspect.getsource(func)))
+            except (OSError, TypeError, SyntaxError):
+                self.cache[code] = None
+        return self.cache[code]
+
+    @staticmethod
+    def lookup(cls, name):
+        for klass in cls.__mro__:
+            if name in vars(klass):
+                return vars(klass)[name]
+        return None
+
+    def uses(self, cls, tree, seen):
+        found = set()
+        if tree is None:
+            return found
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute):
+                if (node.attr.startswith("_") and not node.attr.startswith("__")
+                        and not (isinstance(node.value, ast.Name)
+                                 and node.value.id in ("self", "cls", "super"))):
+                    use = f"{ast.unparse(node.value)}.{node.attr}"
+                    if isinstance(node.ctx, ast.Store):
+                        use += " = ..."
+                    found.add(use)
+                if (isinstance(node.value, ast.Name) and node.value.id == "self"
+                        and isinstance(node.ctx, ast.Load) and node.attr not in seen):
+                    seen.add(node.attr)
+                    helper = self.lookup(cls, node.attr)
+                    if inspect.isfunction(getattr(helper, "__func__", helper)):
+                        found |= self.uses(cls, self.func_ast(helper), seen)
+            elif self.patches and isinstance(node, ast.Call):
+                fn = ast.unparse(node.func)
+                if fn.endswith("patch.object") and len(node.args) >= 2:
+                    a = node.args[1]
+                    if isinstance(a, ast.Constant) and str(a.value).startswith("_"):
+                        found.add(f"patch.object({ast.unparse(node.args[0])}, {a.value!r})")
+                elif fn.endswith("patch") and node.args:
+                    a = node.args[0]
+                    if isinstance(a, ast.Constant) and isinstance(a.value, str) and (
+                            a.value.rsplit(".", 1)[-1].startswith("_")
+                            or a.value.startswith(self.patched_package)):
+                        found.add(f"patch({a.value!r})")
+        return found
 
 
 def hang_site(text, package_dir):

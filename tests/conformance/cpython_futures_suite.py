@@ -182,47 +182,7 @@ def scan_private(suite):
     import unittest
 
     found = {}
-    cache = {}
-
-    def func_ast(func):
-        func = inspect.unwrap(getattr(func, "__func__", func))
-        code = getattr(func, "__code__", None)
-        if code is None or code.co_filename == os.path.abspath(__file__):
-            return None
-        if code not in cache:
-            try:
-                cache[code] = ast.parse(textwrap.dedent(inspect.getsource(func)))
-            except (OSError, TypeError, SyntaxError):
-                cache[code] = None
-        return cache[code]
-
-    def lookup(cls, name):
-        for klass in cls.__mro__:
-            if name in vars(klass):
-                return vars(klass)[name]
-        return None
-
-    def uses(cls, tree, seen):
-        out = set()
-        if tree is None:
-            return out
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Attribute):
-                if (node.attr.startswith("_") and not node.attr.startswith("__")
-                        and not (isinstance(node.value, ast.Name)
-                                 and node.value.id in ("self", "cls", "super"))):
-                    use = f"{ast.unparse(node.value)}.{node.attr}"
-                    if isinstance(node.ctx, ast.Store):
-                        use += " = ..."
-                    out.add(use)
-                if (isinstance(node.value, ast.Name) and node.value.id == "self"
-                        and isinstance(node.ctx, ast.Load) and node.attr not in seen):
-                    seen.add(node.attr)
-                    helper = lookup(cls, node.attr)
-                    if inspect.isfunction(getattr(helper, "__func__", helper)):
-                        out |= uses(cls, func_ast(helper), seen)
-        return out
-
+    scan = _cpython_suite.PrivateUses(__file__)
     loader = unittest.TestLoader()
     for module in suite.modules():
         try:
@@ -235,7 +195,7 @@ def scan_private(suite):
                 continue
             cls = type(tcase)
             meth = tcase._testMethodName
-            got = uses(cls, func_ast(lookup(cls, meth)), {meth})
+            got = scan.uses(cls, scan.func_ast(scan.lookup(cls, meth)), {meth})
             if got:
                 found[tid] = sorted(got)
     return found

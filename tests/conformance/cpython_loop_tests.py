@@ -90,9 +90,9 @@ import traceback
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-# the children's environment, log tails, killing a child's group and the exclusion
-# files are shared with the whole-package suites
-from _cpython_suite import _child_env, _kill_group, _tail, load_exclusions  # noqa: E402
+# the children's environment, log tails, killing a child's group, the exclusion
+# files and the private-attribute scan are shared with the whole-package suites
+from _cpython_suite import PrivateUses, _child_env, _kill_group, _tail, load_exclusions  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_EXCLUDE = os.path.join(HERE, "excluded.txt")
@@ -544,58 +544,8 @@ def scan_private(classes):
     (setUp/tearDown/close_loop of every class in the MRO, CPython's only)
     is reported once per class as ``<fixture>``.
     """
-    cache = {}
-
-    def func_ast(func):
-        func = inspect.unwrap(getattr(func, "__func__", func))
-        code = getattr(func, "__code__", None)
-        if code is None or code.co_filename == os.path.abspath(__file__):
-            return None     # ours (the close_loop shim), not CPython's
-        if code not in cache:
-            try:
-                cache[code] = ast.parse(textwrap.dedent(inspect.getsource(func)))
-            except (OSError, TypeError, SyntaxError):
-                cache[code] = None
-        return cache[code]
-
-    def lookup(cls, name):
-        for klass in cls.__mro__:
-            if name in vars(klass):
-                return vars(klass)[name]
-        return None
-
-    def uses(cls, tree, seen):
-        found = set()
-        if tree is None:
-            return found
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Attribute):
-                if (node.attr.startswith("_") and not node.attr.startswith("__")
-                        and not (isinstance(node.value, ast.Name)
-                                 and node.value.id in ("self", "cls", "super"))):
-                    use = f"{ast.unparse(node.value)}.{node.attr}"
-                    if isinstance(node.ctx, ast.Store):
-                        use += " = ..."
-                    found.add(use)
-                if (isinstance(node.value, ast.Name) and node.value.id == "self"
-                        and isinstance(node.ctx, ast.Load) and node.attr not in seen):
-                    seen.add(node.attr)
-                    helper = lookup(cls, node.attr)
-                    if inspect.isfunction(getattr(helper, "__func__", helper)):
-                        found |= uses(cls, func_ast(helper), seen)
-            elif isinstance(node, ast.Call):
-                fn = ast.unparse(node.func)
-                if fn.endswith("patch.object") and len(node.args) >= 2:
-                    a = node.args[1]
-                    if isinstance(a, ast.Constant) and str(a.value).startswith("_"):
-                        found.add(f"patch.object({ast.unparse(node.args[0])}, {a.value!r})")
-                elif fn.endswith("patch") and node.args:
-                    a = node.args[0]
-                    if isinstance(a, ast.Constant) and isinstance(a.value, str) and (
-                            a.value.rsplit(".", 1)[-1].startswith("_")
-                            or a.value.startswith("asyncio.")):
-                        found.add(f"patch({a.value!r})")
-        return found
+    scan = PrivateUses(__file__, patches=True)  # __file__: the close_loop shim is ours
+    func_ast, lookup, uses = scan.func_ast, scan.lookup, scan.uses
 
     fixture_names = ("setUp", "tearDown", "set_event_loop", "close_loop")
     out = {}
