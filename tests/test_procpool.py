@@ -96,10 +96,10 @@ EXIT_SCRIPT = textwrap.dedent(
 )
 
 
-class ProcessExecutorMixin:
+class ProcPoolsFixture:
+    """``pools``: a factory of executors of the class under test, all closed after the test."""
+
     executor_class = None
-    # "module:attribute" of the executor, for tests that run it in a child interpreter.
-    executor_path = None
 
     def resolve_executor_class(self):
         return self.executor_class
@@ -109,6 +109,11 @@ class ProcessExecutorMixin:
         factory = ProcPoolFactory(self.resolve_executor_class(), tmp_path)
         yield factory
         factory.close()
+
+
+class ProcessExecutorMixin(ProcPoolsFixture):
+    # "module:attribute" of the executor, for tests that run it in a child interpreter.
+    executor_path = None
 
     def one_blocked_worker(self, pools):
         """A one-worker pool whose worker is busy until the returned gate is set."""
@@ -720,21 +725,10 @@ class TestBraidProcessPool(ProcessExecutorMixin):
         return import_braid().ProcessPool
 
 
-class ProcessMapBuffersizeMixin:
+class ProcessMapBuffersizeMixin(ProcPoolsFixture):
     """``map(..., buffersize=N)`` as in Python 3.14: the call submits the first N chunks, each
     chunk whose results start to be handed out reads and submits one more, so the input is read
     lazily, at most N chunks ahead of the consumer."""
-
-    executor_class = None
-
-    def resolve_executor_class(self):
-        return self.executor_class
-
-    @pytest.fixture
-    def pools(self, tmp_path):
-        factory = ProcPoolFactory(self.resolve_executor_class(), tmp_path)
-        yield factory
-        factory.close()
 
     def test_results(self, pools):
         pool = pools(max_workers=2)

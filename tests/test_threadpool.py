@@ -169,10 +169,10 @@ def _abandoned_map_in_a_cycle(pool, started, **map_kw):
     return weakref.ref(box)
 
 
-class ExecutorMixin:
+class PoolsFixture:
+    """``pools``: a factory of executors of the class under test, all closed after the test."""
+
     executor_class = None
-    # "module:attribute" of the executor, for tests that run it in a child interpreter.
-    executor_path = None
 
     def resolve_executor_class(self):
         return self.executor_class
@@ -182,6 +182,11 @@ class ExecutorMixin:
         factory = PoolFactory(self.resolve_executor_class())
         yield factory
         factory.close()
+
+
+class ExecutorMixin(PoolsFixture):
+    # "module:attribute" of the executor, for tests that run it in a child interpreter.
+    executor_path = None
 
     def one_blocked_worker(self, pools):
         """A one-worker pool whose worker is busy until the returned gate is set."""
@@ -1091,21 +1096,10 @@ class TestBraidThreadPool(ExecutorMixin):
         return import_braid().ThreadPool
 
 
-class MapBuffersizeMixin:
+class MapBuffersizeMixin(PoolsFixture):
     """``map(..., buffersize=N)`` as in Python 3.14: the call submits the first N tasks, each
     result handed out reads and submits one more, so the input is read lazily (endless inputs
     work) at most N ahead of the consumer."""
-
-    executor_class = None
-
-    def resolve_executor_class(self):
-        return self.executor_class
-
-    @pytest.fixture
-    def pools(self):
-        factory = PoolFactory(self.resolve_executor_class())
-        yield factory
-        factory.close()
 
     @pytest.mark.parametrize("buffersize", [1, 2, 4, 8])
     def test_results(self, pools, buffersize):
