@@ -376,15 +376,21 @@ def test_map_eager_submits_every_chunk_at_the_call(pools, tmp_path):
     assert list(it) == [i * i for i in range(1000)]
 
 
-def test_map_buffersize_timeout_cancels_the_window(pools, tmp_path):
-    # Every queued task of braid's pool can be cancelled (the stdlib's call queue holds
-    # max_workers + 1 that cannot): a map that ends early leaves nothing of its window to run.
+def blocked_worker_pool(pools, tmp_path):
+    """A one-worker pool whose worker runs a task until the gate is set: (pool, gate, task)."""
     pool = pools(max_workers=1)
     gate = tasks.FileGate(tmp_path / "gate")
     pools.gates.append(gate)
     started = str(tmp_path / "started")
     blocked = pool.submit(tasks.block, started, gate.path)
     assert tasks.wait_for_path(started)
+    return pool, gate, blocked
+
+
+def test_map_buffersize_timeout_cancels_the_window(pools, tmp_path):
+    # Every queued task of braid's pool can be cancelled (the stdlib's call queue holds
+    # max_workers + 1 that cannot): a map that ends early leaves nothing of its window to run.
+    pool, gate, blocked = blocked_worker_pool(pools, tmp_path)
     ran_path = str(tmp_path / "ran")
     source = GuardedCount(1000)
     it = pool.map(functools.partial(tasks.record, ran_path), source, timeout=0.2, chunksize=1,
@@ -589,12 +595,7 @@ def test_max_tasks_per_worker_with_initializer(pools):
 def test_cancel_every_queued_task(pools, tmp_path):
     # Unlike the stdlib (whose call queue holds max_workers + 1 uncancellable items), every
     # task that has not started can be cancelled, also one already handed to a busy worker.
-    pool = pools(max_workers=1)
-    gate = tasks.FileGate(tmp_path / "gate")
-    pools.gates.append(gate)
-    started = str(tmp_path / "started")
-    blocked = pool.submit(tasks.block, started, gate.path)
-    assert tasks.wait_for_path(started)
+    pool, gate, blocked = blocked_worker_pool(pools, tmp_path)
     ran_path = str(tmp_path / "ran")
     queued = [pool.submit(tasks.record, ran_path, i) for i in range(10)]
     time.sleep(0.05)
@@ -615,12 +616,7 @@ def test_cancel_every_queued_task(pools, tmp_path):
 def test_shutdown_cancel_futures_reported_to_wait(pools, tmp_path):
     # braid reports futures cancelled by shutdown(cancel_futures=True) to wait() (the stdlib
     # does not, see test_procpool.py).
-    pool = pools(max_workers=1)
-    gate = tasks.FileGate(tmp_path / "gate")
-    pools.gates.append(gate)
-    started = str(tmp_path / "started")
-    blocked = pool.submit(tasks.block, started, gate.path)
-    assert tasks.wait_for_path(started)
+    pool, gate, blocked = blocked_worker_pool(pools, tmp_path)
     queued = [pool.submit(tasks.square, i) for i in range(10)]
     pool.shutdown(wait=False, cancel_futures=True)
     # The first one or two may already sit in the busy worker's ring (running, like the

@@ -45,14 +45,11 @@ Exit status as cpython_asyncio_suite.py: 0 gate passed, 1 regressions, 2 usage
 errors (or a Python without the package), 130 after Ctrl-C.
 """
 
-import ast
 import functools
 import importlib
-import inspect
 import os
 import re
 import sys
-import textwrap
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

@@ -71,11 +71,9 @@ Ctrl-C.
 """
 
 import argparse
-import ast
 import datetime
 import fnmatch
 import importlib
-import inspect
 import json
 import os
 import platform
@@ -84,7 +82,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 import traceback
 import unittest
