@@ -761,3 +761,48 @@ def test_workers_die_with_a_killed_parent(braid, tmp_path):
             proc.kill()
             proc.wait(TIMEOUT)
         tasks.kill_quietly(pids | {int(p) for p in tasks.read_lines(pidfile)})
+
+
+# ---- exceptions that cannot be sent back as they are ----------------------------------
+
+UNSENDABLE_MESSAGES = {
+    "lock": "procpool_tasks.HoldsALock: holds a lock (the exception could not be sent back: TypeError",
+    "reduce": "procpool_tasks.ReduceRaises:  (the exception could not be sent back: ValueError: no reduce",
+    "recursion": "procpool_tasks.TooDeep: too deep (the exception could not be sent back: RecursionError",
+    "two-arguments": "procpool_tasks.NeedsTwoArguments: 1 and 2 (the exception could not be received: "
+                     "TypeError",
+}
+
+
+@pytest.mark.parametrize("kind", list(UNSENDABLE_MESSAGES))
+def test_unsendable_exception_keeps_the_worker_traceback(pools, kind):
+    # A stand-in RuntimeError names the original type and message, and carries the worker's
+    # traceback as __cause__ like any other task exception; the worker lives on.
+    pool = pools(max_workers=1)
+    pid = pool.submit(tasks.getpid).result(TIMEOUT)
+    exc = pool.submit(tasks.raise_unsendable, kind).exception(TIMEOUT)
+    assert type(exc) is RuntimeError, repr(exc)
+    assert str(exc).startswith(UNSENDABLE_MESSAGES[kind]), str(exc)
+    cause = str(exc.__cause__)
+    assert "raise_unsendable" in cause and "Traceback" in cause, cause
+    assert pool.submit(tasks.getpid).result(TIMEOUT) == pid
+
+
+@pytest.mark.parametrize("kind", ["lock", "two-arguments"])
+def test_unsendable_exception_in_map_keeps_position_and_traceback(pools, kind):
+    pool = pools(max_workers=2)
+    results = pool.map(functools.partial(tasks.raise_unsendable_at, kind, 37), range(100), chunksize=10)
+    got = []
+    with pytest.raises(RuntimeError) as info:
+        for value in results:
+            got.append(value)
+    assert got == list(range(37))
+    assert str(info.value).startswith(UNSENDABLE_MESSAGES[kind]), str(info.value)
+    assert "raise_unsendable" in str(info.value.__cause__)
+
+
+def test_unsendable_initializer_exception_breaks_the_pool_with_its_name(braid, pools):
+    pool = pools(max_workers=1, initializer=tasks.raise_unsendable, initargs=("lock",))
+    exc = pool.submit(tasks.getpid).exception(TIMEOUT)
+    assert isinstance(exc, cf.process.BrokenProcessPool), repr(exc)
+    assert "HoldsALock" in str(exc), str(exc)
