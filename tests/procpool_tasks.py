@@ -410,3 +410,11 @@ def raise_unsendable_at(kind, at, x):
     if x == at:
         raise_unsendable(kind)
     return x
+
+
+def append_to(seq, value):
+    seq.append(value)
+
+
+def put_on(queue, value):
+    queue.put(value)

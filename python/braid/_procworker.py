@@ -331,6 +331,47 @@ def _handle(kind, payload, seq):
     raise RuntimeError(f"braid worker: unknown message type {kind}")
 
 
+class _AuthkeyOnImport:
+    """Gives this worker's multiprocessing the parent's authkey, as a spawned child of
+    multiprocessing gets it, so that Manager proxies and Listener/Client connections passed to
+    a task authenticate. Set when multiprocessing is first imported here (by the unpickling of
+    a proxy, say), not before: a worker imports only what it runs."""
+
+    def __init__(self, key):
+        self.key = key
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "multiprocessing.process":
+            return None
+        sys.meta_path.remove(self)
+        import importlib.util
+
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _KeyingLoader(spec.loader, self.key)
+        return spec
+
+
+class _KeyingLoader:
+    def __init__(self, loader, key):
+        self.loader, self.key = loader, key
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        self.loader.exec_module(module)
+        module.current_process().authkey = self.key
+
+
+def _adopt_authkey(key):
+    process = sys.modules.get("multiprocessing.process")
+    if process is not None:
+        process.current_process().authkey = key
+    else:
+        sys.meta_path.insert(0, _AuthkeyOnImport(key))
+
+
 def _fixup_main(path):
     # As multiprocessing's spawn does: run the parent's main script as __mp_main__ so that
     # functions and classes it defines unpickle here; its `if __name__ == "__main__":` part
@@ -355,6 +396,9 @@ def main():
     syspath = env.pop("BRAID_WORKER_SYSPATH", "")
     main_path = env.pop("BRAID_WORKER_MAIN", "")
     _braid._worker_bind_parent(ppid)  # die with the parent, even if it is SIGKILLed
+    authkey = env.pop("BRAID_WORKER_AUTHKEY", "")
+    if authkey:
+        _adopt_authkey(bytes.fromhex(authkey))
     import signal
     # Ctrl-C reaches the whole process group; the parent decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

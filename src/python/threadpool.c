@@ -289,17 +289,30 @@ static int core_join(pool_core_t *core)
                         "shutdown(wait=True) called from a task of the same pool would wait for itself");
         return -1;
     }
-    if (core->joining) {
-        /* another thread is joining: wait for it, with the GIL released */
-        while (core->joining) {
-            Py_BEGIN_ALLOW_THREADS
-            usleep(1000);
-            Py_END_ALLOW_THREADS
-        }
-        return 0;
-    }
-    core->joining = 1;
+    /* Wait for the workers with the GIL released, waking for signal
+     * handlers: Ctrl-C raises KeyboardInterrupt here, the pool stays
+     * closed, and a later shutdown() or the at-exit hook waits again. */
     int rc;
+    for (;;) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = br_threadpool_wait_exited(&core->tp, -1);
+        Py_END_ALLOW_THREADS
+        if (rc != -EINTR) {
+            break;
+        }
+        if (PyErr_CheckSignals() < 0) {
+            return -1;
+        }
+    }
+    if (rc < 0) {
+        braid_raise_errno(rc, "waiting for the thread pool's workers");
+        return -1;
+    }
+    if (core->joined) {
+        return 0; /* another thread joined it while this one waited */
+    }
+    /* every worker has exited: the join reaps their threads at once */
+    core->joining = 1;
     Py_BEGIN_ALLOW_THREADS
     rc = br_threadpool_join(&core->tp);
     Py_END_ALLOW_THREADS
