@@ -305,7 +305,7 @@ static int core_join(pool_core_t *core)
         }
     }
     if (rc < 0) {
-        braid_raise_errno(rc, "waiting for the thread pool's workers");
+        braid_raise_oserror(rc, "waiting for the thread pool's workers");
         return -1;
     }
     if (core->joined) {
@@ -318,7 +318,7 @@ static int core_join(pool_core_t *core)
     Py_END_ALLOW_THREADS
     core->joining = 0;
     if (rc < 0) {
-        braid_raise_errno(rc, "joining the thread pool");
+        braid_raise_oserror(rc, "joining the thread pool");
         return -1;
     }
     core->joined = 1;
@@ -453,7 +453,11 @@ FutureObject *braid_pool_submit(PyObject *self, PyObject *fn, PyObject *args, Py
         f->pool = NULL;
         Py_DECREF(f);
         Py_DECREF(f);
-        braid_raise_errno(rc, "submitting to the thread pool");
+        if (rc == -ESHUTDOWN) {
+            PyErr_SetString(PyExc_RuntimeError, "cannot schedule new futures after shutdown");
+        } else {
+            braid_raise_oserror(rc, "submitting to the thread pool");
+        }
         return NULL;
     }
     return f;
@@ -682,7 +686,7 @@ static int pool_init(PyObject *self, PyObject *args, PyObject *kwds)
         Py_DECREF(core->initargs);
         Py_DECREF(core->prefix);
         PyMem_RawFree(core);
-        braid_raise_errno(rc, "creating the thread pool");
+        braid_raise_oserror(rc, "creating the thread pool");
         return -1;
     }
     core_link(st, core);
