@@ -2,11 +2,12 @@
 
     python -m braid                     version, then a quick thread-pool comparison
     python -m braid --version           the version
+    python -m braid demo [ARGS]         the tutorial's three experiments, measured here
     python -m braid bench               the list of benchmarks
     python -m braid bench NAME [ARGS]   run one (python -m braid bench NAME --help)
 
-The bare command is where the live demo will go; for now it is the headline
-of the thread-pool benchmark, small enough to take a second or two.
+The bare command is the headline of the thread-pool benchmark, small enough to
+take a second or two; the demo (braid.demo) is the longer story.
 """
 
 import shlex
@@ -14,9 +15,12 @@ import sys
 
 USAGE = """\
 usage: python -m braid [--version | --help]
+       python -m braid demo [ARGS...]
        python -m braid bench [NAME [ARGS...]]
 
   (no arguments)         print the version and a quick thread-pool comparison
+  demo [ARGS...]         the tutorial's three experiments replayed on this machine
+                         (demo --help for its options)
   bench                  list the benchmarks
   bench NAME [ARGS...]   run benchmark NAME (bench NAME --help for its options)
   --version              print the version
@@ -85,7 +89,9 @@ def _demo():
         verdict = f"{1 / ratio:.1f}x slower"
     print(f"  {tp.BRAID_NAME.ljust(width)}  {row['braid_us_per_task']:7.2f} µs/task  ({verdict})")
     print("\nthe full comparison (map, round trips, sleep and socket I/O):"
-          "\n  python -m braid bench threadpool")
+          "\n  python -m braid bench threadpool"
+          "\nthe tutorial's three experiments (downloads, primes, fetches) on this machine:"
+          "\n  python -m braid demo")
     return 0
 
 
@@ -107,6 +113,10 @@ def main(argv=None):
         return 0
     if cmd == "bench":
         return _bench(rest, command)
+    if cmd == "demo":
+        from braid.demo import main as demo_main
+
+        return demo_main(rest, command=command)
     print(f"error: unknown command {cmd!r}\n", file=sys.stderr)
     print(USAGE, end="", file=sys.stderr)
     return 2

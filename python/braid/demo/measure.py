@@ -1,0 +1,227 @@
+"""How the demo runs and measures a variant: one run each, its wall time, the CPU it used,
+the check of its result, and what braid.map said it chose.
+
+CPU use is the process's user + system time (threads, and worker processes once reaped)
+less the demo server's thread, over the wall time: 1.0 is one core busy throughout. The
+server answers from a thread of this process, so without that subtraction every client's
+figure would carry the server's work too.
+"""
+
+import dataclasses
+import gc
+import logging
+import resource
+import sys
+import threading
+import time
+
+__all__ = ["Case", "Row", "Variant", "run_case", "Progress"]
+
+
+@dataclasses.dataclass
+class Variant:
+    """One way of running a case: ``run(ctx)`` returns what ``Case.check`` verifies.
+
+    ``pillar`` is the tutorial's name for it (sequential, threading, multiprocessing,
+    asyncio); ``sample``: run on the first ``sample`` items only and the time scaled to the
+    case's size (a sequential run too long to wait for)."""
+
+    key: str
+    label: str
+    pillar: str
+    run: object
+    baseline: bool = False
+    sample: int | None = None
+    is_map: bool = False
+
+
+@dataclasses.dataclass
+class Case:
+    """One experiment at one size: its variants, and how a result is checked.
+
+    ``check(result, variant)`` returns a sentence saying what was verified, or raises
+    CheckFailed; ``setup()`` makes what each run gets (``ctx``, e.g. a temporary
+    directory) before the clock starts, ``teardown(ctx)`` removes it after the check."""
+
+    experiment: str
+    size: int
+    title: str
+    variants: list
+    check: object
+    setup: object = None
+    teardown: object = None
+
+
+class CheckFailed(Exception):
+    """A variant's result is not what the server sent or the sieve says."""
+
+
+@dataclasses.dataclass
+class Row:
+    """One measured variant: a line of the table and of --json."""
+
+    experiment: str
+    size: int
+    variant: str
+    pillar: str
+    seconds: float | None
+    speedup: float | None
+    cpu: float | None
+    ok: bool
+    check: str
+    estimated: bool = False
+    measured_items: int | None = None
+    chose: str | None = None
+    is_map: bool = False
+    baseline: bool = False
+    key: str = ""
+
+    def as_json(self):
+        return {
+            "experiment": self.experiment, "variant": self.variant, "key": self.key,
+            "pillar": self.pillar, "size": self.size, "seconds": self.seconds,
+            "speedup": self.speedup, "cpu_cores": self.cpu,
+            "result_check": {"ok": self.ok, "detail": self.check},
+            "estimated": self.estimated, "measured_items": self.measured_items,
+            "braid_map_chose": self.chose,
+        }
+
+
+def _cpu_seconds():
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+class _Capture(logging.Handler):
+    """The lines braid logs to the "braid" logger at INFO while a variant runs: braid.map's
+    explanation of its choice is one (the line explain=True prints)."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines = []
+
+    def emit(self, record):
+        try:
+            self.lines.append(record.getMessage())
+        except Exception:
+            pass
+
+    def __enter__(self):
+        self.logger = logging.getLogger("braid")
+        self.level = self.logger.level
+        if self.logger.getEffectiveLevel() > logging.INFO:
+            self.logger.setLevel(logging.INFO)
+        self.logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc):
+        self.logger.removeHandler(self)
+        self.logger.setLevel(self.level)
+        return False
+
+    def explain(self):
+        lines = [line for line in self.lines if line.startswith("braid.map")]
+        return lines[-1] if lines else None
+
+
+def run_variant(case, variant, server_cpu):
+    """Runs one variant once: its Row (speedup not filled in yet)."""
+    ctx = case.setup() if case.setup else None
+    try:
+        gc.collect()
+        result = None
+        with _Capture() as cap:
+            srv0, cpu0, t0 = server_cpu(), _cpu_seconds(), time.perf_counter()
+            try:
+                result = variant.run(ctx)
+                error = None
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            wall = time.perf_counter() - t0
+            cpu = max(0.0, _cpu_seconds() - cpu0 - (server_cpu() - srv0))
+        if error is None:
+            try:
+                detail, ok = case.check(result, variant, ctx), True
+            except CheckFailed as exc:
+                detail, ok = f"wrong result: {exc}", False
+        else:
+            detail, ok = error, False
+        result = None
+    finally:
+        if case.teardown:
+            case.teardown(ctx)
+    scale = case.size / variant.sample if variant.sample else 1.0
+    return Row(experiment=case.experiment, size=case.size, variant=variant.label,
+               pillar=variant.pillar, seconds=wall * scale if ok else None, speedup=None,
+               cpu=cpu / wall if ok and wall > 0 else None, ok=ok, check=detail,
+               estimated=bool(variant.sample), measured_items=variant.sample,
+               chose=cap.explain(), is_map=variant.is_map, baseline=variant.baseline,
+               key=variant.key)
+
+
+def run_case(case, progress, server_cpu):
+    """Every variant of a case, in order; the rows, with speedups against the baseline."""
+    rows = []
+    base = None
+    for variant in case.variants:  # the baseline first: the speedups are printed live
+        progress.start(f"{case.experiment} {case.size:,}: {variant.label}")
+        row = run_variant(case, variant, server_cpu)
+        if row.baseline and row.ok:
+            base = row
+        if base is not None and row.seconds:
+            row.speedup = base.seconds / row.seconds
+        rows.append(row)
+        progress.finish(row)
+    return rows
+
+
+class Progress:
+    """What the user sees while the demo runs: a line per variant as it ends (stdout), and
+    while one runs, a tqdm bar on stderr naming it with its time so far (when stderr is a
+    terminal). A small thread redraws the bar twice a second so the clock moves."""
+
+    def __init__(self, total, out=None):
+        from tqdm import tqdm
+
+        self.out = out or sys.stdout
+        self.bar = tqdm(total=total, file=sys.stderr, disable=None, leave=False, unit="run",
+                        bar_format="{desc} |{bar}| {n_fmt}/{total_fmt} runs, {elapsed}")
+        self._stop = threading.Event()
+        self._ticker = None
+        if not self.bar.disable:
+            self._ticker = threading.Thread(target=self._tick, name="braid-demo-progress",
+                                            daemon=True)
+            self._ticker.start()
+        self._t0 = None
+
+    def _tick(self):
+        while not self._stop.wait(0.5):
+            self.bar.refresh()
+
+    def start(self, what):
+        self._t0 = time.perf_counter()
+        self.bar.set_description_str(what, refresh=True)
+
+    def say(self, line=""):
+        self.bar.write(line, file=self.out)
+
+    def finish(self, row):
+        self.bar.update(1)
+        self.say(format_live(row))
+
+    def close(self):
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join()
+        self.bar.close()
+
+
+def format_live(row):
+    """The line printed as a variant ends."""
+    if not row.ok:
+        return f"  {row.variant:<44} FAILED: {row.check}"
+    est = "~" if row.estimated else " "
+    speed = f"{row.speedup:5.2f}x" if row.speedup else "      "
+    return (f"  {row.variant:<44} {est}{row.seconds:7.2f} s  {speed}  "
+            f"CPU {row.cpu:4.2f}  {row.check}")

@@ -1,0 +1,98 @@
+"""Experiment 2, processes: the tutorial's "CPU-Bound Task", is_prime over 1..N.
+
+The functions are the tutorial's, unchanged (braid.bench._tutorial, a module that imports
+nothing, so a worker process loads no more than the tutorial's own would). Every timing
+includes starting and stopping the pool, as a script that runs once pays them. The
+variants:
+
+    sequential            [is_prime(n) for n in numbers], the tutorial's sequential version
+    multiprocessing.Pool  the tutorial's concurrent version: cpu_count() processes, the
+                          list cut into that many chunks, check_numbers_chunk, flattened
+    braid.ProcessPool     pool.map(is_prime, numbers) (chunked by the pool)
+    braid.map             braid.map(is_prime, numbers): braid measures and chooses
+
+Every result is compared, flag by flag, with a sieve of Eratosthenes computed beforehand.
+"""
+
+from braid.bench._tutorial import check_numbers_chunk, is_prime
+
+from .measure import Case, CheckFailed, Variant
+
+__all__ = ["cases"]
+
+
+def sieve(stop):
+    """[is n prime for n in range(1, stop + 1)], independently of is_prime."""
+    flags = bytearray([1]) * (stop + 1)
+    flags[0:2] = bytes(2)  # 0 and 1; stop >= 1
+    for p in range(2, int(stop ** 0.5) + 1):
+        if flags[p]:
+            flags[p * p::p] = bytes(len(range(p * p, stop + 1, p)))
+    return [bool(f) for f in flags[1:]]
+
+
+def _sequential(numbers):
+    sequential_results = [is_prime(n) for n in numbers]
+    return sequential_results
+
+
+def _tutorial_pool(numbers):
+    import multiprocessing
+
+    num_processes = multiprocessing.cpu_count()
+    chunk_size = len(numbers) // num_processes
+    number_chunks = [numbers[i:i + chunk_size] for i in range(0, len(numbers), chunk_size)]
+    with multiprocessing.Pool(processes=num_processes) as pool:
+        process_results = pool.map(check_numbers_chunk, number_chunks)
+    # Flatten the results from all processes
+    final_results = [item for sublist in process_results for item in sublist]
+    return final_results
+
+
+def _process_pool(numbers):
+    import braid
+
+    with braid.ProcessPool() as pool:
+        return list(pool.map(is_prime, numbers))
+
+
+def _braid_map(numbers):
+    import braid
+
+    return braid.map(is_prime, numbers)
+
+
+def cases(opts, server=None, clients=None):
+    """One case per size in ``opts.primes``: numbers 1..N."""
+    out = []
+    for n in opts.primes:
+        numbers = list(range(1, n + 1))
+        want = sieve(n)
+        count = sum(want)
+
+        def check(result, variant, ctx, numbers=numbers, want=want, count=count):
+            if variant.key == "mp_pool":  # (number, flag) pairs
+                if not isinstance(result, list) or [p[0] for p in result] != numbers:
+                    raise CheckFailed("the (number, flag) pairs are not the numbers in order")
+                result = [p[1] for p in result]
+            if not isinstance(result, list) or len(result) != len(want):
+                raise CheckFailed(f"{len(result):,} results for {len(want):,} numbers")
+            if result != want:
+                i = next(i for i, (g, w) in enumerate(zip(result, want)) if g != w)
+                raise CheckFailed(f"is_prime({numbers[i]:,}) came back {result[i]}")
+            return f"{count:,} primes, every flag as the sieve says"
+
+        def on(fn, numbers=numbers):
+            return lambda ctx: fn(numbers)
+
+        variants = [
+            Variant("sequential", "sequential list comprehension", "sequential", on(_sequential),
+                    baseline=True),
+            Variant("mp_pool", "multiprocessing.Pool (the tutorial's chunks)", "multiprocessing",
+                    on(_tutorial_pool)),
+            Variant("procpool", "braid.ProcessPool().map", "multiprocessing", on(_process_pool)),
+            Variant("map", "braid.map (auto)", "braid.map", on(_braid_map), is_map=True),
+        ]
+        title = f"primes (processes): is_prime over 1..{n:,}, pool start-up included"
+        out.append(Case("primes", n, title, variants, check))
+    return out
