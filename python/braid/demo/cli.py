@@ -272,6 +272,10 @@ def _run(opts, clients, command):
         print("\nwhat braid.map chose (auto mode; its explain=True line below each):", file=out)
         for line in chose:
             print(f"  {line}", file=out)
+    if clients.left_out:
+        print("\nleft out:", file=out)
+        for line in clients.left_out:
+            print(f"  {line}", file=out)
     failed = [r for r in rows if not r.ok]
 
     if opts.json:

@@ -219,9 +219,10 @@ class Progress:
 
 def format_live(row):
     """The line printed as a variant ends."""
+    from .report import _secs, speedup
+
     if not row.ok:
         return f"  {row.variant:<44} FAILED: {row.check}"
-    est = "~" if row.estimated else " "
-    speed = f"{row.speedup:5.2f}x" if row.speedup else "      "
-    return (f"  {row.variant:<44} {est}{row.seconds:7.2f} s  {speed}  "
-            f"CPU {row.cpu:4.2f}  {row.check}")
+    wall = ("~" if row.estimated else "") + _secs(row.seconds)
+    speed = speedup(row.speedup) if row.speedup else ""
+    return f"  {row.variant:<44} {wall:>9} {speed:>8}  CPU {row.cpu:4.2f}  {row.check}"

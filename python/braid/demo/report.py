@@ -7,14 +7,24 @@ import tempfile
 
 __all__ = ["table", "rule_of_thumb", "map_choices", "write_json", "write_atomically"]
 
-TIE = 0.15  # two times within 15% of each other are called a tie
+# Two times are called a tie when within 15% of each other, or 10 ms: every variant runs
+# once, and a few milliseconds are what one run's noise (a connection's set-up) is worth.
+TIE = 0.15
+TIE_S = 0.010
 
 PILLARS = {"sequential": "sequential", "threading": "threading",
            "multiprocessing": "multiprocessing", "asyncio": "asyncio"}
 
 
 def _secs(s):
-    return f"{s:.2f} s" if s >= 0.1 else f"{s * 1000:.0f} ms"
+    if s >= 0.1:
+        return f"{s:.2f} s"
+    return f"{s * 1000:.0f} ms" if s >= 0.01 else f"{s * 1000:.1f} ms"
+
+
+def speedup(x):
+    """2.87x, 0.49x, 0.0046x: two decimals, or two significant digits below 0.1."""
+    return f"{x:.2f}x" if x >= 0.1 else f"{x:.2g}x"
 
 
 def choice_of(line):
@@ -39,7 +49,7 @@ def table(cases, rows):
              "sequential row; CPU: cores busy on average, the demo server's thread left out; "
              "~ : timed on a sample and scaled)"]
     width = max([len(r.variant) for r in rows] + [len(head[0])])
-    fmt = "  {:<%d}  {:<15}  {:>9}  {:>7}  {:>4}  {}" % width
+    fmt = "  {:<%d}  {:<17}  {:>9}  {:>7}  {:>4}  {}" % width
     for case in cases:
         mine = [r for r in rows if r.experiment == case.experiment and r.size == case.size]
         if not mine:
@@ -48,7 +58,7 @@ def table(cases, rows):
         for r in mine:
             if r.ok:
                 wall = ("~" if r.estimated else "") + _secs(r.seconds)
-                speed = f"{r.speedup:.2f}x" if r.speedup else "-"
+                speed = speedup(r.speedup) if r.speedup else "-"
                 pillar = _pillar(r) + (" *" if r.is_map else "")
                 lines.append(fmt.format(r.variant, pillar, wall, speed, f"{r.cpu:.2f}", "ok"))
             else:
@@ -70,7 +80,8 @@ def _best(rows):
 
 def _compare(a_name, a, b_name, b):
     """'a 2.0x b (x s vs y s)' or 'tie' when within TIE."""
-    if a.seconds <= b.seconds * (1 + TIE) and b.seconds <= a.seconds * (1 + TIE):
+    close = abs(a.seconds - b.seconds) <= TIE_S
+    if close or (a.seconds <= b.seconds * (1 + TIE) and b.seconds <= a.seconds * (1 + TIE)):
         return f"{a_name} and {b_name} tie ({_secs(a.seconds)} vs {_secs(b.seconds)})"
     if a.seconds < b.seconds:
         return f"{a_name} {b.seconds / a.seconds:.1f}x faster than {b_name} ({_secs(a.seconds)} vs {_secs(b.seconds)})"
