@@ -152,6 +152,7 @@ def test_plot_without_matplotlib_exits_2(tmp_path):
     (["--downloads", "1.5"], "not a whole number"),
     (["--file-size", "0"], "not a positive number"),
     (["--connections", "x"], "not a whole number"),
+    (["--repeat", "0"], "not a positive number"),
     (["--latency", "-1"], "0 ms or more"),
     (["--plot", "/nonexistent-braid-dir/x.png"], "does not exist"),
     (["--json", "/nonexistent-braid-dir/x.json"], "does not exist"),

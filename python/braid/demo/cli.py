@@ -87,6 +87,9 @@ def build_parser(prog="python -m braid demo"):
                         "about 15 s in all")
     p.add_argument("--only", type=_only, metavar="LIST", default=list(EXPERIMENTS),
                    help="the experiments to run, comma-separated: downloads,primes,fetches")
+    p.add_argument("--repeat", type=_positive, metavar="N", default=1,
+                   help="run each variant N times in a row and keep its fastest run (1); "
+                        "on a busy machine the fastest is the least disturbed")
     p.add_argument("--json", metavar="FILE", help="write every row (experiment, variant, size, "
                    "seconds, speedup, result check) to FILE as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="draw a panel per experiment, a bar per "
@@ -249,11 +252,11 @@ def _run(opts, clients, command):
         makers = {"downloads": downloads.cases, "primes": primes.cases, "fetches": fetches.cases}
         for name in opts.only:
             cases += makers[name](opts, server, clients)
-        progress = Progress(sum(len(c.variants) for c in cases), out)
+        progress = Progress(sum(len(c.variants) for c in cases) * opts.repeat, out)
         for case in cases:
             progress.say("")
             progress.say(case.title)
-            rows += run_case(case, progress, server_cpu)
+            rows += run_case(case, progress, server_cpu, opts.repeat)
     finally:
         if progress is not None:
             progress.close()
@@ -261,7 +264,7 @@ def _run(opts, clients, command):
             server.close()
 
     print("", file=out)
-    print(report.table(cases, rows), file=out)
+    print(report.table(cases, rows, opts.repeat), file=out)
     rule = report.rule_of_thumb(rows, opts)
     if rule:
         print("\nthe rule of thumb, as measured here:", file=out)
@@ -282,7 +285,7 @@ def _run(opts, clients, command):
         document = {
             "braid": braid.__version__, "command": command, "machine": machine,
             "clients": {"blocking": clients.blocking_name, "async": clients.async_name},
-            "options": {k: getattr(opts, k) for k in ("quick", "only", *DEFAULTS)},
+            "options": {k: getattr(opts, k) for k in ("quick", "only", "repeat", *DEFAULTS)},
             "rows": [r.as_json() for r in rows],
             "rule_of_thumb": rule, "braid_map": chose, "left_out": clients.left_out,
             "ok": not failed,
@@ -292,9 +295,10 @@ def _run(opts, clients, command):
     if opts.plot:
         from .plot import plot
 
-        subtitle = (f"python -m braid demo on {machine['cpus_usable']} CPU(s), Python "
-                    f"{machine['python']}, braid {braid.__version__} (one run each; bars: "
-                    "speedup against sequential, labels: wall time)")
+        runs = "one run each" if opts.repeat == 1 else f"the fastest of {opts.repeat} runs each"
+        subtitle = (f"{command} on {machine['cpus_usable']} CPU(s), Python {machine['python']}, "
+                    f"braid {braid.__version__} ({runs}; bars: speedup against sequential, "
+                    "labels: wall time)")
         plot(opts.plot, rows, subtitle)
         print(f"plot written to {opts.plot}", file=out)
     if failed:

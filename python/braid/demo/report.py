@@ -42,10 +42,11 @@ def _pillar(row):
     return row.pillar
 
 
-def table(cases, rows):
+def table(cases, rows, repeat=1):
     """The comparison table: a block per case (its title, then a row per variant)."""
     head = ("variant", "pillar", "wall", "speedup", "CPU", "result")
-    lines = ["the tutorial's comparison, measured here (one run each; speedup: against the "
+    runs = "one run each" if repeat == 1 else f"the fastest of {repeat} runs each"
+    lines = [f"the tutorial's comparison, measured here ({runs}; speedup: against the "
              "sequential row; CPU: cores busy on average, the demo server's thread left out; "
              "~ : timed on a sample and scaled)"]
     width = max([len(r.variant) for r in rows] + [len(head[0])])
