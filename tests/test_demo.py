@@ -242,3 +242,30 @@ def test_fd_limit_is_raised_to_the_hard_limit():
     assert "raised from 256" in lines[0]
     if hard != resource.RLIM_INFINITY:
         assert lines[1] == "True"
+
+
+def test_a_wrong_result_fails_its_row_and_the_run(tmp_path, monkeypatch, capsys):
+    """The checks check: files that are not the ones meant, and fetches that time out, are
+    FAILED rows (the JSON says so too) and the exit status is 1."""
+    from braid.demo import downloads, fetches
+
+    monkeypatch.setattr(downloads, "server_file", lambda i, size: b"not this" * (size // 8 + 1))
+    monkeypatch.setattr(fetches, "TIMEOUT", 0.05)
+    out_json = tmp_path / "rows.json"
+    status = demo_cli.main(["--only", "downloads,fetches", "--downloads", "2", "--file-size",
+                            "4096", "--latency", "0", "--fetches", "3", "--fetch-latency", "300",
+                            "--json", str(out_json)])
+    out, err = capsys.readouterr()
+    assert status == 1
+    assert "failed or gave a wrong result" in err
+    doc = json.loads(out_json.read_text())
+    assert doc["ok"] is False
+    checks = {(r["experiment"], r["key"]): r["result_check"] for r in doc["rows"]}
+    for key in KEYS["downloads"]:
+        assert not checks["downloads", key]["ok"]
+        assert "SHA-256 differs" in checks["downloads", key]["detail"]
+    for key in KEYS["fetches"]:
+        assert not checks["fetches", key]["ok"]
+        assert "3 of 3 fetches failed" in checks["fetches", key]["detail"]
+    assert "counts the wait for one of the 100 connections" in checks["fetches", "asyncio"]["detail"]
+    assert out.count("FAILED") >= 2 * (len(KEYS["downloads"]) + len(KEYS["fetches"]))

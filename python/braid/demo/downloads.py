@@ -17,7 +17,7 @@ import shutil
 import tempfile
 import threading
 
-from .measure import Case, CheckFailed, Variant
+from .measure import Case, CheckFailed, Variant, why as _why
 
 __all__ = ["cases"]
 
@@ -35,7 +35,7 @@ def download_file(url, filename):
         with open(filename, 'wb') as f:
             f.write(response.content)
     except _clients.RequestException as e:
-        _errors.append(f"{url}: {type(e).__name__}: {e}")
+        _errors.append(f"{url}: {_why(e)}")
 
 
 def download(job):

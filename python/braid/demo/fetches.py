@@ -25,7 +25,7 @@ Every page is compared with the one the server meant to send (server.page_body).
 import asyncio
 import threading
 
-from .measure import Case, CheckFailed, Variant
+from .measure import Case, CheckFailed, Variant, why as _why
 
 __all__ = ["cases"]
 
@@ -48,7 +48,7 @@ async def fetch_url(session, url):
             data = await response.text()
             return data
     except Exception as e:
-        _errors.append(f"{url}: {type(e).__name__}: {e}")
+        _errors.append(f"{url}: {_why(e)}")
         return None
 
 
@@ -78,7 +78,7 @@ def get_page(url):
         response = session.get(url, timeout=TIMEOUT)
         return response.text
     except _clients.RequestException as e:
-        _errors.append(f"{url}: {type(e).__name__}: {e}")
+        _errors.append(f"{url}: {_why(e)}")
         return None
 
 
@@ -177,7 +177,12 @@ def cases(opts, server, clients):
                                   f"results for {want:,} URLs")
             failed = sum(r is None for r in result)
             if failed:
-                raise CheckFailed(f"{failed:,} of {want:,} fetches failed, first: {_errors[0]}")
+                hint = ""
+                if variant.pillar == "asyncio" and any("TimeoutError" in e for e in _errors):
+                    hint = (f" (the timeout of {TIMEOUT} s counts the wait for one of the "
+                            f"{_limit} connections, and gather starts every request at once)")
+                raise CheckFailed(f"{failed:,} of {want:,} fetches failed, first: "
+                                  f"{_errors[0]}{hint}")
             for i, text in enumerate(result):
                 if text != page_body(i):
                     raise CheckFailed(f"page {i} is not the page the server sent")

@@ -15,7 +15,13 @@ import sys
 import threading
 import time
 
-__all__ = ["Case", "Row", "Variant", "run_case", "Progress"]
+__all__ = ["Case", "Row", "Variant", "run_case", "Progress", "why"]
+
+
+def why(exc):
+    """'TimeoutError' or 'ConnectionResetError: [Errno 104] ...': an exception in a line."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 @dataclasses.dataclass
@@ -137,7 +143,7 @@ def run_variant(case, variant, server_cpu):
                 result = variant.run(ctx)
                 error = None
             except Exception as exc:
-                error = f"{type(exc).__name__}: {exc}"
+                error = why(exc)
             wall = time.perf_counter() - t0
             cpu = max(0.0, _cpu_seconds() - cpu0 - (server_cpu() - srv0))
         if error is None:
