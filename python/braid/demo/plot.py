@@ -23,6 +23,7 @@ def plot(path, rows, subtitle):
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
     experiments = [e for e in ("downloads", "primes", "fetches") if any(r.experiment == e for r in rows)]
     fig = Figure(figsize=(5.2 * len(experiments), 5.0), dpi=100, layout="constrained")
@@ -51,6 +52,11 @@ def plot(path, rows, subtitle):
                 ax.bar_label(bar, [text], rotation=90, padding=2, fontsize=7)
         ax.set_yscale("log")
         ax.set_ylim(lo, hi)
+        # ticks at 1-2-5 steps, labelled 0.5x, 1x, 20x (not 5 x 10^-1)
+        ticks = [m * 10.0 ** e for e in range(-3, 4) for m in (1, 2, 5) if lo <= m * 10.0 ** e <= hi]
+        ax.yaxis.set_major_locator(FixedLocator(ticks))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
         ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
         ax.set_xticks(range(len(sizes)), [_size_label(experiment, s) for s in sizes])
         ax.set_ylabel("speedup against sequential (log scale; higher is faster)")
