@@ -243,7 +243,11 @@ def _run(opts, clients, command):
         if "downloads" in opts.only or "fetches" in opts.only:
             from .server import Server
 
-            server = Server()
+            try:
+                server = Server()
+            except RuntimeError as exc:
+                print(f"python -m braid demo: error: {exc}", file=sys.stderr)
+                return 1
             print(f"  server: {server.base}, a braid.Loop in a background thread of this process "
                   "(127.0.0.1 only)", file=out)
         server_cpu = server.cpu_seconds if server is not None else (lambda: 0.0)
