@@ -212,11 +212,45 @@ def main(argv=None, *, command=None):
         return 130
 
 
+def _experiment(name, make, opts, clients, progress, cases, rows):
+    """Runs one experiment's cases, adding to ``cases`` and ``rows``; an exit status on an
+    error that stops the demo, else None.
+
+    The HTTP server runs only while an experiment that needs it does: the primes run with
+    no other thread in this process, since the tutorial's multiprocessing.Pool forks it."""
+    from .measure import run_case
+
+    server = None
+    if name in ("downloads", "fetches"):
+        from .server import Server
+
+        try:
+            server = Server()
+        except RuntimeError as exc:
+            print(f"python -m braid demo: error: {exc}", file=sys.stderr)
+            return 1
+    try:
+        mine = make(opts, server, clients)
+        for case in mine:
+            progress.say("")
+            progress.say(case.title)
+            if server is not None:
+                rows += run_case(case, progress, server.cpu_seconds, opts.repeat)
+            else:
+                with progress.single_threaded():
+                    rows += run_case(case, progress, lambda: 0.0, opts.repeat)
+        cases += mine
+    finally:
+        if server is not None:
+            server.close()
+    return None
+
+
 def _run(opts, clients, command):
     import braid
 
     from . import report
-    from .measure import Progress, run_case
+    from .measure import Progress
 
     machine = _machine()
     limits = _raise_fd_limit()
@@ -233,39 +267,25 @@ def _run(opts, clients, command):
     if machine["editable_install"]:
         print("  braid is an editable install: each new worker process pays a rebuild check "
               "(~50 ms); quote figures from a regular install", file=out)
+    if "downloads" in opts.only or "fetches" in opts.only:
+        print("  server: HTTP on 127.0.0.1 (a port the kernel picks), a braid.Loop in a background "
+              "thread of this process, while the downloads and fetches run", file=out)
     for line in clients.left_out:
         print(f"  note: {line}", file=out)
 
-    server = None
+    from . import downloads, fetches, primes
+
+    makers = {"downloads": downloads.cases, "primes": primes.cases, "fetches": fetches.cases}
+    runs = {"downloads": 4, "primes": 4 * len(opts.primes), "fetches": 5 * len(opts.fetches)}
     rows, cases = [], []
-    progress = None
+    progress = Progress(sum(runs[name] for name in opts.only) * opts.repeat, out)
     try:
-        if "downloads" in opts.only or "fetches" in opts.only:
-            from .server import Server
-
-            try:
-                server = Server()
-            except RuntimeError as exc:
-                print(f"python -m braid demo: error: {exc}", file=sys.stderr)
-                return 1
-            print(f"  server: {server.base}, a braid.Loop in a background thread of this process "
-                  "(127.0.0.1 only)", file=out)
-        server_cpu = server.cpu_seconds if server is not None else (lambda: 0.0)
-        from . import downloads, fetches, primes
-
-        makers = {"downloads": downloads.cases, "primes": primes.cases, "fetches": fetches.cases}
         for name in opts.only:
-            cases += makers[name](opts, server, clients)
-        progress = Progress(sum(len(c.variants) for c in cases) * opts.repeat, out)
-        for case in cases:
-            progress.say("")
-            progress.say(case.title)
-            rows += run_case(case, progress, server_cpu, opts.repeat)
+            status = _experiment(name, makers[name], opts, clients, progress, cases, rows)
+            if status:
+                return status
     finally:
-        if progress is not None:
-            progress.close()
-        if server is not None:
-            server.close()
+        progress.close()
 
     print("", file=out)
     print(report.table(cases, rows, opts.repeat), file=out)

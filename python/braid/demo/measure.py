@@ -7,6 +7,7 @@ server answers from a thread of this process, so without that subtraction every 
 figure would carry the server's work too.
 """
 
+import contextlib
 import dataclasses
 import gc
 import logging
@@ -195,28 +196,51 @@ def run_case(case, progress, server_cpu, repeat=1):
 class Progress:
     """What the user sees while the demo runs: a line per variant as it ends (stdout), and
     while one runs, a tqdm bar on stderr naming it with its time so far (when stderr is a
-    terminal). A small thread redraws the bar twice a second so the clock moves."""
+    terminal). A small thread redraws the bar twice a second so the clock moves.
+
+    ``single_threaded()`` stops that thread for a while (tqdm's own monitor thread is never
+    started): the tutorial's multiprocessing.Pool forks this process, and a fork taken
+    while another thread holds a lock (tqdm's, stderr's) can leave the child stuck on it."""
 
     def __init__(self, total, out=None):
         from tqdm import tqdm
 
+        class Bar(tqdm):
+            monitor_interval = 0  # no monitor thread
+
         self.out = out or sys.stdout
-        self.bar = tqdm(total=total, file=sys.stderr, disable=None, leave=False, unit="run",
-                        bar_format="{desc} |{bar}| {n_fmt}/{total_fmt} runs, {elapsed}")
+        self.bar = Bar(total=total, file=sys.stderr, disable=None, leave=False, unit="run",
+                       bar_format="{desc} |{bar}| {n_fmt}/{total_fmt} runs, {elapsed}")
         self._stop = threading.Event()
         self._ticker = None
-        if not self.bar.disable:
-            self._ticker = threading.Thread(target=self._tick, name="braid-demo-progress",
-                                            daemon=True)
-            self._ticker.start()
-        self._t0 = None
+        self._tick_start()
+
+    def _tick_start(self):
+        if self.bar.disable or self._ticker is not None:
+            return
+        self._stop.clear()
+        self._ticker = threading.Thread(target=self._tick, name="braid-demo-progress", daemon=True)
+        self._ticker.start()
+
+    def _tick_stop(self):
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join()
+            self._ticker = None
 
     def _tick(self):
         while not self._stop.wait(0.5):
             self.bar.refresh()
 
+    @contextlib.contextmanager
+    def single_threaded(self):
+        self._tick_stop()
+        try:
+            yield
+        finally:
+            self._tick_start()
+
     def start(self, what):
-        self._t0 = time.perf_counter()
         self.bar.set_description_str(what, refresh=True)
 
     def say(self, line=""):
@@ -227,9 +251,7 @@ class Progress:
         self.say(format_live(row))
 
     def close(self):
-        self._stop.set()
-        if self._ticker is not None:
-            self._ticker.join()
+        self._tick_stop()
         self.bar.close()
 
 
