@@ -3,7 +3,6 @@
 import collections
 import concurrent.futures
 import itertools
-import json
 import math
 import os
 import sys
@@ -98,7 +97,7 @@ class ProcessPool(_braid._ProcessPoolCore, concurrent.futures.Executor):
         env.update(BRAID_WORKER_PPID=str(os.getpid()), BRAID_WORKER_RING=str(RING_BYTES),
                    BRAID_WORKER_SYSPATH=os.pathsep.join(sys.path),
                    BRAID_WORKER_MAIN=os.path.abspath(main_path) if main_path else "",
-                   BRAID_WORKER_ARGV=json.dumps(sys.argv))
+                   BRAID_WORKER_ARGV=_procworker.encode_argv(sys.argv))
         argv = [sys.executable, "-c", "from braid._procworker import main; main()"]
         super().__init__(workers, argv, [f"{k}={v}" for k, v in env.items()], RING_BYTES,
                          init_payload, max_tasks, timeout, retries)

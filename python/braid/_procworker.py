@@ -3,14 +3,20 @@
 The parent starts each worker as ``python -c "from braid._procworker import main; main()"``
 with the shared-memory rings on fds 3-7 (src/python/procproto.h) and its settings in
 ``BRAID_WORKER_*`` environment variables.
+
+A worker imports only what it runs: this module loads nothing at import beyond os and sys
+(loaded by every interpreter) and the C pickler. pickle.py itself, json, traceback and
+collections would bring in re, enum and functools, which together cost a worker more than
+starting its interpreter; what needs them imports them when it runs.
 """
 
-import collections
-import json
 import os
-import pickle
 import sys
-import traceback
+
+try:
+    from _pickle import dumps as _pickle_dumps, loads as _pickle_loads
+except ImportError:  # an interpreter without the C pickler
+    from pickle import dumps as _pickle_dumps, loads as _pickle_loads
 
 MSG_INIT = 1
 MSG_CALL = 2
@@ -40,9 +46,6 @@ def _main_is_importable_by_workers():
         path = getattr(main, "__file__", None)
         known = _main_importable[id(main)] = bool(path) and os.path.exists(path)
     return known
-
-
-_pickle_dumps = pickle.dumps
 
 
 # ---- out-of-band buffers ---------------------------------------------------------------
@@ -98,7 +101,7 @@ class _Envelope:
         return _Envelope, (self.data, self.segments)
 
     def open(self):
-        return pickle.loads(self.data, buffers=[_map(*seg) for seg in self.segments])
+        return _pickle_loads(self.data, buffers=[_map(*seg) for seg in self.segments])
 
 
 def _map(pid, fd, ino, size, offset, length):
@@ -162,7 +165,7 @@ def dumps(obj):
     (lambdas, closures, functions of an interactive __main__) when it fails. Returns bytes,
     or (bytes, what must stay alive until the receiver has the message)."""
     try:
-        return _pack(pickle.dumps, obj)
+        return _pack(_pickle_dumps, obj)
     except Exception as exc:
         cloudpickle = _cloudpickle()
         if cloudpickle is None:
@@ -186,7 +189,7 @@ def dumps_task(fn, args, kwargs):
 
 
 def loads(data):
-    obj = pickle.loads(data)
+    obj = _pickle_loads(data)
     if type(obj) is _Envelope:
         return obj.open()
     return obj
@@ -212,6 +215,8 @@ class _ExceptionWithTraceback:
     ProcessPoolExecutor does)."""
 
     def __init__(self, exc):
+        import traceback
+
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         self.exc = exc
         self.tb = f'\n"""\n{text}"""'
@@ -224,10 +229,12 @@ def dump_exception(exc):
     try:
         return _pickle_dumps(_ExceptionWithTraceback(exc), PROTOCOL)
     except BaseException as err:  # the exception itself does not pickle
+        import traceback
+
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         stand_in = RuntimeError(f"{type(exc).__name__}: {exc} (the exception could not be sent "
                                 f"back: {type(err).__name__}: {err})")
-        return pickle.dumps(_rebuild_exception(stand_in, f'\n"""\n{text}"""'), protocol=PROTOCOL)
+        return _pickle_dumps(_rebuild_exception(stand_in, f'\n"""\n{text}"""'), protocol=PROTOCOL)
 
 
 def run_chunk(fn, chunk, star):
@@ -246,7 +253,7 @@ def run_chunk(fn, chunk, star):
     return results, None
 
 
-_held_results = collections.deque()  # (task seq, _Held) of results not yet acknowledged
+_held_results = []  # (task seq, _Held) of results not yet acknowledged, oldest first
 
 
 def release_acknowledged():
@@ -255,7 +262,7 @@ def release_acknowledged():
 
     acked = _braid._worker_acked()
     while _held_results and _held_results[0][0] <= acked:
-        _held_results.popleft()[1].close()
+        _held_results.pop(0)[1].close()
     return len(_held_results)
 
 
@@ -300,17 +307,37 @@ def _handle(kind, payload, seq):
     raise RuntimeError(f"braid worker: unknown message type {kind}")
 
 
+def encode_argv(argv):
+    """sys.argv for BRAID_WORKER_ARGV (any strings, no NUL): pickle in hex, which the worker
+    reads without importing json."""
+    return _pickle_dumps(list(argv), PROTOCOL).hex()
+
+
+def decode_argv(text):
+    return _pickle_loads(bytes.fromhex(text))
+
+
 def _fixup_main(path):
     # As multiprocessing's spawn does: run the parent's main script as __mp_main__ so that
     # functions and classes it defines unpickle here; its `if __name__ == "__main__":` part
-    # does not run.
-    import runpy
-    import types
-
-    main = types.ModuleType("__mp_main__")
+    # does not run. Executed straight into the module's namespace (runpy.run_path runs a
+    # copy and costs its imports): the functions' globals are the module's.
+    main = type(sys)("__mp_main__")
+    main.__file__ = path
+    main.__cached__ = None
+    main.__package__ = ""
     sys.modules["__mp_main__"] = main
-    main.__dict__.update(runpy.run_path(path, run_name="__mp_main__"))
     sys.modules["__main__"] = main
+    if path.endswith((".pyc", ".pyo")):  # compiled: runpy knows how to read it
+        import runpy
+
+        main.__dict__.update(runpy.run_path(path, run_name="__mp_main__"))
+        return
+    import io
+
+    with io.open_code(path) as f:
+        source = f.read()
+    exec(compile(source, path, "exec"), main.__dict__)
 
 
 def main():
@@ -324,16 +351,16 @@ def main():
     syspath = env.pop("BRAID_WORKER_SYSPATH", "")
     main_path = env.pop("BRAID_WORKER_MAIN", "")
     _braid._worker_bind_parent(ppid)  # die with the parent, even if it is SIGKILLed
-    import signal
+    import _signal  # signal.py would load enum
     # Ctrl-C reaches the whole process group; the parent decides what stops.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
     if syspath:
         sys.path[:] = syspath.split(os.pathsep)
     argv = env.pop("BRAID_WORKER_ARGV", "")
     if main_path:
         # the script sees the parent's argv, as under multiprocessing's spawn
         saved_argv = sys.argv
-        sys.argv = json.loads(argv) if argv else [main_path]
+        sys.argv = decode_argv(argv) if argv else [main_path]
         os.environ["BRAID_WORKER_BOOTSTRAP"] = "1"
         try:
             _fixup_main(main_path)

@@ -96,6 +96,10 @@ typedef struct FutureObject_s {
 /* module.c */
 braid_state *braid_get_state(PyObject *module);
 braid_state *braid_state_from_type(PyTypeObject *tp);
+/* Imports what the pools and futures stand on (concurrent.futures,
+ * threading, logging) and makes the Future type, once; every pool's
+ * __init__ calls it first. 0 or -1. */
+int braid_load_pools(PyObject *module);
 /* Tables of interned attribute names (enum-indexed, in module state):
  * intern n texts (0 or -1), visit them, clear them. */
 int braid_intern_names(PyObject **names, const char *const *text, int n);
@@ -120,7 +124,9 @@ PyObject *braid_loads(braid_state *st, PyObject *data);
 /* errors.c: the one map from -errno to a Python exception. Returns NULL. */
 PyObject *braid_raise_errno(int err, const char *what);
 
-/* future.c */
+/* future.c: _FutureCore at import; Future (on concurrent.futures.Future)
+ * from braid_load_pools. */
+int braid_future_init_core_type(PyObject *module, braid_state *st);
 int braid_future_init_types(PyObject *module, braid_state *st);
 FutureObject *braid_future_new(braid_state *st);
 /* Completion paths used by the pool; they run callbacks. 0 or -1. */

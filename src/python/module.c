@@ -60,6 +60,26 @@ void braid_clear_names(PyObject **names, int n)
     }
 }
 
+/* What even a process-pool worker needs: pickle's C functions. _pickle
+ * rather than pickle: pickle.py loads re, enum and functools, which cost a
+ * worker more start-up time than the rest of its imports together. */
+static int load_worker_objects(braid_state *st)
+{
+    PyObject *m = PyImport_ImportModule("_pickle");
+    if (m == NULL) {
+        PyErr_Clear();
+        m = PyImport_ImportModule("pickle");
+        if (m == NULL) {
+            return -1;
+        }
+    }
+    st->pickle_dumps = PyObject_GetAttrString(m, "dumps");
+    st->pickle_loads = st->pickle_dumps ? PyObject_GetAttrString(m, "loads") : NULL;
+    Py_DECREF(m);
+    st->str_module = PyUnicode_InternFromString("__module__");
+    return st->pickle_dumps && st->pickle_loads && st->str_module ? 0 : -1;
+}
+
 static int load_stdlib_objects(braid_state *st)
 {
     static const char *names[] = {"PENDING", "RUNNING", "CANCELLED", "CANCELLED_AND_NOTIFIED",
@@ -75,9 +95,6 @@ static int load_stdlib_objects(braid_state *st)
     st->InvalidStateError = getattr_of("concurrent.futures", "InvalidStateError");
     st->BrokenThreadPool = getattr_of("concurrent.futures.thread", "BrokenThreadPool");
     st->Condition = getattr_of("threading", "Condition");
-    st->pickle_dumps = getattr_of("pickle", "dumps");
-    st->pickle_loads = getattr_of("pickle", "loads");
-    st->str_module = PyUnicode_InternFromString("__module__");
     st->BrokenProcessPool = getattr_of("concurrent.futures.process", "BrokenProcessPool");
     PyObject *get_logger = getattr_of("logging", "getLogger");
     if (get_logger != NULL) {
@@ -85,7 +102,35 @@ static int load_stdlib_objects(braid_state *st)
         Py_DECREF(get_logger);
     }
     if (!st->CancelledError || !st->InvalidStateError || !st->BrokenThreadPool || !st->Condition ||
-        !st->logger || !st->BrokenProcessPool || !st->pickle_dumps || !st->pickle_loads || !st->str_module) {
+        !st->logger || !st->BrokenProcessPool) {
+        return -1;
+    }
+    return 0;
+}
+
+/* The pools and futures stand on concurrent.futures, threading and logging
+ * (the Future type has concurrent.futures.Future as a base). They are
+ * loaded here, on first use, not when the module is imported: a process-
+ * pool worker imports this module for its loop alone and would otherwise
+ * spend longer importing them than starting the interpreter. */
+int braid_load_pools(PyObject *module)
+{
+    braid_state *st = braid_get_state(module);
+    if (st->future_type != NULL) {
+        return 0;
+    }
+    if (load_stdlib_objects(st) < 0 || braid_future_init_types(module, st) < 0) {
+        /* as before the call, so that the next one starts over */
+        Py_CLEAR(st->CancelledError);
+        Py_CLEAR(st->InvalidStateError);
+        Py_CLEAR(st->BrokenThreadPool);
+        Py_CLEAR(st->Condition);
+        Py_CLEAR(st->BrokenProcessPool);
+        Py_CLEAR(st->logger);
+        for (int i = 0; i < 5; i++) {
+            Py_CLEAR(st->state_names[i]);
+        }
+        Py_CLEAR(st->future_type);
         return -1;
     }
     return 0;
@@ -94,7 +139,7 @@ static int load_stdlib_objects(braid_state *st)
 static int braid_exec(PyObject *module)
 {
     braid_state *st = braid_get_state(module);
-    if (load_stdlib_objects(st) < 0 || braid_future_init_types(module, st) < 0 ||
+    if (load_worker_objects(st) < 0 || braid_future_init_core_type(module, st) < 0 ||
         braid_threadpool_init_types(module, st) < 0 || braid_mapiter_init_types(module, st) < 0 ||
         braid_procpool_init_types(module, st) < 0 || braid_loop_init_types(module, st) < 0 ||
         braid_transport_init_types(module, st) < 0) {
@@ -104,6 +149,19 @@ static int braid_exec(PyObject *module)
         return -1;
     }
     return 0;
+}
+
+/* PEP 562: `Future` appears once the pools' imports are done. */
+static PyObject *mod_getattr(PyObject *module, PyObject *name)
+{
+    if (PyUnicode_Check(name) && PyUnicode_CompareWithASCIIString(name, "Future") == 0) {
+        if (braid_load_pools(module) < 0) {
+            return NULL;
+        }
+        return Py_NewRef((PyObject *)braid_get_state(module)->future_type);
+    }
+    PyErr_Format(PyExc_AttributeError, "module 'braid._braid' has no attribute %R", name);
+    return NULL;
 }
 
 static PyObject *mod_at_exit(PyObject *module, PyObject *unused)
@@ -187,6 +245,7 @@ static PyMethodDef braid_methods[] = {
     {"_set_worker_hooks", mod_set_worker_hooks, METH_VARARGS,
      "_set_worker_hooks(started, exiting): called on each worker thread as it starts and exits."},
     {"strerror", mod_strerror, METH_O, "strerror(-errno): the engine's name for an error code."},
+    {"__getattr__", mod_getattr, METH_O, NULL},
     {NULL}};
 
 static int braid_traverse(PyObject *module, visitproc visit, void *arg)

@@ -1259,6 +1259,10 @@ static int pp_init(PyObject *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_ValueError, "invalid _ProcessPoolCore arguments");
         return -1;
     }
+    PyObject *module = braid_module_from_type(Py_TYPE(self));
+    if (module == NULL || braid_load_pools(module) < 0) {
+        return -1;
+    }
     braid_state *st = braid_state_from_type(Py_TYPE(self));
     if (st->proc_dumps == NULL || st->proc_loads == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "braid._procpool did not register its hooks");
