@@ -257,3 +257,5 @@ def _at_exit():
 _braid._set_process_hooks(_procworker.dumps_task, _procworker.loads, WorkerCrashed, TaskTimeout,
                           _procworker._Envelope)
 threading._register_atexit(_at_exit)
+# A forked child has neither the parent's workers nor its templates.
+os.register_at_fork(after_in_child=_braid._procpool_after_fork_child)

@@ -340,12 +340,29 @@ def _fixup_main(path):
     exec(compile(source, path, "exec"), main.__dict__)
 
 
+def _reseed_after_fork():
+    # random reseeds itself in a forked child (os.register_at_fork); NumPy's legacy global
+    # generator does not, and every worker forked from the template would draw the same
+    # numbers. A spawned worker seeds it from the OS: so does this one.
+    nprandom = sys.modules.get("numpy.random")
+    if nprandom is not None:
+        try:
+            nprandom.seed()
+        except Exception:
+            pass
+
+
 def main():
+    """A worker, or a template that forks workers: the parent starts a template with
+    BRAID_WORKER_TEMPLATE=1; it does everything a worker does before its loop (bind to the
+    parent, sys.path, the main script) once, then each worker forked from it goes on from
+    there (src/python/proctemplate.c)."""
     from . import _braid
 
     global IN_WORKER
     IN_WORKER = True
     env = os.environ
+    template = env.pop("BRAID_WORKER_TEMPLATE", "") == "1"
     ppid = int(env.pop("BRAID_WORKER_PPID"))
     ring_bytes = int(env.pop("BRAID_WORKER_RING"))
     syspath = env.pop("BRAID_WORKER_SYSPATH", "")
@@ -371,5 +388,17 @@ def main():
         finally:
             del os.environ["BRAID_WORKER_BOOTSTRAP"]
             sys.argv = saved_argv
+    if template:
+        for stream in (sys.stdout, sys.stderr):  # or every worker would write it again
+            if stream is not None:
+                try:
+                    stream.flush()
+                except Exception:
+                    pass
+        if not _braid._template_serve():
+            os._exit(0)  # the parent has gone; leave without running its atexit hooks
+        # a new worker, forked from the template
+        _braid._worker_bind_parent(ppid)
+        _reseed_after_fork()
     status = _braid._worker_loop(ring_bytes, _handle, pack_result, pack_error, release_acknowledged)
     sys.exit(status or 0)

@@ -5,6 +5,7 @@
  * PyObject globals), so the module can be imported in several interpreters.
  */
 #include "braidpy.h"
+#include "compat.h"
 
 static struct PyModuleDef braid_module_def;
 
@@ -95,14 +96,13 @@ static int load_stdlib_objects(braid_state *st)
     st->InvalidStateError = getattr_of("concurrent.futures", "InvalidStateError");
     st->BrokenThreadPool = getattr_of("concurrent.futures.thread", "BrokenThreadPool");
     st->Condition = getattr_of("threading", "Condition");
-    st->BrokenProcessPool = getattr_of("concurrent.futures.process", "BrokenProcessPool");
     PyObject *get_logger = getattr_of("logging", "getLogger");
     if (get_logger != NULL) {
         st->logger = PyObject_CallFunction(get_logger, "s", "concurrent.futures");
         Py_DECREF(get_logger);
     }
     if (!st->CancelledError || !st->InvalidStateError || !st->BrokenThreadPool || !st->Condition ||
-        !st->logger || !st->BrokenProcessPool) {
+        !st->logger) {
         return -1;
     }
     return 0;
@@ -125,7 +125,6 @@ int braid_load_pools(PyObject *module)
         Py_CLEAR(st->InvalidStateError);
         Py_CLEAR(st->BrokenThreadPool);
         Py_CLEAR(st->Condition);
-        Py_CLEAR(st->BrokenProcessPool);
         Py_CLEAR(st->logger);
         for (int i = 0; i < 5; i++) {
             Py_CLEAR(st->state_names[i]);
@@ -151,6 +150,22 @@ static int braid_exec(PyObject *module)
     return 0;
 }
 
+/* concurrent.futures.process loads multiprocessing, which costs a fresh
+ * process pool more than starting its first worker: it is imported when a
+ * pool first breaks. A borrowed reference; RuntimeError if it cannot be. */
+PyObject *braid_broken_process_pool(braid_state *st)
+{
+    if (st->BrokenProcessPool == NULL) {
+        PyObject *exc = PyErr_GetRaisedException();
+        st->BrokenProcessPool = getattr_of("concurrent.futures.process", "BrokenProcessPool");
+        if (st->BrokenProcessPool == NULL) {
+            PyErr_WriteUnraisable(NULL);
+        }
+        PyErr_SetRaisedException(exc);
+    }
+    return st->BrokenProcessPool != NULL ? st->BrokenProcessPool : PyExc_RuntimeError;
+}
+
 /* PEP 562: `Future` appears once the pools' imports are done. */
 static PyObject *mod_getattr(PyObject *module, PyObject *name)
 {
@@ -173,6 +188,12 @@ static PyObject *mod_after_fork_child(PyObject *module, PyObject *unused)
 {
     braid_procpool_after_fork_child(braid_get_state(module));
     return braid_threadpool_after_fork_child(braid_get_state(module));
+}
+
+static PyObject *mod_procpool_after_fork_child(PyObject *module, PyObject *unused)
+{
+    braid_procpool_after_fork_child(braid_get_state(module));
+    Py_RETURN_NONE;
 }
 
 static PyObject *mod_procpool_at_exit(PyObject *module, PyObject *arg)
@@ -242,6 +263,13 @@ static PyMethodDef braid_methods[] = {
      "_worker_acked(): seq of the last result the parent has unpickled."},
     {"_worker_bind_parent", braid_worker_bind_parent, METH_O,
      "_worker_bind_parent(ppid): die with the parent (PR_SET_PDEATHSIG)."},
+    {"_template_serve", braid_template_serve, METH_NOARGS,
+     "_template_serve(): in a process pool's template, forks workers on request; True in a worker, "
+     "False once the parent has gone."},
+    {"_close_unused_templates", braid_close_unused_templates, METH_NOARGS,
+     "_close_unused_templates(): ends the process-pool templates no pool uses now."},
+    {"_procpool_after_fork_child", mod_procpool_after_fork_child, METH_NOARGS,
+     "Makes every process pool unusable in a forked child and forgets the parent's templates."},
     {"_set_worker_hooks", mod_set_worker_hooks, METH_VARARGS,
      "_set_worker_hooks(started, exiting): called on each worker thread as it starts and exits."},
     {"strerror", mod_strerror, METH_O, "strerror(-errno): the engine's name for an error code."},
