@@ -124,6 +124,17 @@ def append_line(path, text):
         os.close(fd)
 
 
+def record_pid(path, _=None):
+    """Append this process's pid to ``path``; returns it (an initializer or a task)."""
+    append_line(path, str(os.getpid()))
+    return os.getpid()
+
+
+def random_draw(_=None):
+    """(pid, 64 random bits from the random module's global generator)."""
+    return os.getpid(), random.getrandbits(64)
+
+
 def read_lines(path):
     try:
         with open(path) as f:

@@ -5,9 +5,10 @@
  * (br_template_t, include/braid.h). A worker then starts in about a
  * millisecond instead of an interpreter start plus imports.
  *
- * One template per parent process and configuration (interpreter, argv,
- * environment, and so sys.path and main script, which travel in it),
- * shared by every pool with that configuration, rather than one per pool:
+ * One template per parent process and configuration (working directory,
+ * interpreter, argv, environment, and so sys.path and the main script,
+ * which travel in it), shared by every pool with that configuration,
+ * rather than one per pool:
  * a program that makes a pool per job (the tutorial's `with Pool() as
  * pool:` in a function) pays the template's start once, not per pool, and
  * the template's memory is paid once however many pools there are. It
@@ -44,10 +45,12 @@
 #include "braidpy.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #define LINGER_NS (2 * 1000000000LL)        /* an unused template waits this long for a pool */
 #define CLOSE_GRACE_NS (200 * 1000000LL)    /* then it is killed if it has not left */
@@ -159,11 +162,13 @@ static char **copy_strv(char *const *v, const char *extra)
     return c;
 }
 
-/* argv then envp, each string with its NUL, and an empty string between:
- * equal keys, equal configurations. */
-static char *make_key(char *const *argv, char *const *envp, size_t *len)
+/* The working directory, argv, then envp, each string with its NUL, and
+ * an empty string between the lists: equal keys, equal configurations.
+ * The directory is part of it because the template has the one it was
+ * started in, and so would its workers (and '' in sys.path means it). */
+static char *make_key(const char *cwd, char *const *argv, char *const *envp, size_t *len)
 {
-    size_t n = 1;
+    size_t n = strlen(cwd) + 2;
     for (char *const *p = argv; *p; p++) {
         n += strlen(*p) + 1;
     }
@@ -174,6 +179,7 @@ static char *make_key(char *const *argv, char *const *envp, size_t *len)
     if (key == NULL) {
         return NULL;
     }
+    q = stpcpy(q, cwd) + 1;
     for (char *const *p = argv; *p; p++) {
         q = stpcpy(q, *p) + 1;
     }
@@ -432,7 +438,10 @@ int braid_spawner_new(char *const *argv, char *const *envp, braid_spawner_t **ou
         *out = s;
         return 0;
     }
-    s->key = make_key(argv, envp, &s->keylen);
+    char cwd[PATH_MAX];
+    if (getcwd(cwd, sizeof cwd) != NULL) { /* else (it was removed): spawn directly */
+        s->key = make_key(cwd, argv, envp, &s->keylen);
+    }
     if (s->key != NULL) {
         int err;
         s->tpl = acquire(argv, envp, s->key, s->keylen, &err);
