@@ -68,6 +68,14 @@ def test_first_result_of_a_fresh_pool(braid):
         assert list(pool.map(tasks.square, range(10))) == [i * i for i in range(10)]
 
 
+def test_first_results_of_many_fresh_pools(braid):
+    # A forked worker is up within a millisecond: it may write its first message before the
+    # pool has even armed the ring it writes to. Every such race must still deliver.
+    for i in range(30):
+        with braid.ProcessPool(1 + i % 2) as pool:
+            assert pool.submit(tasks.square, i).result(TIMEOUT) == i * i
+
+
 def test_workers_are_children_of_the_pool_not_of_the_template(braid):
     with braid.ProcessPool(2) as pool:
         tpl = template_of(pool)

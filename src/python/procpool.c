@@ -458,7 +458,14 @@ static int worker_spawn(proc_core_t *c, unsigned i)
     close(memfd);
     memfd = -1;
     w->state = W_RUNNING;
-    (void)br_ring_arm_data(&w->rx);
+    if (br_ring_arm_data(&w->rx) == 1) {
+        /* A forked worker can write MSG_READY before this arms the ring;
+         * then it will not signal: signal its results fd for it, so that
+         * epoll reports it once it is added below. */
+        uint64_t one = 1;
+        ssize_t n = write(w->efd[2], &one, sizeof one);
+        (void)n; /* EAGAIN: the count is already up */
+    }
     if ((err = epoll_add(c, w->efd[2], K_RESULT, i)) < 0 || (err = epoll_add(c, w->efd[1], K_SPACE, i)) < 0 ||
         (w->proc.pidfd >= 0 && (err = epoll_add(c, w->proc.pidfd, K_EXIT, i)) < 0)) {
         (void)br_proc_kill(&w->proc, SIGKILL);
