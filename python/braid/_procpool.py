@@ -49,9 +49,11 @@ def _positive_int(name, value):
 class ProcessPool(_braid._ProcessPoolCore, concurrent.futures.Executor):
     """A ``concurrent.futures.Executor`` running calls in worker processes.
 
-    Workers are fresh interpreters (no fork of this process) fed through shared
-    memory. A worker that dies fails only the task it was running, with
-    ``braid.WorkerCrashed`` (or runs it again, ``retries`` times), and is replaced;
+    Workers are fed through shared memory. This process is never forked: a
+    single-threaded template interpreter that has done the workers' imports and
+    re-run the main script forks each worker, in the background. A worker that
+    dies fails only the task it was running, with ``braid.WorkerCrashed`` (or
+    runs it again, ``retries`` times), and is replaced;
     ``task_timeout`` kills a task's worker and raises ``braid.TaskTimeout``;
     ``max_tasks_per_worker`` recycles workers. Besides ``submit``/``map``/
     ``shutdown`` it has ``imap``, ``imap_unordered`` and ``starmap`` of

@@ -1,8 +1,10 @@
 /*
  * procpool.c — _ProcessPoolCore, the C half of braid.ProcessPool.
  *
- * Workers are fresh interpreters started with posix_spawn (never a fork of
- * this multi-threaded process), each joined to the pool by two shared-
+ * Workers are forked from the template of the pool's configuration
+ * (proctemplate.c; never a fork of this multi-threaded process), or fresh
+ * interpreters started with posix_spawn where there is no template, each
+ * joined to the pool by two shared-
  * memory rings (tasks in, results out; procproto.h) and watched through a
  * pidfd. One collector thread per pool sleeps in epoll on every worker's
  * "results ready", "ring has space" and "process exited" descriptors, and
@@ -24,10 +26,13 @@
  *                                                                           |
  *                        respawned unless the pool is closing or broken <---+
  *
- * Collector life: started by __init__, which waits until the first workers
- * are spawned (so a bad interpreter path raises there); spawns come from
- * the collector only, because PR_SET_PDEATHSIG is tied to the thread that
- * spawned. It exits once the pool is closing and every task is settled.
+ * Collector life: started by __init__. With a template, __init__ returns
+ * at once and the collector forks the first workers in the background (the
+ * template's start, done in __init__, already told a bad interpreter path);
+ * without one, __init__ waits until the first workers are spawned, so that
+ * such a path raises there. Spawns come from the collector only, because
+ * PR_SET_PDEATHSIG is tied to the thread that spawned. It exits once the
+ * pool is closing and every task is settled.
  */
 #include "braidpy.h"
 #include "compat.h"
