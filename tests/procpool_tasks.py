@@ -130,6 +130,14 @@ def record_pid(path, _=None):
     return os.getpid()
 
 
+def register_atexit_line(path, text):
+    """Have this worker append ``text`` to ``path`` when it exits (atexit)."""
+    import atexit
+
+    atexit.register(append_line, path, text)
+    return os.getpid()
+
+
 def random_draw(_=None):
     """(pid, 64 random bits from the random module's global generator)."""
     return os.getpid(), random.getrandbits(64)

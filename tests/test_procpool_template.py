@@ -138,6 +138,18 @@ def test_initializer_runs_in_each_forked_worker(braid, tmp_path):
     assert tpl not in recorded, "the initializer ran in the template"
 
 
+def test_a_forked_worker_runs_atexit_callbacks_when_it_exits(braid, tmp_path):
+    # it skips the rest of interpreter finalization (a teardown would copy every page it
+    # shares with the template), not what a program can see of it
+    path = str(tmp_path / "exits")
+    with braid.ProcessPool(2) as pool:
+        template_of(pool)
+        for _ in range(4):
+            pool.submit(tasks.register_atexit_line, path, "bye").result(TIMEOUT)
+        assert tasks.read_lines(path) == []
+    assert tasks.read_lines(path) == ["bye"] * 4  # one line per registration
+
+
 RANDOM_SCRIPT = """
 import json, os, random, sys
 sys.path.insert(0, sys.argv[1])
