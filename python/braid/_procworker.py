@@ -418,6 +418,11 @@ def main():
                     stream.flush()
                 except Exception:
                     pass
+        # What the template holds is shared with every worker until written to; the cyclic
+        # collector's passes write to each object they visit. Frozen, they visit none of it.
+        import gc
+
+        gc.freeze()
         if not _braid._template_serve():
             os._exit(0)  # the parent has gone; leave without running its atexit hooks
         # a new worker, forked from the template
