@@ -150,6 +150,16 @@ def test_a_forked_worker_runs_atexit_callbacks_when_it_exits(braid, tmp_path):
     assert tasks.read_lines(path) == ["bye"] * 4  # one line per registration
 
 
+def test_a_forked_worker_can_signal_its_main_thread(braid):
+    # glibc keeps its own record of each thread's id, which pthread_kill uses; a fork must
+    # give the worker's main thread its new id there too, as glibc's fork() does
+    if not tasks.has_tid_address():
+        pytest.skip("the kernel does not tell the address of glibc's thread id (PR_GET_TID_ADDRESS)")
+    with braid.ProcessPool(1) as pool:
+        template_of(pool)
+        assert pool.submit(tasks.signal_main_thread_from_another).result(TIMEOUT) is None
+
+
 RANDOM_SCRIPT = """
 import json, os, random, sys
 sys.path.insert(0, sys.argv[1])

@@ -66,6 +66,7 @@
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -423,9 +424,26 @@ static int count_threads(void)
     return k >= 1 ? (int)k : 1;
 }
 
-/* fork() as a raw clone with CLONE_PARENT: the child's parent is ours. */
+/* fork() as a raw clone with CLONE_PARENT: the child's parent is ours.
+ *
+ * glibc's fork() also has the kernel write the child's thread id into the
+ * C library's record of the thread (CLONE_CHILD_SETTID), which
+ * pthread_kill() aimed at that thread uses. So does this, where the kernel
+ * tells that record's address (PR_GET_TID_ADDRESS, the address glibc gave
+ * set_tid_address at start-up; it needs CONFIG_CHECKPOINT_RESTORE). Where
+ * it does not, the worker's record keeps the template's id, and signalling
+ * the worker's main thread from another of its threads with pthread_kill()
+ * fails with ESRCH; nothing else in glibc reads it. */
 static pid_t clone_parent(void)
 {
+    uint64_t flags = CLONE_PARENT;
+    int *tidp = NULL;
+#ifdef PR_GET_TID_ADDRESS
+    if (prctl(PR_GET_TID_ADDRESS, (unsigned long)&tidp, 0UL, 0UL, 0UL) != 0)
+        tidp = NULL;
+#endif
+    if (tidp != NULL)
+        flags |= CLONE_CHILD_SETTID | CLONE_CHILD_CLEARTID;
 #ifdef SYS_clone3
     struct {
         uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls;
@@ -433,14 +451,19 @@ static pid_t clone_parent(void)
     memset(&args, 0, sizeof args);
     /* With CLONE_PARENT the child reports its exit with our own exit
      * signal; clone3 insists that exit_signal be 0. */
-    args.flags = CLONE_PARENT;
+    args.flags = flags;
+    args.child_tid = (uint64_t)(uintptr_t)tidp;
     long r = syscall(SYS_clone3, &args, sizeof args);
     if (r >= 0 || errno != ENOSYS)
         return (pid_t)r;
 #endif
     /* No clone3 (before 5.3, or a seccomp filter that hides it). With no
-     * stack, clone behaves as fork; only s390 puts the stack first. */
-#if defined(__s390__) || defined(__CRIS__)
+     * stack, clone behaves as fork. The order of its other arguments
+     * depends on the architecture: the thread id is asked for only where
+     * it is known (flags, stack, parent_tid, child_tid, tls). */
+#if defined(__x86_64__) || defined(__aarch64__)
+    return (pid_t)syscall(SYS_clone, (unsigned long)flags, 0L, NULL, tidp, 0L);
+#elif defined(__s390__) || defined(__CRIS__)
     return (pid_t)syscall(SYS_clone, 0L, (unsigned long)CLONE_PARENT, NULL, NULL, 0L);
 #else
     return (pid_t)syscall(SYS_clone, (unsigned long)CLONE_PARENT, 0L, NULL, NULL, 0L);

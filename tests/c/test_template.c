@@ -10,6 +10,8 @@
  *   check P N i…  its parent is P, fds 3..3+N-1 have inodes i…, are not
  *                 close-on-exec, and 3+N..10 are closed: answers "ok"
  *   bind P        br_proc_bind_to_parent(SIGKILL, P), answers, then sleeps
+ *   pthread_kill  another thread signals the main one (signal 0): answers
+ *                 pthread_kill's result
  *
  * Skipped (exit 77) where the kernel has no pidfd_open or refuses
  * CLONE_PARENT. */
@@ -28,6 +30,14 @@
 #define MS 1000000LL
 
 /* ------------------------------------------------------------ the template */
+
+static pthread_t worker_main_thread;
+
+static void *signal_main(void *arg)
+{
+    *(int *)arg = pthread_kill(worker_main_thread, 0);
+    return NULL;
+}
 
 static void worker_main(void)
 {
@@ -72,6 +82,17 @@ static void worker_main(void)
         for (int fd = 3 + (int)b; fd < BR_TEMPLATE_FD + BR_TEMPLATE_MAX_FDS && answer[0] == 'o'; fd++)
             if (fcntl(fd, F_GETFD) >= 0 || errno != EBADF)
                 snprintf(answer, sizeof answer, "fd %d is open\n", fd);
+        ssize_t w = write(4, answer, strlen(answer));
+        _exit(w == (ssize_t)strlen(answer) ? 0 : 102);
+    }
+    if (strncmp(cmd, "pthread_kill", 12) == 0) {
+        /* glibc's record of this thread's id must be this process's */
+        int r = -1;
+        pthread_t t;
+        worker_main_thread = pthread_self();
+        if (pthread_create(&t, NULL, signal_main, &r) == 0)
+            (void)pthread_join(t, NULL);
+        snprintf(answer, sizeof answer, "%d\n", r);
         ssize_t w = write(4, answer, strlen(answer));
         _exit(w == (ssize_t)strlen(answer) ? 0 : 102);
     }
@@ -285,6 +306,29 @@ TEST(a_worker_killed_by_a_signal_is_seen_by_the_parent)
     reap(&b);
     CHECK_EQ(b.term_signal, SIGTERM);
     CHECK_EQ(close(fd), 0);
+    CHECK_EQ(br_template_close(&t, 5 * SEC), 0);
+}
+
+TEST(a_worker_can_signal_its_own_main_thread)
+{
+    int *tidp = NULL;
+    if (prctl(PR_GET_TID_ADDRESS, (unsigned long)&tidp, 0UL, 0UL, 0UL) != 0) {
+        printf("(no PR_GET_TID_ADDRESS here: not checked) ");
+        return;
+    }
+    br_template_t t;
+    CHECK_EQ(start(&t, NULL, NULL, NULL), 0);
+    br_proc_t w;
+    int err, fd = fork_with(&t, &w, "pthread_kill\n", NULL, 0, &err);
+    CHECK_EQ(err, 0);
+    char answer[64];
+    read_answer(fd, answer, sizeof answer);
+    CHECK_EQ(close(fd), 0);
+    if (strcmp(answer, "0\n") != 0)
+        fprintf(stderr, "pthread_kill in the worker: %s", answer);
+    CHECK(strcmp(answer, "0\n") == 0);
+    reap(&w);
+    CHECK_EQ(w.exit_code, 0);
     CHECK_EQ(br_template_close(&t, 5 * SEC), 0);
 }
 
