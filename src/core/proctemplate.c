@@ -506,6 +506,14 @@ int br_template_fork_child(int sock, br_template_request_t *req)
 {
     int err = 0;
     pid_t pid = -1;
+    /* The kernel does not pass the robust futex list on to a child; glibc's
+     * fork() registers it again there, and so does this. */
+    void *robust = NULL;
+    size_t robust_len = 0;
+#ifdef SYS_get_robust_list
+    if (syscall(SYS_get_robust_list, 0, &robust, &robust_len) != 0)
+        robust = NULL;
+#endif
 
     if (count_threads() > 1)
         err = -EDEADLK; /* see the header: a raw clone is for one thread */
@@ -513,6 +521,10 @@ int br_template_fork_child(int sock, br_template_request_t *req)
         err = -errno;
     if (pid == 0) {
         /* the new worker */
+#ifdef SYS_set_robust_list
+        if (robust != NULL)
+            (void)syscall(SYS_set_robust_list, robust, robust_len);
+#endif
         if (place_fds(sock, req) != 0)
             _exit(BR_TEMPLATE_EXIT_SETUP);
         return 0;

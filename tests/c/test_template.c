@@ -8,7 +8,8 @@
  *   exit N        _exit(N)
  *   signal N      kill itself with signal N
  *   check P N i…  its parent is P, fds 3..3+N-1 have inodes i…, are not
- *                 close-on-exec, and 3+N..10 are closed: answers "ok"
+ *                 close-on-exec, and 3+N..10 are closed, and its robust
+ *                 futex list is registered: answers "ok"
  *   bind P        br_proc_bind_to_parent(SIGKILL, P), answers, then sleeps
  *   pthread_kill  another thread signals the main one (signal 0): answers
  *                 pthread_kill's result
@@ -82,6 +83,11 @@ static void worker_main(void)
         for (int fd = 3 + (int)b; fd < BR_TEMPLATE_FD + BR_TEMPLATE_MAX_FDS && answer[0] == 'o'; fd++)
             if (fcntl(fd, F_GETFD) >= 0 || errno != EBADF)
                 snprintf(answer, sizeof answer, "fd %d is open\n", fd);
+        /* glibc's robust futex list is registered again, as after fork() */
+        void *head = NULL;
+        size_t len = 0;
+        if (answer[0] == 'o' && (syscall(SYS_get_robust_list, 0, &head, &len) != 0 || head == NULL))
+            snprintf(answer, sizeof answer, "no robust futex list\n");
         ssize_t w = write(4, answer, strlen(answer));
         _exit(w == (ssize_t)strlen(answer) ? 0 : 102);
     }
