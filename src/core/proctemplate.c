@@ -33,7 +33,12 @@
  * That is safe only in a single-threaded process, which is what a template
  * must be anyway: br_template_fork_child counts the template's threads
  * first and refuses with -EDEADLK when there is more than one (a library
- * that started a thread while the template loaded, OpenBLAS for one).
+ * that started a thread while the template loaded, OpenBLAS for one). What
+ * glibc's fork() itself does in the child that a single thread still
+ * needs is done here: the thread's id in glibc's record of it
+ * (clone_parent) and its robust futex list (br_template_fork_child). With
+ * one thread, no lock of glibc's (malloc's, stdio's) can be held by
+ * another at the clone, which is what its atfork work is for.
  *
  * Descriptors. A worker gets the request's descriptors as 3, 4, ... like a
  * br_proc_spawn child, and keeps everything else the template had open (a
