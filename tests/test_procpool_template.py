@@ -195,14 +195,41 @@ def test_random_state_differs_between_workers_and_from_the_parent(tmp_path):
 
 def test_numpy_random_state_differs_between_workers(tmp_path):
     pytest.importorskip("numpy")
-    # one OpenBLAS thread: otherwise numpy starts threads on import and a template that has
-    # threads does not fork (its workers are then spawned, and seeded, each on its own)
     src = RANDOM_SCRIPT.replace('if len(sys.argv) > 2:\n        import numpy', 'pass').replace(
         "import braid\n", "import braid\nimport numpy.random\n", 1)
-    got = last_json(run_script(tmp_path, src, env={"OPENBLAS_NUM_THREADS": "1"}))
+    got = last_json(run_script(tmp_path, src))
     assert got["template"] is not None
     values = [d[2] for d in got["draws"]]
     assert len(set(values)) == 6, f"numpy.random drew the same numbers in workers: {values}"
+
+
+NUMPY_SCRIPT = """
+import json, os, sys
+import numpy  # OpenBLAS starts its threads on import
+sys.path.insert(0, sys.argv[1])
+import braid
+
+def blas(_=None):
+    import threading
+    return {"threads": len(os.listdir("/proc/self/task")), "python_threads": threading.active_count(),
+            "env": os.environ.get("OPENBLAS_NUM_THREADS"),
+            "dot": float(numpy.arange(4.0) @ numpy.arange(4.0))}
+
+if __name__ == "__main__":
+    with braid.ProcessPool(1) as pool:
+        print(json.dumps({"template": pool._template_pid, "worker": pool.submit(blas).result(10)}))
+"""
+
+
+def test_a_main_script_that_imports_numpy_still_gets_a_template(tmp_path):
+    # the template loads OpenBLAS with one thread (a template with threads may not fork) and
+    # each worker then gets the threads a spawned worker would have had
+    pytest.importorskip("numpy")
+    forked = last_json(run_script(tmp_path, NUMPY_SCRIPT))
+    spawned = last_json(run_script(tmp_path, NUMPY_SCRIPT, env={"BRAID_PROCESS_TEMPLATE": "0"}))
+    assert forked["template"] is not None and spawned["template"] is None
+    assert forked["worker"] == spawned["worker"]
+    assert forked["worker"]["env"] is None and forked["worker"]["dot"] == 14.0
 
 
 MAIN_SCRIPT = """

@@ -352,6 +352,50 @@ def _reseed_after_fork():
             pass
 
 
+# ---- OpenBLAS in the template -------------------------------------------------------------
+# OpenBLAS starts its thread pool when it is loaded (import numpy), and a template with threads
+# must not fork. So the template loads it with one thread (unless the user chose a number
+# with OPENBLAS_NUM_THREADS: then it is theirs, and a template with threads spawns its workers
+# instead), and each forked worker sets the count a spawned worker would have started with.
+
+_SET_THREADS = ("openblas_set_num_threads", "openblas_set_num_threads64_",
+                "scipy_openblas_set_num_threads", "scipy_openblas_set_num_threads64_")
+
+
+def _quiet_blas():
+    """In the template, before the main script: the thread count to give forked workers back
+    ("" for OpenBLAS's default), or None when the user set OPENBLAS_NUM_THREADS."""
+    if "OPENBLAS_NUM_THREADS" in os.environ:
+        return None
+    want = os.environ.get("GOTO_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS") or ""
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    return want
+
+
+def _restore_blas(want):
+    """In a forked worker: OpenBLAS's threads as a spawned worker would have them."""
+    try:
+        with open("/proc/self/maps") as f:
+            libs = {line.split()[-1] for line in f
+                    if "openblas" in line.rsplit("/", 1)[-1].lower() and ".so" in line}
+        if not libs:
+            return  # not loaded: it will read the (restored) environment when it is
+        n = int(want.split(",")[0]) if want else len(os.sched_getaffinity(0))
+        if n <= 1:
+            return
+        import ctypes
+
+        for path in libs:
+            lib = ctypes.CDLL(path)
+            for name in _SET_THREADS:
+                fn = getattr(lib, name, None)
+                if fn is not None:
+                    fn(ctypes.c_int(n))
+                    break
+    except Exception:  # noqa: BLE001 - a worker with one BLAS thread still works
+        pass
+
+
 def _exit_forked(status):
     """A forked worker's exit: what finalization does that a program can see (non-daemon
     threads joined, atexit callbacks, weakref.finalize ones among them, standard streams
@@ -397,6 +441,7 @@ def main():
     if syspath:
         sys.path[:] = syspath.split(os.pathsep)
     argv = env.pop("BRAID_WORKER_ARGV", "")
+    blas = _quiet_blas() if template else None
     if main_path:
         # the script sees the parent's argv, as under multiprocessing's spawn
         saved_argv = sys.argv
@@ -412,6 +457,8 @@ def main():
             del os.environ["BRAID_WORKER_BOOTSTRAP"]
             sys.argv = saved_argv
     if template:
+        if blas is not None:
+            del os.environ["OPENBLAS_NUM_THREADS"]  # the workers' environment is the user's
         for stream in (sys.stdout, sys.stderr):  # or every worker would write it again
             if stream is not None:
                 try:
@@ -428,6 +475,8 @@ def main():
         # a new worker, forked from the template
         _braid._worker_bind_parent(ppid)
         _reseed_after_fork()
+        if blas is not None:
+            _restore_blas(blas)
     status = _braid._worker_loop(ring_bytes, _handle, pack_result, pack_error, release_acknowledged)
     if template:
         _exit_forked(status or 0)
