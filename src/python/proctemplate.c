@@ -35,9 +35,10 @@
  *
  * A RETIRED template is handed to no new pool. A configuration whose
  * template refused to fork because it had threads (the main script or an
- * import started one: OpenBLAS does) or died before its first fork is
- * remembered, and its pools spawn workers directly from then on, as they
- * did before templates.
+ * import started one; OpenBLAS would, and so the template loads it with
+ * one, braid/_procworker.py) or died before its first fork is remembered,
+ * and its pools spawn workers directly from then on, as they did before
+ * templates. That first pool waited for the template's start in vain.
  *
  * The template side, _template_serve(), is in this file too: the loop the
  * template interpreter runs once its imports are done.
