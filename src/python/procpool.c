@@ -3,12 +3,12 @@
  *
  * Workers are forked from the template of the pool's configuration
  * (proctemplate.c; never a fork of this multi-threaded process), or fresh
- * interpreters started with posix_spawn where there is no template, each
- * joined to the pool by two shared-
- * memory rings (tasks in, results out; procproto.h) and watched through a
- * pidfd. One collector thread per pool sleeps in epoll on every worker's
- * "results ready", "ring has space" and "process exited" descriptors, and
- * takes the GIL only to hand results to futures and to feed workers.
+ * interpreters started with posix_spawn where there is no template. Each
+ * is joined to the pool by two shared-memory rings (tasks in, results
+ * out; procproto.h) and watched through a pidfd. One collector thread per
+ * pool sleeps in epoll on every worker's "results ready", "ring has space"
+ * and "process exited" descriptors, and takes the GIL only to hand results
+ * to futures and to feed workers.
  *
  * All pool state below changes with the GIL held, from the collector or
  * from a submitting thread; the rings' single producer is whoever holds it.
@@ -1252,6 +1252,9 @@ static PyObject *pp_get_max_workers(PyObject *self, void *x)
 static PyObject *pp_get_pids(PyObject *self, void *x)
 {
     proc_core_t *c = ((ProcPoolObject *)self)->core;
+    if (c == NULL) {
+        return PyList_New(0);
+    }
     /* workers start in the background: answer once the first ones have */
     while (!br_event_is_set(&c->started_ev) && !c->collector_done) {
         Py_BEGIN_ALLOW_THREADS
@@ -1423,7 +1426,8 @@ static PyMethodDef pp_methods[] = {
 
 static PyObject *pp_get_template_pid(PyObject *self, void *x)
 {
-    int pid = braid_spawner_template_pid(((ProcPoolObject *)self)->core->spawner);
+    proc_core_t *c = ((ProcPoolObject *)self)->core;
+    int pid = c != NULL ? braid_spawner_template_pid(c->spawner) : 0;
     return pid > 0 ? PyLong_FromLong(pid) : Py_NewRef(Py_None);
 }
 
