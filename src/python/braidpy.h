@@ -53,8 +53,10 @@ typedef struct {
     PyObject *TaskTimeout;
     PyObject *BrokenProcessPool;
     proc_core_t *proc_cores;
-    /* every pool core not yet freed, so that interpreter exit can join them */
+    /* every thread-pool core whose workers may still run Python code, so
+     * that interpreter exit can wait for them (threadpool.c) */
     pool_core_t *cores;
+    br_event_t *exit_waiter;        /* set when a dropped pool's last worker leaves */
     unsigned long pool_counter;
 } braid_state;
 
@@ -123,8 +125,11 @@ PyObject *braid_dumps_task(braid_state *st, PyObject *fn, PyObject *args, PyObje
 /* Unpickles a message payload (bytes-like), out-of-band buffers included. */
 PyObject *braid_loads(braid_state *st, PyObject *data);
 
-/* errors.c: the one map from -errno to a Python exception. Returns NULL. */
-PyObject *braid_raise_errno(int err, const char *what);
+/* errors.c: the one map from an engine -errno to a Python exception:
+ * OSError(errno, "what: strerror") as its errno subclass, MemoryError for
+ * ENOMEM. Returns NULL. EINVAL, ESHUTDOWN and the like are the call
+ * site's to raise (ValueError, RuntimeError) in its own words. */
+PyObject *braid_raise_oserror(int err, const char *what);
 
 /* future.c: _FutureCore at import; Future (on concurrent.futures.Future)
  * from braid_load_pools. */
@@ -160,6 +165,8 @@ FutureObject *braid_pool_submit(PyObject *pool, PyObject *fn, PyObject *args,
 unsigned braid_pool_max_workers(PyObject *pool);
 /* Interpreter exit: close and join every pool. */
 PyObject *braid_threadpool_at_exit(braid_state *st);
+/* Thread-pool cores on the module's list (not yet released). */
+size_t braid_threadpool_cores(braid_state *st);
 void braid_threadpool_clear_state(braid_state *st);
 /* os.register_at_fork(after_in_child=...): pools become unusable, safely. */
 PyObject *braid_threadpool_after_fork_child(braid_state *st);

@@ -184,6 +184,11 @@ static PyObject *mod_at_exit(PyObject *module, PyObject *unused)
     return braid_threadpool_at_exit(braid_get_state(module));
 }
 
+static PyObject *mod_threadpool_cores(PyObject *module, PyObject *unused)
+{
+    return PyLong_FromSize_t(braid_threadpool_cores(braid_get_state(module)));
+}
+
 static PyObject *mod_after_fork_child(PyObject *module, PyObject *unused)
 {
     braid_procpool_after_fork_child(braid_get_state(module));
@@ -252,6 +257,8 @@ static PyObject *mod_strerror(PyObject *module, PyObject *arg)
 static PyMethodDef braid_methods[] = {
     {"_at_exit", mod_at_exit, METH_NOARGS,
      "Closes and joins every thread pool; registered with threading._register_atexit."},
+    {"_threadpool_cores", mod_threadpool_cores, METH_NOARGS,
+     "_threadpool_cores(): thread-pool cores not yet freed (for tests of pool lifetimes)."},
     {"_after_fork_child", mod_after_fork_child, METH_NOARGS,
      "Marks every thread pool unusable in a forked child; registered with os.register_at_fork."},
     {"_procpool_at_exit", mod_procpool_at_exit, METH_O,

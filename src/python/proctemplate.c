@@ -624,7 +624,7 @@ PyObject *braid_template_serve(PyObject *module, PyObject *unused)
             Py_RETURN_FALSE;
         }
         if (rc < 0) {
-            return braid_raise_errno(rc, "waiting for the process pool's requests");
+            return braid_raise_oserror(rc, "waiting for the process pool's requests");
         }
         PyOS_BeforeFork();
         int pid = br_template_fork_child(BR_TEMPLATE_FD, &req);

@@ -13,11 +13,19 @@
  *
  * Core life cycle (all flags change with the GIL held):
  *
- *   open --shutdown()/dealloc/at-exit--> closed --join--> joined
- *                                                           |
- *   the core is freed once it is joined AND its pool object  v
- *   is gone (orphaned); orphans are joined when their workers have exited
- *   (checked at the next pool creation) or at interpreter exit.
+ *   open --shutdown()/at-exit--> closed --join--> joined --pool object gone--> freed
+ *     |                                              ^
+ *     |  pool object dropped (dealloc), not joined   | (at-exit or a shutdown(wait=True)
+ *     v                                              |  already waiting: joined, then freed)
+ *   detached: closed, its queued work still runs; the engine owns the threads
+ *     |
+ *     +-- last worker leaves Python (on_thread_exit): unlinked from st->cores,
+ *     |   its Python objects released, an at-exit waiter woken
+ *     +-- last worker thread ends (engine's on_detached): freed
+ *
+ * A dropped pool so frees itself as soon as its work is done, as a dropped
+ * ThreadPoolExecutor does; interpreter exit waits for the detached ones
+ * still linked, since their workers run Python code.
  */
 #include "braidpy.h"
 #include "compat.h"
@@ -43,7 +51,10 @@ struct pool_core_s {
     PyObject *prefix;         /* str: thread names are prefix_N */
     PyObject *broken;         /* str: why the pool is broken, or NULL */
     unsigned thread_no;
-    int closed, joining, joined, orphaned;
+    unsigned threads_exited;  /* workers past on_thread_exit (compared with the engine's
+                                 count of threads started, which stops growing at close) */
+    unsigned joiners;         /* threads inside core_join */
+    int closed, joined, orphaned, detached;
     int forked;               /* inherited through os.fork(): no threads here */
     pool_core_t *next, *prev; /* in st->cores */
 };
@@ -53,6 +64,8 @@ typedef struct {
     pool_core_t *core;
     unsigned max_workers;
 } PoolObject;
+
+static void core_release(pool_core_t *core);
 
 static _Thread_local PyThreadState *tls_tstate;
 static _Thread_local pool_core_t *tls_core;
@@ -127,12 +140,16 @@ static void on_thread_exit(br_threadpool_t *tp, void *arg)
 {
     pool_core_t *core = arg;
     PyEval_RestoreThread(tls_tstate);
-    if (core->st->worker_exiting != NULL) {
+    if (core->st != NULL && core->st->worker_exiting != NULL) {
         PyObject *r = PyObject_CallNoArgs(core->st->worker_exiting);
         if (r == NULL) {
             report_unraisable("braid: unregistering a worker thread");
         }
         Py_XDECREF(r);
+    }
+    core->threads_exited++;
+    if (core->detached && core->threads_exited == br_threadpool_threads(&core->tp)) {
+        core_release(core); /* the engine frees the core when this thread ends */
     }
     PyThreadState_Clear(tls_tstate);
     PyThreadState_DeleteCurrent();
@@ -255,9 +272,12 @@ static void core_link(braid_state *st, pool_core_t *core)
     st->cores = core;
 }
 
-static void core_free(pool_core_t *core)
+static void core_unlink(pool_core_t *core)
 {
     braid_state *st = core->st;
+    if (st == NULL) {
+        return; /* the module went first (core_clear_state) */
+    }
     if (core->prev) {
         core->prev->next = core->next;
     } else {
@@ -266,6 +286,37 @@ static void core_free(pool_core_t *core)
     if (core->next) {
         core->next->prev = core->prev;
     }
+    core->next = core->prev = NULL;
+}
+
+/* With the GIL: a detached core's last worker has left Python. Takes it off
+ * the module's list and drops its Python objects (no thread starts in a
+ * closed pool, and none of its work is left); wakes an at-exit wait. */
+static void core_release(pool_core_t *core)
+{
+    braid_state *st = core->st;
+    core_unlink(core);
+    Py_CLEAR(core->initializer);
+    Py_CLEAR(core->initargs);
+    Py_CLEAR(core->prefix);
+    Py_CLEAR(core->broken);
+    if (st != NULL && st->exit_waiter != NULL) {
+        br_event_set(st->exit_waiter);
+    }
+}
+
+/* The engine's on_detached: the last worker thread of a dropped pool is
+ * ending (or none was live at detach). No Python here. */
+static void core_detached(br_threadpool_t *tp)
+{
+    pool_core_t *core = (pool_core_t *)tp; /* tp is the first member */
+    br_threadpool_destroy(tp);
+    PyMem_RawFree(core);
+}
+
+static void core_free(pool_core_t *core)
+{
+    core_unlink(core);
     if (!core->forked) {
         /* after a fork the engine's mutex may be held by a thread that
          * exists only in the parent: leave the engine memory alone */
@@ -289,27 +340,40 @@ static int core_join(pool_core_t *core)
                         "shutdown(wait=True) called from a task of the same pool would wait for itself");
         return -1;
     }
-    if (core->joining) {
-        /* another thread is joining: wait for it, with the GIL released */
-        while (core->joining) {
-            Py_BEGIN_ALLOW_THREADS
-            usleep(1000);
-            Py_END_ALLOW_THREADS
-        }
-        return 0;
-    }
-    core->joining = 1;
+    /* Wait for the workers with the GIL released, waking for signal
+     * handlers: Ctrl-C raises KeyboardInterrupt here, the pool stays
+     * closed, and a later shutdown() or the at-exit hook waits again.
+     * While anyone waits here (joiners > 0) a dealloc of the pool object
+     * leaves the core to the last joiner instead of detaching it. */
+    core->joiners++;
     int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = br_threadpool_join(&core->tp);
-    Py_END_ALLOW_THREADS
-    core->joining = 0;
+    for (;;) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = br_threadpool_wait_exited(&core->tp, -1);
+        Py_END_ALLOW_THREADS
+        if (rc != -EINTR || PyErr_CheckSignals() < 0) {
+            break;
+        }
+    }
+    if (rc == 0 && !core->joined) {
+        /* every worker has exited: the join reaps their threads at once
+         * (a second joiner's join returns at once too) */
+        Py_BEGIN_ALLOW_THREADS
+        rc = br_threadpool_join(&core->tp);
+        Py_END_ALLOW_THREADS
+        if (rc == 0) {
+            core->joined = 1;
+        }
+    }
+    core->joiners--;
+    if (rc == -EINTR) {
+        return -1; /* the signal handler's exception */
+    }
     if (rc < 0) {
-        braid_raise_errno(rc, "joining the thread pool");
+        braid_raise_oserror(rc, "waiting for the thread pool's workers");
         return -1;
     }
-    core->joined = 1;
-    if (core->orphaned) {
+    if (core->orphaned && core->joiners == 0) {
         core_free(core);
     }
     return 0;
@@ -323,28 +387,32 @@ static void core_close(pool_core_t *core, int cancel)
     (void)br_threadpool_close(&core->tp, cancel ? BR_CLOSE_CANCEL : BR_CLOSE_DRAIN);
 }
 
-/* Joins orphaned cores whose workers are all gone (no wait involved). */
-static void reap_orphans(braid_state *st)
+size_t braid_threadpool_cores(braid_state *st)
 {
-    pool_core_t *core = st->cores;
-    while (core != NULL) {
-        pool_core_t *next = core->next;
-        if (core->orphaned && !core->joined && !core->joining &&
-            br_threadpool_live(&core->tp) == 0) {
-            if (br_threadpool_join(&core->tp) == 0) {
-                core->joined = 1;
-                core_free(core);
-            }
-        }
-        core = next;
+    size_t n = 0;
+    for (pool_core_t *core = st->cores; core != NULL; core = core->next) {
+        n++;
     }
+    return n;
 }
 
+static int any_detached(braid_state *st)
+{
+    for (pool_core_t *core = st->cores; core != NULL; core = core->next) {
+        if (core->detached) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* At interpreter exit, as ThreadPoolExecutor's hook: queued work of every
+ * pool finishes and the workers leave, dropped pools' too. Interruptible. */
 PyObject *braid_threadpool_at_exit(braid_state *st)
 {
     for (;;) {
         pool_core_t *core = st->cores;
-        while (core != NULL && (core->joined || core->joining)) {
+        while (core != NULL && (core->joined || core->joiners > 0 || core->detached)) {
             core = core->next;
         }
         if (core == NULL) {
@@ -357,6 +425,19 @@ PyObject *braid_threadpool_at_exit(braid_state *st)
             return NULL;
         }
     }
+    while (any_detached(st)) {
+        br_event_t left;
+        br_event_init(&left);
+        st->exit_waiter = &left;
+        int rc;
+        Py_BEGIN_ALLOW_THREADS
+        rc = br_event_wait(&left, -1);
+        Py_END_ALLOW_THREADS
+        st->exit_waiter = NULL;
+        if (rc == -EINTR && PyErr_CheckSignals() < 0) {
+            return NULL;
+        }
+    }
     Py_RETURN_NONE;
 }
 
@@ -366,11 +447,19 @@ PyObject *braid_threadpool_after_fork_child(braid_state *st)
      * workers, and its engine lock may be held for ever. Mark each pool
      * broken and joined so no code path touches the engine again. Tasks
      * still queued belonged to the parent and do not run here. */
-    for (pool_core_t *core = st->cores; core != NULL; core = core->next) {
+    pool_core_t *next;
+    for (pool_core_t *core = st->cores; core != NULL; core = next) {
+        next = core->next;
         core->forked = 1;
         core->closed = 1;
         core->joined = 1;
-        core->joining = 0;
+        core->joiners = 0;
+        if (core->detached) {
+            /* dropped in the parent: no pool object here will free it, and
+             * its engine memory is not ours to touch; left as it is */
+            core_unlink(core);
+            continue;
+        }
         Py_CLEAR(core->broken);
         mark_broken(core, "the thread pool was created before os.fork() and has no threads in "
                           "this process; create a new pool in the child");
@@ -394,15 +483,22 @@ void braid_threadpool_clear_state(braid_state *st)
     pool_core_t *core = st->cores;
     while (core != NULL) {
         pool_core_t *next = core->next;
-        if (!core->closed) {
-            (void)br_threadpool_close(&core->tp, BR_CLOSE_DRAIN);
-        }
-        if (!core->joined && br_threadpool_live(&core->tp) == 0 &&
-            br_threadpool_join(&core->tp) == 0) {
-            core->joined = 1;
-        }
-        if (core->joined) {
-            core_free(core);
+        if (core->detached) {
+            /* its workers outlived an interrupted at-exit wait: they free
+             * the core themselves, without the module */
+            core_unlink(core);
+            core->st = NULL;
+        } else {
+            if (!core->closed) {
+                (void)br_threadpool_close(&core->tp, BR_CLOSE_DRAIN);
+            }
+            if (!core->joined && br_threadpool_live(&core->tp) == 0 &&
+                br_threadpool_join(&core->tp) == 0) {
+                core->joined = 1;
+            }
+            if (core->joined) {
+                core_free(core);
+            }
         }
         core = next;
     }
@@ -440,7 +536,11 @@ FutureObject *braid_pool_submit(PyObject *self, PyObject *fn, PyObject *args, Py
         f->pool = NULL;
         Py_DECREF(f);
         Py_DECREF(f);
-        braid_raise_errno(rc, "submitting to the thread pool");
+        if (rc == -ESHUTDOWN) {
+            PyErr_SetString(PyExc_RuntimeError, "cannot schedule new futures after shutdown");
+        } else {
+            braid_raise_oserror(rc, "submitting to the thread pool");
+        }
         return NULL;
     }
     return f;
@@ -635,7 +735,6 @@ static int pool_init(PyObject *self, PyObject *args, PyObject *kwds)
         }
         return -1;
     }
-    reap_orphans(st);
     pool_core_t *core = PyMem_RawCalloc(1, sizeof(*core));
     if (core == NULL) {
         Py_DECREF(argtuple);
@@ -673,7 +772,7 @@ static int pool_init(PyObject *self, PyObject *args, PyObject *kwds)
         Py_DECREF(core->initargs);
         Py_DECREF(core->prefix);
         PyMem_RawFree(core);
-        braid_raise_errno(rc, "creating the thread pool");
+        braid_raise_oserror(rc, "creating the thread pool");
         return -1;
     }
     core_link(st, core);
@@ -692,10 +791,22 @@ static void pool_dealloc(PyObject *self)
         core->orphaned = 1;
         if (core->joined) {
             core_free(core);
-        } else if (!core->closed) {
+        } else if (core->joiners == 0) { /* else the last joiner frees it */
             /* like the stdlib: a dropped pool lets its queued work finish
-             * and its workers exit; they are joined later, never here */
-            core_close(core, 0);
+             * and its workers exit, never waited for here; the engine hands
+             * the core to its last worker (see the life cycle above) */
+            if (!core->closed) {
+                core_close(core, 0);
+            }
+            core->detached = 1;
+            if (core->threads_exited == br_threadpool_threads(&core->tp)) {
+                core_release(core); /* no worker will run Python code again */
+            }
+            int rc = br_threadpool_detach(&core->tp, core_detached);
+            if (rc < 0) { /* only a joined or detached pool refuses: not this one */
+                PyErr_SetString(PyExc_SystemError, "braid: detaching a dropped thread pool failed");
+                PyErr_WriteUnraisable(NULL);
+            }
         }
     }
     tp->tp_free(self);
