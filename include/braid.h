@@ -362,6 +362,86 @@ void br_proc_close(br_proc_t *p);
  * parent is already gone, or -errno. */
 int br_proc_bind_to_parent(int sig, int expected_ppid);
 
+/* ---------------------------------------------------------------- process templates
+ * br_template_t: a "fork server". The parent starts one single-threaded
+ * template process (with br_proc_spawn); it loads what the workers share
+ * and then forks a new worker for each br_template_fork, in about a
+ * millisecond. The parent itself is never forked. Each worker is made a
+ * child of the PARENT (CLONE_PARENT), so it is reaped, watched and killed
+ * through the returned br_proc_t exactly as a br_proc_spawn child.
+ *
+ *   start --> RUNNING --(fork finds it gone or hung)--> DEAD (forks: -EPIPE)
+ *                |                                        |
+ *                +---------- br_template_close -----------+--> reaped
+ *
+ * PR_SET_PDEATHSIG of the template and of every worker it forks follows
+ * the parent THREAD that called br_template_start: start it from a thread
+ * that outlives them all.
+ *
+ * Ownership: caller-allocated. br_template_fork may be called from any
+ * thread (requests are serialized); br_template_close when no fork is
+ * running; it must be called once start has succeeded, and is a no-op
+ * after a failed start.
+ */
+#define BR_TEMPLATE_FD 3       /* the template's end of its socket */
+#define BR_TEMPLATE_MAX_FDS 8  /* descriptors per worker (3 .. 10) */
+#define BR_TEMPLATE_EXIT_SETUP 120 /* a new worker could not place its fds */
+
+typedef struct br_template_s {
+    br_proc_t proc;       /* the template process */
+    int sock;             /* the parent's end, -1 once closed */
+    int dead;             /* set when a fork found it gone, hung or out of step */
+    int64_t timeout_ns;   /* how long a fork waits for the answer (< 0: for
+                             ever, the default); the first one waits for
+                             the template to load: set it accordingly */
+    uint64_t seq;
+    pthread_mutex_t lock; /* one request at a time */
+} br_template_t;
+
+/* Starts the template: o->path/argv/envp as for br_proc_spawn, o->nfds
+ * must be 0. The template gets its socket as fd BR_TEMPLATE_FD and
+ * /dev/null on the rest of 3 .. 3 + BR_TEMPLATE_MAX_FDS - 1, which keeps
+ * those numbers free for the workers' descriptors. 0 or -errno (also when
+ * exec fails: -ENOENT, -EACCES, ...). Returns without waiting for the
+ * template to be ready: the first fork waits for it. */
+int br_template_start(br_template_t *t, const br_spawn_options_t *o);
+/* Forks a worker with fds[0..nfds) as its 3, 4, ... (nfds <= BR_TEMPLATE_MAX_FDS).
+ * `tpl` is a br_template_t *; void * so that this function is a process
+ * pool's spawn hook as it is. 0 with *out RUNNING (reap it and
+ * br_proc_close it as a br_proc_spawn child), or: -EPIPE the template is
+ * gone (start another), -ETIMEDOUT no answer within timeout_ns (it is
+ * marked dead: close it), -EDEADLK the template has more than one thread
+ * and will not fork, -ECHILD the new process is not our child, -errno from
+ * the template's clone (-EAGAIN, -ENOMEM, ...) or from sending. */
+int br_template_fork(void *tpl, const int *fds, int nfds, br_proc_t *out);
+/* Closes the socket (the template leaves when it sees that), waits up to
+ * grace_ns for it to exit, SIGKILLs it if it has not, and reaps it. Its
+ * exit status stays in t->proc. 0 if it left by itself, 1 if it had to be
+ * killed, -errno. */
+int br_template_close(br_template_t *t, int64_t grace_ns);
+
+/* In the template process. */
+typedef struct br_template_request_s {
+    int fds[BR_TEMPLATE_MAX_FDS];
+    int nfds;
+    uint64_t seq;
+} br_template_request_t;
+/* Waits for the next request on `sock` (BR_TEMPLATE_FD): 1 with *req
+ * filled (its descriptors are open, close-on-exec, in this process), 0 when
+ * the parent has closed its end or died (leave), -EINTR, -errno. Malformed
+ * requests are answered -EPROTO and skipped. */
+int br_template_accept(int sock, br_template_request_t *req);
+/* Forks the worker asked for and answers the parent. Returns, like fork():
+ * 0 in the new worker, with the request's descriptors as 3, 4, ... and the
+ * template's socket closed (signal dispositions, memory and every other
+ * descriptor as the template had them; PR_SET_PDEATHSIG cleared: re-arm it
+ * with br_proc_bind_to_parent); the new pid in the template; or -errno in
+ * the template (the parent has been told). Either way the template's copies
+ * of the request's descriptors are closed. Run any fork hooks of the
+ * caller's runtime around it (before, then after in both processes). Only
+ * forks a single-threaded process (-EDEADLK otherwise). */
+int br_template_fork_child(int sock, br_template_request_t *req);
+
 /* ---------------------------------------------------------------- event loop
  * br_loop_t: a single-threaded reactor (epoll) with a timer heap, file
  * descriptor watchers (br_io_t), cross-thread wakeups (br_async_t) and

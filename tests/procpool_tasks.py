@@ -124,6 +124,50 @@ def append_line(path, text):
         os.close(fd)
 
 
+def record_pid(path, _=None):
+    """Append this process's pid to ``path``; returns it (an initializer or a task)."""
+    append_line(path, str(os.getpid()))
+    return os.getpid()
+
+
+def register_atexit_line(path, text):
+    """Have this worker append ``text`` to ``path`` when it exits (atexit)."""
+    import atexit
+
+    atexit.register(append_line, path, text)
+    return os.getpid()
+
+
+def signal_main_thread_from_another(_=None):
+    """signal.pthread_kill(main thread, 0) from a second thread: None, or the error's repr."""
+    main = threading.main_thread().ident
+    out = []
+
+    def other():
+        try:
+            signal.pthread_kill(main, 0)
+            out.append(None)
+        except OSError as exc:
+            out.append(repr(exc))
+
+    t = threading.Thread(target=other)
+    t.start()
+    t.join(TIMEOUT)
+    return out[0] if out else "timed out"
+
+
+def has_tid_address():
+    """Whether the kernel tells a thread's glibc record address (prctl PR_GET_TID_ADDRESS)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    addr = ctypes.c_void_p()
+    return libc.prctl(40, ctypes.byref(addr), 0, 0, 0) == 0
+
+
+def random_draw(_=None):
+    """(pid, 64 random bits from the random module's global generator)."""
+    return os.getpid(), random.getrandbits(64)
+
+
 def read_lines(path):
     try:
         with open(path) as f:

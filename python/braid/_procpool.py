@@ -3,7 +3,6 @@
 import collections
 import concurrent.futures
 import itertools
-import json
 import math
 import multiprocessing.process
 import os
@@ -59,9 +58,11 @@ def _check_context(mp_context):
 class ProcessPool(_braid._ProcessPoolCore, concurrent.futures.Executor):
     """A ``concurrent.futures.Executor`` running calls in worker processes.
 
-    Workers are fresh interpreters (no fork of this process) fed through shared
-    memory. A worker that dies fails only the task it was running, with
-    ``braid.WorkerCrashed`` (or runs it again, ``retries`` times), and is replaced;
+    Workers are fed through shared memory. This process is never forked: a
+    single-threaded template interpreter that has done the workers' imports and
+    re-run the main script forks each worker, in the background. A worker that
+    dies fails only the task it was running, with ``braid.WorkerCrashed`` (or
+    runs it again, ``retries`` times), and is replaced;
     ``task_timeout`` kills a task's worker and raises ``braid.TaskTimeout``;
     ``max_tasks_per_worker`` recycles workers. Besides ``submit``/``map``/
     ``shutdown`` it has ``imap``, ``imap_unordered`` and ``starmap`` of
@@ -115,7 +116,7 @@ class ProcessPool(_braid._ProcessPoolCore, concurrent.futures.Executor):
                    BRAID_WORKER_AUTHKEY=bytes(multiprocessing.process.current_process().authkey).hex(),
                    BRAID_WORKER_SYSPATH=os.pathsep.join(sys.path),
                    BRAID_WORKER_MAIN=os.path.abspath(main_path) if main_path else "",
-                   BRAID_WORKER_ARGV=json.dumps(sys.argv))
+                   BRAID_WORKER_ARGV=_procworker.encode_argv(sys.argv))
         argv = [sys.executable, "-c", "from braid._procworker import main; main()"]
         super().__init__(workers, argv, [f"{k}={v}" for k, v in env.items()], RING_BYTES,
                          init_payload, max_tasks, timeout, retries)
@@ -288,3 +289,5 @@ def _at_exit():
 _braid._set_process_hooks(_procworker.dumps_task, _procworker.loads, WorkerCrashed, TaskTimeout,
                           _procworker._Envelope)
 threading._register_atexit(_at_exit)
+# A forked child has neither the parent's workers nor its templates.
+os.register_at_fork(after_in_child=_braid._procpool_after_fork_child)

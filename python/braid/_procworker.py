@@ -3,14 +3,20 @@
 The parent starts each worker as ``python -c "from braid._procworker import main; main()"``
 with the shared-memory rings on fds 3-7 (src/python/procproto.h) and its settings in
 ``BRAID_WORKER_*`` environment variables.
+
+A worker imports only what it runs: this module loads nothing at import beyond os and sys
+(loaded by every interpreter) and the C pickler. pickle.py itself, json, traceback and
+collections would bring in re, enum and functools, which together cost a worker more than
+starting its interpreter; what needs them imports them when it runs.
 """
 
-import collections
-import json
 import os
-import pickle
 import sys
-import traceback
+
+try:
+    from _pickle import dumps as _pickle_dumps, loads as _pickle_loads
+except ImportError:  # an interpreter without the C pickler
+    from pickle import dumps as _pickle_dumps, loads as _pickle_loads
 
 MSG_INIT = 1
 MSG_CALL = 2
@@ -40,9 +46,6 @@ def _main_is_importable_by_workers():
         path = getattr(main, "__file__", None)
         known = _main_importable[id(main)] = bool(path) and os.path.exists(path)
     return known
-
-
-_pickle_dumps = pickle.dumps
 
 
 # ---- out-of-band buffers ---------------------------------------------------------------
@@ -98,7 +101,7 @@ class _Envelope:
         return _Envelope, (self.data, self.segments)
 
     def open(self):
-        return pickle.loads(self.data, buffers=[_map(*seg) for seg in self.segments])
+        return _pickle_loads(self.data, buffers=[_map(*seg) for seg in self.segments])
 
 
 def _map(pid, fd, ino, size, offset, length):
@@ -162,7 +165,7 @@ def dumps(obj):
     (lambdas, closures, functions of an interactive __main__) when it fails. Returns bytes,
     or (bytes, what must stay alive until the receiver has the message)."""
     try:
-        return _pack(pickle.dumps, obj)
+        return _pack(_pickle_dumps, obj)
     except Exception as exc:
         cloudpickle = _cloudpickle()
         if cloudpickle is None:
@@ -186,7 +189,7 @@ def dumps_task(fn, args, kwargs):
 
 
 def loads(data):
-    obj = pickle.loads(data)
+    obj = _pickle_loads(data)
     if type(obj) is _Envelope:
         return obj.open()
     return obj
@@ -202,6 +205,8 @@ class _RemoteTraceback(Exception):
 
 
 def _format_traceback(exc):
+    import traceback
+
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     return f'\n"""\n{text}"""'
 
@@ -221,7 +226,7 @@ def _rebuild_exception(data, tb, described, notes):
     in for it when its pickle does not load here (an ``__init__`` that needs other arguments
     than ``args``, a class this process cannot import), with the traceback as __cause__."""
     try:
-        exc = pickle.loads(data)
+        exc = _pickle_loads(data)
     except Exception as err:
         exc = RuntimeError(f"{described} (the exception could not be received: {type(err).__name__}: {err})")
         exc.__notes__ = notes
@@ -277,7 +282,7 @@ def run_chunk(fn, chunk, star):
     return results, None
 
 
-_held_results = collections.deque()  # (task seq, _Held) of results not yet acknowledged
+_held_results = []  # (task seq, _Held) of results not yet acknowledged, oldest first
 
 
 def release_acknowledged():
@@ -286,7 +291,7 @@ def release_acknowledged():
 
     acked = _braid._worker_acked()
     while _held_results and _held_results[0][0] <= acked:
-        _held_results.popleft()[1].close()
+        _held_results.pop(0)[1].close()
     return len(_held_results)
 
 
@@ -329,6 +334,16 @@ def _handle(kind, payload, seq):
             return MSG_INIT_FAILED, dump_exception(exc)
         return None
     raise RuntimeError(f"braid worker: unknown message type {kind}")
+
+
+def encode_argv(argv):
+    """sys.argv for BRAID_WORKER_ARGV (any strings, no NUL): pickle in hex, which the worker
+    reads without importing json."""
+    return _pickle_dumps(list(argv), PROTOCOL).hex()
+
+
+def decode_argv(text):
+    return _pickle_loads(bytes.fromhex(text))
 
 
 class _AuthkeyOnImport:
@@ -375,22 +390,116 @@ def _adopt_authkey(key):
 def _fixup_main(path):
     # As multiprocessing's spawn does: run the parent's main script as __mp_main__ so that
     # functions and classes it defines unpickle here; its `if __name__ == "__main__":` part
-    # does not run.
-    import runpy
-    import types
-
-    main = types.ModuleType("__mp_main__")
+    # does not run. Executed straight into the module's namespace (runpy.run_path runs a
+    # copy and costs its imports): the functions' globals are the module's.
+    main = type(sys)("__mp_main__")
+    main.__file__ = path
+    main.__cached__ = None
+    main.__package__ = ""
     sys.modules["__mp_main__"] = main
-    main.__dict__.update(runpy.run_path(path, run_name="__mp_main__"))
     sys.modules["__main__"] = main
+    if path.endswith((".pyc", ".pyo")):  # compiled: runpy knows how to read it
+        import runpy
+
+        main.__dict__.update(runpy.run_path(path, run_name="__mp_main__"))
+        return
+    import io
+
+    with io.open_code(path) as f:
+        source = f.read()
+    exec(compile(source, path, "exec"), main.__dict__)
+
+
+def _reseed_after_fork():
+    # random reseeds itself in a forked child (os.register_at_fork); NumPy's legacy global
+    # generator does not, and every worker forked from the template would draw the same
+    # numbers. A spawned worker seeds it from the OS: so does this one.
+    nprandom = sys.modules.get("numpy.random")
+    if nprandom is not None:
+        try:
+            nprandom.seed()
+        except Exception:
+            pass
+
+
+# ---- OpenBLAS in the template -------------------------------------------------------------
+# OpenBLAS starts its thread pool when it is loaded (import numpy), and a template with threads
+# must not fork. So the template loads it with one thread (unless the user chose a number
+# with OPENBLAS_NUM_THREADS: then it is theirs, and a template with threads spawns its workers
+# instead), and each forked worker sets the count a spawned worker would have started with.
+
+_SET_THREADS = ("openblas_set_num_threads", "openblas_set_num_threads64_",
+                "scipy_openblas_set_num_threads", "scipy_openblas_set_num_threads64_")
+
+
+def _quiet_blas():
+    """In the template, before the main script: the thread count to give forked workers back
+    ("" for OpenBLAS's default), or None when the user set OPENBLAS_NUM_THREADS."""
+    if "OPENBLAS_NUM_THREADS" in os.environ:
+        return None
+    want = os.environ.get("GOTO_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS") or ""
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    return want
+
+
+def _restore_blas(want):
+    """In a forked worker: OpenBLAS's threads as a spawned worker would have them."""
+    try:
+        with open("/proc/self/maps") as f:
+            libs = {line.split()[-1] for line in f
+                    if "openblas" in line.rsplit("/", 1)[-1].lower() and ".so" in line}
+        if not libs:
+            return  # not loaded: it will read the (restored) environment when it is
+        n = int(want.split(",")[0]) if want else len(os.sched_getaffinity(0))
+        if n <= 1:
+            return
+        import ctypes
+
+        for path in libs:
+            lib = ctypes.CDLL(path)
+            for name in _SET_THREADS:
+                fn = getattr(lib, name, None)
+                if fn is not None:
+                    fn(ctypes.c_int(n))
+                    break
+    except Exception:  # noqa: BLE001 - a worker with one BLAS thread still works
+        pass
+
+
+def _exit_forked(status):
+    """A forked worker's exit: what finalization does that a program can see (non-daemon
+    threads joined, atexit callbacks, weakref.finalize ones among them, standard streams
+    flushed), without the rest. Tearing down every module and object writes to every page
+    this process still shares with the template, and copying them took a worker 10-15 ms to
+    exit, longer than it took to start. multiprocessing's forked workers leave the same way."""
+    try:
+        threading = sys.modules.get("threading")
+        if threading is not None:
+            threading._shutdown()
+        import atexit
+
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                try:
+                    stream.flush()
+                except Exception:
+                    pass
+        os._exit(status)
 
 
 def main():
+    """A worker, or a template that forks workers: the parent starts a template with
+    BRAID_WORKER_TEMPLATE=1; it does everything a worker does before its loop (bind to the
+    parent, sys.path, the main script) once, then each worker forked from it goes on from
+    there (src/python/proctemplate.c)."""
     from . import _braid
 
     global IN_WORKER
     IN_WORKER = True
     env = os.environ
+    template = env.pop("BRAID_WORKER_TEMPLATE", "") == "1"
     ppid = int(env.pop("BRAID_WORKER_PPID"))
     ring_bytes = int(env.pop("BRAID_WORKER_RING"))
     syspath = env.pop("BRAID_WORKER_SYSPATH", "")
@@ -399,16 +508,17 @@ def main():
     authkey = env.pop("BRAID_WORKER_AUTHKEY", "")
     if authkey:
         _adopt_authkey(bytes.fromhex(authkey))
-    import signal
+    import _signal  # signal.py would load enum
     # Ctrl-C reaches the whole process group; the parent decides what stops.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
     if syspath:
         sys.path[:] = syspath.split(os.pathsep)
     argv = env.pop("BRAID_WORKER_ARGV", "")
+    blas = _quiet_blas() if template else None
     if main_path:
         # the script sees the parent's argv, as under multiprocessing's spawn
         saved_argv = sys.argv
-        sys.argv = json.loads(argv) if argv else [main_path]
+        sys.argv = decode_argv(argv) if argv else [main_path]
         os.environ["BRAID_WORKER_BOOTSTRAP"] = "1"
         try:
             _fixup_main(main_path)
@@ -419,5 +529,28 @@ def main():
         finally:
             del os.environ["BRAID_WORKER_BOOTSTRAP"]
             sys.argv = saved_argv
+    if template:
+        if blas is not None:
+            del os.environ["OPENBLAS_NUM_THREADS"]  # the workers' environment is the user's
+        for stream in (sys.stdout, sys.stderr):  # or every worker would write it again
+            if stream is not None:
+                try:
+                    stream.flush()
+                except Exception:
+                    pass
+        # What the template holds is shared with every worker until written to; the cyclic
+        # collector's passes write to each object they visit. Frozen, they visit none of it.
+        import gc
+
+        gc.freeze()
+        if not _braid._template_serve():
+            os._exit(0)  # the parent has gone; leave without running its atexit hooks
+        # a new worker, forked from the template
+        _braid._worker_bind_parent(ppid)
+        _reseed_after_fork()
+        if blas is not None:
+            _restore_blas(blas)
     status = _braid._worker_loop(ring_bytes, _handle, pack_result, pack_error, release_acknowledged)
+    if template:
+        _exit_forked(status or 0)
     sys.exit(status or 0)

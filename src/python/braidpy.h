@@ -98,6 +98,12 @@ typedef struct FutureObject_s {
 /* module.c */
 braid_state *braid_get_state(PyObject *module);
 braid_state *braid_state_from_type(PyTypeObject *tp);
+/* Imports what the pools and futures stand on (concurrent.futures,
+ * threading, logging) and makes the Future type, once; every pool's
+ * __init__ calls it first. 0 or -1. */
+int braid_load_pools(PyObject *module);
+/* concurrent.futures.process.BrokenProcessPool, imported on first use. */
+PyObject *braid_broken_process_pool(braid_state *st);
 /* Tables of interned attribute names (enum-indexed, in module state):
  * intern n texts (0 or -1), visit them, clear them. */
 int braid_intern_names(PyObject **names, const char *const *text, int n);
@@ -125,7 +131,9 @@ PyObject *braid_loads(braid_state *st, PyObject *data);
  * site's to raise (ValueError, RuntimeError) in its own words. */
 PyObject *braid_raise_oserror(int err, const char *what);
 
-/* future.c */
+/* future.c: _FutureCore at import; Future (on concurrent.futures.Future)
+ * from braid_load_pools. */
+int braid_future_init_core_type(PyObject *module, braid_state *st);
 int braid_future_init_types(PyObject *module, braid_state *st);
 FutureObject *braid_future_new(braid_state *st);
 /* Completion paths used by the pool; they run callbacks. 0 or -1. */
@@ -183,6 +191,29 @@ void braid_procpool_after_fork_child(braid_state *st);
 PyObject *braid_worker_loop(PyObject *module, PyObject *args);
 PyObject *braid_worker_bind_parent(PyObject *module, PyObject *arg);
 PyObject *braid_worker_acked(PyObject *module, PyObject *unused);
+
+/* proctemplate.c: how a process pool starts its workers. A spawner forks
+ * them from the template of the pool's configuration (shared by the pools
+ * of this process that have the same argv and environment), or spawns them
+ * directly where there is no template. */
+typedef struct braid_spawner_s braid_spawner_t;
+/* GIL released (it may wait for the template's posix_spawn). 0 with *out,
+ * or -errno when the interpreter cannot be executed at all (-ENOENT, ...).
+ * argv and envp are borrowed: they must outlive the spawner. */
+int braid_spawner_new(char *const *argv, char *const *envp, braid_spawner_t **out);
+/* The spawn hook: a new worker with fds as its 3, 4, ...; falls back to
+ * br_proc_spawn when the template cannot serve. Without the GIL, on the
+ * thread that reaps the workers (direct spawns bind them to it). */
+int braid_spawner_spawn(void *spawner, const int *fds, int nfds, br_proc_t *out);
+int braid_spawner_has_template(braid_spawner_t *s);
+int braid_spawner_template_pid(braid_spawner_t *s); /* 0: none */
+/* Drops the template (it lingers for the next pool). Once its workers are reaped. */
+void braid_spawner_free(braid_spawner_t *s);
+/* Closes every template no pool uses now, waiting up to timeout_ns. */
+void braid_templates_close_unused(int64_t timeout_ns);
+void braid_templates_after_fork_child(void);
+PyObject *braid_template_serve(PyObject *module, PyObject *unused);
+PyObject *braid_close_unused_templates(PyObject *module, PyObject *unused);
 
 /* mapiter.c */
 int braid_mapiter_init_types(PyObject *module, braid_state *st);

@@ -518,6 +518,10 @@ static void fut_setup(FutureObject *f)
 
 FutureObject *braid_future_new(braid_state *st)
 {
+    if (st->future_type == NULL) { /* a pool's __init__ loads it first */
+        PyErr_SetString(PyExc_RuntimeError, "braid: futures used before braid_load_pools");
+        return NULL;
+    }
     FutureObject *f = (FutureObject *)st->future_type->tp_alloc(st->future_type, 0);
     if (f != NULL) {
         fut_setup(f);
@@ -533,6 +537,10 @@ static int fut_init(FutureObject *f, PyObject *args, PyObject *kwds)
     }
     if (f->state != FUT_PENDING || f->pool != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "Future.__init__ called twice");
+        return -1;
+    }
+    PyObject *module = braid_module_from_type(Py_TYPE(f));
+    if (module == NULL || braid_load_pools(module) < 0) { /* _FutureCore() made directly */
         return -1;
     }
     fut_setup(f);
@@ -591,12 +599,15 @@ static PyType_Spec fut_spec = {
     .slots = fut_slots,
 };
 
-int braid_future_init_types(PyObject *module, braid_state *st)
+int braid_future_init_core_type(PyObject *module, braid_state *st)
 {
     st->future_core_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &fut_spec, NULL);
-    if (st->future_core_type == NULL) {
-        return -1;
-    }
+    return st->future_core_type != NULL ? 0 : -1;
+}
+
+/* Called by braid_load_pools, once concurrent.futures may be imported. */
+int braid_future_init_types(PyObject *module, braid_state *st)
+{
     /* Future = type("Future", (_FutureCore, concurrent.futures.Future), ns) */
     PyObject *cf = PyImport_ImportModule("concurrent.futures");
     if (cf == NULL) {

@@ -5,6 +5,7 @@
  * PyObject globals), so the module can be imported in several interpreters.
  */
 #include "braidpy.h"
+#include "compat.h"
 
 static struct PyModuleDef braid_module_def;
 
@@ -60,6 +61,26 @@ void braid_clear_names(PyObject **names, int n)
     }
 }
 
+/* What even a process-pool worker needs: pickle's C functions. _pickle
+ * rather than pickle: pickle.py loads re, enum and functools, which cost a
+ * worker more start-up time than the rest of its imports together. */
+static int load_worker_objects(braid_state *st)
+{
+    PyObject *m = PyImport_ImportModule("_pickle");
+    if (m == NULL) {
+        PyErr_Clear();
+        m = PyImport_ImportModule("pickle");
+        if (m == NULL) {
+            return -1;
+        }
+    }
+    st->pickle_dumps = PyObject_GetAttrString(m, "dumps");
+    st->pickle_loads = st->pickle_dumps ? PyObject_GetAttrString(m, "loads") : NULL;
+    Py_DECREF(m);
+    st->str_module = PyUnicode_InternFromString("__module__");
+    return st->pickle_dumps && st->pickle_loads && st->str_module ? 0 : -1;
+}
+
 static int load_stdlib_objects(braid_state *st)
 {
     static const char *names[] = {"PENDING", "RUNNING", "CANCELLED", "CANCELLED_AND_NOTIFIED",
@@ -75,17 +96,40 @@ static int load_stdlib_objects(braid_state *st)
     st->InvalidStateError = getattr_of("concurrent.futures", "InvalidStateError");
     st->BrokenThreadPool = getattr_of("concurrent.futures.thread", "BrokenThreadPool");
     st->Condition = getattr_of("threading", "Condition");
-    st->pickle_dumps = getattr_of("pickle", "dumps");
-    st->pickle_loads = getattr_of("pickle", "loads");
-    st->str_module = PyUnicode_InternFromString("__module__");
-    st->BrokenProcessPool = getattr_of("concurrent.futures.process", "BrokenProcessPool");
     PyObject *get_logger = getattr_of("logging", "getLogger");
     if (get_logger != NULL) {
         st->logger = PyObject_CallFunction(get_logger, "s", "concurrent.futures");
         Py_DECREF(get_logger);
     }
     if (!st->CancelledError || !st->InvalidStateError || !st->BrokenThreadPool || !st->Condition ||
-        !st->logger || !st->BrokenProcessPool || !st->pickle_dumps || !st->pickle_loads || !st->str_module) {
+        !st->logger) {
+        return -1;
+    }
+    return 0;
+}
+
+/* The pools and futures stand on concurrent.futures, threading and logging
+ * (the Future type has concurrent.futures.Future as a base). They are
+ * loaded here, on first use, not when the module is imported: a process-
+ * pool worker imports this module for its loop alone and would otherwise
+ * spend longer importing them than starting the interpreter. */
+int braid_load_pools(PyObject *module)
+{
+    braid_state *st = braid_get_state(module);
+    if (st->future_type != NULL) {
+        return 0;
+    }
+    if (load_stdlib_objects(st) < 0 || braid_future_init_types(module, st) < 0) {
+        /* as before the call, so that the next one starts over */
+        Py_CLEAR(st->CancelledError);
+        Py_CLEAR(st->InvalidStateError);
+        Py_CLEAR(st->BrokenThreadPool);
+        Py_CLEAR(st->Condition);
+        Py_CLEAR(st->logger);
+        for (int i = 0; i < 5; i++) {
+            Py_CLEAR(st->state_names[i]);
+        }
+        Py_CLEAR(st->future_type);
         return -1;
     }
     return 0;
@@ -94,7 +138,7 @@ static int load_stdlib_objects(braid_state *st)
 static int braid_exec(PyObject *module)
 {
     braid_state *st = braid_get_state(module);
-    if (load_stdlib_objects(st) < 0 || braid_future_init_types(module, st) < 0 ||
+    if (load_worker_objects(st) < 0 || braid_future_init_core_type(module, st) < 0 ||
         braid_threadpool_init_types(module, st) < 0 || braid_mapiter_init_types(module, st) < 0 ||
         braid_procpool_init_types(module, st) < 0 || braid_loop_init_types(module, st) < 0 ||
         braid_transport_init_types(module, st) < 0) {
@@ -104,6 +148,35 @@ static int braid_exec(PyObject *module)
         return -1;
     }
     return 0;
+}
+
+/* concurrent.futures.process loads multiprocessing, which costs a fresh
+ * process pool more than starting its first worker: it is imported when a
+ * pool first breaks. A borrowed reference; RuntimeError if it cannot be. */
+PyObject *braid_broken_process_pool(braid_state *st)
+{
+    if (st->BrokenProcessPool == NULL) {
+        PyObject *exc = PyErr_GetRaisedException();
+        st->BrokenProcessPool = getattr_of("concurrent.futures.process", "BrokenProcessPool");
+        if (st->BrokenProcessPool == NULL) {
+            PyErr_WriteUnraisable(NULL);
+        }
+        PyErr_SetRaisedException(exc);
+    }
+    return st->BrokenProcessPool != NULL ? st->BrokenProcessPool : PyExc_RuntimeError;
+}
+
+/* PEP 562: `Future` appears once the pools' imports are done. */
+static PyObject *mod_getattr(PyObject *module, PyObject *name)
+{
+    if (PyUnicode_Check(name) && PyUnicode_CompareWithASCIIString(name, "Future") == 0) {
+        if (braid_load_pools(module) < 0) {
+            return NULL;
+        }
+        return Py_NewRef((PyObject *)braid_get_state(module)->future_type);
+    }
+    PyErr_Format(PyExc_AttributeError, "module 'braid._braid' has no attribute %R", name);
+    return NULL;
 }
 
 static PyObject *mod_at_exit(PyObject *module, PyObject *unused)
@@ -120,6 +193,12 @@ static PyObject *mod_after_fork_child(PyObject *module, PyObject *unused)
 {
     braid_procpool_after_fork_child(braid_get_state(module));
     return braid_threadpool_after_fork_child(braid_get_state(module));
+}
+
+static PyObject *mod_procpool_after_fork_child(PyObject *module, PyObject *unused)
+{
+    braid_procpool_after_fork_child(braid_get_state(module));
+    Py_RETURN_NONE;
 }
 
 static PyObject *mod_procpool_at_exit(PyObject *module, PyObject *arg)
@@ -191,9 +270,17 @@ static PyMethodDef braid_methods[] = {
      "_worker_acked(): seq of the last result the parent has unpickled."},
     {"_worker_bind_parent", braid_worker_bind_parent, METH_O,
      "_worker_bind_parent(ppid): die with the parent (PR_SET_PDEATHSIG)."},
+    {"_template_serve", braid_template_serve, METH_NOARGS,
+     "_template_serve(): in a process pool's template, forks workers on request; True in a worker, "
+     "False once the parent has gone."},
+    {"_close_unused_templates", braid_close_unused_templates, METH_NOARGS,
+     "_close_unused_templates(): ends the process-pool templates no pool uses now."},
+    {"_procpool_after_fork_child", mod_procpool_after_fork_child, METH_NOARGS,
+     "Makes every process pool unusable in a forked child and forgets the parent's templates."},
     {"_set_worker_hooks", mod_set_worker_hooks, METH_VARARGS,
      "_set_worker_hooks(started, exiting): called on each worker thread as it starts and exits."},
     {"strerror", mod_strerror, METH_O, "strerror(-errno): the engine's name for an error code."},
+    {"__getattr__", mod_getattr, METH_O, NULL},
     {NULL}};
 
 static int braid_traverse(PyObject *module, visitproc visit, void *arg)

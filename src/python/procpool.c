@@ -1,12 +1,14 @@
 /*
  * procpool.c — _ProcessPoolCore, the C half of braid.ProcessPool.
  *
- * Workers are fresh interpreters started with posix_spawn (never a fork of
- * this multi-threaded process), each joined to the pool by two shared-
- * memory rings (tasks in, results out; procproto.h) and watched through a
- * pidfd. One collector thread per pool sleeps in epoll on every worker's
- * "results ready", "ring has space" and "process exited" descriptors, and
- * takes the GIL only to hand results to futures and to feed workers.
+ * Workers are forked from the template of the pool's configuration
+ * (proctemplate.c; never a fork of this multi-threaded process), or fresh
+ * interpreters started with posix_spawn where there is no template. Each
+ * is joined to the pool by two shared-memory rings (tasks in, results
+ * out; procproto.h) and watched through a pidfd. One collector thread per
+ * pool sleeps in epoll on every worker's "results ready", "ring has space"
+ * and "process exited" descriptors, and takes the GIL only to hand results
+ * to futures and to feed workers.
  *
  * All pool state below changes with the GIL held, from the collector or
  * from a submitting thread; the rings' single producer is whoever holds it.
@@ -24,10 +26,13 @@
  *                                                                           |
  *                        respawned unless the pool is closing or broken <---+
  *
- * Collector life: started by __init__, which waits until the first workers
- * are spawned (so a bad interpreter path raises there); spawns come from
- * the collector only, because PR_SET_PDEATHSIG is tied to the thread that
- * spawned. It exits once the pool is closing and every task is settled.
+ * Collector life: started by __init__. With a template, __init__ returns
+ * at once and the collector forks the first workers in the background (the
+ * template's start, done in __init__, already told a bad interpreter path);
+ * without one, __init__ waits until the first workers are spawned, so that
+ * such a path raises there. Spawns come from the collector only, because
+ * PR_SET_PDEATHSIG is tied to the thread that spawned. It exits once the
+ * pool is closing and every task is settled.
  */
 #include "braidpy.h"
 #include "compat.h"
@@ -109,6 +114,8 @@ struct proc_core_s {
     task_t *pend_head, *pend_tail;
     uint64_t next_id;
     char **argv, **envp;
+    braid_spawner_t *spawner; /* forks workers from a template, or spawns them */
+    int background;         /* workers start after __init__ returns (a template) */
     int64_t ring_bytes;
     PyObject *init_payload;
     unsigned max_tasks;
@@ -216,7 +223,7 @@ static void task_fail_new(task_t *t, PyObject *type, PyObject *args)
 static void fail_broken(proc_core_t *c, task_t *t)
 {
     PyObject *args = PyTuple_Pack(1, c->broken);
-    task_fail_new(t, c->st->BrokenProcessPool, args);
+    task_fail_new(t, braid_broken_process_pool(c->st), args);
     Py_XDECREF(args);
 }
 
@@ -447,9 +454,8 @@ static int worker_spawn(proc_core_t *c, unsigned i)
         goto fail;
     }
     int fds[5] = {memfd, w->efd[0], w->efd[1], w->efd[2], w->efd[3]};
-    br_spawn_options_t o = {.path = c->argv[0], .argv = c->argv, .envp = c->envp, .fds = fds, .nfds = 5};
     Py_BEGIN_ALLOW_THREADS
-    err = br_proc_spawn(&w->proc, &o);
+    err = braid_spawner_spawn(c->spawner, fds, 5, &w->proc);
     Py_END_ALLOW_THREADS
     if (err < 0) {
         goto fail;
@@ -457,7 +463,14 @@ static int worker_spawn(proc_core_t *c, unsigned i)
     close(memfd);
     memfd = -1;
     w->state = W_RUNNING;
-    (void)br_ring_arm_data(&w->rx);
+    if (br_ring_arm_data(&w->rx) == 1) {
+        /* A forked worker can write MSG_READY before this arms the ring;
+         * then it will not signal: signal its results fd for it, so that
+         * epoll reports it once it is added below. */
+        uint64_t one = 1;
+        ssize_t n = write(w->efd[2], &one, sizeof one);
+        (void)n; /* EAGAIN: the count is already up */
+    }
     if ((err = epoll_add(c, w->efd[2], K_RESULT, i)) < 0 || (err = epoll_add(c, w->efd[1], K_SPACE, i)) < 0 ||
         (w->proc.pidfd >= 0 && (err = epoll_add(c, w->proc.pidfd, K_EXIT, i)) < 0)) {
         (void)br_proc_kill(&w->proc, SIGKILL);
@@ -849,6 +862,18 @@ static void *collector_main(void *arg)
         err = worker_spawn(c, i);
     }
     c->start_error = err;
+    if (err < 0 && c->background) {
+        /* __init__ did not wait to raise it: the pool is broken instead */
+        PyObject *why = PyUnicode_FromFormat("could not start worker process %s: %s", c->argv[0],
+                                             br_strerror(err));
+        if (why != NULL) {
+            mark_broken(c, why);
+            Py_DECREF(why);
+        } else {
+            PyErr_Clear();
+            mark_broken_str(c, "could not start a worker process");
+        }
+    }
     br_event_set(&c->started_ev);
     if (err < 0) {
         c->closing = 1;
@@ -927,6 +952,8 @@ static void *collector_main(void *arg)
             task_free(t);
         }
     }
+    braid_spawner_free(c->spawner); /* every worker is reaped */
+    c->spawner = NULL;
     c->collector_done = 1;
     PyThreadState_Clear(ts);
     PyThreadState_DeleteCurrent();
@@ -1084,6 +1111,9 @@ PyObject *braid_procpool_at_exit(braid_state *st, int interrupted)
             core_free(c);
         }
     }
+    Py_BEGIN_ALLOW_THREADS
+    braid_templates_close_unused(EXIT_GRACE_NS);
+    Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
 
@@ -1117,7 +1147,7 @@ static PyObject *pp_submit(PyObject *self, PyObject *const *args, Py_ssize_t nar
         Py_DECREF(tuple);
         Py_XDECREF(kwargs);
         if (c->broken != NULL) {
-            PyErr_SetObject(st->BrokenProcessPool, c->broken);
+            PyErr_SetObject(braid_broken_process_pool(st), c->broken);
         } else {
             PyErr_SetString(PyExc_RuntimeError, "cannot schedule new futures after shutdown");
         }
@@ -1222,6 +1252,18 @@ static PyObject *pp_get_max_workers(PyObject *self, void *x)
 static PyObject *pp_get_pids(PyObject *self, void *x)
 {
     proc_core_t *c = ((ProcPoolObject *)self)->core;
+    if (c == NULL) {
+        return PyList_New(0);
+    }
+    /* workers start in the background: answer once the first ones have */
+    while (!br_event_is_set(&c->started_ev) && !c->collector_done) {
+        Py_BEGIN_ALLOW_THREADS
+        (void)br_event_wait(&c->started_ev, 50000000);
+        Py_END_ALLOW_THREADS
+        if (PyErr_CheckSignals() < 0) {
+            return NULL;
+        }
+    }
     PyObject *list = PyList_New(0);
     for (unsigned i = 0; list && i < c->nworkers; i++) {
         if (c->workers && c->workers[i].state != W_FREE) {
@@ -1259,6 +1301,10 @@ static int pp_init(PyObject *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_ValueError, "invalid _ProcessPoolCore arguments");
         return -1;
     }
+    PyObject *module = braid_module_from_type(Py_TYPE(self));
+    if (module == NULL || braid_load_pools(module) < 0) {
+        return -1;
+    }
     braid_state *st = braid_state_from_type(Py_TYPE(self));
     if (st->proc_dumps == NULL || st->proc_loads == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "braid._procpool did not register its hooks");
@@ -1291,6 +1337,17 @@ static int pp_init(PyObject *self, PyObject *args, PyObject *kwds)
         }
         goto fail;
     }
+    /* A template (started here if this configuration has none yet; its
+     * imports are not waited for) lets workers start in the background; a
+     * bad interpreter path still raises here. */
+    Py_BEGIN_ALLOW_THREADS
+    err = braid_spawner_new(c->argv, c->envp, &c->spawner);
+    Py_END_ALLOW_THREADS
+    if (err < 0) {
+        PyErr_Format(PyExc_OSError, "could not start worker process %s: %s", c->argv[0], br_strerror(err));
+        goto fail;
+    }
+    c->background = braid_spawner_has_template(c->spawner);
     if ((c->epfd = epoll_create1(EPOLL_CLOEXEC)) < 0 || (err = br_wakeup_init(&c->wake)) < 0 ||
         (err = epoll_add(c, c->wake.fd, K_WAKE, 0)) < 0) {
         braid_raise_oserror(err ? err : -errno, "creating the process pool");
@@ -1304,10 +1361,15 @@ static int pp_init(PyObject *self, PyObject *args, PyObject *kwds)
     st->proc_cores = c;
     p->core = c;
     if ((err = pthread_create(&c->thread, NULL, collector_main, c)) != 0) {
+        braid_spawner_free(c->spawner);
+        c->spawner = NULL;
         c->collector_done = 1;
         c->joined = 1;
         braid_raise_oserror(-err, "starting the process pool's collector");
         return -1;
+    }
+    if (c->background) {
+        return 0;
     }
     Py_BEGIN_ALLOW_THREADS
     (void)br_event_wait(&c->started_ev, -1);
@@ -1319,6 +1381,7 @@ static int pp_init(PyObject *self, PyObject *args, PyObject *kwds)
     }
     return 0;
 fail:
+    braid_spawner_free(c->spawner);
     if (c->epfd >= 0) {
         close(c->epfd);
     }
@@ -1361,10 +1424,18 @@ static PyMethodDef pp_methods[] = {
      "WorkerCrashed) and waits until they are gone."},
     {NULL}};
 
+static PyObject *pp_get_template_pid(PyObject *self, void *x)
+{
+    proc_core_t *c = ((ProcPoolObject *)self)->core;
+    int pid = c != NULL ? braid_spawner_template_pid(c->spawner) : 0;
+    return pid > 0 ? PyLong_FromLong(pid) : Py_NewRef(Py_None);
+}
+
 static PyGetSetDef pp_getset[] = {
     {"max_workers", pp_get_max_workers, NULL, "number of worker processes", NULL},
     {"_max_workers", pp_get_max_workers, NULL, NULL, NULL},
     {"pids", pp_get_pids, NULL, "process ids of the live workers", NULL},
+    {"_template_pid", pp_get_template_pid, NULL, "pid of the template the workers are forked from, or None", NULL},
     {NULL}};
 
 static PyType_Slot pp_slots[] = {
@@ -1394,6 +1465,7 @@ int braid_procpool_init_types(PyObject *module, braid_state *st)
 
 void braid_procpool_after_fork_child(braid_state *st)
 {
+    braid_templates_after_fork_child();
     /* the collector and the workers belong to the parent */
     for (proc_core_t *c = st->proc_cores; c != NULL; c = c->next) {
         c->collector_done = 1;

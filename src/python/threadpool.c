@@ -697,6 +697,10 @@ static int pool_init(PyObject *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_RuntimeError, "ThreadPool.__init__ called twice");
         return -1;
     }
+    PyObject *module = braid_module_from_type(Py_TYPE(self));
+    if (module == NULL || braid_load_pools(module) < 0) {
+        return -1;
+    }
     braid_state *st = braid_state_from_type(Py_TYPE(self));
     unsigned max_workers = default_max_workers();
     if (max_obj != Py_None) {
