@@ -869,3 +869,31 @@ def test_unsendable_initializer_exception_breaks_the_pool_with_its_name(braid, p
     exc = pool.submit(tasks.getpid).exception(TIMEOUT)
     assert isinstance(exc, cf.process.BrokenProcessPool), repr(exc)
     assert "HoldsALock" in str(exc), str(exc)
+
+
+LATE_MANAGER_SCRIPT = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import braid
+import procpool_tasks
+
+if __name__ == "__main__":
+    assert "multiprocessing" not in sys.modules
+    with braid.ProcessPool(max_workers=2) as pool:
+        assert pool.submit(pow, 2, 5).result(60) == 32
+        # neither the pool nor its first result needed multiprocessing in this process
+        assert "multiprocessing" not in sys.modules, sorted(m for m in sys.modules if "multi" in m)
+        import multiprocessing
+        with multiprocessing.Manager() as manager:
+            queue = manager.Queue()
+            pool.submit(procpool_tasks.put_on, queue, "late").result(60)
+            print("got", queue.get(timeout=60), flush=True)
+"""
+
+
+def test_manager_made_after_the_pool_shares_the_workers_authkey(braid, tmp_path):
+    # The first pool of a process that has not imported multiprocessing gives its workers a
+    # key that multiprocessing adopts here once imported, so a later Manager() still works.
+    proc = run_script(tmp_path, LATE_MANAGER_SCRIPT)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    assert b"got late" in proc.stdout

@@ -35,13 +35,19 @@ def braid():
     return import_braid()
 
 
+# Thread-count settings that other libraries loaded by the test session (distributed's, for
+# one) leave in os.environ; the scripts here see the environment of a fresh shell instead.
+BLAS_VARIABLES = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
 def run_script(tmp_path, source, *args, env=None, timeout=60):
     script = tmp_path / "script.py"
     script.write_text(textwrap.dedent(source))
+    base = {k: v for k, v in os.environ.items() if k not in BLAS_VARIABLES}
     proc = subprocess.run(
         [sys.executable, str(script), TESTS_DIR, *map(str, args)],
         capture_output=True, timeout=timeout, cwd=str(tmp_path),
-        env=None if env is None else {**os.environ, **env},
+        env={**base, **(env or {})},
     )
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     return proc

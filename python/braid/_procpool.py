@@ -4,14 +4,14 @@ import collections
 import concurrent.futures
 import itertools
 import math
-import multiprocessing.process
 import os
 import sys
 import threading
 import time
 
 from . import _braid, _procworker
-from ._errors import TaskTimeout, WorkerCrashed
+from . import _errors
+from ._errors import TaskTimeout
 
 __all__ = ["ProcessPool"]
 
@@ -113,7 +113,7 @@ class ProcessPool(_braid._ProcessPoolCore, concurrent.futures.Executor):
         env.update(BRAID_WORKER_PPID=str(os.getpid()), BRAID_WORKER_RING=str(RING_BYTES),
                    # Manager proxies and multiprocessing connections passed to a task
                    # authenticate with this process's key, as spawn's children do
-                   BRAID_WORKER_AUTHKEY=bytes(multiprocessing.process.current_process().authkey).hex(),
+                   BRAID_WORKER_AUTHKEY=_procworker.authkey().hex(),
                    BRAID_WORKER_SYSPATH=os.pathsep.join(sys.path),
                    BRAID_WORKER_MAIN=os.path.abspath(main_path) if main_path else "",
                    BRAID_WORKER_ARGV=_procworker.encode_argv(sys.argv))
@@ -286,7 +286,7 @@ def _at_exit():
     _braid._procpool_at_exit(_interrupted or isinstance(last, KeyboardInterrupt))
 
 
-_braid._set_process_hooks(_procworker.dumps_task, _procworker.loads, WorkerCrashed, TaskTimeout,
+_braid._set_process_hooks(_procworker.dumps_task, _procworker.loads, _errors.new_worker_crashed, TaskTimeout,
                           _procworker._Envelope)
 threading._register_atexit(_at_exit)
 # A forked child has neither the parent's workers nor its templates.

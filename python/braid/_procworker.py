@@ -347,10 +347,12 @@ def decode_argv(text):
 
 
 class _AuthkeyOnImport:
-    """Gives this worker's multiprocessing the parent's authkey, as a spawned child of
-    multiprocessing gets it, so that Manager proxies and Listener/Client connections passed to
-    a task authenticate. Set when multiprocessing is first imported here (by the unpickling of
-    a proxy, say), not before: a worker imports only what it runs."""
+    """Gives multiprocessing a chosen authkey when (if ever) it is first imported here: in a
+    worker the parent's, as a spawned child of multiprocessing gets it, so that Manager
+    proxies and Listener/Client connections passed to a task authenticate (they are
+    unpickled through an import of multiprocessing); in a parent that had not imported
+    multiprocessing at its first pool, the key its workers were given. Not before: a
+    process imports only what it runs."""
 
     def __init__(self, key):
         self.key = key
@@ -377,6 +379,24 @@ class _KeyingLoader:
     def exec_module(self, module):
         self.loader.exec_module(module)
         module.current_process().authkey = self.key
+
+
+_authkey = None  # this process's multiprocessing authkey, once authkey() has fixed it
+
+
+def authkey():
+    """This process's multiprocessing authkey, which workers adopt. When multiprocessing is
+    not imported yet, a key is made now and becomes the one multiprocessing will have here
+    once imported (until then no one can have seen one): the parent does not pay for the
+    import at its first pool, and a Manager() made later still shares the workers' key."""
+    global _authkey
+    process = sys.modules.get("multiprocessing.process")
+    if process is not None:
+        return bytes(process.current_process().authkey)
+    if _authkey is None:
+        _authkey = os.urandom(32)
+        _adopt_authkey(_authkey)
+    return _authkey
 
 
 def _adopt_authkey(key):
