@@ -46,6 +46,18 @@ _Static_assert(DEPTH_TINY <= BR_PP_SLOTS / 2, "sent tasks must not share a slot"
 
 static void handle_closed(br_handle_t *h);
 
+/* state_ changes under the mutex; the loop thread also reads it without
+ * (a stale value there only delays a spin or a timer by one round). */
+static void set_state(br_procpool_t *pool, int state)
+{
+    __atomic_store_n(&pool->state_, state, __ATOMIC_RELAXED);
+}
+
+static int state_of(const br_procpool_t *pool)
+{
+    return __atomic_load_n(&pool->state_, __ATOMIC_RELAXED);
+}
+
 /* ------------------------------------------------------------ the queue */
 
 static void pend_unlink(br_procpool_t *pool, br_pptask_t *t)
@@ -96,7 +108,7 @@ void br__pp_requeue_locked(br_procpool_t *pool, br_pptask_t *list)
     while (rev != NULL) {
         br_pptask_t *t = rev;
         rev = t->next_;
-        t->state_ = T_QUEUED;
+        br__pp_set_tstate(t, T_QUEUED);
         t->worker_ = NULL;
         t->prev_ = NULL;
         t->next_ = pool->pend_head_;
@@ -118,7 +130,7 @@ static int cancel_locked(br_procpool_t *pool, br_pptask_t *t)
         return 0;
     case T_QUEUED:
         pend_unlink(pool, t);
-        t->state_ = T_CANCELLED;
+        br__pp_set_tstate(t, T_CANCELLED);
         t->next_ = pool->cancelled_;
         pool->cancelled_ = t;
         return 0;
@@ -129,7 +141,7 @@ static int cancel_locked(br_procpool_t *pool, br_pptask_t *t)
         if (!__atomic_compare_exchange_n(slot, &expect, BR_PP_SLOT_WORD(t->seq_, BR_PP_SLOT_CANCELLED), 0,
                                          __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
             return -EBUSY;
-        t->state_ = T_CANCELLED; /* the worker answers SKIPPED */
+        br__pp_set_tstate(t, T_CANCELLED); /* the worker answers SKIPPED */
         return 0;
     }
     default:
@@ -153,7 +165,7 @@ static void cancel_all_locked(br_procpool_t *pool)
 void br__pp_complete(br_procpool_t *pool, br_pptask_t *t, int status, const void *reply, size_t len)
 {
     br__mutex_lock(&pool->mu_);
-    t->state_ = T_DONE;
+    br__pp_set_tstate(t, T_DONE);
     t->worker_ = NULL;
     t->next_ = t->prev_ = NULL;
     br__mutex_unlock(&pool->mu_);
@@ -189,7 +201,7 @@ void br__pp_mark_broken(br_procpool_t *pool, const char *reason, const void *det
     /* Release: br_procpool_broken reads reason_ once it sees the flag. */
     __atomic_store_n(&pool->broken_, 1, __ATOMIC_RELEASE);
     if (pool->state_ == PP_RUNNING)
-        pool->state_ = PP_CLOSING;
+        set_state(pool, PP_CLOSING);
     br_pptask_t *list = NULL, **tail = &list;
     br_pptask_t *t;
     while ((t = pend_pop(pool)) != NULL) {
@@ -232,13 +244,13 @@ static int send_next(br_procpool_t *pool, br__ppw_t *w)
                      __ATOMIC_RELEASE);
     if (w->tail != NULL) {
         w->tail->next_ = t;
-        t->state_ = T_SENT;
+        br__pp_set_tstate(t, T_SENT);
     } else {
         /* An idle worker starts it at once: it counts as running (and can
          * no longer be cancelled, as with ProcessPoolExecutor's call
          * queue); tasks queued behind it stay cancellable. */
         w->head = t;
-        t->state_ = T_RUNNING;
+        br__pp_set_tstate(t, T_RUNNING);
         w->since = br_loop_now(pool->loop);
         br__ppw_time_head(w);
     }
@@ -297,13 +309,15 @@ void br__pp_announce(br_procpool_t *pool)
         return;
     for (unsigned i = 0; i < pool->opts_.workers; i++) {
         br__ppw_t *w = pool->workers_[i];
-        /* Read without the mutex: only this thread moves head and sets
-         * RUNNING; a cancel never touches a RUNNING task. */
-        br_pptask_t *t = w != NULL ? w->head : NULL;
-        if (t != NULL && t->state_ == T_RUNNING && w->announced != t->seq_) {
+        br_pptask_t *t = NULL;
+        br__mutex_lock(&pool->mu_);
+        if (w != NULL && w->head != NULL && w->head->state_ == T_RUNNING && w->announced != w->head->seq_) {
+            t = w->head;
             w->announced = t->seq_;
-            pool->opts_.on_start(t, 1);
         }
+        br__mutex_unlock(&pool->mu_);
+        if (t != NULL)
+            pool->opts_.on_start(t, 1);
     }
 }
 
@@ -334,7 +348,7 @@ void br__pp_spin(br_procpool_t *pool)
     unsigned n = pool->opts_.workers;
     int busy = 0;
 
-    if (spin <= 0 || pool->state_ >= PP_FINAL)
+    if (spin <= 0 || state_of(pool) >= PP_FINAL)
         return;
     for (unsigned i = 0; i < n; i++)
         busy |= pool->workers_[i] != NULL && pool->workers_[i]->ninflight > 0;
@@ -362,7 +376,7 @@ static void kill_all(br_procpool_t *pool)
 {
     br__mutex_lock(&pool->mu_);
     if (pool->state_ < PP_KILLING)
-        pool->state_ = PP_KILLING;
+        set_state(pool, PP_KILLING);
     br__mutex_unlock(&pool->mu_);
     for (unsigned i = 0; i < pool->opts_.workers; i++)
         if (pool->workers_[i] != NULL)
@@ -397,7 +411,7 @@ static void on_mem_timer(br_timer_t *timer)
 void br__pp_mem_watch(br_procpool_t *pool)
 {
     if (pool->opts_.max_worker_memory == 0 || br_is_active(&pool->mem_timer_.handle) ||
-        pool->state_ >= PP_FINAL)
+        state_of(pool) >= PP_FINAL)
         return;
     int64_t period = pool->opts_.mem_poll_ns;
     (void)br_timer_start(&pool->mem_timer_, on_mem_timer, period, period);
@@ -471,7 +485,7 @@ void br__pp_maybe_final(br_procpool_t *pool)
     int final = (pool->state_ == PP_CLOSING || pool->state_ == PP_KILLING) && pool->pend_head_ == NULL &&
                 pool->cancelled_ == NULL && pool->nprocs_ == 0;
     if (final)
-        pool->state_ = PP_FINAL; /* from here on nobody sends to async_ */
+        set_state(pool, PP_FINAL); /* from here on nobody sends to async_ */
     br__mutex_unlock(&pool->mu_);
     if (!final)
         return;
@@ -507,15 +521,17 @@ static void handle_closed(br_handle_t *h)
     br_procpool_t *pool = h->data;
     if (--pool->handles_open_ != 0)
         return;
-    free_internals(pool);
 
     /* The last steps race with br_procpool_detach on another thread:
      * CLOSED_CB tells it that on_closed is running, so it leaves
-     * on_detached for this thread to call afterwards. */
+     * on_detached for this thread to call afterwards. The mutex of a pool
+     * that is not detached is never destroyed (a detach may still come;
+     * with default attributes it holds no resource). */
     br__mutex_lock(&pool->mu_);
+    free_internals(pool); /* under the mutex: br_procpool_pids reads pids_ */
     br_procpool_cb cb = pool->detached_ ? pool->on_detached_ : pool->opts_.on_closed;
     int detached = pool->detached_;
-    pool->state_ = detached ? PP_CLOSED : PP_CLOSED_CB;
+    set_state(pool, detached ? PP_CLOSED : PP_CLOSED_CB);
     br__mutex_unlock(&pool->mu_);
     if (detached) {
         /* Nobody else may touch the pool now. */
@@ -527,7 +543,7 @@ static void handle_closed(br_handle_t *h)
     if (cb != NULL)
         cb(pool);
     br__mutex_lock(&pool->mu_);
-    pool->state_ = PP_CLOSED;
+    set_state(pool, PP_CLOSED);
     cb = pool->detached_ ? pool->on_detached_ : NULL;
     br__mutex_unlock(&pool->mu_);
     if (cb != NULL)
@@ -573,7 +589,7 @@ int br_procpool_init(br_loop_t *loop, br_procpool_t *pool, const br_procpool_opt
         pool->opts_.spin_ns = SPIN_NS;
     if (opts->mem_poll_ns <= 0)
         pool->opts_.mem_poll_ns = MEM_POLL_NS;
-    pool->state_ = PP_RUNNING;
+    set_state(pool, PP_RUNNING);
 
     int err = -ENOMEM;
     pool->workers_ = calloc(opts->workers, sizeof *pool->workers_);
@@ -607,7 +623,7 @@ int br_procpool_init(br_loop_t *loop, br_procpool_t *pool, const br_procpool_opt
     /* The first iteration spawns the workers, on the loop thread. */
     if ((err = br_async_send(&pool->async_)) != 0) {
         pool->handles_open_ = 4;
-        pool->state_ = PP_FINAL;
+        set_state(pool, PP_FINAL);
         br_close(&pool->async_.handle, NULL);
         br_close(&pool->kill_timer_.handle, NULL);
         br_close(&pool->mem_timer_.handle, NULL);
@@ -641,12 +657,12 @@ int br_procpool_submit(br_procpool_t *pool, br_pptask_t *t)
         t->worker_ = NULL;
         t->seq_ = 0;
         t->retries_left_ = pool->opts_.retries;
-        t->state_ = T_QUEUED;
+        br__pp_set_tstate(t, T_QUEUED);
         pend_push_back(pool, t);
         err = br_async_send(&pool->async_);
         if (err != 0) {
             pend_unlink(pool, t);
-            t->state_ = T_DONE;
+            br__pp_set_tstate(t, T_DONE);
         }
     }
     br__mutex_unlock(&pool->mu_);
@@ -693,9 +709,9 @@ static void close_locked(br_procpool_t *pool, int mode, int64_t grace_ns)
     if (mode > pool->close_mode_)
         pool->close_mode_ = mode;
     if (pool->state_ == PP_RUNNING)
-        pool->state_ = PP_CLOSING;
+        set_state(pool, PP_CLOSING);
     if (mode == BR_PPCLOSE_KILL) {
-        pool->state_ = PP_KILLING;
+        set_state(pool, PP_KILLING);
     } else if (mode == BR_PPCLOSE_KILL_AFTER) {
         int64_t now = br_now_ns();
         int64_t at = grace_ns <= INT64_MAX - now ? now + grace_ns : INT64_MAX;

@@ -42,6 +42,13 @@ enum {
     T_DONE = 0x444f4e45
 };
 
+/* Task states change under the pool's mutex; br_pptask_state reads them
+ * from any thread without it. */
+static inline void br__pp_set_tstate(br_pptask_t *t, int state)
+{
+    __atomic_store_n(&t->state_, state, __ATOMIC_RELAXED);
+}
+
 /* Worker states (w->state). */
 enum { W_RUNNING = 1, W_EXITING, W_DEAD };
 

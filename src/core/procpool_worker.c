@@ -210,7 +210,7 @@ static void handle_message(br__ppw_t *w, const br_ring_frag_t *m)
     int status = m->type == BR_PP_MSG_RESULT ? BR_PPTASK_OK : BR_PPTASK_ERROR;
     if (m->type == BR_PP_MSG_SKIPPED || t->state_ == T_CANCELLED)
         status = BR_PPTASK_CANCELLED;
-    t->state_ = T_DONE;
+    br__pp_set_tstate(t, T_DONE);
     int64_t now = br_loop_now(pool->loop);
     if (status != BR_PPTASK_CANCELLED) {
         int64_t took = now - w->since;
@@ -232,7 +232,7 @@ static void handle_message(br__ppw_t *w, const br_ring_frag_t *m)
     }
     br__mutex_lock(&pool->mu_);
     if (w->head != NULL && w->head->state_ == T_SENT)
-        w->head->state_ = T_RUNNING; /* the next one starts now */
+        br__pp_set_tstate(w->head, T_RUNNING); /* the next one starts now */
     br__mutex_unlock(&pool->mu_);
 
     br__ppw_time_head(w);
@@ -516,7 +516,6 @@ int br__ppw_spawn(br_procpool_t *pool, unsigned i)
     br_timer_init(pool->loop, &w->timeout);
     w->io_result.handle.data = w->io_space.handle.data = w;
     w->io_exit.handle.data = w->timeout.handle.data = w;
-    (void)br_ring_arm_data(&w->rx);
     if ((err = br_io_start(&w->io_result, BR_READABLE, on_result)) < 0 ||
         (err = br_io_start(&w->io_space, BR_READABLE, on_space)) < 0 ||
         (w->proc.pidfd >= 0 && (err = br_io_start(&w->io_exit, BR_READABLE, on_exit_ready)) < 0)) {
@@ -538,6 +537,9 @@ int br__ppw_spawn(br_procpool_t *pool, unsigned i)
     br__mutex_unlock(&pool->mu_);
     if (pool->init_payload_ != NULL)
         (void)br__ppw_send(w, BR_PP_MSG_INIT, 0, pool->init_payload_, pool->opts_.init_len);
+    /* Reads what the worker may have written already (its READY) and arms
+     * the ring: a worker writes its eventfd only once armed. */
+    br__ppw_drain(w);
     return 0;
 fail:
     if (memfd >= 0)

@@ -156,6 +156,9 @@ int main(int argc, char **argv)
         return 3;
     if (argc > 1 && strncmp(argv[1], "slow:", 5) == 0)
         sleep_ms(atol(argv[1] + 5));
+    /* A test that fails leaves no worker behind. */
+    if (br_proc_bind_to_parent(SIGKILL, (int)getppid()) != 0)
+        return 2;
     int err = br_ppworker_attach(&W);
     if (err != 0) {
         fprintf(stderr, "test worker: attach: %s\n", br_strerror(err));
