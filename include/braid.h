@@ -891,8 +891,10 @@ typedef struct br_procpool_options_s {
                                       worker is killed, its task MEMORY) */
     int64_t mem_poll_ns;           /* 0: 20 ms */
     int64_t spin_ns;               /* the loop thread polls busy workers' result
-                                      rings this long before it sleeps; 0: the
-                                      default (30 us), < 0: never */
+                                      rings up to this long before it sleeps,
+                                      when tasks take less on average and a
+                                      CPU is free; 0: the default (30 us),
+                                      < 0: never */
     char *const *argv;             /* the default spawn: br_proc_spawn(argv[0], argv, envp) */
     char *const *envp;             /* NULL: the caller's environment */
     br_procpool_spawn_fn spawn;    /* NULL: the default; else argv may be NULL */
@@ -932,6 +934,7 @@ struct br_procpool_s {
     unsigned rr_;
     unsigned startup_failures_;
     unsigned handles_open_;
+    unsigned ncpus_;            /* CPUs this process may run on */
     br_async_t async_;
     br_timer_t kill_timer_;
     br_timer_t mem_timer_;

@@ -19,11 +19,13 @@
  * Spin. After a callback that handled results or submits, while workers
  * hold tasks, the loop thread polls their result rings for up to spin_ns
  * before it returns to epoll: a result that comes within the window costs
- * no sleep and wakeup of the loop thread (see the measurements in
- * docs/BENCHMARKS.md).
+ * no sleep and wakeup of the loop thread. Only while tasks take less than
+ * the window on average, and while a CPU is left over for the spinning
+ * thread (docs/BENCHMARKS.md has the measurements behind both rules).
  */
 #include "procpool_internal.h"
 
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -346,13 +348,16 @@ void br__pp_spin(br_procpool_t *pool)
 {
     int64_t spin = pool->opts_.spin_ns;
     unsigned n = pool->opts_.workers;
-    int busy = 0;
+    unsigned busy = 0;
 
-    if (spin <= 0 || state_of(pool) >= PP_FINAL)
+    /* Worth it only when a result is expected within the window, and
+     * when a core is left for the spinning thread: on a machine whose
+     * cores all run workers, the spin takes a core from one of them. */
+    if (spin <= 0 || state_of(pool) >= PP_FINAL || pool->avg_task_ns_ == 0 || pool->avg_task_ns_ > spin)
         return;
     for (unsigned i = 0; i < n; i++)
-        busy |= pool->workers_[i] != NULL && pool->workers_[i]->ninflight > 0;
-    if (!busy)
+        busy += pool->workers_[i] != NULL && pool->workers_[i]->ninflight > 0;
+    if (busy == 0 || busy >= pool->ncpus_)
         return;
     int64_t until = br_now_ns() + spin;
     do {
@@ -589,6 +594,8 @@ int br_procpool_init(br_loop_t *loop, br_procpool_t *pool, const br_procpool_opt
         pool->opts_.spin_ns = SPIN_NS;
     if (opts->mem_poll_ns <= 0)
         pool->opts_.mem_poll_ns = MEM_POLL_NS;
+    cpu_set_t cpus;
+    pool->ncpus_ = sched_getaffinity(0, sizeof cpus, &cpus) == 0 ? (unsigned)CPU_COUNT(&cpus) : 1;
     set_state(pool, PP_RUNNING);
 
     int err = -ENOMEM;
