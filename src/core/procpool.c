@@ -419,7 +419,9 @@ void br__pp_mem_watch(br_procpool_t *pool)
         state_of(pool) >= PP_FINAL)
         return;
     int64_t period = pool->opts_.mem_poll_ns;
-    (void)br_timer_start(&pool->mem_timer_, on_mem_timer, period, period);
+    int err = br_timer_start(&pool->mem_timer_, on_mem_timer, period, period);
+    if (err != 0)
+        br__pp_fail(pool, "starting the memory cap's timer", err);
 }
 
 static void on_poll_timer(br_timer_t *timer)
@@ -440,8 +442,19 @@ static void on_poll_timer(br_timer_t *timer)
 
 void br__pp_reap_watch(br_procpool_t *pool)
 {
-    if (!br_is_active(&pool->poll_timer_.handle))
-        (void)br_timer_start(&pool->poll_timer_, on_poll_timer, REAP_POLL_NS, REAP_POLL_NS);
+    if (br_is_active(&pool->poll_timer_.handle))
+        return;
+    int err = br_timer_start(&pool->poll_timer_, on_poll_timer, REAP_POLL_NS, REAP_POLL_NS);
+    if (err != 0)
+        br__pp_fail(pool, "starting the reaping timer", err);
+}
+
+void br__pp_fail(br_procpool_t *pool, const char *what, int err)
+{
+    char why[200];
+    snprintf(why, sizeof why, "the process pool's loop failed (%s: %s)", what, br_strerror(err));
+    br__pp_mark_broken(pool, why, NULL, 0);
+    (void)br_procpool_close(pool, BR_PPCLOSE_KILL, 0);
 }
 
 /* ------------------------------------------------------------ the loop side */
@@ -475,8 +488,9 @@ static void on_async(br_async_t *async)
         int64_t left = kill_at - br_loop_now(pool->loop);
         if (left <= 0)
             kill_all(pool);
-        else if (!br_is_active(&pool->kill_timer_.handle) || br_timer_get_due_in(&pool->kill_timer_) > left)
-            (void)br_timer_start(&pool->kill_timer_, on_kill_timer, left, 0);
+        else if ((!br_is_active(&pool->kill_timer_.handle) || br_timer_get_due_in(&pool->kill_timer_) > left) &&
+                 br_timer_start(&pool->kill_timer_, on_kill_timer, left, 0) != 0)
+            kill_all(pool); /* no timer for the grace: no grace */
     }
     br__pp_fill(pool);
     br__pp_dispatch(pool);
@@ -622,22 +636,17 @@ int br_procpool_init(br_loop_t *loop, br_procpool_t *pool, const br_procpool_opt
         goto fail;
     }
     /* Cannot fail: they only link the handles into the loop. */
-    br_timer_init(loop, &pool->kill_timer_);
-    br_timer_init(loop, &pool->mem_timer_);
-    br_timer_init(loop, &pool->poll_timer_);
+    (void)br_timer_init(loop, &pool->kill_timer_);
+    (void)br_timer_init(loop, &pool->mem_timer_);
+    (void)br_timer_init(loop, &pool->poll_timer_);
     pool->async_.handle.data = pool->kill_timer_.handle.data = pool;
     pool->mem_timer_.handle.data = pool->poll_timer_.handle.data = pool;
-    /* The first iteration spawns the workers, on the loop thread. */
-    if ((err = br_async_send(&pool->async_)) != 0) {
-        pool->handles_open_ = 4;
-        set_state(pool, PP_FINAL);
-        br_close(&pool->async_.handle, NULL);
-        br_close(&pool->kill_timer_.handle, NULL);
-        br_close(&pool->mem_timer_.handle, NULL);
-        br_close(&pool->poll_timer_.handle, NULL);
-        (void)pthread_mutex_destroy(&pool->mu_);
-        goto fail;
-    }
+    /* The first iteration spawns the workers, on the loop thread. The
+     * send writes the loop's eventfd, which fails only if the loop is
+     * broken or closed: a rule of br_loop_t broken by the caller. The
+     * handles cannot be taken back synchronously to report it. */
+    if ((err = br_async_send(&pool->async_)) != 0)
+        br__fatal("br_procpool_init: waking the loop", -err);
     return 0;
 fail:
     free_internals(pool);
@@ -682,7 +691,8 @@ int br_procpool_cancel(br_procpool_t *pool, br_pptask_t *t)
     int was = t->state_;
     int err = cancel_locked(pool, t);
     /* The loop completes tasks cancelled in the queue; in a ring, the
-     * worker's SKIPPED does. */
+     * worker's SKIPPED does. A failed wakeup (a broken eventfd) delays
+     * on_done to the loop's next iteration; the cancel itself stands. */
     if (err == 0 && was == T_QUEUED && pool->state_ < PP_FINAL)
         (void)br_async_send(&pool->async_);
     br__mutex_unlock(&pool->mu_);
@@ -706,11 +716,11 @@ int br_pptask_state(const br_pptask_t *t)
     }
 }
 
-/* Mutex held. */
-static void close_locked(br_procpool_t *pool, int mode, int64_t grace_ns)
+/* Mutex held. 0 or -errno from waking the loop. */
+static int close_locked(br_procpool_t *pool, int mode, int64_t grace_ns)
 {
     if (pool->state_ >= PP_FINAL)
-        return;
+        return 0;
     if (mode >= BR_PPCLOSE_CANCEL)
         cancel_all_locked(pool);
     if (mode > pool->close_mode_)
@@ -726,7 +736,7 @@ static void close_locked(br_procpool_t *pool, int mode, int64_t grace_ns)
         if (pool->kill_at_ == 0 || at < pool->kill_at_)
             pool->kill_at_ = at;
     }
-    (void)br_async_send(&pool->async_);
+    return br_async_send(&pool->async_);
 }
 
 int br_procpool_close(br_procpool_t *pool, enum br_ppclose_mode mode, int64_t grace_ns)
@@ -734,9 +744,9 @@ int br_procpool_close(br_procpool_t *pool, enum br_ppclose_mode mode, int64_t gr
     if ((int)mode < BR_PPCLOSE_FINISH || mode > BR_PPCLOSE_KILL || (mode == BR_PPCLOSE_KILL_AFTER && grace_ns < 0))
         return -EINVAL;
     br__mutex_lock(&pool->mu_);
-    close_locked(pool, mode, grace_ns);
+    int err = close_locked(pool, mode, grace_ns);
     br__mutex_unlock(&pool->mu_);
-    return 0;
+    return err;
 }
 
 int br_procpool_detach(br_procpool_t *pool, br_procpool_cb on_detached)
@@ -749,7 +759,9 @@ int br_procpool_detach(br_procpool_t *pool, br_procpool_cb on_detached)
     pool->detached_ = 1;
     pool->on_detached_ = on_detached;
     int closed = pool->state_ == PP_CLOSED;
-    close_locked(pool, BR_PPCLOSE_FINISH, 0);
+    /* A loop that cannot be woken (a broken eventfd) still closes the
+     * pool at its next iteration: nothing to report to the caller here. */
+    (void)close_locked(pool, BR_PPCLOSE_FINISH, 0);
     br__mutex_unlock(&pool->mu_);
     if (closed) {
         (void)pthread_mutex_destroy(&pool->mu_);

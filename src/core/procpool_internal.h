@@ -96,6 +96,9 @@ void br__pp_complete(br_procpool_t *pool, br_pptask_t *t, int status, const void
 void br__pp_requeue_locked(br_procpool_t *pool, br_pptask_t *list);
 /* The pool is unusable (see braid.h). Loop thread, no mutex. */
 void br__pp_mark_broken(br_procpool_t *pool, const char *reason, const void *detail, size_t len);
+/* The loop failed the pool (a timer that could not start, ...): broken,
+ * and its workers are killed. */
+void br__pp_fail(br_procpool_t *pool, const char *what, int err);
 /* Spawns workers into empty slots while the pool needs them. 0 or the
  * -errno of a spawn that failed (the pool is then broken). */
 int br__pp_fill(br_procpool_t *pool);

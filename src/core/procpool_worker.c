@@ -124,10 +124,13 @@ void br__ppw_time_head(br__ppw_t *w)
     br_procpool_t *pool = w->pool;
     if (pool->opts_.task_timeout_ns <= 0)
         return;
-    if (w->head != NULL && w->timed_out == 0)
-        (void)br_timer_start(&w->timeout, on_timeout, pool->opts_.task_timeout_ns, 0);
-    else
+    if (w->head == NULL || w->timed_out != 0) {
         br_timer_stop(&w->timeout);
+        return;
+    }
+    int err = br_timer_start(&w->timeout, on_timeout, pool->opts_.task_timeout_ns, 0);
+    if (err != 0)
+        br__pp_fail(pool, "starting a task timeout", err);
 }
 
 /* The worker is broken: stop listening to it and kill it. */
@@ -508,12 +511,14 @@ int br__ppw_spawn(br_procpool_t *pool, unsigned i)
     snprintf(path, sizeof path, "/proc/%d/statm", w->proc.pid);
     w->statm_fd = open(path, O_RDONLY | O_CLOEXEC); /* -1: no memory cap for it */
     w->state = W_RUNNING;
-    br_io_init(pool->loop, &w->io_result, w->efd[2]);
-    br_io_init(pool->loop, &w->io_space, w->efd[1]);
-    /* Without a pidfd, the io stays unstarted (bound to the result fd, which
-     * it never watches) and the pool's poll timer reaps. */
-    br_io_init(pool->loop, &w->io_exit, w->proc.pidfd >= 0 ? w->proc.pidfd : w->efd[2]);
-    br_timer_init(pool->loop, &w->timeout);
+    /* These cannot fail: the fds are open, and init only links the
+     * handles into the loop. Without a pidfd, io_exit stays unstarted
+     * (bound to the result fd, which it never watches) and the pool's poll
+     * timer reaps. */
+    (void)br_io_init(pool->loop, &w->io_result, w->efd[2]);
+    (void)br_io_init(pool->loop, &w->io_space, w->efd[1]);
+    (void)br_io_init(pool->loop, &w->io_exit, w->proc.pidfd >= 0 ? w->proc.pidfd : w->efd[2]);
+    (void)br_timer_init(pool->loop, &w->timeout);
     w->io_result.handle.data = w->io_space.handle.data = w;
     w->io_exit.handle.data = w->timeout.handle.data = w;
     if ((err = br_io_start(&w->io_result, BR_READABLE, on_result)) < 0 ||

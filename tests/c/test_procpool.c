@@ -13,6 +13,7 @@
 #include <limits.h>
 #include <stdarg.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 
 #define MS 1000000LL
@@ -49,8 +50,11 @@ static struct {
 
 static char worker_path[PATH_MAX];
 
+static void require_memfd(void);
+
 static void find_worker(void)
 {
+    require_memfd();
     ssize_t n = readlink("/proc/self/exe", worker_path, sizeof worker_path - 64);
     CHECK(n > 0);
     worker_path[n] = '\0';
@@ -133,6 +137,17 @@ static void run_until(const int *flag, int n, int64_t timeout_ms)
         int r = br_loop_run(&F.loop, BR_RUN_ONCE);
         CHECK(r >= 0);
     }
+}
+
+/* The pool needs memfd_create (Linux 3.17); without it there is nothing
+ * to test. */
+static void require_memfd(void)
+{
+    int fd = memfd_create("braid-test", MFD_CLOEXEC);
+    if (fd < 0 && errno == ENOSYS)
+        BT_SKIP("no memfd_create in this kernel");
+    CHECK(fd >= 0);
+    close(fd);
 }
 
 static void start(const br_procpool_options_t *o)
@@ -554,6 +569,13 @@ TEST(garbage_in_the_result_ring)
 
 /* ------------------------------------------------------------ memory cap */
 
+/* The memory cap reads /proc/<pid>/statm. */
+static void require_statm(void)
+{
+    if (access("/proc/self/statm", R_OK) != 0)
+        BT_SKIP("no /proc/<pid>/statm");
+}
+
 static long worker_rss(void)
 {
     job_t j = {0};
@@ -568,6 +590,7 @@ TEST(memory_cap_recycles_after_a_task)
     br_procpool_options_t o = options(1);
     o.max_worker_memory = 96 * MIB;
     o.mem_poll_ns = 60000 * MS; /* only the check after each result */
+    require_statm();
     start(&o);
     CHECK(worker_rss() < 64 * (long)MIB);
     job_t pid0 = {0}, big = {0}, next = {0}, behind[3] = {0};
@@ -594,6 +617,7 @@ TEST(memory_cap_kills_a_task_over_it)
 {
     br_procpool_options_t o = options(2);
     o.max_worker_memory = 96 * MIB;
+    require_statm();
     start(&o);
     job_t hog = {0}, small = {0}, after = {0};
     submit(&hog, "alloc:256:10000");
