@@ -6,6 +6,10 @@ The same as `python -m braid bench procpool`; the code lives in the package
 pools' workers can import the task functions from it.
 
     python bench/procpool.py [--quick] [--repeat N] [--cases LIST] [--json]
+
+Quote figures from `python -m braid bench procpool`: run as this script, the pools whose
+workers are fresh interpreters (braid, spawn, forkserver) import the script as __mp_main__ in
+every worker, and with it braid.bench.procpool, which adds to the primes_e2e case's times.
 """
 
 import sys

@@ -182,6 +182,7 @@ struct br_threadpool_s {
     int state_;
     pthread_t *threads_;
     br_pool_cb on_detached_;
+    br_event_t exited_;          /* set once closed and live_ is 0 */
     br_threadpool_options_t opts_;
     char name_prefix_[16];
 };
@@ -212,6 +213,11 @@ unsigned br_threadpool_live(br_threadpool_t *pool);
  * item with -ECANCELED on this thread. Idempotent (a later CANCEL still
  * cancels what is queued). Never blocks on running work. */
 int br_threadpool_close(br_threadpool_t *pool, enum br_close_mode mode);
+/* Waits, interruptibly, until every worker has exited (after close): 0
+ * once they have (br_threadpool_join then returns at once), -ETIMEDOUT,
+ * -EINTR when a signal handler ran on this thread (so a caller can react
+ * to Ctrl-C and wait again), -EINVAL if the pool is open or detached. */
+int br_threadpool_wait_exited(br_threadpool_t *pool, int64_t timeout_ns);
 /* Waits until every worker has exited (after close); 0 or -EINVAL if the
  * pool is still open or detached, -EDEADLK from a worker of this pool. */
 int br_threadpool_join(br_threadpool_t *pool);

@@ -363,3 +363,58 @@ def kill_quietly(pids):
             os.kill(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+# ---- exceptions that cannot make the trip back as they are ------------------------------
+
+
+class HoldsALock(Exception):
+    def __init__(self):
+        super().__init__("holds a lock")
+        self.lock = threading.Lock()
+
+
+class ReduceRaises(Exception):
+    def __reduce__(self):
+        raise ValueError("no reduce for you")
+
+
+class TooDeep(Exception):
+    def __init__(self):
+        super().__init__("too deep")
+        nested = []
+        for _ in range(100_000):
+            nested = [nested]
+        self.nested = nested
+
+
+class NeedsTwoArguments(Exception):
+    # pickles as NeedsTwoArguments(message), which __init__ refuses when it is loaded again
+    def __init__(self, a, b):
+        super().__init__(f"{a} and {b}")
+
+
+UNSENDABLE = {
+    "lock": HoldsALock,
+    "reduce": ReduceRaises,
+    "recursion": TooDeep,
+    "two-arguments": lambda: NeedsTwoArguments(1, 2),
+}
+
+
+def raise_unsendable(kind):
+    raise UNSENDABLE[kind]()
+
+
+def raise_unsendable_at(kind, at, x):
+    if x == at:
+        raise_unsendable(kind)
+    return x
+
+
+def append_to(seq, value):
+    seq.append(value)
+
+
+def put_on(queue, value):
+    queue.put(value)

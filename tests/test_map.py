@@ -573,3 +573,14 @@ def test_dask_dead_address_is_a_connection_error_within_the_timeout(braid):
     with pytest.raises(ConnectionError, match=f"tcp://127.0.0.1:{port}"):
         braid.map(tasks.square, range(3), address=f"tcp://127.0.0.1:{port}", timeout=2)
     assert time.monotonic() - t0 < 2 + 3
+
+
+def test_process_mode_unsendable_exception_keeps_index_and_traceback(braid):
+    # The stand-in for an exception that cannot travel keeps braid.map's note (which item)
+    # and the worker's traceback.
+    with pytest.raises(RuntimeError) as info:
+        braid.map(functools.partial(procpool_tasks.raise_unsendable_at, "lock", 37), range(100),
+                  mode="process", workers=2)
+    assert "HoldsALock" in str(info.value)
+    assert any("item 37" in note for note in info.value.__notes__), info.value.__notes__
+    assert "raise_unsendable" in str(info.value.__cause__)

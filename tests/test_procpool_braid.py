@@ -589,6 +589,56 @@ def test_max_tasks_per_worker_with_initializer(pools):
     assert len({pid for _, pid in results}) >= 6
 
 
+def test_max_tasks_per_child_is_the_stdlib_name(pools, braid):
+    pool = pools(max_workers=1, max_tasks_per_child=2)
+    pids = [f.result(TIMEOUT) for f in [pool.submit(tasks.getpid) for _ in range(6)]]
+    assert [pids.count(pid) for pid in dict.fromkeys(pids)] == [2, 2, 2], pids
+    with pytest.raises(TypeError, match="not both"):
+        braid.ProcessPool(1, max_tasks_per_worker=2, max_tasks_per_child=2)
+    with pytest.raises(ValueError):
+        braid.ProcessPool(1, max_tasks_per_child=0)
+
+
+# ---- the stdlib's contract ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver", "fork"])
+def test_mp_context_accepted_positionally_as_the_stdlib_does(pools, method):
+    # ProcessPoolExecutor(max_workers, mp_context, initializer, initargs): braid's workers are
+    # fresh interpreters whatever the context says
+    pool = pools(1, multiprocessing.get_context(method), tasks.init_global, ("set",))
+    value, pid = pool.submit(tasks.get_global).result(TIMEOUT)
+    assert value == "set" and pid != os.getpid()
+
+
+def test_mp_context_of_the_wrong_type(braid):
+    with pytest.raises(TypeError, match="mp_context"):
+        braid.ProcessPool(1, "spawn")
+
+
+def test_worker_crashed_is_a_broken_process_pool(braid, pools):
+    # existing `except BrokenProcessPool` / `except BrokenExecutor` handlers see it; the pool
+    # itself lives on
+    assert issubclass(braid.WorkerCrashed, cf.process.BrokenProcessPool)
+    pool = pools(max_workers=1)
+    with pytest.raises(cf.BrokenExecutor):
+        pool.submit(tasks.crash, "exit").result(TIMEOUT)
+    assert pool.submit(tasks.square, 4).result(TIMEOUT) == 16
+
+
+def test_manager_proxies_work_in_tasks(pools):
+    # workers carry this process's multiprocessing authkey, as spawned children do
+    with multiprocessing.get_context("spawn").Manager() as manager:
+        shared = manager.list()
+        queue = manager.Queue()
+        pool = pools(max_workers=2)
+        futures = [pool.submit(tasks.append_to, shared, i) for i in range(6)]
+        assert [f.result(TIMEOUT) for f in futures] == [None] * 6
+        assert sorted(shared) == list(range(6))
+        pool.submit(tasks.put_on, queue, "hello").result(TIMEOUT)
+        assert queue.get(timeout=TIMEOUT) == "hello"
+
+
 # ---- cancellation --------------------------------------------------------------------------
 
 
@@ -647,6 +697,12 @@ if __name__ == "__main__":
         with braid.ProcessPool(max_workers=2) as pool:
             print("map starting", flush=True)
             results = list(pool.map(procpool_tasks.sleep_record_pid, *args))
+    elif mode.endswith("result"):  # long tasks, a queue behind them, waited for in result()
+        pool = braid.ProcessPool(max_workers=2)
+        if mode == "with-result":
+            pool.__enter__()
+        futures = [pool.submit(procpool_tasks.sleep_record_pid, pidfile, 60, i) for i in range(4)]
+        futures[0].result()
     else:
         pool = braid.ProcessPool(max_workers=2)
         print("map starting", flush=True)
@@ -705,14 +761,20 @@ def test_terminate_kills_running_tasks_and_cancels_queued_ones(braid, pools, tmp
         pool.submit(tasks.square, 1)
 
 
-@pytest.mark.parametrize("mode", ["with", "plain"])
-def test_keyboard_interrupt_in_parent(braid, tmp_path, mode):
+@pytest.mark.parametrize("target", ["parent", "group"])
+@pytest.mark.parametrize("mode", ["with", "plain", "with-result", "plain-result"])
+def test_keyboard_interrupt_in_parent(braid, tmp_path, mode, target):
+    # Ctrl-C as a terminal sends it (to the whole process group) or to the parent alone: the
+    # KeyboardInterrupt ends the script, running 60 s tasks included, and no worker is left.
     pidfile = tmp_path / "pids"
     proc = start_script(tmp_path, KEYBOARD_INTERRUPT_SCRIPT, pidfile, mode)
     pids = set()
     try:
         pids = wait_for_pids(pidfile, 2, proc)
-        os.kill(proc.pid, signal.SIGINT)
+        if target == "group":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            os.kill(proc.pid, signal.SIGINT)
         t0 = time.monotonic()
         try:
             proc.wait(timeout=5)
@@ -721,6 +783,7 @@ def test_keyboard_interrupt_in_parent(braid, tmp_path, mode):
                         + (tmp_path / "stderr").read_text()[-2000:])
         assert time.monotonic() - t0 < 5
         assert b"map finished" not in (tmp_path / "stdout").read_bytes()
+        assert b"KeyboardInterrupt" in (tmp_path / "stderr").read_bytes()
         time.sleep(1.0)
         pids |= {int(p) for p in tasks.read_lines(pidfile)}
         alive = [pid for pid in pids if not tasks.process_gone(pid)]
@@ -761,3 +824,48 @@ def test_workers_die_with_a_killed_parent(braid, tmp_path):
             proc.kill()
             proc.wait(TIMEOUT)
         tasks.kill_quietly(pids | {int(p) for p in tasks.read_lines(pidfile)})
+
+
+# ---- exceptions that cannot be sent back as they are ----------------------------------
+
+UNSENDABLE_MESSAGES = {
+    "lock": "procpool_tasks.HoldsALock: holds a lock (the exception could not be sent back: TypeError",
+    "reduce": "procpool_tasks.ReduceRaises:  (the exception could not be sent back: ValueError: no reduce",
+    "recursion": "procpool_tasks.TooDeep: too deep (the exception could not be sent back: RecursionError",
+    "two-arguments": "procpool_tasks.NeedsTwoArguments: 1 and 2 (the exception could not be received: "
+                     "TypeError",
+}
+
+
+@pytest.mark.parametrize("kind", list(UNSENDABLE_MESSAGES))
+def test_unsendable_exception_keeps_the_worker_traceback(pools, kind):
+    # A stand-in RuntimeError names the original type and message, and carries the worker's
+    # traceback as __cause__ like any other task exception; the worker lives on.
+    pool = pools(max_workers=1)
+    pid = pool.submit(tasks.getpid).result(TIMEOUT)
+    exc = pool.submit(tasks.raise_unsendable, kind).exception(TIMEOUT)
+    assert type(exc) is RuntimeError, repr(exc)
+    assert str(exc).startswith(UNSENDABLE_MESSAGES[kind]), str(exc)
+    cause = str(exc.__cause__)
+    assert "raise_unsendable" in cause and "Traceback" in cause, cause
+    assert pool.submit(tasks.getpid).result(TIMEOUT) == pid
+
+
+@pytest.mark.parametrize("kind", ["lock", "two-arguments"])
+def test_unsendable_exception_in_map_keeps_position_and_traceback(pools, kind):
+    pool = pools(max_workers=2)
+    results = pool.map(functools.partial(tasks.raise_unsendable_at, kind, 37), range(100), chunksize=10)
+    got = []
+    with pytest.raises(RuntimeError) as info:
+        for value in results:
+            got.append(value)
+    assert got == list(range(37))
+    assert str(info.value).startswith(UNSENDABLE_MESSAGES[kind]), str(info.value)
+    assert "raise_unsendable" in str(info.value.__cause__)
+
+
+def test_unsendable_initializer_exception_breaks_the_pool_with_its_name(braid, pools):
+    pool = pools(max_workers=1, initializer=tasks.raise_unsendable, initargs=("lock",))
+    exc = pool.submit(tasks.getpid).exception(TIMEOUT)
+    assert isinstance(exc, cf.process.BrokenProcessPool), repr(exc)
+    assert "HoldsALock" in str(exc), str(exc)

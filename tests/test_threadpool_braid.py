@@ -430,3 +430,94 @@ def test_shutdown_cancel_futures_reported_to_wait_at_once(pools):
     assert time.monotonic() - t0 < 1.0
     gate.set()
     assert blocked.result(TIMEOUT) == "blocker"
+
+
+# ---- Ctrl-C --------------------------------------------------------------------------------
+
+CTRL_C_SCRIPT = """
+import os, sys, time
+import braid
+
+def task(path, i):
+    with open(path, "a") as f:
+        f.write(f"{i}\\n")
+    time.sleep(1.5)
+
+if __name__ == "__main__":
+    path, mode = sys.argv[1], sys.argv[2]
+    with braid.ThreadPool(2) as pool:
+        futures = [pool.submit(task, path, i) for i in range(8)]
+        if mode == "result":
+            futures[0].result()
+        else:
+            time.sleep(60)
+    print("with block left normally", flush=True)
+"""
+
+
+@pytest.mark.parametrize("mode", ["result", "sleep"])
+@pytest.mark.parametrize("target", ["parent", "group"])
+def test_ctrl_c_in_with_block_cancels_queued_work(braid, tmp_path, mode, target):
+    # The with block ends with KeyboardInterrupt once the two running tasks end (threads cannot
+    # be stopped); the six queued ones never start.
+    import signal
+    import subprocess
+
+    script = tmp_path / "script.py"
+    script.write_text(CTRL_C_SCRIPT)
+    started = tmp_path / "started"
+    proc = subprocess.Popen([sys.executable, str(script), str(started), mode], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not started.exists() or len(started.read_text().split()) < 2:
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
+            time.sleep(0.01)
+        (os.killpg if target == "group" else os.kill)(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0 and b"KeyboardInterrupt" in err, err
+    assert b"left normally" not in out
+    assert sorted(started.read_text().split()) == ["0", "1"], "queued tasks ran after Ctrl-C"
+
+
+def test_shutdown_wait_is_interrupted_by_a_signal(pools):
+    # A signal handler that raises ends shutdown(wait=True) while a task still runs; the pool
+    # stays closed and a later shutdown waits again.
+    import signal
+
+    pool = pools(max_workers=1)
+    release = threading.Event()
+    running = threading.Event()
+
+    def task():
+        running.set()
+        release.wait(TIMEOUT)
+        return "done"
+
+    future = pool.submit(task)
+    assert running.wait(TIMEOUT)
+
+    class Interrupted(Exception):
+        pass
+
+    def raise_it(signum, frame):
+        raise Interrupted
+
+    old = signal.signal(signal.SIGALRM, raise_it)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        with pytest.raises(Interrupted):
+            pool.shutdown(wait=True)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert not future.done()
+    with pytest.raises(RuntimeError):
+        pool.submit(square, 2)
+    release.set()
+    pool.shutdown(wait=True)
+    assert future.result(0) == "done"

@@ -10,8 +10,6 @@ items on whichever of these suits the work, measured.
 
 import importlib
 
-from ._errors import TaskTimeout, WorkerCrashed
-
 __version__ = "0.1.0"
 
 # Everything else is imported on first use (PEP 562): `import braid` stays cheap, and a
@@ -25,6 +23,7 @@ _LAZY = {
     "EventLoopPolicy": "._loop", "Loop": "._loop", "install": "._loop",
     "new_event_loop": "._loop", "run": "._loop",
     "map": "._map", "imap": "._map", "amap": "._map",
+    "TaskTimeout": "._errors", "WorkerCrashed": "._errors",  # WorkerCrashed is a BrokenProcessPool
 }
 
 __all__ = ["EventLoopPolicy", "Future", "Loop", "ProcessPool", "TaskTimeout", "ThreadPool",

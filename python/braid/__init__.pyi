@@ -7,6 +7,8 @@
 
 import asyncio
 import concurrent.futures
+import concurrent.futures.process
+import multiprocessing.context
 from collections.abc import Callable, Coroutine, Iterable, Iterator
 from typing import Any, Literal, Protocol, SupportsIndex, TypeVar, overload, type_check_only
 
@@ -44,7 +46,7 @@ __version__: str
 # state lives in C; ThreadPool.submit and ProcessPool.submit return it.
 class Future(concurrent.futures.Future[_T]): ...
 
-class WorkerCrashed(Exception):
+class WorkerCrashed(concurrent.futures.process.BrokenProcessPool):
     pid: int | None
     exitcode: int | None
     signal: int | None
@@ -96,10 +98,12 @@ class ProcessPool(concurrent.futures.Executor):
     def __init__(
         self,
         max_workers: int | None = None,
-        *,
+        mp_context: multiprocessing.context.BaseContext | None = None,
         initializer: Callable[..., object] | None = None,
         initargs: Iterable[Any] = (),
+        *,
         max_tasks_per_worker: int | None = None,
+        max_tasks_per_child: int | None = None,
         task_timeout: float | None = None,
         retries: int = 0,
     ) -> None: ...

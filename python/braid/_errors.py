@@ -1,14 +1,20 @@
 """braid's exceptions."""
 
+from concurrent.futures.process import BrokenProcessPool
+
 __all__ = ["WorkerCrashed", "TaskTimeout"]
 
 
-class WorkerCrashed(Exception):
+class WorkerCrashed(BrokenProcessPool):
     """A worker process died while it ran this task.
 
     ``pid`` is the worker's process id; ``exitcode`` its exit status when it
     exited, or None; ``signal`` the number of the signal that killed it, or
-    None. The pool has already replaced the worker.
+    None. The pool has already replaced the worker and stays usable: unlike
+    ProcessPoolExecutor's, a braid pool is not broken by one dead worker. It is
+    a ``BrokenProcessPool`` all the same, so that code written for
+    ``concurrent.futures`` (``except BrokenProcessPool``, ``except
+    BrokenExecutor``) sees the task's failure.
     """
 
     def __init__(self, message="a worker process died while running this task", pid=None,

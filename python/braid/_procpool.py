@@ -5,6 +5,7 @@ import concurrent.futures
 import itertools
 import json
 import math
+import multiprocessing.process
 import os
 import sys
 import threading
@@ -47,6 +48,14 @@ def _positive_int(name, value):
     return value
 
 
+def _check_context(mp_context):
+    """ProcessPoolExecutor's mp_context=, accepted for its signature's sake: whatever the start
+    method, braid's workers are fresh interpreters that import the main module (as under
+    "spawn"), never forks of this process."""
+    if mp_context is not None and not callable(getattr(mp_context, "get_start_method", None)):
+        raise TypeError(f"mp_context must be a multiprocessing context, not {type(mp_context).__name__}")
+
+
 class ProcessPool(_braid._ProcessPoolCore, concurrent.futures.Executor):
     """A ``concurrent.futures.Executor`` running calls in worker processes.
 
@@ -59,8 +68,8 @@ class ProcessPool(_braid._ProcessPoolCore, concurrent.futures.Executor):
     ``multiprocessing.Pool``.
     """
 
-    def __init__(self, max_workers=None, *, initializer=None, initargs=(),
-                 max_tasks_per_worker=None, task_timeout=None, retries=0):
+    def __init__(self, max_workers=None, mp_context=None, initializer=None, initargs=(), *,
+                 max_tasks_per_worker=None, max_tasks_per_child=None, task_timeout=None, retries=0):
         if os.environ.get("BRAID_WORKER_BOOTSTRAP"):
             raise RuntimeError(
                 "a ProcessPool was created while a worker imported the main script; "
@@ -68,6 +77,11 @@ class ProcessPool(_braid._ProcessPoolCore, concurrent.futures.Executor):
         workers = _default_workers() if max_workers is None else _positive_int("max_workers", max_workers)
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
+        _check_context(mp_context)
+        if max_tasks_per_child is not None:  # ProcessPoolExecutor's name for it
+            if max_tasks_per_worker is not None:
+                raise TypeError("give max_tasks_per_worker or max_tasks_per_child, not both")
+            max_tasks_per_worker = max_tasks_per_child
         max_tasks = 0 if max_tasks_per_worker is None else _positive_int(
             "max_tasks_per_worker", max_tasks_per_worker)
         if task_timeout is None:
@@ -96,6 +110,9 @@ class ProcessPool(_braid._ProcessPoolCore, concurrent.futures.Executor):
             main_path = ""
         env = dict(os.environ)
         env.update(BRAID_WORKER_PPID=str(os.getpid()), BRAID_WORKER_RING=str(RING_BYTES),
+                   # Manager proxies and multiprocessing connections passed to a task
+                   # authenticate with this process's key, as spawn's children do
+                   BRAID_WORKER_AUTHKEY=bytes(multiprocessing.process.current_process().authkey).hex(),
                    BRAID_WORKER_SYSPATH=os.pathsep.join(sys.path),
                    BRAID_WORKER_MAIN=os.path.abspath(main_path) if main_path else "",
                    BRAID_WORKER_ARGV=json.dumps(sys.argv))
@@ -105,6 +122,19 @@ class ProcessPool(_braid._ProcessPoolCore, concurrent.futures.Executor):
 
     def __repr__(self):
         return f"<braid.ProcessPool max_workers={self.max_workers}>"
+
+    def __exit__(self, exc_type, exc_val, exc_tb):
+        # Ctrl-C in the with block: queued work is cancelled and the workers are killed at
+        # once (terminate), so the KeyboardInterrupt reaches the caller within a second
+        # whatever the tasks were doing. Otherwise, as ProcessPoolExecutor: everything
+        # submitted finishes.
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            global _interrupted
+            _interrupted = True
+            self.terminate()
+        else:
+            self.shutdown(wait=True)
+        return False
 
     # ---- map and friends: chunks of calls, results handed out in order or as they come ----
 

@@ -201,7 +201,30 @@ class _RemoteTraceback(Exception):
         return self.tb
 
 
-def _rebuild_exception(exc, tb):
+def _format_traceback(exc):
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return f'\n"""\n{text}"""'
+
+
+def _describe(exc):
+    """'module.QualName: message' of an exception (builtins without the module)."""
+    kind = type(exc)
+    name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    try:
+        return f"{name}: {exc}"
+    except BaseException as err:  # noqa: BLE001 -- a broken __str__ must not lose the rest
+        return f"{name}: <str() failed: {type(err).__name__}>"
+
+
+def _rebuild_exception(data, tb, described, notes):
+    """The receiving side of _ExceptionWithTraceback: the exception, or a RuntimeError standing
+    in for it when its pickle does not load here (an ``__init__`` that needs other arguments
+    than ``args``, a class this process cannot import), with the traceback as __cause__."""
+    try:
+        exc = pickle.loads(data)
+    except Exception as err:
+        exc = RuntimeError(f"{described} (the exception could not be received: {type(err).__name__}: {err})")
+        exc.__notes__ = notes
     exc.__cause__ = _RemoteTraceback(tb)
     return exc
 
@@ -209,25 +232,33 @@ def _rebuild_exception(exc, tb):
 class _ExceptionWithTraceback:
     """Carries an exception and its worker-side traceback text across the process boundary;
     unpickles as the exception with ``__cause__`` holding the traceback (as
-    ProcessPoolExecutor does)."""
+    ProcessPoolExecutor does).
+
+    The traceback text travels beside the exception, never on it (pickling an exception
+    drops ``__cause__``), and the exception as a pickle of its own, so that whichever side
+    cannot handle it -- the worker cannot pickle it (it holds a lock, a socket, a generator;
+    its ``__reduce__`` raises; it is too deep or too large for the pickler), or the parent
+    cannot load it -- puts a RuntimeError naming the original's type and message in its
+    place, and the traceback still arrives."""
 
     def __init__(self, exc):
-        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        self.exc = exc
-        self.tb = f'\n"""\n{text}"""'
+        self.tb = _format_traceback(exc)
+        self.described = _describe(exc)
+        self.notes = [str(note) for note in getattr(exc, "__notes__", None) or ()]
+        try:
+            self.data = _pickle_dumps(exc, PROTOCOL)
+        except BaseException as err:  # noqa: BLE001 -- whatever stops the pickler
+            stand_in = RuntimeError(f"{self.described} (the exception could not be sent back: "
+                                    f"{type(err).__name__}: {err})")
+            stand_in.__notes__ = self.notes
+            self.data = _pickle_dumps(stand_in, PROTOCOL)
 
     def __reduce__(self):
-        return _rebuild_exception, (self.exc, self.tb)
+        return _rebuild_exception, (self.data, self.tb, self.described, self.notes)
 
 
 def dump_exception(exc):
-    try:
-        return _pickle_dumps(_ExceptionWithTraceback(exc), PROTOCOL)
-    except BaseException as err:  # the exception itself does not pickle
-        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        stand_in = RuntimeError(f"{type(exc).__name__}: {exc} (the exception could not be sent "
-                                f"back: {type(err).__name__}: {err})")
-        return pickle.dumps(_rebuild_exception(stand_in, f'\n"""\n{text}"""'), protocol=PROTOCOL)
+    return _pickle_dumps(_ExceptionWithTraceback(exc), PROTOCOL)
 
 
 def run_chunk(fn, chunk, star):
@@ -300,6 +331,47 @@ def _handle(kind, payload, seq):
     raise RuntimeError(f"braid worker: unknown message type {kind}")
 
 
+class _AuthkeyOnImport:
+    """Gives this worker's multiprocessing the parent's authkey, as a spawned child of
+    multiprocessing gets it, so that Manager proxies and Listener/Client connections passed to
+    a task authenticate. Set when multiprocessing is first imported here (by the unpickling of
+    a proxy, say), not before: a worker imports only what it runs."""
+
+    def __init__(self, key):
+        self.key = key
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "multiprocessing.process":
+            return None
+        sys.meta_path.remove(self)
+        import importlib.util
+
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _KeyingLoader(spec.loader, self.key)
+        return spec
+
+
+class _KeyingLoader:
+    def __init__(self, loader, key):
+        self.loader, self.key = loader, key
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        self.loader.exec_module(module)
+        module.current_process().authkey = self.key
+
+
+def _adopt_authkey(key):
+    process = sys.modules.get("multiprocessing.process")
+    if process is not None:
+        process.current_process().authkey = key
+    else:
+        sys.meta_path.insert(0, _AuthkeyOnImport(key))
+
+
 def _fixup_main(path):
     # As multiprocessing's spawn does: run the parent's main script as __mp_main__ so that
     # functions and classes it defines unpickle here; its `if __name__ == "__main__":` part
@@ -324,6 +396,9 @@ def main():
     syspath = env.pop("BRAID_WORKER_SYSPATH", "")
     main_path = env.pop("BRAID_WORKER_MAIN", "")
     _braid._worker_bind_parent(ppid)  # die with the parent, even if it is SIGKILLed
+    authkey = env.pop("BRAID_WORKER_AUTHKEY", "")
+    if authkey:
+        _adopt_authkey(bytes.fromhex(authkey))
     import signal
     # Ctrl-C reaches the whole process group; the parent decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

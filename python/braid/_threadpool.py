@@ -35,6 +35,14 @@ class ThreadPool(_braid._ThreadPoolCore, concurrent.futures.Executor):
     def __repr__(self):
         return f"<braid.ThreadPool max_workers={self.max_workers} threads={self.threads}>"
 
+    def __exit__(self, exc_type, exc_val, exc_tb):
+        # Ctrl-C in the with block: queued work is cancelled and the wait is only for the
+        # tasks already running (threads cannot be stopped); a second Ctrl-C ends that wait.
+        # Otherwise, as ThreadPoolExecutor: everything submitted finishes.
+        interrupted = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
+        self.shutdown(wait=True, cancel_futures=interrupted)
+        return False
+
 
 def _worker_started(name):
     # Registers the engine thread with `threading` under the pool's name, as

@@ -200,8 +200,12 @@ static void *worker_main(void *arg)
     int last = --pool->live_ == 0;
     int detached = pool->state_ == POOL_DETACHED;
     br_pool_cb on_detached = pool->on_detached_;
-    if (last)
+    if (last) {
         br__cond_broadcast(&pool->exit_cv_);
+        /* Under the mutex: a waiter that wakes goes on to join, which
+         * takes the mutex, so the pool outlives this call. */
+        br_event_set(&pool->exited_);
+    }
     br__mutex_unlock(&pool->mu_);
 
     /* From here the pool may be gone (joined and destroyed, or freed by
@@ -318,6 +322,7 @@ int br_threadpool_init(br_threadpool_t *pool, const br_threadpool_options_t *opt
     pool->name_prefix_[len] = '\0';
     pool->opts_.name_prefix = pool->name_prefix_;
     pool->state_ = POOL_OPEN;
+    br_event_init(&pool->exited_);
     return 0;
 
 fail_work_cv:
@@ -446,6 +451,8 @@ int br_threadpool_close(br_threadpool_t *pool, enum br_close_mode mode)
      * once the callbacks start, a joiner may already have destroyed the
      * pool, so this function must not touch it afterwards. */
     br__cond_broadcast(&pool->work_cv_);
+    if (pool->live_ == 0)
+        br_event_set(&pool->exited_);
     br__mutex_unlock(&pool->mu_);
 
     while (cancelled != NULL) {
@@ -456,6 +463,16 @@ int br_threadpool_close(br_threadpool_t *pool, enum br_close_mode mode)
             w->done(w, -ECANCELED);
     }
     return 0;
+}
+
+int br_threadpool_wait_exited(br_threadpool_t *pool, int64_t timeout_ns)
+{
+    br__mutex_lock(&pool->mu_);
+    int open = pool->state_ == POOL_OPEN || pool->state_ == POOL_DETACHED;
+    br__mutex_unlock(&pool->mu_);
+    if (open)
+        return -EINVAL;
+    return br_event_wait(&pool->exited_, timeout_ns);
 }
 
 int br_threadpool_join(br_threadpool_t *pool)

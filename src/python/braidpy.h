@@ -117,8 +117,11 @@ PyObject *braid_dumps_task(braid_state *st, PyObject *fn, PyObject *args, PyObje
 /* Unpickles a message payload (bytes-like), out-of-band buffers included. */
 PyObject *braid_loads(braid_state *st, PyObject *data);
 
-/* errors.c: the one map from -errno to a Python exception. Returns NULL. */
-PyObject *braid_raise_errno(int err, const char *what);
+/* errors.c: the one map from an engine -errno to a Python exception:
+ * OSError(errno, "what: strerror") as its errno subclass, MemoryError for
+ * ENOMEM. Returns NULL. EINVAL, ESHUTDOWN and the like are the call
+ * site's to raise (ValueError, RuntimeError) in its own words. */
+PyObject *braid_raise_oserror(int err, const char *what);
 
 /* future.c */
 int braid_future_init_types(PyObject *module, braid_state *st);

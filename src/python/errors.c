@@ -1,57 +1,33 @@
 /*
  * errors.c — the one place that turns an engine -errno into a Python
  * exception. Everything in the extension that gets a negative errno from
- * braid.h raises through here.
+ * braid.h and reports it as a failure of the system raises through here.
+ *
+ * The exception is what the OS error is: OSError(errno, "what: strerror"),
+ * whose constructor picks the subclass (ConnectionResetError,
+ * BrokenPipeError, InterruptedError, TimeoutError, ...) exactly as for the
+ * stdlib's own calls, with ENOMEM as MemoryError. An errno that means the
+ * caller's mistake or a closed object (EINVAL, ESHUTDOWN) is not mapped
+ * here: the call site knows what it means and raises ValueError or
+ * RuntimeError with its own words.
  */
 #include "braidpy.h"
 
 #include <errno.h>
 
-PyObject *braid_raise_errno(int err, const char *what)
+PyObject *braid_raise_oserror(int err, const char *what)
 {
-    PyObject *type;
-    switch (-err) {
-    case ENOMEM:
+    if (err == -ENOMEM) {
         return PyErr_NoMemory();
-    case EINVAL:
-        type = PyExc_ValueError;
-        break;
-    case ESHUTDOWN:
-        type = PyExc_RuntimeError;
-        break;
-    case ETIMEDOUT:
-        type = PyExc_TimeoutError;
-        break;
-    case EINTR:
-        type = PyExc_InterruptedError;
-        break;
-    case ECONNRESET:
-        type = PyExc_ConnectionResetError;
-        break;
-    case EPIPE:
-        type = PyExc_BrokenPipeError;
-        break;
-    case ECONNREFUSED:
-        type = PyExc_ConnectionRefusedError;
-        break;
-    case ECONNABORTED:
-        type = PyExc_ConnectionAbortedError;
-        break;
-    case EAGAIN:
-        type = PyExc_BlockingIOError;
-        break;
-    default:
-        type = PyExc_OSError;
-        break;
     }
-    if (type == PyExc_OSError || PyType_IsSubtype((PyTypeObject *)type, (PyTypeObject *)PyExc_OSError)) {
-        PyObject *args = Py_BuildValue("(is)", -err, br_strerror(err));
-        if (args != NULL) {
-            PyErr_SetObject(type, args);
-            Py_DECREF(args);
-        }
+    PyObject *message = PyUnicode_FromFormat("%s: %s", what, br_strerror(err));
+    if (message == NULL) {
         return NULL;
     }
-    PyErr_Format(type, "%s: %s", what, br_strerror(err));
+    PyObject *args = Py_BuildValue("(iN)", -err, message);
+    if (args != NULL) {
+        PyErr_SetObject(PyExc_OSError, args);
+        Py_DECREF(args);
+    }
     return NULL;
 }

@@ -732,7 +732,7 @@ static int watcher_update(LoopObject *L, int fd)
     }
     int rc = br_io_start(&w->io, events, watcher_fired);
     if (rc < 0) {
-        braid_raise_errno(rc, "watching the file descriptor");
+        braid_raise_oserror(rc, "watching the file descriptor");
         return -1;
     }
     return 0;
@@ -778,7 +778,7 @@ static PyObject *add_watch(LoopObject *L, PyObject *const *args, Py_ssize_t narg
         if (rc < 0) {
             PyMem_RawFree(w);
             Py_DECREF(h);
-            return braid_raise_errno(rc, "watching the file descriptor");
+            return braid_raise_oserror(rc, "watching the file descriptor");
         }
         w->io.handle.data = L;
         L->watchers[fd] = w;
@@ -1044,7 +1044,7 @@ static PyObject *loop_run_once(LoopObject *L, PyObject *unused)
         (void)br_timer_stop(&L->poll_timer);
     }
     if (rc < 0 && rc != -EINTR) {
-        return braid_raise_errno(rc, "polling");
+        return braid_raise_oserror(rc, "polling");
     }
     /* I/O first, then timers, as asyncio's _run_once */
     for (size_t i = 0; i < L->fired_len; i++) {
@@ -1239,7 +1239,7 @@ static int loop_init(LoopObject *L, PyObject *args, PyObject *kwds)
     if (rc < 0) {
         PyMem_RawFree(L->core);
         L->core = NULL;
-        braid_raise_errno(rc, "creating the event loop");
+        braid_raise_oserror(rc, "creating the event loop");
         return -1;
     }
     braid_state *st = loop_state((PyObject *)L);

@@ -1011,7 +1011,7 @@ static int core_join(proc_core_t *c)
         err = pthread_join(c->thread, NULL);
         Py_END_ALLOW_THREADS
         if (err != 0) {
-            braid_raise_errno(-err, "joining the process pool's collector");
+            braid_raise_oserror(-err, "joining the process pool's collector");
             return -1;
         }
     }
@@ -1293,7 +1293,7 @@ static int pp_init(PyObject *self, PyObject *args, PyObject *kwds)
     }
     if ((c->epfd = epoll_create1(EPOLL_CLOEXEC)) < 0 || (err = br_wakeup_init(&c->wake)) < 0 ||
         (err = epoll_add(c, c->wake.fd, K_WAKE, 0)) < 0) {
-        braid_raise_errno(err ? err : -errno, "creating the process pool");
+        braid_raise_oserror(err ? err : -errno, "creating the process pool");
         goto fail;
     }
     /* link before the thread starts, so at-exit sees it */
@@ -1306,7 +1306,7 @@ static int pp_init(PyObject *self, PyObject *args, PyObject *kwds)
     if ((err = pthread_create(&c->thread, NULL, collector_main, c)) != 0) {
         c->collector_done = 1;
         c->joined = 1;
-        braid_raise_errno(-err, "starting the process pool's collector");
+        braid_raise_oserror(-err, "starting the process pool's collector");
         return -1;
     }
     Py_BEGIN_ALLOW_THREADS

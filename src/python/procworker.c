@@ -30,7 +30,7 @@ static int send_all(br_ring_t *tx, br_ring_msg_t *m)
             return 0;
         }
         if (rc != -EAGAIN) {
-            braid_raise_errno(rc, "sending a result");
+            braid_raise_oserror(rc, "sending a result");
             return -1;
         }
         Py_BEGIN_ALLOW_THREADS
@@ -73,7 +73,7 @@ static int recv_message(br_ring_t *rx, uint32_t *type, uint64_t *tag, PyObject *
         }
         if (rc < 0) {
             Py_XDECREF(parts);
-            braid_raise_errno(rc, "reading a task");
+            braid_raise_oserror(rc, "reading a task");
             return -1;
         }
     got_fragment:
@@ -199,7 +199,7 @@ static PyObject *worker_loop(int64_t ring_bytes, worker_hooks_t *h)
     }
     if (rc < 0) {
         munmap(mem, total);
-        return braid_raise_errno(rc, "attaching the task rings");
+        return braid_raise_oserror(rc, "attaching the task rings");
     }
     uint64_t *slots = (uint64_t *)((char *)mem + 2 * one);
     worker_slots = slots;
@@ -308,7 +308,7 @@ PyObject *braid_worker_bind_parent(PyObject *module, PyObject *arg)
     }
     int rc = br_proc_bind_to_parent(SIGKILL, (int)ppid);
     if (rc < 0) {
-        return braid_raise_errno(rc, "binding the worker to its parent");
+        return braid_raise_oserror(rc, "binding the worker to its parent");
     }
     Py_RETURN_NONE;
 }

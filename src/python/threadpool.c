@@ -289,23 +289,36 @@ static int core_join(pool_core_t *core)
                         "shutdown(wait=True) called from a task of the same pool would wait for itself");
         return -1;
     }
-    if (core->joining) {
-        /* another thread is joining: wait for it, with the GIL released */
-        while (core->joining) {
-            Py_BEGIN_ALLOW_THREADS
-            usleep(1000);
-            Py_END_ALLOW_THREADS
-        }
-        return 0;
-    }
-    core->joining = 1;
+    /* Wait for the workers with the GIL released, waking for signal
+     * handlers: Ctrl-C raises KeyboardInterrupt here, the pool stays
+     * closed, and a later shutdown() or the at-exit hook waits again. */
     int rc;
+    for (;;) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = br_threadpool_wait_exited(&core->tp, -1);
+        Py_END_ALLOW_THREADS
+        if (rc != -EINTR) {
+            break;
+        }
+        if (PyErr_CheckSignals() < 0) {
+            return -1;
+        }
+    }
+    if (rc < 0) {
+        braid_raise_oserror(rc, "waiting for the thread pool's workers");
+        return -1;
+    }
+    if (core->joined) {
+        return 0; /* another thread joined it while this one waited */
+    }
+    /* every worker has exited: the join reaps their threads at once */
+    core->joining = 1;
     Py_BEGIN_ALLOW_THREADS
     rc = br_threadpool_join(&core->tp);
     Py_END_ALLOW_THREADS
     core->joining = 0;
     if (rc < 0) {
-        braid_raise_errno(rc, "joining the thread pool");
+        braid_raise_oserror(rc, "joining the thread pool");
         return -1;
     }
     core->joined = 1;
@@ -440,7 +453,11 @@ FutureObject *braid_pool_submit(PyObject *self, PyObject *fn, PyObject *args, Py
         f->pool = NULL;
         Py_DECREF(f);
         Py_DECREF(f);
-        braid_raise_errno(rc, "submitting to the thread pool");
+        if (rc == -ESHUTDOWN) {
+            PyErr_SetString(PyExc_RuntimeError, "cannot schedule new futures after shutdown");
+        } else {
+            braid_raise_oserror(rc, "submitting to the thread pool");
+        }
         return NULL;
     }
     return f;
@@ -669,7 +686,7 @@ static int pool_init(PyObject *self, PyObject *args, PyObject *kwds)
         Py_DECREF(core->initargs);
         Py_DECREF(core->prefix);
         PyMem_RawFree(core);
-        braid_raise_errno(rc, "creating the thread pool");
+        braid_raise_oserror(rc, "creating the thread pool");
         return -1;
     }
     core_link(st, core);

@@ -145,7 +145,7 @@ static PyObject *fast_read_ready(PyObject *self, PyTypeObject *cls, PyObject *co
         if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR) {
             Py_RETURN_NONE;
         }
-        braid_raise_errno(-err, "reading from the socket");
+        braid_raise_oserror(-err, "reading from the socket");
         return fatal_error(st, self, "Fatal read error on socket transport");
     }
     if (n == 0) {
@@ -235,7 +235,7 @@ static PyObject *fast_write(PyObject *self, PyTypeObject *cls, PyObject *const *
     if (n == view.len) {
         r = Py_NewRef(Py_None);
     } else if (n < 0 && err != EAGAIN && err != EWOULDBLOCK && err != EINTR) {
-        braid_raise_errno(-err, "writing to the socket");
+        braid_raise_oserror(-err, "writing to the socket");
         r = fatal_error(st, self, "Fatal write error on socket transport");
     } else {
         /* the kernel took part or none of it: asyncio buffers the rest

@@ -1,6 +1,8 @@
 /* test_threadpool.c — br_threadpool_t. */
 #include "harness.h"
 
+#include <sys/time.h>
+
 #define SEQ __ATOMIC_SEQ_CST
 
 /* ------------------------------------------------------------ fixtures
@@ -264,6 +266,44 @@ TEST(close_drain_runs_everything)
     CHECK_EQ(extra.ran, 0);
     br_threadpool_destroy(&pool);
     free(items);
+}
+
+static void on_alarm(int sig) { (void)sig; }
+
+TEST(wait_exited_times_out_is_interrupted_then_succeeds)
+{
+    pool_init(&pool, 2);
+    CHECK_EQ(br_threadpool_wait_exited(&pool, 0), -EINVAL); /* still open */
+    item_t *items = make_items(2);
+    items[0].block = items[1].block = 1;
+    for (unsigned i = 0; i < 2; i++)
+        CHECK_EQ(br_threadpool_submit(&pool, &items[i].w), 0);
+    wait_blocked(2);
+    CHECK_EQ(br_threadpool_close(&pool, BR_CLOSE_DRAIN), 0);
+    CHECK_EQ(br_threadpool_wait_exited(&pool, 20 * 1000000LL), -ETIMEDOUT);
+    /* a signal handler running on the waiting thread ends the wait: the
+     * caller (Python's Ctrl-C, say) gets its turn */
+    struct sigaction sa = {.sa_handler = on_alarm};
+    CHECK_EQ(sigemptyset(&sa.sa_mask), 0);
+    CHECK_EQ(sigaction(SIGALRM, &sa, NULL), 0);
+    struct itimerval it = {.it_value = {.tv_usec = 20000}};
+    CHECK_EQ(setitimer(ITIMER_REAL, &it, NULL), 0);
+    CHECK_EQ(br_threadpool_wait_exited(&pool, 10 * 1000000000LL), -EINTR);
+    br_event_set(&gate);
+    CHECK_EQ(br_threadpool_wait_exited(&pool, 10 * 1000000000LL), 0);
+    CHECK_EQ(br_threadpool_live(&pool), 0);
+    CHECK_EQ(br_threadpool_join(&pool), 0);
+    br_threadpool_destroy(&pool);
+    free(items);
+}
+
+TEST(wait_exited_of_a_pool_that_never_started_a_thread)
+{
+    pool_init(&pool, 2);
+    CHECK_EQ(br_threadpool_close(&pool, BR_CLOSE_DRAIN), 0);
+    CHECK_EQ(br_threadpool_wait_exited(&pool, 0), 0);
+    CHECK_EQ(br_threadpool_join(&pool), 0);
+    br_threadpool_destroy(&pool);
 }
 
 TEST(close_cancel_cancels_queued_running_finish)

@@ -9,9 +9,10 @@ lists them. Every module here has ``main(argv=None, *, command=None) -> int``
 
 import importlib
 import os
-import platform
-import shlex
 import sys
+
+# platform and shlex are imported where they are used: a pool worker that unpickles a task
+# function from braid.bench._tutorial imports this package, and should not pay for them.
 
 # name -> (module, one-line description). Kept by hand: a benchmark is listed
 # only once it exists, and the list is what `python -m braid bench` prints.
@@ -61,6 +62,8 @@ def load_braid(attribute):
 
 def command_line(name, argv):
     """The command to print in a benchmark's header: the real one when run from the shell."""
+    import shlex
+
     if argv is None:
         return shlex.join(getattr(sys, "orig_argv", sys.argv))
     return shlex.join(["python", "-m", "braid", "bench", name, *argv])
@@ -77,6 +80,8 @@ def run_main(main_impl, argv, command):
 
 def machine():
     """What every benchmark's header says of the interpreter and the machine."""
+    import platform
+
     try:
         usable = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):

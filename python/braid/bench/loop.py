@@ -55,13 +55,11 @@ import argparse
 import asyncio
 import ctypes
 import gc
-import hashlib
 import json
 import os
 import platform
 import re
 import select
-import shlex
 import shutil
 import signal
 import socket
@@ -72,6 +70,7 @@ import time
 import urllib.request
 
 import braid.bench as _bench
+from braid.bench import _cc
 from braid.bench import BraidMissing
 
 DEFAULT_REPEAT = 3
@@ -120,8 +119,8 @@ class _Failed(Exception):
 _MEASURE_ERRORS = (_Failed, OSError, subprocess.SubprocessError, ValueError, KeyError)
 
 
-class _NoCompiler(Exception):
-    """No C compiler, or the C programs do not build; the echo case cannot run."""
+# No C compiler, or the C programs do not build; the echo case cannot run.
+_NoCompiler = _cc.NoCompiler
 
 
 # ------------------------------------------------------------------ loops
@@ -420,71 +419,22 @@ def start_server(key, cpu, exes):
 
 # ------------------------------------------------------------------ compiling the C programs
 
-def _cache_dir():
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    path = os.path.join(base, "braid", "bench-loop")
-    try:
-        os.makedirs(path, exist_ok=True)
-        if os.access(path, os.W_OK | os.X_OK):
-            return path, False
-    except OSError:
-        pass
-    return tempfile.mkdtemp(prefix="braid-bench-loop-"), True
-
-
 def source_dir():
     return os.path.join(os.path.dirname(os.path.abspath(__file__)), "loop_c")
 
 
 def compiler():
     """The C compiler command (a list), from $CC or `cc`; _NoCompiler if there is none."""
-    cc = shlex.split(os.environ.get("CC") or "cc")
-    if not cc or shutil.which(cc[0]) is None:
-        raise _NoCompiler(f"no C compiler: `{cc[0] if cc else 'cc'}` not found; the echo case "
-                          f"needs one to build its load generator (apt-get install gcc, "
-                          f"or set CC)")
-    return cc
+    return _cc.compiler("the echo case (its load generator)")
 
 
-def compiler_version(cc):
-    try:
-        out = subprocess.run(cc + ["--version"], capture_output=True, text=True, timeout=30)
-        return (out.stdout.splitlines() or ["unknown"])[0].strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+compiler_version = _cc.compiler_version
 
 
 def build_programs(cc):
     """{name: path of the executable}, compiled with cc -O2 from loop_c/, cached by source
     and compiler; _NoCompiler says why not."""
-    cache, temporary = _cache_dir()
-    out = {}
-    for name, src_name in C_SOURCES.items():
-        src = os.path.join(source_dir(), src_name)
-        try:
-            with open(src, "rb") as f:
-                text = f.read()
-        except OSError as exc:
-            raise _NoCompiler(f"missing C source {src}: {exc}") from exc
-        key = hashlib.sha256(text + b"\0" + " ".join(cc + ["-O2"]).encode()
-                             + b"\0" + (shutil.which(cc[0]) or "").encode()).hexdigest()[:16]
-        exe = os.path.join(cache, f"{name}-{key}")
-        if not os.access(exe, os.X_OK):
-            tmp = os.path.join(cache, f".{name}-{key}.{os.getpid()}")
-            try:
-                res = subprocess.run(cc + ["-O2", "-o", tmp, src], capture_output=True, text=True,
-                                     timeout=300)
-            except (OSError, subprocess.SubprocessError) as exc:
-                raise _NoCompiler(f"{' '.join(cc)} failed on {src}: {exc}") from exc
-            if res.returncode != 0:
-                tail = " | ".join((res.stderr or res.stdout).strip().splitlines()[-5:])
-                raise _NoCompiler(f"{' '.join(cc)} -O2 {src} failed (status {res.returncode}): "
-                                  f"{tail}")
-            os.replace(tmp, exe)
-        out[name] = exe
-    out["cache"] = cache
-    out["temporary"] = temporary
-    return out
+    return _cc.build(cc, source_dir(), C_SOURCES, "bench-loop")
 
 
 # ------------------------------------------------------------------ echo

@@ -20,12 +20,15 @@ clock stops, and its results are checked then, so a broken pool cannot show a
 fast figure. CPU time is given for this process (all its threads) and for the
 pool's worker processes (from /proc, 10 ms ticks), per task or item.
 
-Cases (--quick, for CI, runs in well under a minute: 1,000 round trips,
-2,000 tasks, 100,000 items, primes to 300,000, arrays of 1 and 64 MiB and
-3 repeats; a full run takes several minutes, most of it in the 1 GiB row):
+Cases (--quick, for CI, runs in about a minute: 1,000 round trips,
+2,000 tasks, 100,000 items, primes to 300,000, arrays of 1 and 64 MiB,
+primes_e2e to 300,000, 20,000 floor trips and 3 repeats; a full run takes
+several minutes, most of it in the 1 GiB row):
 
   roundtrip  pool.submit(noop).result() one at a time, 2,000 times
-             (Pool and mpire: apply_async(noop).get())
+             (Pool and mpire: apply_async(noop).get()), next to the
+             round-trip floor (the floor case's first row, same trips),
+             interleaved with the pools; the goal is against that floor
   bulk       submit 10,000 no-op tasks, then collect every result
              (Pool and mpire: apply_async)
   map        list(pool.map(inc, range(1,000,000))) with each pool's default
@@ -40,6 +43,35 @@ Cases (--quick, for CI, runs in well under a minute: 1,000 round trips,
              MemAvailable, and best of 3 at most (each trip takes seconds)
   shared     the same with braid.shared_array (braid only; run only when
              braid has shared_array)
+
+The cases below time what the warm-pool cases leave out (_procpool_cold.py
+has the details). Their contenders are braid, ProcessPoolExecutor,
+multiprocessing.Pool and loky (not mpire):
+
+  startup    a fresh pool's first result (task os.getpid), pool creation
+             included, each contender in a FRESH child Python process (no
+             warm template, no import cached by an earlier contender):
+             braid, ProcessPoolExecutor with mp_context spawn, forkserver
+             and fork, multiprocessing.Pool with its default context and
+             with spawn, loky; against a bare interpreter start
+             (python -c pass, a child too) in the same run; also the
+             child's import of the pool class, its shutdown and its whole
+             wall time
+  respawn    a warm pool of one worker, in a fresh child process; a task
+             calls os._exit(1); the time until a replacement worker gives
+             the next task's result (3 kills per child, best kept);
+             ProcessPoolExecutor breaks, so its row times a new executor
+  primes_e2e the tutorial's own primes code (chunks of len // cpu_count,
+             pool.map(check_numbers_chunk, chunks)) with the pool created
+             inside the clock, over range(1, 100,000) and
+             range(1, 1,000,000): multiprocessing.Pool as written, braid
+             and ProcessPoolExecutor in its place, and each pool's own
+             map(is_prime, numbers); against the sequential loop
+  floor      two processes handing a turn back and forth through eventfds
+             with blocking reads (procpool_c/pingpong.c, compiled with cc
+             on first use and cached), 100,000 round trips; with, for
+             comparison, the same on one CPU, two processes spinning on a
+             shared counter, and the same ping-pong in Python
 
 The ratio printed is contender time / braid time: above 1 means braid is
 faster. The goals printed with each case are braid's targets from the
@@ -75,7 +107,9 @@ BIG_ARRAY_MIN_AVAILABLE = 8 << 30  # bytes of MemAvailable needed for arrays of 
 BIG_ARRAY_REPEAT = 3  # at most this many repeats for arrays of 1 GiB or more (seconds each)
 WARM_TIMEOUT = 60.0  # seconds for a pool to start all its workers
 
-CASES = ("roundtrip", "bulk", "map", "primes", "arrays", "shared")
+CASES = ("roundtrip", "bulk", "map", "primes", "arrays", "shared",
+         "startup", "respawn", "primes_e2e", "floor")
+COLD_CASES = ("startup", "respawn", "primes_e2e", "floor")  # in braid/bench/_procpool_cold.py
 CONTENDERS = ("braid", "ppe", "pool", "loky", "mpire")
 
 BRAID_NAME = "braid.ProcessPool"
@@ -404,9 +438,12 @@ def _measure(c, case):
     (no pool at all when case has no parts left).
 
     Returns {part key: (wall s, CPU s of this process, CPU s of the workers or
-    None)}; raises AssertionError when a result is wrong."""
+    None)}; raises AssertionError when a result is wrong. An "external" contender (the
+    round-trip floor, a program of its own) measures itself."""
     if not case["parts"]:
         return {}
+    if c.style == "external":
+        return {part["key"]: c.measure(part) for part in case["parts"]}
     pool = None if c.style == "inline" else c.make(case["workers"])
     out = {}
     try:
@@ -495,6 +532,12 @@ def _goal_flat_ms(limit_ms):
     return goal
 
 
+def _goal_vs_floor(best):
+    from braid.bench import _procpool_cold
+
+    return _procpool_cold.goal_vs_floor(best)
+
+
 def build_cases(quick, workers, sizes_mib, ctx):
     """The case table: each case has the workers its pools get, the contender
     keys it runs (plus "sequential" for primes) and its parts (rows), timed
@@ -504,11 +547,12 @@ def build_cases(quick, workers, sizes_mib, ctx):
     map_chunk = _pool_chunksize(n_map, workers)
     prime_chunk = _pool_chunksize(n_primes, PRIME_WORKERS)
     cases = {
-        "roundtrip": dict(workers=workers, parts=[dict(
+        "roundtrip": dict(workers=workers, floor=ctx.get("floor"), parts=[dict(
             key="roundtrip", title="no-op round trip: submit(noop).result(), one at a time",
             n=n_rt, unit="µs/task", scale=1e6, run=_run_roundtrip, check=_check_roundtrip,
-            goal_text="braid ≤ 20 µs (issue: ProcessPoolExecutor ~370 µs)",
-            goal=_goal_at_most(20, "per round trip"),
+            goal_text="braid ≤ 1.5x the eventfd ping-pong floor measured in this run "
+                      "(was ≤ 20 µs; issue: ProcessPoolExecutor ~370 µs)",
+            goal=_goal_vs_floor,
             labels={"pool": "multiprocessing.Pool (apply_async().get())",
                     "mpire": "mpire (apply_async().get())"})]),
         "bulk": dict(workers=workers, parts=[dict(
@@ -590,9 +634,23 @@ def run_cases(names, *, quick, repeat, workers, sizes_mib, braid_mod, contender_
     """
     contenders = make_contenders(braid_mod, contender_keys)
     ctx = {}
+    if "roundtrip" in names:
+        from braid.bench import _procpool_cold
+
+        ctx["floor"] = _procpool_cold.floor_contender()  # compiles it (once, then cached)
     cases = build_cases(quick, workers, sizes_mib, ctx)
     all_rows = []
     for name in names:
+        if name in COLD_CASES:
+            from braid.bench import _procpool_cold
+
+            rows = _procpool_cold.run_case(
+                name, quick=quick, repeat=repeat, workers=workers, braid_mod=braid_mod,
+                contender_keys=list(contender_keys), on_progress=on_progress)
+            all_rows.extend(rows)
+            if on_case is not None:
+                on_case(rows)
+            continue
         case = cases[name]
         skip = _skip_reason(name, case, braid_mod, sizes_mib)
         if skip is not None:
@@ -648,6 +706,8 @@ def _run_case(name, case, contenders, repeat, on_progress):
     todo = [c for c in contenders if only is None or c.key in only]
     if case.get("sequential"):
         todo = [SEQUENTIAL] + todo
+    if case.get("floor") is not None:
+        todo = [case["floor"]] + todo
     live = [c for c in todo if c.missing is None]
     parts = [p for p in case["parts"] if not p.get("skip")]
     times = {c.key: {p["key"]: [] for p in parts} for c in live}
@@ -806,10 +866,14 @@ def format_rows(rows):
     """A block of text for the rows of one case."""
     out = []
     for row in rows:
-        what = {"ms/trip": "trip", "µs/task": "task"}.get(row["unit"], "item")
-        what += "" if row["n"] == 1 else "s"
-        best_of = f", best of {row['repeats']}" if row.get("capped") else ""
-        out.append(f"{row['title']}  [{_fmt_int(row['n'])} {what}, {row['workers']} workers{best_of}]")
+        if row.get("header"):
+            out.append(f"{row['title']}  [{row['header']}]")
+        else:
+            what = {"ms/trip": "trip", "µs/task": "task"}.get(row["unit"], "item")
+            what += "" if row["n"] == 1 else "s"
+            best_of = f", best of {row['repeats']}" if row.get("capped") else ""
+            out.append(f"{row['title']}  [{_fmt_int(row['n'])} {what}, {row['workers']} "
+                       f"workers{best_of}]")
         if row.get("skipped"):
             out.append(f"  skipped: {row['skipped']}")
             out.append("")
@@ -820,14 +884,20 @@ def format_rows(rows):
             out.append(f"  note: {row['note']}")
         cells = row["contenders"]
         speed = any("speedup" in c for c in cells.values())
+        columns = row.get("columns") or []
+        has_cpu = any(c.get("cpu_per_op") is not None for c in cells.values())
         cpu_unit = row["unit"].split("/")[0]
-        head = ["  " + "contender".ljust(_W[0]), row["unit"].rjust(_W[1]), "vs braid".rjust(_W[2])]
+        width = max([_W[0]] + [len(c["label"]) for c in cells.values()])
+        head = ["  " + "contender".ljust(width), row["unit"].rjust(_W[1]),
+                row.get("vs", "vs braid").rjust(_W[2])]
         if speed:
             head.append("speedup".rjust(_W[3]))
-        head.append(f"cpu {cpu_unit}: this process / workers")
-        out.append("  ".join(head))
+        head += [col["head"].rjust(_W[4]) for col in columns]
+        if has_cpu or not columns:
+            head.append(f"cpu {cpu_unit}: this process / workers")
+        out.append("  ".join(head).rstrip())
         for cell in cells.values():
-            label = cell["label"].ljust(_W[0])
+            label = cell["label"].ljust(width)
             if cell["status"] != "ok":
                 out.append(f"  {label}  {cell['status']}")
                 continue
@@ -835,6 +905,15 @@ def format_rows(rows):
                     ("-" if cell["ratio"] is None else f"{cell['ratio']:.2f}x").rjust(_W[2])]
             if speed:
                 line.append(("-" if cell.get("speedup") is None else f"{cell['speedup']:.2f}x").rjust(_W[3]))
+            for col in columns:
+                value = cell.get(col["key"])
+                if value is None:
+                    text = "-"
+                elif col["fmt"] == "x":
+                    text = f"{value:.2f}x"
+                else:
+                    text = _num(value)
+                line.append(text.rjust(_W[4]))
             if cell["cpu_per_op"] is not None:
                 w = cell["worker_cpu_per_op"]
                 line.append(f"{_num(cell['cpu_per_op'])} / "
@@ -865,7 +944,8 @@ def build_parser(prog=None):
                    help=f"repeats per case, best kept (default {DEFAULT_REPEAT})")
     p.add_argument("--workers", type=int, metavar="N",
                    help=f"max_workers of every pool, except the primes case which always "
-                        f"uses {PRIME_WORKERS} (default {default_workers()}: the usable CPUs)")
+                        f"uses {PRIME_WORKERS}, respawn (1) and primes_e2e (the tutorial's "
+                        f"cpu_count()) (default {default_workers()}: the usable CPUs)")
     p.add_argument("--cases", metavar="LIST", default=",".join(CASES),
                    help=f"comma-separated subset of: {', '.join(CASES)} (default: all)")
     p.add_argument("--contenders", metavar="LIST", default=",".join(CONTENDERS),
