@@ -973,6 +973,13 @@ int br_procpool_close(br_procpool_t *pool, enum br_ppclose_mode mode, int64_t gr
 int br_procpool_detach(br_procpool_t *pool, br_procpool_cb on_detached);
 /* Any thread: why the pool is broken, or NULL. */
 const char *br_procpool_broken(br_procpool_t *pool);
+/* Loop thread, outside the pool's callbacks: polls busy workers' result
+ * rings for up to spin_ns, on the same conditions as the built-in spin
+ * (spin_ns in the options). 1 if a result is waiting (run the loop with
+ * BR_RUN_NOWAIT), 0 if not. For an embedder whose callbacks take a lock
+ * (the Python binding: the GIL) and so turns the built-in spin off, to
+ * spin without holding it. */
+int br_procpool_results_soon(br_procpool_t *pool, int64_t spin_ns);
 /* Any thread: the pids of the live workers, up to n of them; how many. */
 int br_procpool_pids(br_procpool_t *pool, int *pids, int n);
 

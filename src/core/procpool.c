@@ -344,9 +344,8 @@ int br__pp_fill(br_procpool_t *pool)
     return 0;
 }
 
-void br__pp_spin(br_procpool_t *pool)
+int br_procpool_results_soon(br_procpool_t *pool, int64_t spin)
 {
-    int64_t spin = pool->opts_.spin_ns;
     unsigned n = pool->opts_.workers;
     unsigned busy = 0;
 
@@ -354,11 +353,11 @@ void br__pp_spin(br_procpool_t *pool)
      * when a core is left for the spinning thread: on a machine whose
      * cores all run workers, the spin takes a core from one of them. */
     if (spin <= 0 || state_of(pool) >= PP_FINAL || pool->avg_task_ns_ == 0 || pool->avg_task_ns_ > spin)
-        return;
+        return 0;
     for (unsigned i = 0; i < n; i++)
         busy += pool->workers_[i] != NULL && pool->workers_[i]->ninflight > 0;
     if (busy == 0 || busy >= pool->ncpus_)
-        return;
+        return 0;
     int64_t until = br_now_ns() + spin;
     do {
         for (unsigned i = 0; i < n; i++) {
@@ -366,13 +365,21 @@ void br__pp_spin(br_procpool_t *pool)
             br_ring_frag_t f;
             /* A peek: only this thread reads result rings, and br_ring_recv
              * consumes nothing until released. */
-            if (w != NULL && w->ninflight > 0 && !w->ring_bad && br_ring_recv(&w->rx, &f) == 0) {
-                br__ppw_drain(w);
-                br__pp_dispatch(pool);
-                return;
-            }
+            if (w != NULL && w->ninflight > 0 && !w->ring_bad && br_ring_recv(&w->rx, &f) == 0)
+                return 1;
         }
     } while (br_now_ns() < until);
+    return 0;
+}
+
+void br__pp_spin(br_procpool_t *pool)
+{
+    if (!br_procpool_results_soon(pool, pool->opts_.spin_ns))
+        return;
+    for (unsigned i = 0; i < pool->opts_.workers; i++)
+        if (pool->workers_[i] != NULL && pool->workers_[i]->ninflight > 0)
+            br__ppw_drain(pool->workers_[i]);
+    br__pp_dispatch(pool);
 }
 
 /* ------------------------------------------------------------ timers */
