@@ -843,9 +843,10 @@ enum br_ppclose_mode {
 /* Loop thread. reply/len: the payload for OK and ERROR (NULL, 0 for the
  * others), valid during the call only. */
 typedef void (*br_pptask_done_cb)(br_pptask_t *task, int status, const void *reply, size_t len);
-/* Loop thread: running = 1 when the task starts RUNNING, 0 when a task that
- * had been reported running goes back to QUEUED (its worker died before it
- * started it, or it is retried). */
+/* Loop thread: running = 1 when the task starts RUNNING (except when
+ * br_procpool_submit started it and said so by returning 1), 0 when a task
+ * that had been reported running goes back to QUEUED (its worker died
+ * before it started it, or it is retried). */
 typedef void (*br_pptask_start_cb)(br_pptask_t *task, int running);
 typedef void (*br_procpool_cb)(br_procpool_t *pool);
 /* Loop thread, once, after the first workers were spawned: 0, or the
@@ -952,8 +953,12 @@ struct br_procpool_s {
  * reports how it went). 0, -EINVAL (bad options), -ENOMEM, or -errno from
  * the loop's handles. */
 int br_procpool_init(br_loop_t *loop, br_procpool_t *pool, const br_procpool_options_t *opts);
-/* Any thread. Queues the task. 0, -EINVAL (no on_done payload for len, or
- * the task is in a pool already), -EPIPE (broken), -ESHUTDOWN (closing). */
+/* Any thread. Queues the task: 0. When nothing else is queued and a worker
+ * is idle, the task is sent to it from this thread at once (the latency of
+ * a lone submit takes no detour through the loop thread): 1, and the task
+ * is RUNNING already -- on_start is not called for this start. Or
+ * -EINVAL (NULL payload with a length, or the task is in a pool already),
+ * -EPIPE (broken), -ESHUTDOWN (closing), -errno from waking the loop. */
 int br_procpool_submit(br_procpool_t *pool, br_pptask_t *task);
 /* Any thread. 0: the task will complete CANCELLED (also if it had been
  * cancelled already); -EBUSY: it is running or done. */

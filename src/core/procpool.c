@@ -233,8 +233,10 @@ static int available(const br_procpool_t *pool, const br__ppw_t *w, unsigned d)
            w->ninflight < d && (max == 0 || w->assigned < max);
 }
 
-/* Mutex held: sends the next pending task to w. 1 sent, 0 nothing to send. */
-static int send_next(br_procpool_t *pool, br__ppw_t *w)
+/* Mutex held: sends the next pending task to w. 1 sent, 0 nothing to send.
+ * From the loop thread, or from a submit (on_loop 0): then the loop thread
+ * starts the task's timeout timer when it next runs. */
+static int send_next(br_procpool_t *pool, br__ppw_t *w, int on_loop)
 {
     br_pptask_t *t = pend_pop(pool);
     if (t == NULL)
@@ -253,8 +255,9 @@ static int send_next(br_procpool_t *pool, br__ppw_t *w)
          * queue); tasks queued behind it stay cancellable. */
         w->head = t;
         br__pp_set_tstate(t, T_RUNNING);
-        w->since = br_loop_now(pool->loop);
-        br__ppw_time_head(w);
+        w->since = on_loop ? br_loop_now(pool->loop) : br_now_ns();
+        if (on_loop)
+            br__ppw_time_head(w);
     }
     w->tail = t;
     w->ninflight++;
@@ -273,7 +276,7 @@ void br__pp_dispatch(br_procpool_t *pool)
     for (unsigned k = 0; k < n && pool->pend_head_ != NULL; k++) {
         br__ppw_t *w = pool->workers_[(pool->rr_ + k) % n];
         if (w != NULL && w->ninflight == 0 && available(pool, w, d))
-            sent |= send_next(pool, w);
+            sent |= send_next(pool, w, 1);
     }
     int progress = 1;
     while (progress && pool->pend_head_ != NULL) {
@@ -281,7 +284,7 @@ void br__pp_dispatch(br_procpool_t *pool)
         for (unsigned k = 0; k < n && pool->pend_head_ != NULL; k++) {
             br__ppw_t *w = pool->workers_[(pool->rr_ + k) % n];
             if (available(pool, w, d))
-                progress |= send_next(pool, w);
+                progress |= send_next(pool, w, 1);
         }
         sent |= progress;
     }
@@ -500,6 +503,11 @@ static void on_async(br_async_t *async)
             kill_all(pool); /* no timer for the grace: no grace */
     }
     br__pp_fill(pool);
+    /* Timers for tasks that submits sent straight to idle workers. */
+    for (unsigned i = 0; i < pool->opts_.workers; i++)
+        if (pool->workers_[i] != NULL && pool->workers_[i]->head != NULL)
+            br__ppw_time_head(pool->workers_[i]);
+    br__pp_mem_watch(pool);
     br__pp_dispatch(pool);
     br__pp_maybe_final(pool);
     br__pp_spin(pool);
@@ -660,11 +668,31 @@ fail:
     return err;
 }
 
+/* Mutex held, the task alone in the queue: sends it to an idle worker
+ * from this thread, without a round through the loop thread (the latency
+ * of a lone submit). The loop thread's dispatch order holds: the idle
+ * worker that answered last first. The task is RUNNING and counts as
+ * announced: the caller learns it from the return value. 1 if sent. */
+static int submit_to_idle(br_procpool_t *pool)
+{
+    unsigned n = pool->opts_.workers, d = depth(pool);
+    if (pool->state_ != PP_RUNNING || !pool->started_)
+        return 0;
+    for (unsigned k = 0; k < n; k++) {
+        br__ppw_t *w = pool->workers_[(pool->rr_ + k) % n];
+        if (w != NULL && w->ninflight == 0 && available(pool, w, d) && send_next(pool, w, 0)) {
+            w->announced = w->head->seq_;
+            return 1;
+        }
+    }
+    return 0;
+}
+
 int br_procpool_submit(br_procpool_t *pool, br_pptask_t *t)
 {
     if (t == NULL || (t->payload == NULL && t->len != 0))
         return -EINVAL;
-    int err = 0;
+    int err = 0, started = 0;
     br__mutex_lock(&pool->mu_);
     int s = t->state_;
     if (s == T_QUEUED || s == T_SENT || s == T_RUNNING || s == T_CANCELLED)
@@ -682,14 +710,21 @@ int br_procpool_submit(br_procpool_t *pool, br_pptask_t *t)
         t->retries_left_ = pool->opts_.retries;
         br__pp_set_tstate(t, T_QUEUED);
         pend_push_back(pool, t);
-        err = br_async_send(&pool->async_);
-        if (err != 0) {
-            pend_unlink(pool, t);
-            br__pp_set_tstate(t, T_DONE);
+        started = pool->pend_head_ == t && submit_to_idle(pool);
+        /* The loop thread starts what a direct send leaves to it (the
+         * timeout, the memory poll), and dispatches what is queued. */
+        if (!started || pool->opts_.task_timeout_ns > 0 || pool->opts_.max_worker_memory != 0) {
+            err = br_async_send(&pool->async_);
+            if (err != 0 && !started) {
+                pend_unlink(pool, t);
+                br__pp_set_tstate(t, T_DONE);
+            }
+            if (started)
+                err = 0; /* it runs; its timers wait for the loop's next wakeup */
         }
     }
     br__mutex_unlock(&pool->mu_);
-    return err;
+    return err != 0 ? err : started;
 }
 
 int br_procpool_cancel(br_procpool_t *pool, br_pptask_t *t)

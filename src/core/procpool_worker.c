@@ -128,7 +128,10 @@ void br__ppw_time_head(br__ppw_t *w)
         br_timer_stop(&w->timeout);
         return;
     }
-    int err = br_timer_start(&w->timeout, on_timeout, pool->opts_.task_timeout_ns, 0);
+    /* From when the head task started (a submit may have sent it a moment
+     * before the loop thread got here). */
+    int64_t left = w->since + pool->opts_.task_timeout_ns - br_loop_now(pool->loop);
+    int err = br_timer_start(&w->timeout, on_timeout, left > 0 ? left : 0, 0);
     if (err != 0)
         br__pp_fail(pool, "starting a task timeout", err);
 }
@@ -136,7 +139,9 @@ void br__ppw_time_head(br__ppw_t *w)
 /* The worker is broken: stop listening to it and kill it. */
 static void out_of_step(br__ppw_t *w)
 {
+    br__mutex_lock(&w->pool->mu_); /* submits look at it */
     w->ring_bad = 1;
+    br__mutex_unlock(&w->pool->mu_);
     (void)br_io_stop(&w->io_result);
     br__ppw_kill(w);
 }
@@ -216,7 +221,7 @@ static void handle_message(br__ppw_t *w, const br_ring_frag_t *m)
     br__pp_set_tstate(t, T_DONE);
     int64_t now = br_loop_now(pool->loop);
     if (status != BR_PPTASK_CANCELLED) {
-        int64_t took = now - w->since;
+        int64_t took = now > w->since ? now - w->since : 0; /* since may be a submit's clock */
         int64_t avg = pool->avg_task_ns_;
         pool->avg_task_ns_ = avg == 0 ? (took > 0 ? took : 1) : avg - avg / 8 + took / 8;
         pool->rr_ = w->index; /* it is awake: feed it first */
@@ -282,7 +287,12 @@ static void on_space(br_io_t *io, unsigned revents)
 {
     br__ppw_t *w = io->handle.data;
     drain_eventfd(io->fd);
-    if (w->sending_active && continue_send(w) == 1)
+    /* Under the mutex: a submit may write to this ring too (never while
+     * a message is half-written: the worker is not available then). */
+    br__mutex_lock(&w->pool->mu_);
+    int done = w->sending_active && continue_send(w) == 1;
+    br__mutex_unlock(&w->pool->mu_);
+    if (done)
         br__pp_dispatch(w->pool);
 }
 
@@ -535,13 +545,14 @@ int br__ppw_spawn(br_procpool_t *pool, unsigned i)
     if (w->proc.pidfd < 0)
         br__pp_reap_watch(pool);
 
+    /* INIT first, before a submit can see the worker and send it a task. */
+    if (pool->init_payload_ != NULL)
+        (void)br__ppw_send(w, BR_PP_MSG_INIT, 0, pool->init_payload_, pool->opts_.init_len);
     br__mutex_lock(&pool->mu_);
     pool->workers_[i] = w;
     pool->pids_[i] = w->proc.pid;
     pool->nprocs_++;
     br__mutex_unlock(&pool->mu_);
-    if (pool->init_payload_ != NULL)
-        (void)br__ppw_send(w, BR_PP_MSG_INIT, 0, pool->init_payload_, pool->opts_.init_len);
     /* Reads what the worker may have written already (its READY) and arms
      * the ring: a worker writes its eventfd only once armed. */
     br__ppw_drain(w);

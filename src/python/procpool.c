@@ -508,6 +508,9 @@ static PyObject *pp_submit(PyObject *self, PyObject *const *args, Py_ssize_t nar
         }
         return NULL;
     }
+    if (err == 1) {
+        fut->state = FUT_RUNNING; /* sent to an idle worker from here: no on_start */
+    }
     return (PyObject *)fut;
 }
 

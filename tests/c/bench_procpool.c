@@ -51,7 +51,7 @@ static void run_one(br_procpool_t *pool, job_t *j)
     j->t.payload = "echo:x";
     j->t.len = 6;
     j->t.data = j;
-    if (br_procpool_submit(pool, &j->t) != 0)
+    if (br_procpool_submit(pool, &j->t) < 0)
         abort();
 }
 
