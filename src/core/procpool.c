@@ -46,20 +46,6 @@
 
 _Static_assert(DEPTH_TINY <= BR_PP_SLOTS / 2, "sent tasks must not share a slot");
 
-static void handle_closed(br_handle_t *h);
-
-/* state_ changes under the mutex; the loop thread also reads it without
- * (a stale value there only delays a spin or a timer by one round). */
-static void set_state(br_procpool_t *pool, int state)
-{
-    __atomic_store_n(&pool->state_, state, __ATOMIC_RELAXED);
-}
-
-static int state_of(const br_procpool_t *pool)
-{
-    return __atomic_load_n(&pool->state_, __ATOMIC_RELAXED);
-}
-
 /* ------------------------------------------------------------ the queue */
 
 static void pend_unlink(br_procpool_t *pool, br_pptask_t *t)
@@ -152,7 +138,7 @@ static int cancel_locked(br_procpool_t *pool, br_pptask_t *t)
 }
 
 /* Mutex held: cancels everything that has not started. */
-static void cancel_all_locked(br_procpool_t *pool)
+void br__pp_cancel_all_locked(br_procpool_t *pool)
 {
     while (pool->pend_head_ != NULL)
         (void)cancel_locked(pool, pool->pend_head_);
@@ -175,7 +161,7 @@ void br__pp_complete(br_procpool_t *pool, br_pptask_t *t, int status, const void
 }
 
 /* Completes a next_-linked list of tasks with one status. */
-static void complete_list(br_procpool_t *pool, br_pptask_t *list, int status)
+void br__pp_complete_list(br_procpool_t *pool, br_pptask_t *list, int status)
 {
     while (list != NULL) {
         br_pptask_t *t = list;
@@ -187,33 +173,6 @@ static void complete_list(br_procpool_t *pool, br_pptask_t *list, int status)
 int br__pp_killing_locked(br_procpool_t *pool)
 {
     return pool->state_ >= PP_KILLING || pool->kill_at_ != 0;
-}
-
-/* ------------------------------------------------------------ broken */
-
-void br__pp_mark_broken(br_procpool_t *pool, const char *reason, const void *detail, size_t len)
-{
-    br__mutex_lock(&pool->mu_);
-    if (pool->broken_) {
-        br__mutex_unlock(&pool->mu_);
-        return;
-    }
-    strncpy(pool->reason_, reason, sizeof pool->reason_ - 1);
-    pool->reason_[sizeof pool->reason_ - 1] = '\0';
-    /* Release: br_procpool_broken reads reason_ once it sees the flag. */
-    __atomic_store_n(&pool->broken_, 1, __ATOMIC_RELEASE);
-    if (pool->state_ == PP_RUNNING)
-        set_state(pool, PP_CLOSING);
-    br_pptask_t *list = NULL, **tail = &list;
-    br_pptask_t *t;
-    while ((t = pend_pop(pool)) != NULL) {
-        *tail = t;
-        tail = &t->next_;
-    }
-    br__mutex_unlock(&pool->mu_);
-    if (pool->opts_.on_broken != NULL)
-        pool->opts_.on_broken(pool, pool->reason_, detail, len);
-    complete_list(pool, list, BR_PPTASK_BROKEN);
 }
 
 /* ------------------------------------------------------------ scheduling */
@@ -355,7 +314,7 @@ int br_procpool_results_soon(br_procpool_t *pool, int64_t spin)
     /* Worth it only when a result is expected within the window, and
      * when a core is left for the spinning thread: on a machine whose
      * cores all run workers, the spin takes a core from one of them. */
-    if (spin <= 0 || state_of(pool) >= PP_FINAL || pool->avg_task_ns_ == 0 || pool->avg_task_ns_ > spin)
+    if (spin <= 0 || br__pp_state(pool) >= PP_FINAL || pool->avg_task_ns_ == 0 || pool->avg_task_ns_ > spin)
         return 0;
     for (unsigned i = 0; i < n; i++)
         busy += pool->workers_[i] != NULL && pool->workers_[i]->ninflight > 0;
@@ -387,23 +346,6 @@ void br__pp_spin(br_procpool_t *pool)
 
 /* ------------------------------------------------------------ timers */
 
-static void kill_all(br_procpool_t *pool)
-{
-    br__mutex_lock(&pool->mu_);
-    if (pool->state_ < PP_KILLING)
-        set_state(pool, PP_KILLING);
-    br__mutex_unlock(&pool->mu_);
-    for (unsigned i = 0; i < pool->opts_.workers; i++)
-        if (pool->workers_[i] != NULL)
-            br__ppw_kill(pool->workers_[i]);
-}
-
-static void on_kill_timer(br_timer_t *timer)
-{
-    br_procpool_t *pool = timer->handle.data;
-    kill_all(pool);
-}
-
 static void on_mem_timer(br_timer_t *timer)
 {
     br_procpool_t *pool = timer->handle.data;
@@ -426,7 +368,7 @@ static void on_mem_timer(br_timer_t *timer)
 void br__pp_mem_watch(br_procpool_t *pool)
 {
     if (pool->opts_.max_worker_memory == 0 || br_is_active(&pool->mem_timer_.handle) ||
-        state_of(pool) >= PP_FINAL)
+        br__pp_state(pool) >= PP_FINAL)
         return;
     int64_t period = pool->opts_.mem_poll_ns;
     int err = br_timer_start(&pool->mem_timer_, on_mem_timer, period, period);
@@ -459,14 +401,6 @@ void br__pp_reap_watch(br_procpool_t *pool)
         br__pp_fail(pool, "starting the reaping timer", err);
 }
 
-void br__pp_fail(br_procpool_t *pool, const char *what, int err)
-{
-    char why[200];
-    snprintf(why, sizeof why, "the process pool's loop failed (%s: %s)", what, br_strerror(err));
-    br__pp_mark_broken(pool, why, NULL, 0);
-    (void)br_procpool_close(pool, BR_PPCLOSE_KILL, 0);
-}
-
 /* ------------------------------------------------------------ the loop side */
 
 static void on_async(br_async_t *async)
@@ -482,7 +416,7 @@ static void on_async(br_async_t *async)
     pool->started_ = 1;
     br__mutex_unlock(&pool->mu_);
 
-    complete_list(pool, cancelled, BR_PPTASK_CANCELLED);
+    br__pp_complete_list(pool, cancelled, BR_PPTASK_CANCELLED);
     if (!started) {
         int err = br__pp_fill(pool);
         if (err < 0)
@@ -490,18 +424,9 @@ static void on_async(br_async_t *async)
         if (pool->opts_.on_started != NULL)
             pool->opts_.on_started(pool, err);
         if (err < 0)
-            kill_all(pool);
+            br__pp_kill_when(pool, 1, 0);
     }
-    if (kill_now) {
-        kill_all(pool);
-    } else if (kill_at != 0) {
-        int64_t left = kill_at - br_loop_now(pool->loop);
-        if (left <= 0)
-            kill_all(pool);
-        else if ((!br_is_active(&pool->kill_timer_.handle) || br_timer_get_due_in(&pool->kill_timer_) > left) &&
-                 br_timer_start(&pool->kill_timer_, on_kill_timer, left, 0) != 0)
-            kill_all(pool); /* no timer for the grace: no grace */
-    }
+    br__pp_kill_when(pool, kill_now, kill_at);
     br__pp_fill(pool);
     /* Timers for tasks that submits sent straight to idle workers. */
     for (unsigned i = 0; i < pool->opts_.workers; i++)
@@ -513,22 +438,7 @@ static void on_async(br_async_t *async)
     br__pp_spin(pool);
 }
 
-void br__pp_maybe_final(br_procpool_t *pool)
-{
-    br__mutex_lock(&pool->mu_);
-    int final = (pool->state_ == PP_CLOSING || pool->state_ == PP_KILLING) && pool->pend_head_ == NULL &&
-                pool->cancelled_ == NULL && pool->nprocs_ == 0;
-    if (final)
-        set_state(pool, PP_FINAL); /* from here on nobody sends to async_ */
-    br__mutex_unlock(&pool->mu_);
-    if (!final)
-        return;
-    pool->handles_open_ = 4;
-    br_close(&pool->async_.handle, handle_closed);
-    br_close(&pool->kill_timer_.handle, handle_closed);
-    br_close(&pool->mem_timer_.handle, handle_closed);
-    br_close(&pool->poll_timer_.handle, handle_closed);
-}
+/* ------------------------------------------------------------ API */
 
 static void free_strv(char **v)
 {
@@ -537,7 +447,7 @@ static void free_strv(char **v)
     free(v);
 }
 
-static void free_internals(br_procpool_t *pool)
+void br__pp_free_internals(br_procpool_t *pool)
 {
     free_strv(pool->argv_);
     free_strv(pool->envp_);
@@ -550,41 +460,6 @@ static void free_internals(br_procpool_t *pool)
     pool->pids_ = NULL;
 }
 
-static void handle_closed(br_handle_t *h)
-{
-    br_procpool_t *pool = h->data;
-    if (--pool->handles_open_ != 0)
-        return;
-
-    /* The last steps race with br_procpool_detach on another thread:
-     * CLOSED_CB tells it that on_closed is running, so it leaves
-     * on_detached for this thread to call afterwards. The mutex of a pool
-     * that is not detached is never destroyed (a detach may still come;
-     * with default attributes it holds no resource). */
-    br__mutex_lock(&pool->mu_);
-    free_internals(pool); /* under the mutex: br_procpool_pids reads pids_ */
-    br_procpool_cb cb = pool->detached_ ? pool->on_detached_ : pool->opts_.on_closed;
-    int detached = pool->detached_;
-    set_state(pool, detached ? PP_CLOSED : PP_CLOSED_CB);
-    br__mutex_unlock(&pool->mu_);
-    if (detached) {
-        /* Nobody else may touch the pool now. */
-        (void)pthread_mutex_destroy(&pool->mu_);
-        if (cb != NULL)
-            cb(pool);
-        return;
-    }
-    if (cb != NULL)
-        cb(pool);
-    br__mutex_lock(&pool->mu_);
-    set_state(pool, PP_CLOSED);
-    cb = pool->detached_ ? pool->on_detached_ : NULL;
-    br__mutex_unlock(&pool->mu_);
-    if (cb != NULL)
-        cb(pool);
-}
-
-/* ------------------------------------------------------------ API */
 
 static char **strv_dup(char *const *v)
 {
@@ -625,7 +500,7 @@ int br_procpool_init(br_loop_t *loop, br_procpool_t *pool, const br_procpool_opt
         pool->opts_.mem_poll_ns = MEM_POLL_NS;
     cpu_set_t cpus;
     pool->ncpus_ = sched_getaffinity(0, sizeof cpus, &cpus) == 0 ? (unsigned)CPU_COUNT(&cpus) : 1;
-    set_state(pool, PP_RUNNING);
+    br__pp_set_state(pool, PP_RUNNING);
 
     int err = -ENOMEM;
     pool->workers_ = calloc(opts->workers, sizeof *pool->workers_);
@@ -664,7 +539,7 @@ int br_procpool_init(br_loop_t *loop, br_procpool_t *pool, const br_procpool_opt
         br__fatal("br_procpool_init: waking the loop", -err);
     return 0;
 fail:
-    free_internals(pool);
+    br__pp_free_internals(pool);
     return err;
 }
 
@@ -756,66 +631,6 @@ int br_pptask_state(const br_pptask_t *t)
     default:
         return BR_PPSTATE_NEW;
     }
-}
-
-/* Mutex held. 0 or -errno from waking the loop. */
-static int close_locked(br_procpool_t *pool, int mode, int64_t grace_ns)
-{
-    if (pool->state_ >= PP_FINAL)
-        return 0;
-    if (mode >= BR_PPCLOSE_CANCEL)
-        cancel_all_locked(pool);
-    if (mode > pool->close_mode_)
-        pool->close_mode_ = mode;
-    if (pool->state_ == PP_RUNNING)
-        set_state(pool, PP_CLOSING);
-    if (mode == BR_PPCLOSE_KILL) {
-        set_state(pool, PP_KILLING);
-    } else if (mode == BR_PPCLOSE_KILL_AFTER) {
-        int64_t now = br_now_ns();
-        int64_t at = grace_ns <= INT64_MAX - now ? now + grace_ns : INT64_MAX;
-        /* The loop's clock is CLOCK_MONOTONIC too (br_loop_now). */
-        if (pool->kill_at_ == 0 || at < pool->kill_at_)
-            pool->kill_at_ = at;
-    }
-    return br_async_send(&pool->async_);
-}
-
-int br_procpool_close(br_procpool_t *pool, enum br_ppclose_mode mode, int64_t grace_ns)
-{
-    if ((int)mode < BR_PPCLOSE_FINISH || mode > BR_PPCLOSE_KILL || (mode == BR_PPCLOSE_KILL_AFTER && grace_ns < 0))
-        return -EINVAL;
-    br__mutex_lock(&pool->mu_);
-    int err = close_locked(pool, mode, grace_ns);
-    br__mutex_unlock(&pool->mu_);
-    return err;
-}
-
-int br_procpool_detach(br_procpool_t *pool, br_procpool_cb on_detached)
-{
-    br__mutex_lock(&pool->mu_);
-    if (pool->detached_) {
-        br__mutex_unlock(&pool->mu_);
-        return -EINVAL;
-    }
-    pool->detached_ = 1;
-    pool->on_detached_ = on_detached;
-    int closed = pool->state_ == PP_CLOSED;
-    /* A loop that cannot be woken (a broken eventfd) still closes the
-     * pool at its next iteration: nothing to report to the caller here. */
-    (void)close_locked(pool, BR_PPCLOSE_FINISH, 0);
-    br__mutex_unlock(&pool->mu_);
-    if (closed) {
-        (void)pthread_mutex_destroy(&pool->mu_);
-        if (on_detached != NULL)
-            on_detached(pool);
-    }
-    return 0;
-}
-
-const char *br_procpool_broken(br_procpool_t *pool)
-{
-    return __atomic_load_n(&pool->broken_, __ATOMIC_ACQUIRE) ? pool->reason_ : NULL;
 }
 
 int br_procpool_pids(br_procpool_t *pool, int *pids, int n)

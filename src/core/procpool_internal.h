@@ -31,6 +31,18 @@
 /* Pool states (pool->state_). */
 enum { PP_RUNNING = 1, PP_CLOSING, PP_KILLING, PP_FINAL, PP_CLOSED_CB, PP_CLOSED };
 
+/* state_ changes under the mutex; the loop thread also reads it without
+ * (a stale value there only delays a spin or a timer by one round). */
+static inline void br__pp_set_state(br_procpool_t *pool, int state)
+{
+    __atomic_store_n(&pool->state_, state, __ATOMIC_RELAXED);
+}
+
+static inline int br__pp_state(const br_procpool_t *pool)
+{
+    return __atomic_load_n(&pool->state_, __ATOMIC_RELAXED);
+}
+
 /* Task states (task->state_). Values that stray bytes are unlikely to
  * spell, as in threadpool.c: the header does not ask callers to zero a
  * task's private fields. */
@@ -116,6 +128,17 @@ void br__pp_reap_watch(br_procpool_t *pool);
 void br__pp_spin(br_procpool_t *pool);
 /* 1 if the pool kills its workers (no retries, no respawns). Mutex held. */
 int br__pp_killing_locked(br_procpool_t *pool);
+
+/* Completes a next_-linked list of tasks with one status. */
+void br__pp_complete_list(br_procpool_t *pool, br_pptask_t *list, int status);
+/* Cancels everything that has not started. Mutex held. */
+void br__pp_cancel_all_locked(br_procpool_t *pool);
+/* Frees the pool's own allocations (workers table, argv, ...). */
+void br__pp_free_internals(br_procpool_t *pool);
+
+/* ------------------------------------------------------------ procpool_close.c */
+/* SIGKILLs the workers now (kill_now) or at kill_at (0: none planned). */
+void br__pp_kill_when(br_procpool_t *pool, int kill_now, int64_t kill_at);
 
 /* ------------------------------------------------------------ procpool_worker.c */
 /* Starts a worker in slot i. 0 or -errno (the slot stays empty). */
