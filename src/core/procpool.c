@@ -1,8 +1,9 @@
 /*
- * procpool.c — br_procpool_t: the queue, scheduling and closing of a pool
+ * procpool.c — br_procpool_t: the queue, scheduling and submits of a pool
  * of worker processes. One worker process (spawn, results, death) is
- * procpool_worker.c; the threads and the mutex are explained in
- * procpool_internal.h; the life cycles are drawn in braid.h.
+ * procpool_worker.c, the end of a pool procpool_close.c; the threads and
+ * the mutex are explained in procpool_internal.h; the life cycles are
+ * drawn in braid.h.
  *
  * Depth. A worker runs its tasks one at a time in the order sent, and up to
  * depth() of them wait in its ring. Deep for tiny tasks (the worker never
@@ -14,7 +15,8 @@
  * Dispatch order: first one task to each idle worker, starting with the one
  * that answered last (it is awake: its spin on the task ring will see the
  * task without a wakeup), then one at a time round the workers until their
- * queues are full.
+ * queues are full. A submit that finds nothing queued and a worker idle
+ * sends the task itself (submit_to_idle), in the same order.
  *
  * Spin. After a callback that handled results or submits, while workers
  * hold tasks, the loop thread polls their result rings for up to spin_ns
