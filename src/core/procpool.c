@@ -216,9 +216,8 @@ static int send_next(br_procpool_t *pool, br__ppw_t *w, int on_loop)
          * queue); tasks queued behind it stay cancellable. */
         w->head = t;
         br__pp_set_tstate(t, T_RUNNING);
+        /* Its timeout timer is started once the mutex is let go. */
         w->since = on_loop ? br_loop_now(pool->loop) : br_now_ns();
-        if (on_loop)
-            br__ppw_time_head(w);
     }
     w->tail = t;
     w->ninflight++;
@@ -264,6 +263,9 @@ void br__pp_dispatch(br_procpool_t *pool)
     }
     br__mutex_unlock(&pool->mu_);
     if (sent) {
+        for (unsigned i = 0; i < n; i++)
+            if (pool->workers_[i] != NULL)
+                br__ppw_time_head(pool->workers_[i]);
         br__pp_mem_watch(pool);
         br__pp_announce(pool);
     }
@@ -310,26 +312,33 @@ int br__pp_fill(br_procpool_t *pool)
 
 int br_procpool_results_soon(br_procpool_t *pool, int64_t spin)
 {
-    unsigned n = pool->opts_.workers;
-    unsigned busy = 0;
+    unsigned n = pool->opts_.workers, busy = 0;
 
     /* Worth it only when a result is expected within the window, and
      * when a core is left for the spinning thread: on a machine whose
      * cores all run workers, the spin takes a core from one of them. */
-    if (spin <= 0 || br__pp_state(pool) >= PP_FINAL || pool->avg_task_ns_ == 0 || pool->avg_task_ns_ > spin)
+    if (spin <= 0 || br__pp_state(pool) >= PP_FINAL)
         return 0;
-    for (unsigned i = 0; i < n; i++)
-        busy += pool->workers_[i] != NULL && pool->workers_[i]->ninflight > 0;
-    if (busy == 0 || busy >= pool->ncpus_)
+    /* Which workers are busy, under the mutex (submits change it); the
+     * worker table itself only changes on this thread. */
+    br__ppw_t *busy_w[64];
+    br__mutex_lock(&pool->mu_);
+    int64_t avg = pool->avg_task_ns_;
+    for (unsigned i = 0; i < n && busy < 64; i++) {
+        br__ppw_t *w = pool->workers_[i];
+        if (w != NULL && w->ninflight > 0 && !w->ring_bad)
+            busy_w[busy++] = w;
+    }
+    br__mutex_unlock(&pool->mu_);
+    if (avg == 0 || avg > spin || busy == 0 || busy >= pool->ncpus_)
         return 0;
     int64_t until = br_now_ns() + spin;
     do {
-        for (unsigned i = 0; i < n; i++) {
-            br__ppw_t *w = pool->workers_[i];
+        for (unsigned i = 0; i < busy; i++) {
             br_ring_frag_t f;
             /* A peek: only this thread reads result rings, and br_ring_recv
              * consumes nothing until released. */
-            if (w != NULL && w->ninflight > 0 && !w->ring_bad && br_ring_recv(&w->rx, &f) == 0)
+            if (br_ring_recv(&busy_w[i]->rx, &f) == 0)
                 return 1;
         }
     } while (br_now_ns() < until);
@@ -340,8 +349,9 @@ void br__pp_spin(br_procpool_t *pool)
 {
     if (!br_procpool_results_soon(pool, pool->opts_.spin_ns))
         return;
+    /* Draining an idle worker's ring finds nothing and re-arms it. */
     for (unsigned i = 0; i < pool->opts_.workers; i++)
-        if (pool->workers_[i] != NULL && pool->workers_[i]->ninflight > 0)
+        if (pool->workers_[i] != NULL)
             br__ppw_drain(pool->workers_[i]);
     br__pp_dispatch(pool);
 }
@@ -354,12 +364,17 @@ static void on_mem_timer(br_timer_t *timer)
     int busy = 0;
     for (unsigned i = 0; i < pool->opts_.workers; i++) {
         br__ppw_t *w = pool->workers_[i];
-        if (w == NULL || w->head == NULL || w->state == W_DEAD)
+        if (w == NULL || w->state == W_DEAD)
+            continue;
+        br__mutex_lock(&pool->mu_); /* a submit may be setting head */
+        uint64_t seq = w->head != NULL ? w->head->seq_ : 0;
+        br__mutex_unlock(&pool->mu_);
+        if (seq == 0)
             continue;
         busy = 1;
         int64_t rss = br__ppw_rss(w);
         if (rss > 0 && (uint64_t)rss > pool->opts_.max_worker_memory && w->mem_killed == 0) {
-            w->mem_killed = w->head->seq_;
+            w->mem_killed = seq;
             br__ppw_kill(w);
         }
     }
@@ -432,7 +447,7 @@ static void on_async(br_async_t *async)
     br__pp_fill(pool);
     /* Timers for tasks that submits sent straight to idle workers. */
     for (unsigned i = 0; i < pool->opts_.workers; i++)
-        if (pool->workers_[i] != NULL && pool->workers_[i]->head != NULL)
+        if (pool->workers_[i] != NULL)
             br__ppw_time_head(pool->workers_[i]);
     br__pp_mem_watch(pool);
     br__pp_dispatch(pool);

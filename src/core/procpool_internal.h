@@ -154,7 +154,8 @@ void br__ppw_drain(br__ppw_t *w);
 int64_t br__ppw_rss(br__ppw_t *w);
 /* Reaps the worker if it has exited: 1 if it had (it is then gone). */
 int br__ppw_reap(br__ppw_t *w);
-/* (Re)starts or stops the task timeout for the worker's head task. */
+/* (Re)starts or stops the task timeout for the worker's head task. Takes
+ * the mutex: never call it with the mutex held. */
 void br__ppw_time_head(br__ppw_t *w);
 
 #endif /* BRAID_PROCPOOL_INTERNAL_H */

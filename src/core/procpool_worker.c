@@ -113,10 +113,13 @@ int64_t br__ppw_rss(br__ppw_t *w)
 static void on_timeout(br_timer_t *timer)
 {
     br__ppw_t *w = timer->handle.data;
-    if (w->head != NULL && w->timed_out == 0 && w->state != W_DEAD) {
+    br__mutex_lock(&w->pool->mu_); /* a submit may be setting head */
+    int kill = w->head != NULL && w->timed_out == 0 && w->state != W_DEAD;
+    if (kill)
         w->timed_out = w->head->seq_;
+    br__mutex_unlock(&w->pool->mu_);
+    if (kill)
         br__ppw_kill(w);
-    }
 }
 
 void br__ppw_time_head(br__ppw_t *w)
@@ -124,13 +127,16 @@ void br__ppw_time_head(br__ppw_t *w)
     br_procpool_t *pool = w->pool;
     if (pool->opts_.task_timeout_ns <= 0)
         return;
-    if (w->head == NULL || w->timed_out != 0) {
-        br_timer_stop(&w->timeout);
-        return;
-    }
+    br__mutex_lock(&pool->mu_);
+    int run = w->head != NULL && w->timed_out == 0;
     /* From when the head task started (a submit may have sent it a moment
      * before the loop thread got here). */
     int64_t left = w->since + pool->opts_.task_timeout_ns - br_loop_now(pool->loop);
+    br__mutex_unlock(&pool->mu_);
+    if (!run) {
+        br_timer_stop(&w->timeout);
+        return;
+    }
     int err = br_timer_start(&w->timeout, on_timeout, left > 0 ? left : 0, 0);
     if (err != 0)
         br__pp_fail(pool, "starting a task timeout", err);
