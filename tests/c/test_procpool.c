@@ -570,6 +570,63 @@ TEST(garbage_in_the_result_ring)
     finish(BR_PPCLOSE_FINISH, 0);
 }
 
+TEST(out_of_step_answer_kills_the_worker)
+{
+    br_procpool_options_t o = options(1);
+    start(&o);
+    job_t bad = {0}, after = {0};
+    submit(&bad, "wrongtag");
+    wait_job(&bad, 10000);
+    CHECK_EQ(bad.status, BR_PPTASK_CRASHED);
+    CHECK_EQ(bad.t.term_signal, SIGKILL); /* killed by the pool */
+    submit(&after, "echo:ok");
+    wait_job(&after, 10000);
+    CHECK_EQ(after.status, BR_PPTASK_OK);
+    finish(BR_PPCLOSE_FINISH, 0);
+}
+
+TEST(result_written_before_death_counts)
+{
+    br_procpool_options_t o = options(1);
+    start(&o);
+    for (int i = 0; i < 20; i++) {
+        job_t j = {0};
+        submit(&j, "replyexit:5");
+        wait_job(&j, 10000);
+        CHECK_EQ(j.status, BR_PPTASK_OK);
+        CHECK(strcmp(j.reply, "bye") == 0);
+    }
+    job_t after = {0};
+    submit(&after, "echo:ok");
+    wait_job(&after, 10000);
+    CHECK_EQ(after.status, BR_PPTASK_OK);
+    CHECK(br_procpool_broken(&F.pool) == NULL);
+    finish(BR_PPCLOSE_FINISH, 0);
+}
+
+/* An embedder whose callbacks take a lock keeps the spin out of them: the
+ * pool's own spin off, br_procpool_results_soon between iterations. */
+TEST(spin_outside_the_callbacks)
+{
+    spin_ns = -1;
+    br_procpool_options_t o = options(2);
+    start(&o);
+    static job_t jobs[200];
+    for (int i = 0; i < 200; i++)
+        submit(&jobs[i], "echo:%d", i);
+    int64_t end = bt_now_ms() + 20000;
+    enum br_run_mode mode = BR_RUN_ONCE;
+    while (F.ndone < 200) {
+        CHECK(bt_now_ms() < end);
+        CHECK(br_loop_run(&F.loop, mode) >= 0);
+        mode = br_procpool_results_soon(&F.pool, 30000) ? BR_RUN_NOWAIT : BR_RUN_ONCE;
+    }
+    for (int i = 0; i < 200; i++)
+        CHECK_EQ(jobs[i].status, BR_PPTASK_OK);
+    CHECK_EQ(br_procpool_results_soon(&F.pool, 30000), 0); /* nothing in flight */
+    finish(BR_PPCLOSE_FINISH, 0);
+}
+
 /* ------------------------------------------------------------ memory cap */
 
 /* The memory cap reads /proc/<pid>/statm. */

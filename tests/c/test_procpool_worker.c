@@ -15,6 +15,8 @@
  *   touchcrash:PATH:SIG  appends one byte to PATH, then crash:SIG
  *   touchsleep:PATH:MS   appends one byte to PATH, then sleep:MS
  *   garbage            scribbles over its result ring and sleeps
+ *   wrongtag           answers with another task's tag, then sleeps
+ *   replyexit:N        answers "bye", then _exit(N) at once
  *
  * argv[1], if given, changes its start-up: "die" exits 3 before READY,
  * "slow:MS" sleeps MS before READY. An init payload "fail" answers
@@ -136,6 +138,13 @@ static void run(uint64_t tag, const char *cmd, size_t len)
     } else if (strncmp(cmd, "touch:", 6) == 0) {
         append_byte(cmd + 6);
         reply(tag, "touched");
+    } else if (strcmp(cmd, "wrongtag") == 0) {
+        reply(tag + 1000, "out of step");
+        sleep_ms(10000);
+        _exit(77);
+    } else if (strncmp(cmd, "replyexit:", 10) == 0) {
+        reply(tag, "bye");
+        _exit(atoi(cmd + 10));
     } else if (strcmp(cmd, "garbage") == 0) {
         /* Over the whole result ring, header included, then wake the
          * parent so it looks. */
