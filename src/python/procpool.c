@@ -550,21 +550,18 @@ static PyObject *pp_get_max_workers(PyObject *self, void *x)
 static PyObject *pp_get_pids(PyObject *self, void *x)
 {
     proc_core_t *c = ((ProcPoolObject *)self)->core;
-    PyObject *list = PyList_New(0);
-    if (list == NULL || c->forked || c->joined) {
-        return list;
-    }
-    int pids[256];
-    int n = br_procpool_pids(&c->pool, pids, 256);
-    for (int i = 0; i < n; i++) {
+    int *pids = c->forked ? NULL : PyMem_Calloc(c->nworkers, sizeof *pids);
+    int n = pids != NULL ? br_procpool_pids(&c->pool, pids, (int)c->nworkers) : 0;
+    PyObject *list = PyList_New(n);
+    for (int i = 0; list != NULL && i < n; i++) {
         PyObject *pid = PyLong_FromLong(pids[i]);
-        if (pid == NULL || PyList_Append(list, pid) < 0) {
-            Py_XDECREF(pid);
-            Py_DECREF(list);
-            return NULL;
+        if (pid == NULL) {
+            Py_CLEAR(list);
+        } else {
+            PyList_SET_ITEM(list, i, pid);
         }
-        Py_DECREF(pid);
     }
+    PyMem_Free(pids);
     return list;
 }
 
