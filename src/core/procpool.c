@@ -602,10 +602,15 @@ int br_procpool_submit(br_procpool_t *pool, br_pptask_t *t)
         t->retries_left_ = pool->opts_.retries;
         br__pp_set_tstate(t, T_QUEUED);
         pend_push_back(pool, t);
-        started = pool->pend_head_ == t && submit_to_idle(pool);
+        int alone = pool->pend_head_ == t;
+        started = alone && submit_to_idle(pool);
         /* The loop thread starts what a direct send leaves to it (the
-         * timeout, the memory poll), and dispatches what is queued. */
-        if (!started || pool->opts_.task_timeout_ns > 0 || pool->opts_.max_worker_memory != 0) {
+         * timeout, the memory poll), and dispatches what is queued. Only a
+         * task queued alone needs a wakeup: behind others, something is
+         * already due to dispatch again (the wakeup they had, a busy
+         * worker's next answer, a half-sent message's space, a worker's
+         * exit and respawn), which is what left them queued. */
+        if ((!started && alone) || (started && (pool->opts_.task_timeout_ns > 0 || pool->opts_.max_worker_memory != 0))) {
             err = br_async_send(&pool->async_);
             if (err != 0 && !started) {
                 pend_unlink(pool, t);
