@@ -273,19 +273,24 @@ void br__pp_dispatch(br_procpool_t *pool)
 
 void br__pp_announce(br_procpool_t *pool)
 {
+    unsigned n = pool->opts_.workers;
     if (pool->opts_.on_start == NULL)
         return;
-    for (unsigned i = 0; i < pool->opts_.workers; i++) {
-        br__ppw_t *w = pool->workers_[i];
-        br_pptask_t *t = NULL;
+    /* One pass under the mutex per 64 workers; the calls after it. */
+    for (unsigned base = 0; base < n; base += 64) {
+        br_pptask_t *started[64];
+        unsigned k = 0;
         br__mutex_lock(&pool->mu_);
-        if (w != NULL && w->head != NULL && w->head->state_ == T_RUNNING && w->announced != w->head->seq_) {
-            t = w->head;
-            w->announced = t->seq_;
+        for (unsigned i = base; i < n && i < base + 64; i++) {
+            br__ppw_t *w = pool->workers_[i];
+            if (w != NULL && w->head != NULL && w->head->state_ == T_RUNNING && w->announced != w->head->seq_) {
+                w->announced = w->head->seq_;
+                started[k++] = w->head;
+            }
         }
         br__mutex_unlock(&pool->mu_);
-        if (t != NULL)
-            pool->opts_.on_start(t, 1);
+        for (unsigned j = 0; j < k; j++)
+            pool->opts_.on_start(started[j], 1);
     }
 }
 

@@ -233,18 +233,17 @@ static void handle_message(br__ppw_t *w, const br_ring_frag_t *m)
         pool->rr_ = w->index; /* it is awake: feed it first */
     }
     w->since = now;
-    br__mutex_unlock(&pool->mu_);
-
-    /* Over the memory cap after a task: it runs nothing more. This comes
-     * before the next task is reported running, so that one goes back to
-     * the queue too unless the worker has claimed it already. */
+    /* Over the memory cap after a task: it runs nothing more. That check
+     * comes before the next task is reported running, so that one goes
+     * back to the queue too unless the worker has claimed it already. */
     size_t cap = pool->opts_.max_worker_memory;
     if (cap != 0 && !w->retiring && status != BR_PPTASK_CANCELLED) {
+        br__mutex_unlock(&pool->mu_);
         int64_t rss = br__ppw_rss(w);
         if (rss > 0 && (uint64_t)rss > cap)
             withdraw(w); /* a new process in its place once it exits */
+        br__mutex_lock(&pool->mu_);
     }
-    br__mutex_lock(&pool->mu_);
     if (w->head != NULL && w->head->state_ == T_SENT)
         br__pp_set_tstate(w->head, T_RUNNING); /* the next one starts now */
     br__mutex_unlock(&pool->mu_);
