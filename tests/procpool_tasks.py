@@ -462,3 +462,29 @@ def append_to(seq, value):
 
 def put_on(queue, value):
     queue.put(value)
+
+
+_hoard = []
+
+
+def hold_memory(mib, then_sleep=0.0):
+    """Allocates and touches mib MiB that the worker keeps, then sleeps; returns the pid."""
+    block = bytearray(mib << 20)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    _hoard.append(block)
+    time.sleep(then_sleep)
+    return os.getpid()
+
+
+def hold_memory_later(mib, delay):
+    """Returns the pid at once; a thread of the worker allocates mib MiB ``delay`` s later,
+    while the worker is idle."""
+    import threading
+
+    def grow():
+        time.sleep(delay)
+        hold_memory(mib)
+
+    threading.Thread(target=grow, daemon=True).start()
+    return os.getpid()

@@ -897,3 +897,32 @@ def test_manager_made_after_the_pool_shares_the_workers_authkey(braid, tmp_path)
     proc = run_script(tmp_path, LATE_MANAGER_SCRIPT)
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     assert b"got late" in proc.stdout
+
+# ---- max_worker_memory ---------------------------------------------------------------------
+
+def test_max_worker_memory_recycles_after_a_task(braid, pools):
+    # The worker goes over the cap while idle (not polled then); the next task's result is
+    # checked: that task succeeds, and the worker is replaced after it.
+    pool = pools(max_workers=1, max_worker_memory=200 << 20)
+    pid = pool.submit(tasks.hold_memory_later, 240, 0.05).result(TIMEOUT)
+    time.sleep(0.5)
+    assert pool.submit(tasks.getpid).result(TIMEOUT) == pid
+    deadline = time.monotonic() + TIMEOUT
+    while pool.submit(tasks.getpid).result(TIMEOUT) == pid:
+        assert time.monotonic() < deadline, "the worker over the cap was not replaced"
+
+
+def test_max_worker_memory_kills_a_task_over_it(braid, pools):
+    pool = pools(max_workers=1, max_worker_memory=200 << 20)
+    exc = pool.submit(tasks.hold_memory, 400, 30).exception(TIMEOUT)
+    assert isinstance(exc, braid.WorkerCrashed), repr(exc)
+    assert "max_worker_memory" in str(exc) and str(200 << 20) in str(exc)
+    assert exc.signal == signal.SIGKILL
+    assert pool.submit(tasks.square, 7).result(TIMEOUT) == 49  # the pool lives on
+
+
+def test_max_worker_memory_checks_its_argument(braid):
+    with pytest.raises(ValueError):
+        braid.ProcessPool(1, max_worker_memory=0)
+    with pytest.raises(TypeError):
+        braid.ProcessPool(1, max_worker_memory=1.5)
