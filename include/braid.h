@@ -979,9 +979,8 @@ typedef struct br_procpool_options_s {
     int64_t mem_poll_ns;           /* 0: 20 ms */
     int64_t spin_ns;               /* the loop thread polls busy workers' result
                                       rings up to this long before it sleeps,
-                                      when tasks take less on average and a
-                                      CPU is free; 0: the default (30 us),
-                                      < 0: never */
+                                      while tasks take less on average; 0: the
+                                      default (30 us), < 0: never */
     char *const *argv;             /* the default spawn: br_proc_spawn(argv[0], argv, envp) */
     char *const *envp;             /* NULL: the caller's environment */
     br_procpool_spawn_fn spawn;    /* NULL: the default; else argv may be NULL */
@@ -1033,10 +1032,12 @@ struct br_procpool_s {
  * reports how it went). 0, -EINVAL (bad options), -ENOMEM, or -errno from
  * the loop's handles. */
 int br_procpool_init(br_loop_t *loop, br_procpool_t *pool, const br_procpool_options_t *opts);
-/* Any thread. Queues the task: 0. When nothing else is queued and a worker
- * is idle, the task is sent to it from this thread at once (the latency of
- * a lone submit takes no detour through the loop thread): 1, and the task
- * is RUNNING already -- on_start is not called for this start. Or
+/* Any thread. Queues the task: 0. When nothing else is queued, the task is
+ * sent from this thread at once to the least loaded worker with room (a
+ * lone submit takes no detour through the loop thread, and workers stay
+ * fed while the loop thread is held up): if that worker was idle, 1, and
+ * the task is RUNNING already -- on_start is not called for this start;
+ * else 0 (it waits in the worker's ring, QUEUED). Or
  * -EINVAL (NULL payload with a length, or the task is in a pool already),
  * -EPIPE (broken), -ESHUTDOWN (closing), -errno from waking the loop. */
 int br_procpool_submit(br_procpool_t *pool, br_pptask_t *task);

@@ -16,14 +16,13 @@
  * that answered last (it is awake: its spin on the task ring will see the
  * task without a wakeup), then one at a time round the workers until their
  * queues are full. A submit that finds nothing queued and a worker idle
- * sends the task itself (submit_to_idle), in the same order.
+ * sends the task itself (submit_direct), in the same order.
  *
  * Spin. After a callback that handled results or submits, while workers
  * hold tasks, the loop thread polls their result rings for up to spin_ns
  * before it returns to epoll: a result that comes within the window costs
  * no sleep and wakeup of the loop thread. Only while tasks take less than
- * the window on average, and while a CPU is left over for the spinning
- * thread (docs/BENCHMARKS.md has the measurements behind both rules).
+ * the window on average (docs/BENCHMARKS.md has the measurements).
  */
 #include "procpool_internal.h"
 
@@ -319,9 +318,10 @@ int br_procpool_results_soon(br_procpool_t *pool, int64_t spin)
 {
     unsigned n = pool->opts_.workers, busy = 0;
 
-    /* Worth it only when a result is expected within the window, and
-     * when a core is left for the spinning thread: on a machine whose
-     * cores all run workers, the spin takes a core from one of them. */
+    /* Worth it only when a result is expected within the window. (Also
+     * gating it on a CPU being free for the spinning thread was measured
+     * and dropped: with every core running a worker, the spin still won
+     * on a stream of tiny tasks, docs/BENCHMARKS.md.) */
     if (spin <= 0 || br__pp_state(pool) >= PP_FINAL)
         return 0;
     /* Which workers are busy, under the mutex (submits change it); the
@@ -335,7 +335,7 @@ int br_procpool_results_soon(br_procpool_t *pool, int64_t spin)
             busy_w[busy++] = w;
     }
     br__mutex_unlock(&pool->mu_);
-    if (avg == 0 || avg > spin || busy == 0 || busy >= pool->ncpus_)
+    if (avg == 0 || avg > spin || busy == 0)
         return 0;
     int64_t until = br_now_ns() + spin;
     do {
@@ -565,24 +565,35 @@ fail:
     return err;
 }
 
-/* Mutex held, the task alone in the queue: sends it to an idle worker
- * from this thread, without a round through the loop thread (the latency
- * of a lone submit). The loop thread's dispatch order holds: the idle
- * worker that answered last first. The task is RUNNING and counts as
- * announced: the caller learns it from the return value. 1 if sent. */
-static int submit_to_idle(br_procpool_t *pool)
+/* Mutex held, the task alone in the queue: sends it from this thread,
+ * without a round through the loop thread (the latency of a lone submit;
+ * and workers stay fed while the loop thread waits for a caller's lock,
+ * the GIL). 2 if sent to
+ * an idle worker (RUNNING, counted as announced: the caller learns it from
+ * the return value), 1 if queued in a ring behind another task, 0 if not
+ * sent. */
+static int submit_direct(br_procpool_t *pool)
 {
     unsigned n = pool->opts_.workers, d = depth(pool);
+    br__ppw_t *best = NULL;
     if (pool->state_ != PP_RUNNING || !pool->started_)
         return 0;
+    /* The least loaded worker with room, ties to the one that answered
+     * last: an idle one first, and a stream of submits spread round. */
     for (unsigned k = 0; k < n; k++) {
         br__ppw_t *w = pool->workers_[(pool->rr_ + k) % n];
-        if (w != NULL && w->ninflight == 0 && available(pool, w, d) && send_next(pool, w, 0)) {
-            w->announced = w->head->seq_;
-            return 1;
-        }
+        if (available(pool, w, d) && (best == NULL || w->ninflight < best->ninflight))
+            best = w;
     }
-    return 0;
+    if (best == NULL)
+        return 0;
+    int idle = best->ninflight == 0;
+    if (!send_next(pool, best, 0))
+        return 0;
+    if (!idle)
+        return 1;
+    best->announced = best->head->seq_;
+    return 2;
 }
 
 int br_procpool_submit(br_procpool_t *pool, br_pptask_t *t)
@@ -608,7 +619,10 @@ int br_procpool_submit(br_procpool_t *pool, br_pptask_t *t)
         br__pp_set_tstate(t, T_QUEUED);
         pend_push_back(pool, t);
         int alone = pool->pend_head_ == t;
-        started = alone && submit_to_idle(pool);
+        int sent = alone ? submit_direct(pool) : 0;
+        started = sent == 2;
+        if (sent == 1)
+            alone = 0; /* behind a task of that worker: its answer dispatches */
         /* The loop thread starts what a direct send leaves to it (the
          * timeout, the memory poll), and dispatches what is queued. Only a
          * task queued alone needs a wakeup: behind others, something is
