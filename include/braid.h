@@ -318,6 +318,39 @@ int br_ring_arm_data(br_ring_t *r);
 /* Same for a writer waiting for space on space_fd. */
 int br_ring_arm_space(br_ring_t *r);
 
+/* br_ring_joiner_t: hands out whole messages instead of fragments, for a
+ * reader that wants them whole (both ends of a process pool do). A message
+ * of one fragment is handed out in place, without a copy; the fragments of
+ * a longer one are copied into a buffer the joiner owns and reuses.
+ *
+ *   br_ring_recv_whole(r, &j, &m) -> 0: m.type, m.tag, m.data, m.len hold a
+ *       whole message (m.flags is FIRST | LAST) until br_ring_release_whole
+ *   -> -EAGAIN: no whole message yet (fragments taken so far are kept)
+ *   -> -EPROTO: a corrupt ring, or a fragment out of order (no FIRST, or
+ *       another type or tag than the message it continues)
+ *   -> -ENOMEM: the message could not be buffered (it is dropped)
+ *
+ * A FIRST fragment while a message is unfinished drops the unfinished one
+ * (a writer that died half-way; see br_ring_t).
+ *
+ * Ownership: caller-allocated; zeroed memory is a valid empty joiner. One
+ * joiner per ring, used by the ring's one reader. br_ring_joiner_free
+ * releases its buffer. */
+typedef struct br_ring_joiner_s {
+    unsigned char *buf_;  /* private from here on */
+    size_t len_;
+    size_t cap_;
+    uint32_t type_;
+    uint64_t tag_;
+    int active_;          /* a message's FIRST fragment was taken */
+} br_ring_joiner_t;
+
+int br_ring_recv_whole(br_ring_t *r, br_ring_joiner_t *j, br_ring_frag_t *m);
+/* Frees what the last br_ring_recv_whole handed out (its ring space, or
+ * the joiner's buffer for the next message). */
+void br_ring_release_whole(br_ring_t *r, br_ring_joiner_t *j, br_ring_frag_t *m);
+void br_ring_joiner_free(br_ring_joiner_t *j);
+
 /* ---------------------------------------------------------------- child processes
  * br_proc_t: a child process started with posix_spawn (no fork of a
  * multi-threaded parent), watched through a pidfd where the kernel has one
@@ -603,6 +636,352 @@ int br_signal_start(br_signal_t *sig, br_signal_cb cb, int signum);
  * this loop still watches it. Idempotent; 0. */
 int br_signal_stop(br_signal_t *sig);
 
+
+/* ---------------------------------------------------------------- process pool: shared layout
+ * What a br_procpool_t and each of its worker processes share. A worker
+ * gets five inherited descriptors:
+ *
+ *   3 a memfd:  +-- task ring --+-- result ring --+-- slot page (4 KiB) --+
+ *               |  parent->wkr  |  worker->parent |  slots, ACK word      |
+ *               +---------------+-----------------+-----------------------+
+ *               each ring br_ring_mem_size(ring_bytes) bytes; the worker
+ *               finds ring_bytes from the memfd's size (br_ppworker_attach)
+ *   4 task ring data   5 task ring space   6 result ring data   7 result ring space
+ *
+ * Messages are (type, tag, payload). The tag of a BR_PP_MSG_CALL is the
+ * task's sequence number on that worker (1, 2, ...); its answer carries
+ * the same tag. A worker answers its tasks one at a time, in the order
+ * sent, so the oldest unanswered task is the one it is running.
+ *
+ * Start-up: the worker sends READY once it reads tasks. If the pool has an
+ * init payload, the first message it reads is INIT; it answers nothing if
+ * the initializer worked, or INIT_FAILED (payload: the error) and exits.
+ *
+ * Slots: the state of each task sent and not yet answered, at index
+ * seq % BR_PP_SLOTS of the slot page, as BR_PP_SLOT_WORD(seq, state). The
+ * parent writes QUEUED before it sends; the worker moves QUEUED -> RUNNING
+ * with a compare-and-swap before it runs the task (br_ppworker_claim); the
+ * parent moves QUEUED -> CANCELLED the same way to cancel it. Whichever
+ * swap wins decides: a cancelled task never runs (the worker answers
+ * SKIPPED), a started one is never reported cancelled.
+ *
+ * ACK: the word after the slots holds the seq of the last result the
+ * parent has finished with (its completion callback returned). Until then
+ * a worker keeps alive whatever that result's payload only names (braid's
+ * Python workers: the memfds of out-of-band buffers). */
+#define BR_PP_FD_MEM 3
+#define BR_PP_FD_TASK_DATA 4
+#define BR_PP_FD_TASK_SPACE 5
+#define BR_PP_FD_RESULT_DATA 6
+#define BR_PP_FD_RESULT_SPACE 7
+#define BR_PP_NFDS 5
+
+/* parent -> worker */
+#define BR_PP_MSG_INIT 1        /* payload: the pool's init payload */
+#define BR_PP_MSG_CALL 2        /* payload: the task's */
+#define BR_PP_MSG_EXIT 3        /* no payload: exit 0 once this is read */
+/* worker -> parent */
+#define BR_PP_MSG_RESULT 11     /* payload: the task's result */
+#define BR_PP_MSG_ERROR 12      /* payload: the error the task raised */
+#define BR_PP_MSG_INIT_FAILED 13 /* payload: the initializer's error */
+#define BR_PP_MSG_READY 14      /* no payload: started, reading tasks */
+#define BR_PP_MSG_SKIPPED 15    /* no payload: cancelled before it started */
+
+#define BR_PP_SLOTS 64
+#define BR_PP_SLOTS_BYTES 4096
+#define BR_PP_SLOT_QUEUED 1u
+#define BR_PP_SLOT_RUNNING 2u
+#define BR_PP_SLOT_CANCELLED 3u
+#define BR_PP_SLOT_WORD(seq, state) (((uint64_t)(seq) << 2) | (uint64_t)(state))
+#define BR_PP_ACK_INDEX BR_PP_SLOTS
+
+/* Bytes of the shared memfd for rings of ring_bytes each; 0 if too big. */
+size_t br_pp_mem_size(size_t ring_bytes);
+
+/* ---------------------------------------------------------------- process pool: worker side
+ * br_ppworker_t: what a worker process uses to talk to its pool.
+ *
+ *   attach -> send READY -> loop { recv; CALL: claim, run, send RESULT or
+ *   ERROR; INIT: run the initializer; EXIT: leave } -> detach -> exit(0)
+ *
+ * Ownership: caller-allocated, one per worker process, used by one thread.
+ * The descriptors 3..7 stay the process's; detach unmaps the memory.
+ */
+typedef struct br_ppworker_s {
+    br_ring_t tasks;        /* read-only: parent -> worker */
+    br_ring_t results;      /* read-only: worker -> parent */
+    int64_t spin_ns;        /* an empty task ring is polled this long before
+                               the worker sleeps (attach sets 50 us): tasks
+                               that come one at a time arrive soon after the
+                               last result, and the poll saves the parent a
+                               wakeup of this process per task */
+    void *mem_;             /* private from here on */
+    size_t mem_size_;
+    uint64_t *slots_;
+    br_ring_joiner_t join_;
+    br_ring_frag_t msg_;    /* the message handed out, until released */
+    int holding_;
+} br_ppworker_t;
+
+/* Maps fd 3 and attaches the rings on fds 4..7. 0, -EBADF (not started by
+ * a process pool), -EINVAL (the memfd does not hold a pool's layout),
+ * -errno from fstat or mmap. */
+int br_ppworker_attach(br_ppworker_t *w);
+/* Waits up to timeout_ns (< 0: for ever) for the next whole message and
+ * points m at it (type, tag, data, len; valid until the next recv or
+ * br_ppworker_release). 0, -ETIMEDOUT, -EINTR (a signal handler ran: call
+ * again, nothing is lost), -EPROTO (the shared memory is corrupt: exit),
+ * -ENOMEM. */
+int br_ppworker_recv(br_ppworker_t *w, br_ring_frag_t *m, int64_t timeout_ns);
+/* Frees the message handed out by the last recv (recv does it too). Call
+ * it before running a long task: a message of one fragment holds its space
+ * in the task ring until released. */
+void br_ppworker_release(br_ppworker_t *w);
+/* Claims task `seq` before running it: 1 run it; 0 it was cancelled and
+ * SKIPPED has been sent (do not run it); -EINTR (call again), -errno. */
+int br_ppworker_claim(br_ppworker_t *w, uint64_t seq);
+/* Sends a whole message, sleeping while the result ring is full. 0,
+ * -EINTR (call again with the same m: what was written stays written),
+ * -EPROTO, -errno. */
+int br_ppworker_send(br_ppworker_t *w, br_ring_msg_t *m);
+/* The ACK word: seq of the last result the parent is done with. */
+uint64_t br_ppworker_acked(const br_ppworker_t *w);
+/* Unmaps the shared memory. Idempotent. */
+void br_ppworker_detach(br_ppworker_t *w);
+
+/* ---------------------------------------------------------------- process pool
+ * br_procpool_t: a supervisor of worker processes that run tasks. A task
+ * is bytes in and bytes out: the pool sends the payload to a worker, which
+ * answers RESULT or ERROR with bytes of its own; what the bytes mean is
+ * the caller's business (braid's Python binding: pickles). The pool runs on
+ * a caller-owned br_loop_t: pidfds and the result rings' eventfds are
+ * br_io_t, submits/cancels/close from other threads arrive through a
+ * br_async_t, and timers drive task timeouts, the memory cap and the kill
+ * grace. Workers are spawned on the loop thread (PR_SET_PDEATHSIG follows
+ * the spawning thread: run the loop on a thread that lives as long as the
+ * pool).
+ *
+ * Task life cycle (br_pptask_state):
+ *
+ *    submit           sent to an idle worker, or
+ *   -------> QUEUED --the worker ahead answered--> RUNNING --answer--> DONE
+ *              |  ^                                  |    on_done(OK | ERROR)
+ *              |  +--- its worker died, retry -------+
+ *              |  cancel (in the pool's queue, or in a worker's ring before
+ *              v  the worker claimed it: the slot swap decides)
+ *          CANCELLED --------------------------------------------> DONE
+ *                                          on_done(CANCELLED), loop thread
+ *
+ * A task sent to an idle worker counts as RUNNING at once and can no longer
+ * be cancelled; tasks queued behind it in the worker's ring stay QUEUED
+ * (cancellable) until the one ahead is answered. on_done is called exactly
+ * once per submitted task, on the loop thread.
+ *
+ * Pool life cycle:
+ *
+ *   init --> RUNNING --close(FINISH)--> CLOSING ----------------------+
+ *              |  |  --close(CANCEL)--> CLOSING, queued work CANCELLED |
+ *              |  |  --close(KILL_AFTER, grace)--> CLOSING as CANCEL,  |
+ *              |  |        SIGKILL to what is left when grace is over  |
+ *              |  +--broken (see below)--> CLOSING, queued work BROKEN |
+ *              |                                                       |
+ *              +--close(KILL)--> KILLING <--grace over, close(KILL)----+
+ *                  SIGKILL now; running tasks CRASHED                  |
+ *                                  |                                   |
+ *                                  +--every worker reaped, every task--+
+ *                                     settled
+ *                                          v
+ *                                       CLOSED: the pool's handles close;
+ *                                       then on_closed(pool), or
+ *                                       on_detached(pool) if detached
+ *
+ * In CLOSING, idle workers are sent EXIT once nothing is queued. A pool is
+ * broken when its workers cannot start (a spawn fails; three workers
+ * in a row die before READY) or an initializer fails: queued
+ * tasks complete BROKEN, later submits fail with -EPIPE, and
+ * br_procpool_broken() says why.
+ *
+ * Ownership: caller-allocated pool and tasks. The pool's memory must stay
+ * valid until on_closed (or on_detached) has been called; it may be freed
+ * from inside that callback, and the loop may then be closed. A task must
+ * stay valid, and its payload unchanged, from submit until its on_done
+ * returns (a retry sends the payload again).
+ */
+typedef struct br_procpool_s br_procpool_t;
+typedef struct br_pptask_s br_pptask_t;
+typedef struct br__ppw_s br__ppw_t; /* a worker process, private */
+
+/* on_done statuses */
+enum br_pptask_status {
+    BR_PPTASK_OK = 0,        /* reply: the worker's RESULT payload */
+    BR_PPTASK_ERROR = 1,     /* reply: the worker's ERROR payload */
+    BR_PPTASK_CRASHED = 2,   /* its worker died running it (pid, exit_code,
+                                term_signal say how), and no retry is left */
+    BR_PPTASK_TIMEOUT = 3,   /* ran past task_timeout_ns: its worker was killed */
+    BR_PPTASK_MEMORY = 4,    /* its worker went over max_worker_memory while
+                                running it and was killed (pid, ... set) */
+    BR_PPTASK_CANCELLED = 5, /* cancelled before it started */
+    BR_PPTASK_BROKEN = 6     /* the pool broke before it could run */
+};
+
+/* br_pptask_state values */
+enum br_pptask_state {
+    BR_PPSTATE_NEW = 0,      /* not submitted */
+    BR_PPSTATE_QUEUED = 1,
+    BR_PPSTATE_RUNNING = 2,
+    BR_PPSTATE_CANCELLED = 3, /* cancel won; on_done(CANCELLED) to come */
+    BR_PPSTATE_DONE = 4      /* on_done called or being called */
+};
+
+enum br_ppclose_mode {
+    BR_PPCLOSE_FINISH = 0,     /* queued tasks still run */
+    BR_PPCLOSE_CANCEL = 1,     /* queued tasks complete CANCELLED; running ones finish */
+    BR_PPCLOSE_KILL_AFTER = 2, /* CANCEL, then SIGKILL after grace_ns */
+    BR_PPCLOSE_KILL = 3        /* CANCEL and SIGKILL now: running tasks CRASHED */
+};
+
+/* Loop thread. reply/len: the payload for OK and ERROR (NULL, 0 for the
+ * others), valid during the call only. */
+typedef void (*br_pptask_done_cb)(br_pptask_t *task, int status, const void *reply, size_t len);
+/* Loop thread: running = 1 when the task starts RUNNING, 0 when a task that
+ * had been reported running goes back to QUEUED (its worker died before it
+ * started it, or it is retried). */
+typedef void (*br_pptask_start_cb)(br_pptask_t *task, int running);
+typedef void (*br_procpool_cb)(br_procpool_t *pool);
+/* Loop thread, once, after the first workers were spawned: 0, or the
+ * -errno of the spawn that failed (the pool is then broken and closing). */
+typedef void (*br_procpool_started_cb)(br_procpool_t *pool, int err);
+/* Loop thread, once, when the pool breaks, before any task completes
+ * BROKEN. detail/len: an initializer's INIT_FAILED payload, else NULL, 0;
+ * valid during the call only. */
+typedef void (*br_procpool_broken_cb)(br_procpool_t *pool, const char *reason, const void *detail,
+                                      size_t len);
+/* Starts one worker with fds[0..nfds-1] as its descriptors 3, 4, ...:
+ * fills *out as br_proc_spawn does. 0 or -errno. Loop thread. */
+typedef int (*br_procpool_spawn_fn)(void *ctx, const int *fds, int nfds, br_proc_t *out);
+
+/* Ownership: see br_procpool_t. Fill payload, len, data; pid, exit_code and
+ * term_signal are set before on_done(CRASHED | TIMEOUT | MEMORY). The rest
+ * is private. */
+struct br_pptask_s {
+    const void *payload;
+    size_t len;
+    void *data;             /* the caller's */
+    int pid;                /* the worker that ran it */
+    int exit_code;          /* as br_proc_t's */
+    int term_signal;
+    br_pptask_t *next_;     /* private from here on */
+    br_pptask_t *prev_;
+    br__ppw_t *worker_;
+    uint64_t seq_;
+    unsigned retries_left_;
+    int state_;
+    int status_;
+};
+
+/* Copied by br_procpool_init: the strings, argv, envp and init payload
+ * may be freed once it returns. */
+typedef struct br_procpool_options_s {
+    unsigned workers;              /* >= 1 */
+    size_t ring_bytes;             /* each ring's capacity; 0: 1 MiB */
+    const void *init_payload;      /* sent as INIT to every worker; NULL: none */
+    size_t init_len;
+    unsigned max_tasks_per_worker; /* then the worker is replaced; 0: no limit */
+    int64_t task_timeout_ns;       /* 0: none */
+    unsigned retries;              /* runs again of a task whose worker died */
+    size_t max_worker_memory;      /* bytes of resident memory; 0: no cap.
+                                      Checked after each result (over: the
+                                      worker is retired, its unstarted tasks
+                                      go back to the queue) and every
+                                      mem_poll_ns while tasks run (over: the
+                                      worker is killed, its task MEMORY) */
+    int64_t mem_poll_ns;           /* 0: 20 ms */
+    int64_t spin_ns;               /* the loop thread polls busy workers' result
+                                      rings up to this long before it sleeps,
+                                      when tasks take less on average and a
+                                      CPU is free; 0: the default (30 us),
+                                      < 0: never */
+    char *const *argv;             /* the default spawn: br_proc_spawn(argv[0], argv, envp) */
+    char *const *envp;             /* NULL: the caller's environment */
+    br_procpool_spawn_fn spawn;    /* NULL: the default; else argv may be NULL */
+    void *spawn_ctx;
+    br_pptask_done_cb on_done;     /* required */
+    br_pptask_start_cb on_start;   /* may be NULL */
+    br_procpool_started_cb on_started; /* may be NULL */
+    br_procpool_broken_cb on_broken;   /* may be NULL */
+    br_procpool_cb on_closed;      /* may be NULL */
+} br_procpool_options_t;
+
+/* All fields private except data and loop. */
+struct br_procpool_s {
+    void *data;                 /* the caller's */
+    br_loop_t *loop;            /* read-only */
+    pthread_mutex_t mu_;        /* the queue, task states, close requests */
+    int state_;
+    int close_mode_;
+    int64_t kill_at_;           /* loop time to SIGKILL what is left, 0: none */
+    int started_;
+    int detached_;
+    int broken_;                /* set once, with reason_ */
+    char reason_[256];
+    br_procpool_cb on_detached_;
+    br_procpool_options_t opts_;
+    char **argv_;
+    char **envp_;
+    void *init_payload_;
+    br__ppw_t **workers_;       /* one per slot, NULL while none runs */
+    int *pids_;
+    unsigned nprocs_;           /* worker processes not yet freed */
+    br_pptask_t *pend_head_;    /* QUEUED in the pool */
+    br_pptask_t *pend_tail_;
+    br_pptask_t *cancelled_;    /* CANCELLED in the pool: on_done to call */
+    size_t npending_;
+    int64_t avg_task_ns_;
+    unsigned rr_;
+    unsigned startup_failures_;
+    unsigned handles_open_;
+    unsigned ncpus_;            /* CPUs this process may run on */
+    br_async_t async_;
+    br_timer_t kill_timer_;
+    br_timer_t mem_timer_;
+    br_timer_t poll_timer_;     /* reaping without pidfds */
+};
+
+/* On the loop thread, or before the loop runs. Spawns nothing yet: the
+ * first workers start on the loop's next iteration (on_started then
+ * reports how it went). 0, -EINVAL (bad options), -ENOMEM, or -errno from
+ * the loop's handles. */
+int br_procpool_init(br_loop_t *loop, br_procpool_t *pool, const br_procpool_options_t *opts);
+/* Any thread. Queues the task. 0, -EINVAL (no on_done payload for len, or
+ * the task is in a pool already), -EPIPE (broken), -ESHUTDOWN (closing). */
+int br_procpool_submit(br_procpool_t *pool, br_pptask_t *task);
+/* Any thread. 0: the task will complete CANCELLED (also if it had been
+ * cancelled already); -EBUSY: it is running or done. */
+int br_procpool_cancel(br_procpool_t *pool, br_pptask_t *task);
+/* Any thread: a br_pptask_state value. */
+int br_pptask_state(const br_pptask_t *task);
+/* Any thread. Closes as `mode` says (grace_ns for KILL_AFTER); a later call
+ * may escalate (FINISH < CANCEL < KILL_AFTER < KILL, an earlier kill time
+ * wins), never relax. Queued tasks are CANCELLED before it returns (for
+ * CANCEL and up). 0 or -EINVAL. */
+int br_procpool_close(br_procpool_t *pool, enum br_ppclose_mode mode, int64_t grace_ns);
+/* Any thread. Closes (FINISH, unless already closing otherwise) and hands
+ * the pool over: once CLOSED it calls on_detached(pool) instead of
+ * on_closed, from which the pool may be freed. If the pool is CLOSED
+ * already, on_detached runs on this thread before return. 0, or -EINVAL
+ * (detached already). */
+int br_procpool_detach(br_procpool_t *pool, br_procpool_cb on_detached);
+/* Any thread: why the pool is broken, or NULL. */
+const char *br_procpool_broken(br_procpool_t *pool);
+/* Loop thread, outside the pool's callbacks: polls busy workers' result
+ * rings for up to spin_ns, on the same conditions as the built-in spin
+ * (spin_ns in the options). 1 if a result is waiting (run the loop with
+ * BR_RUN_NOWAIT), 0 if not. For an embedder whose callbacks take a lock
+ * (the Python binding: the GIL) and so turns the built-in spin off, to
+ * spin without holding it. */
+int br_procpool_results_soon(br_procpool_t *pool, int64_t spin_ns);
+/* Any thread: the pids of the live workers, up to n of them; how many. */
+int br_procpool_pids(br_procpool_t *pool, int *pids, int n);
 
 /* ---------------------------------------------------------------- streams
  * br_stream_t: a byte stream over a non-blocking fd on a br_loop_t -- a TCP

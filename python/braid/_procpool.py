@@ -63,13 +63,16 @@ class ProcessPool(_braid._ProcessPoolCore, concurrent.futures.Executor):
     memory. A worker that dies fails only the task it was running, with
     ``braid.WorkerCrashed`` (or runs it again, ``retries`` times), and is replaced;
     ``task_timeout`` kills a task's worker and raises ``braid.TaskTimeout``;
-    ``max_tasks_per_worker`` recycles workers. Besides ``submit``/``map``/
+    ``max_tasks_per_worker`` recycles workers; ``max_worker_memory`` (bytes of
+    resident memory) recycles a worker that is over it after a task, and kills one
+    that goes over it while running a task (``braid.WorkerCrashed``). Besides ``submit``/``map``/
     ``shutdown`` it has ``imap``, ``imap_unordered`` and ``starmap`` of
     ``multiprocessing.Pool``.
     """
 
     def __init__(self, max_workers=None, mp_context=None, initializer=None, initargs=(), *,
-                 max_tasks_per_worker=None, max_tasks_per_child=None, task_timeout=None, retries=0):
+                 max_tasks_per_worker=None, max_tasks_per_child=None, task_timeout=None, retries=0,
+                 max_worker_memory=None):
         if os.environ.get("BRAID_WORKER_BOOTSTRAP"):
             raise RuntimeError(
                 "a ProcessPool was created while a worker imported the main script; "
@@ -96,6 +99,7 @@ class ProcessPool(_braid._ProcessPoolCore, concurrent.futures.Executor):
             raise TypeError(f"retries must be an int, not {type(retries).__name__}")
         if retries < 0:
             raise ValueError("retries must be >= 0")
+        max_memory = 0 if max_worker_memory is None else _positive_int("max_worker_memory", max_worker_memory)
         init_payload = None
         if initializer is not None:
             init_payload = _procworker.dumps((initializer, tuple(initargs)))
@@ -118,7 +122,7 @@ class ProcessPool(_braid._ProcessPoolCore, concurrent.futures.Executor):
                    BRAID_WORKER_ARGV=json.dumps(sys.argv))
         argv = [sys.executable, "-c", "from braid._procworker import main; main()"]
         super().__init__(workers, argv, [f"{k}={v}" for k, v in env.items()], RING_BYTES,
-                         init_payload, max_tasks, timeout, retries)
+                         init_payload, max_tasks, timeout, retries, max_memory)
 
     def __repr__(self):
         return f"<braid.ProcessPool max_workers={self.max_workers}>"

@@ -1,7 +1,7 @@
 """What runs inside a braid.ProcessPool worker process, and the pickling both sides share.
 
 The parent starts each worker as ``python -c "from braid._procworker import main; main()"``
-with the shared-memory rings on fds 3-7 (src/python/procproto.h) and its settings in
+with the shared-memory rings on fds 3-7 (include/braid.h, the BR_PP_ protocol) and its settings in
 ``BRAID_WORKER_*`` environment variables.
 """
 
@@ -12,11 +12,11 @@ import pickle
 import sys
 import traceback
 
-MSG_INIT = 1
-MSG_CALL = 2
-MSG_RESULT = 11
-MSG_ERROR = 12
-MSG_INIT_FAILED = 13
+from ._braid import PP_MSG_CALL as MSG_CALL
+from ._braid import PP_MSG_ERROR as MSG_ERROR
+from ._braid import PP_MSG_INIT as MSG_INIT
+from ._braid import PP_MSG_INIT_FAILED as MSG_INIT_FAILED
+from ._braid import PP_MSG_RESULT as MSG_RESULT
 
 PROTOCOL = 5
 IN_WORKER = False  # True in a ProcessPool worker process
@@ -52,7 +52,7 @@ _pickle_dumps = pickle.dumps
 # through /proc/<pid>/fd/<fd> and unpickles with those mappings as the buffers: no further
 # copy. The sender keeps the memfds open until the receiver has mapped them: the parent until
 # the task is settled, a worker until the parent acknowledges the result
-# (src/python/procproto.h, ACK_INDEX).
+# (include/braid.h, BR_PP_ACK_INDEX).
 #
 # A worker maps its task's buffers shared (the memfd belongs to that message alone), and
 # when its result is, or is a view of, a buffer it received for the task it is running, the

@@ -61,6 +61,7 @@
 #include "internal.h"
 
 #include <poll.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -526,4 +527,96 @@ int br_ring_wait_space(br_ring_t *r, int64_t timeout_ns)
 {
     return wait_for(r, timeout_ns, br_ring_arm_space, has_space, &r->shared_->writer_waiting,
                     r->space_fd);
+}
+
+/* ------------------------------------------------------------ whole messages */
+
+/* Messages past this size give their buffer back after use, so that one
+ * large message does not pin its memory for the ring's lifetime. */
+#define JOIN_KEEP ((size_t)4 << 20)
+
+static int join_append(br_ring_joiner_t *j, const unsigned char *data, size_t len)
+{
+    if (len > SIZE_MAX - j->len_)
+        return -ENOMEM;
+    if (j->len_ + len > j->cap_) {
+        size_t cap = j->cap_ != 0 ? j->cap_ : 4096;
+        while (cap < j->len_ + len)
+            cap = cap <= SIZE_MAX / 2 ? cap * 2 : j->len_ + len;
+        unsigned char *buf = realloc(j->buf_, cap);
+        if (buf == NULL)
+            return -ENOMEM;
+        j->buf_ = buf;
+        j->cap_ = cap;
+    }
+    if (len != 0)
+        memcpy(j->buf_ + j->len_, data, len);
+    j->len_ += len;
+    return 0;
+}
+
+int br_ring_recv_whole(br_ring_t *r, br_ring_joiner_t *j, br_ring_frag_t *m)
+{
+    for (;;) {
+        br_ring_frag_t f;
+        int err = br_ring_recv(r, &f);
+        if (err != 0)
+            return err;
+        if (f.flags & BR_RING_FIRST) {
+            if (f.flags & BR_RING_LAST) {
+                /* The common case: one fragment, handed out in place. */
+                j->active_ = 0;
+                *m = f;
+                return 0;
+            }
+            j->active_ = 1;
+            j->len_ = 0;
+            j->type_ = f.type;
+            j->tag_ = f.tag;
+        } else if (!j->active_ || f.type != j->type_ || f.tag != j->tag_) {
+            br_ring_release(r, &f);
+            j->active_ = 0;
+            return -EPROTO;
+        }
+        err = join_append(j, f.data, f.len);
+        int last = (f.flags & BR_RING_LAST) != 0;
+        br_ring_release(r, &f);
+        if (err != 0) {
+            /* The rest of the message is dropped as out of order. */
+            j->active_ = 0;
+            return err;
+        }
+        if (last) {
+            j->active_ = 0;
+            m->type = j->type_;
+            m->flags = BR_RING_FIRST | BR_RING_LAST;
+            m->tag = j->tag_;
+            m->data = j->buf_;
+            m->len = j->len_;
+            m->size_ = 0; /* nothing of the ring to release */
+            return 0;
+        }
+    }
+}
+
+void br_ring_release_whole(br_ring_t *r, br_ring_joiner_t *j, br_ring_frag_t *m)
+{
+    if (m->size_ != 0) {
+        br_ring_release(r, m);
+        return;
+    }
+    m->data = NULL;
+    if (j->cap_ > JOIN_KEEP && !j->active_) {
+        free(j->buf_);
+        j->buf_ = NULL;
+        j->cap_ = j->len_ = 0;
+    }
+}
+
+void br_ring_joiner_free(br_ring_joiner_t *j)
+{
+    free(j->buf_);
+    j->buf_ = NULL;
+    j->cap_ = j->len_ = 0;
+    j->active_ = 0;
 }

@@ -100,6 +100,19 @@ static int braid_exec(PyObject *module)
         braid_transport_init_types(module, st) < 0) {
         return -1;
     }
+    /* The process-pool protocol's message types (braid.h), for _procworker.py. */
+    static const struct {
+        const char *name;
+        int value;
+    } pp_msgs[] = {{"PP_MSG_INIT", BR_PP_MSG_INIT},       {"PP_MSG_CALL", BR_PP_MSG_CALL},
+                   {"PP_MSG_EXIT", BR_PP_MSG_EXIT},       {"PP_MSG_RESULT", BR_PP_MSG_RESULT},
+                   {"PP_MSG_ERROR", BR_PP_MSG_ERROR},     {"PP_MSG_INIT_FAILED", BR_PP_MSG_INIT_FAILED},
+                   {"PP_MSG_READY", BR_PP_MSG_READY},     {"PP_MSG_SKIPPED", BR_PP_MSG_SKIPPED}};
+    for (size_t i = 0; i < sizeof pp_msgs / sizeof pp_msgs[0]; i++) {
+        if (PyModule_AddIntConstant(module, pp_msgs[i].name, pp_msgs[i].value) < 0) {
+            return -1;
+        }
+    }
     if (PyModule_AddStringConstant(module, "ENGINE_VERSION", BR_VERSION_STRING) < 0) {
         return -1;
     }

@@ -1,42 +1,39 @@
 /*
  * procworker.c — the loop a braid.ProcessPool worker process runs.
  *
- * The worker maps the memfd it inherited (fd 3), reads task messages from
- * the first ring and writes result messages to the second (procproto.h).
- * Unpickling, the call and pickling the outcome are one Python call to the
- * handler given by braid._procworker; this file only moves bytes and
- * sleeps with the GIL released while there is nothing to do.
+ * The pool protocol (the shared memory on fds 3..7, whole messages, the
+ * task slots, the ACK word) is the engine's br_ppworker_t; this file only
+ * turns messages into Python calls. Unpickling, the call and pickling the
+ * outcome are one Python call to the handler given by braid._procworker,
+ * and every wait runs with the GIL released.
  */
 #include "braidpy.h"
 #include "compat.h"
-#include "procproto.h"
 
 #include <errno.h>
 #include <signal.h>
 #include <string.h>
-#include <sys/mman.h>
 
-#define WORKER_SPIN_NS 50000
+/* This process's end of its pool (one worker loop per process). */
+static br_ppworker_t worker;
+static int attached;
 
-/* The slot page of this worker process (one worker loop per process). */
-static uint64_t *worker_slots;
-
-/* Sends a whole message, sleeping while the ring is full. 0 or -1. */
-static int send_all(br_ring_t *tx, br_ring_msg_t *m)
+/* Sends a whole message, sleeping while the result ring is full. 0 or -1. */
+static int send_all(br_ring_msg_t *m)
 {
     for (;;) {
-        int rc = br_ring_send(tx, m);
+        int rc;
+        Py_BEGIN_ALLOW_THREADS
+        rc = br_ppworker_send(&worker, m);
+        Py_END_ALLOW_THREADS
         if (rc == 0) {
             return 0;
         }
-        if (rc != -EAGAIN) {
+        if (rc != -EINTR) {
             braid_raise_oserror(rc, "sending a result");
             return -1;
         }
-        Py_BEGIN_ALLOW_THREADS
-        rc = br_ring_wait_space(tx, -1);
-        Py_END_ALLOW_THREADS
-        if (rc == -EINTR && PyErr_CheckSignals() < 0) {
+        if (PyErr_CheckSignals() < 0) {
             return -1;
         }
     }
@@ -44,73 +41,49 @@ static int send_all(br_ring_t *tx, br_ring_msg_t *m)
 
 /* Receives one whole message into *payload (bytes). 0, or -1 with an
  * exception. */
-static int recv_message(br_ring_t *rx, uint32_t *type, uint64_t *tag, PyObject **payload)
+static int recv_message(uint32_t *type, uint64_t *tag, PyObject **payload)
 {
-    PyObject *parts = NULL; /* bytearray while a message spans fragments */
     for (;;) {
-        br_ring_frag_t f;
-        int rc = br_ring_recv(rx, &f);
-        if (rc == -EAGAIN) {
-            Py_BEGIN_ALLOW_THREADS
-            /* Tasks that come one at a time arrive soon after the last
-             * result: poll a little before sleeping, which saves the
-             * parent a wakeup of this process per task. */
-            int64_t until = br_now_ns() + WORKER_SPIN_NS;
-            while ((rc = br_ring_recv(rx, &f)) == -EAGAIN && br_now_ns() < until) {
-            }
-            if (rc == -EAGAIN) {
-                rc = br_ring_wait_data(rx, -1);
-            }
-            Py_END_ALLOW_THREADS
-            if (rc == 0) {
-                goto got_fragment;
-            }
-            if (rc == -EINTR && PyErr_CheckSignals() < 0) {
-                Py_XDECREF(parts);
-                return -1;
-            }
-            continue;
+        br_ring_frag_t m;
+        int rc;
+        Py_BEGIN_ALLOW_THREADS
+        rc = br_ppworker_recv(&worker, &m, -1);
+        Py_END_ALLOW_THREADS
+        if (rc == 0) {
+            *type = m.type;
+            *tag = m.tag;
+            *payload = PyBytes_FromStringAndSize((const char *)m.data, (Py_ssize_t)m.len);
+            br_ppworker_release(&worker);
+            return *payload != NULL ? 0 : -1;
         }
-        if (rc < 0) {
-            Py_XDECREF(parts);
+        if (rc != -EINTR) {
             braid_raise_oserror(rc, "reading a task");
             return -1;
         }
-    got_fragment:
-        if (f.flags & BR_RING_FIRST) {
-            Py_CLEAR(parts);
-            *type = f.type;
-            *tag = f.tag;
-        }
-        int last = (f.flags & BR_RING_LAST) != 0;
-        int ok = 1;
-        if (last && parts == NULL) {
-            *payload = PyBytes_FromStringAndSize((const char *)f.data, (Py_ssize_t)f.len);
-            ok = *payload != NULL;
-        } else {
-            if (parts == NULL) {
-                parts = PyByteArray_FromStringAndSize(NULL, 0);
-            }
-            Py_ssize_t old = parts ? PyByteArray_GET_SIZE(parts) : 0;
-            ok = parts != NULL && PyByteArray_Resize(parts, old + (Py_ssize_t)f.len) == 0;
-            if (ok) {
-                memcpy(PyByteArray_AS_STRING(parts) + old, f.data, f.len);
-            }
-        }
-        br_ring_release(rx, &f);
-        if (!ok) {
-            Py_XDECREF(parts);
+        if (PyErr_CheckSignals() < 0) {
             return -1;
         }
-        if (last) {
-            if (parts != NULL) {
-                *payload = PyBytes_FromObject(parts);
-                Py_DECREF(parts);
-                if (*payload == NULL) {
-                    return -1;
-                }
-            }
-            return 0;
+    }
+}
+
+/* Claims a task before it runs: 1 run it, 0 it was cancelled (SKIPPED is
+ * sent), -1 with an exception. */
+static int claim(uint64_t tag)
+{
+    for (;;) {
+        int rc;
+        Py_BEGIN_ALLOW_THREADS
+        rc = br_ppworker_claim(&worker, tag);
+        Py_END_ALLOW_THREADS
+        if (rc >= 0) {
+            return rc;
+        }
+        if (rc != -EINTR) {
+            braid_raise_oserror(rc, "claiming a task");
+            return -1;
+        }
+        if (PyErr_CheckSignals() < 0) {
+            return -1;
         }
     }
 }
@@ -126,9 +99,9 @@ typedef struct {
 } worker_hooks_t;
 
 /* Lets go of result memfds the parent has acknowledged, when it has. */
-static void release_acknowledged(worker_hooks_t *h, uint64_t *slots)
+static void release_acknowledged(worker_hooks_t *h)
 {
-    uint64_t ack = __atomic_load_n(&slots[ACK_INDEX], __ATOMIC_ACQUIRE);
+    uint64_t ack = br_ppworker_acked(&worker);
     if (!h->may_hold || ack == h->ack_seen) {
         return;
     }
@@ -160,7 +133,7 @@ static PyObject *run_call(worker_hooks_t *h, PyObject *payload, uint64_t tag)
     if (kw == NULL || !PyTuple_CheckExact(PyTuple_GET_ITEM(call, 1)) || (kw != Py_None && !PyDict_CheckExact(kw))) {
         Py_DECREF(call); /* out-of-band buffers, or not ours: the general path */
         h->may_hold = 1;
-        return PyObject_CallFunction(h->handler, "IOK", (unsigned)MSG_CALL, payload, (unsigned long long)tag);
+        return PyObject_CallFunction(h->handler, "IOK", (unsigned)BR_PP_MSG_CALL, payload, (unsigned long long)tag);
     }
     PyObject *res = PyObject_Call(PyTuple_GET_ITEM(call, 0), PyTuple_GET_ITEM(call, 1), kw == Py_None ? NULL : kw);
     Py_DECREF(call);
@@ -184,59 +157,44 @@ static PyObject *run_call(worker_hooks_t *h, PyObject *payload, uint64_t tag)
     return out;
 }
 
-static PyObject *worker_loop(int64_t ring_bytes, worker_hooks_t *h)
+static PyObject *worker_loop(worker_hooks_t *h)
 {
-    size_t one = br_ring_mem_size((size_t)ring_bytes);
-    size_t total = 2 * one + SLOTS_BYTES;
-    void *mem = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED, WORKER_FD_MEM, 0);
-    if (mem == MAP_FAILED) {
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
-    br_ring_t rx, tx;
-    int rc = br_ring_attach(&rx, mem, one, WORKER_FD_TASK_DATA, WORKER_FD_TASK_SPACE);
-    if (rc == 0) {
-        rc = br_ring_attach(&tx, (char *)mem + one, one, WORKER_FD_RESULT_DATA, WORKER_FD_RESULT_SPACE);
-    }
+    int rc = br_ppworker_attach(&worker);
     if (rc < 0) {
-        munmap(mem, total);
         return braid_raise_oserror(rc, "attaching the task rings");
     }
-    uint64_t *slots = (uint64_t *)((char *)mem + 2 * one);
-    worker_slots = slots;
+    attached = 1;
     PyObject *ret = NULL;
-    br_ring_msg_t ready = {.type = MSG_READY};
-    if (send_all(&tx, &ready) < 0) {
-        munmap(mem, total);
-        return NULL;
+    br_ring_msg_t ready = {.type = BR_PP_MSG_READY};
+    if (send_all(&ready) < 0) {
+        goto out;
     }
     for (;;) {
         uint32_t type = 0;
         uint64_t tag = 0;
         PyObject *payload = NULL;
-        if (recv_message(&rx, &type, &tag, &payload) < 0) {
+        if (recv_message(&type, &tag, &payload) < 0) {
             break;
         }
-        if (type == MSG_EXIT) {
+        if (type == BR_PP_MSG_EXIT) {
             Py_DECREF(payload);
             ret = Py_NewRef(Py_None);
             break;
         }
-        if (type == MSG_CALL) {
-            /* claim the task; the parent may have cancelled it meanwhile */
-            uint64_t expect = SLOT_WORD(tag, SLOT_QUEUED);
-            if (!__atomic_compare_exchange_n(&slots[tag % SLOTS], &expect, SLOT_WORD(tag, SLOT_RUNNING), 0,
-                                             __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+        if (type == BR_PP_MSG_CALL) {
+            /* the parent may have cancelled it meanwhile */
+            int run = claim(tag);
+            if (run <= 0) {
                 Py_DECREF(payload);
-                br_ring_msg_t skipped = {.type = MSG_SKIPPED, .tag = tag};
-                if (send_all(&tx, &skipped) < 0) {
+                if (run < 0) {
                     break;
                 }
                 continue;
             }
         }
         PyObject *out;
-        if (type == MSG_CALL) {
-            release_acknowledged(h, slots);
+        if (type == BR_PP_MSG_CALL) {
+            release_acknowledged(h);
             out = run_call(h, payload, tag);
         } else {
             out = PyObject_CallFunction(h->handler, "IOK", (unsigned)type, payload, (unsigned long long)tag);
@@ -249,7 +207,7 @@ static PyObject *worker_loop(int64_t ring_bytes, worker_hooks_t *h)
             Py_DECREF(out);
             continue;
         }
-        unsigned rtype = MSG_RESULT;
+        unsigned rtype = BR_PP_MSG_RESULT;
         const char *data;
         Py_ssize_t len;
         if (PyBytes_Check(out)) { /* a plain result */
@@ -260,18 +218,19 @@ static PyObject *worker_loop(int64_t ring_bytes, worker_hooks_t *h)
             break;
         }
         br_ring_msg_t msg = {.type = rtype, .tag = tag, .payload = data, .len = (size_t)len};
-        int sent = send_all(&tx, &msg);
+        int sent = send_all(&msg);
         Py_DECREF(out);
         if (sent < 0) {
             break;
         }
-        if (rtype == MSG_INIT_FAILED) {
+        if (rtype == BR_PP_MSG_INIT_FAILED) {
             ret = PyLong_FromLong(1);
             break;
         }
     }
-    worker_slots = NULL;
-    munmap(mem, total);
+out:
+    attached = 0;
+    br_ppworker_detach(&worker);
     return ret;
 }
 
@@ -288,16 +247,16 @@ PyObject *braid_worker_loop(PyObject *module, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "_worker_loop(ring_bytes > 0, handler, pack_result, pack_error, release)");
         return NULL;
     }
-    return worker_loop(ring_bytes, &h);
+    return worker_loop(&h); /* ring_bytes: the memfd's size says it */
 }
 
 PyObject *braid_worker_acked(PyObject *module, PyObject *unused)
 {
-    if (worker_slots == NULL) {
+    if (!attached) {
         PyErr_SetString(PyExc_RuntimeError, "not in a worker loop");
         return NULL;
     }
-    return PyLong_FromUnsignedLongLong(__atomic_load_n(&worker_slots[ACK_INDEX], __ATOMIC_ACQUIRE));
+    return PyLong_FromUnsignedLongLong(br_ppworker_acked(&worker));
 }
 
 PyObject *braid_worker_bind_parent(PyObject *module, PyObject *arg)

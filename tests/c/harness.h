@@ -15,7 +15,11 @@
  *     ./test_x          runs every case
  *     ./test_x a b      runs the cases named a and b
  *
- * Exit status: 0 if every case passed, 1 otherwise, 2 on a bad name.
+ * A case that cannot run here (a kernel feature missing) calls
+ * BT_SKIP("why"): its child exits 77 and the case counts as skipped.
+ *
+ * Exit status: 0 if every case passed or skipped, 1 if one failed, 2 on a
+ * bad name, 77 (meson's "skipped") if every case that ran skipped.
  */
 #ifndef BRAID_TEST_HARNESS_H
 #define BRAID_TEST_HARNESS_H
@@ -99,6 +103,16 @@ static inline void bt_fail_eq(const char *file, int line, const char *a, const c
             bt_fail_eq(__FILE__, __LINE__, #a, #b, bt_a_, bt_b_);           \
     } while (0)
 
+#define BT_SKIP_STATUS 77
+
+/* Ends the case as skipped (from the case's own thread). */
+#define BT_SKIP(why)                                                        \
+    do {                                                                    \
+        fprintf(stderr, "skipped: %s\n", (why));                            \
+        fflush(stderr);                                                     \
+        exit(BT_SKIP_STATUS);                                               \
+    } while (0)
+
 /* ------------------------------------------------------------ helpers */
 
 static inline int64_t bt_now_ms(void) { return br_now_ns() / 1000000; }
@@ -123,7 +137,8 @@ static inline void bt_join(pthread_t t) { CHECK_EQ(pthread_join(t, NULL), 0); }
 
 /* ------------------------------------------------------------ runner */
 
-/* Runs one case in a child; returns 1 if it passed. */
+/* Runs one case in a child; returns 1 if it passed, 0 if it failed,
+ * BT_SKIP_STATUS if it skipped. */
 static inline int bt_run(const bt_case_t *c, int timeout_s)
 {
     int status;
@@ -161,6 +176,10 @@ static inline int bt_run(const bt_case_t *c, int timeout_s)
     }
 
     int64_t ms = bt_now_ms() - start;
+    if (WIFEXITED(status) && WEXITSTATUS(status) == BT_SKIP_STATUS) {
+        printf("SKIP %s\n", c->name);
+        return BT_SKIP_STATUS;
+    }
     if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
         printf("PASS %s (%lld ms)\n", c->name, (long long)ms);
         return 1;
@@ -179,7 +198,7 @@ static inline int bt_main(int argc, char **argv)
 {
     const char *env = getenv("BT_TIMEOUT");
     int timeout_s = env != NULL && atoi(env) > 0 ? atoi(env) : 20;
-    int failed = 0, ran = 0;
+    int failed = 0, ran = 0, skipped = 0;
 
     /* Line-buffer so PASS/FAIL lines interleave sanely with child stderr. */
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -201,10 +220,17 @@ static inline int bt_main(int argc, char **argv)
         if (!wanted)
             continue;
         ran++;
-        failed += !bt_run(&bt_cases[i], timeout_s);
+        int r = bt_run(&bt_cases[i], timeout_s);
+        skipped += r == BT_SKIP_STATUS;
+        failed += r == 0;
     }
-    printf("%d passed, %d failed\n", ran - failed, failed);
-    return failed != 0;
+    if (skipped != 0)
+        printf("%d passed, %d failed, %d skipped\n", ran - failed - skipped, failed, skipped);
+    else
+        printf("%d passed, %d failed\n", ran - failed, failed);
+    if (failed != 0)
+        return 1;
+    return ran > 0 && skipped == ran ? BT_SKIP_STATUS : 0;
 }
 
 #define BT_MAIN()                                                           \
