@@ -112,12 +112,9 @@ static void on_accept(br_io_t *io, unsigned revents)
     int fd;
     while ((fd = accept4(io->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0) {
         sconn_t *c = calloc(1, sizeof *c);
-        if (c == NULL)
-            die("server", -ENOMEM);
-        if (br_stream_init(&loop, &c->s, fd) != 0) {
-            close(fd), free(c);
-            continue;
-        }
+        int err = c == NULL ? -ENOMEM : br_stream_init(&loop, &c->s, fd);
+        if (err != 0)
+            die("server", err);
         br_timer_init(&loop, &c->delay);
         c->s.data = c->delay.handle.data = c;
         c->open = 2;
@@ -145,7 +142,7 @@ static int64_t t_end;
 
 static void start_next(void);
 
-static void finished(client_t *c)
+static void finished(void)
 {
     in_flight--;
     if (++done == npages) { /* the server closes: the loop ends with its last connection */
@@ -155,7 +152,7 @@ static void finished(client_t *c)
     start_next();
 }
 
-static void client_closed(br_stream_t *s) { finished(s->data); }
+static void client_closed(br_stream_t *s) { finished(); }
 
 static void on_response(br_stream_t *s, const char *buf, ssize_t n)
 {
@@ -176,11 +173,9 @@ static void connected(client_t *c, int fd)
     char req[128];
     int rl = snprintf(req, sizeof req, "GET /page/%u HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
                       c->index);
-    if (br_stream_init(&loop, &c->s, fd) != 0) {
-        close(fd);
-        finished(c);
-        return;
-    }
+    int err = br_stream_init(&loop, &c->s, fd);
+    if (err != 0)
+        die("client", err);
     c->s.data = c;
     if (br_stream_read_start(&c->s, on_response, 4096) != 0 || br_stream_write(&c->s, req, (size_t)rl) != 0)
         br_stream_close(&c->s, client_closed);
@@ -196,7 +191,7 @@ static void on_connect(br_io_t *io, unsigned revents)
     br_close(&io->handle, NULL); /* stops watching now: the stream takes the fd over */
     if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) != 0 || soerr != 0) {
         close(fd);
-        finished(c);
+        finished();
     } else {
         connected(c, fd);
     }
@@ -219,7 +214,7 @@ static void start_next(void)
         } else {
             if (fd >= 0)
                 close(fd);
-            finished(c);
+            finished();
         }
     }
 }
