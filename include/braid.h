@@ -2,8 +2,9 @@
  * braid.h — the public C API of the braid engine.
  *
  * The engine is plain C (no Python): a thread pool, a cross-thread wakeup
- * (eventfd) and a one-shot event (futex). Later parts add the reactor,
- * sockets, the process supervisor and shared memory.
+ * (eventfd), a one-shot event (futex), shared-memory message rings, child
+ * processes, a reactor with timers, streams and datagram sockets, and a
+ * process-pool supervisor with its worker side.
  *
  * Conventions (see DESIGN.md):
  *   - every function that can fail returns 0 (or a count) or a negative errno;
@@ -11,6 +12,10 @@
  *   - the caller allocates every handle (br_threadpool_t, br_work_t, ...);
  *     the ownership rule is written next to each declaration.
  *   - names: br_ public, br__ internal, BR_ macros.
+ *
+ * Installed as libbraid.so.0 with this header and braid.pc (docs/C_API.md).
+ * The library exports the functions declared here and nothing else, in the
+ * symbol version BRAID_0.1 (src/core/libbraid.map).
  */
 #ifndef BRAID_H
 #define BRAID_H
