@@ -926,3 +926,21 @@ def test_max_worker_memory_checks_its_argument(braid):
         braid.ProcessPool(1, max_worker_memory=0)
     with pytest.raises(TypeError):
         braid.ProcessPool(1, max_worker_memory=1.5)
+    for bad in ("lots", "2 GiBs", "", "-1GB", "0 MiB", "GiB"):
+        with pytest.raises(ValueError, match="max_worker_memory"):
+            braid.ProcessPool(1, max_worker_memory=bad)
+
+
+@pytest.mark.parametrize("text, size", [("2GiB", 2 << 30), ("1.5 GB", 1_500_000_000), ("800MiB", 800 << 20),
+                                        ("4096", 4096), ("64 kib", 64 << 10)])
+def test_max_worker_memory_reads_sizes(text, size):
+    from braid import _procpool
+
+    assert _procpool._memory_size(text) == size
+
+
+def test_max_worker_memory_as_a_string_names_the_cap(braid, pools):
+    pool = pools(max_workers=1, max_worker_memory="200MiB")
+    exc = pool.submit(tasks.hold_memory, 400, 30).exception(TIMEOUT)
+    assert isinstance(exc, braid.WorkerCrashed) and str(200 << 20) in str(exc), repr(exc)
+    assert pool.submit(tasks.square, 7).result(TIMEOUT) == 49

@@ -106,7 +106,7 @@ class ProcessPool(concurrent.futures.Executor):
         max_tasks_per_child: int | None = None,
         task_timeout: float | None = None,
         retries: int = 0,
-        max_worker_memory: int | None = None,
+        max_worker_memory: int | str | None = None,
     ) -> None: ...
     @property
     def max_workers(self) -> int: ...

@@ -47,6 +47,29 @@ def _positive_int(name, value):
     return value
 
 
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3,
+          "gb": 1000**3, "t": 1000**4, "tb": 1000**4, "kib": 1 << 10, "mib": 1 << 20,
+          "gib": 1 << 30, "tib": 1 << 40}
+
+
+def _memory_size(value):
+    """max_worker_memory: bytes as an int, or a string such as "2GiB", "1.5 GB" or "800MiB"
+    (KB, MB, GB: powers of 1000; KiB, MiB, GiB: powers of 1024, as Dask reads them)."""
+    if isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        number = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+        unit = text[len(number):]
+        try:
+            size = float(number) * _UNITS[unit]
+        except (ValueError, KeyError):
+            raise ValueError(f"max_worker_memory: cannot read {value!r} as a size (examples: "
+                             "2147483648, '2GiB', '1.5 GB', '800MiB')") from None
+        if not size >= 1:
+            raise ValueError(f"max_worker_memory must be at least 1 byte, not {value!r}")
+        return int(size)
+    return _positive_int("max_worker_memory", value)
+
+
 def _check_context(mp_context):
     """ProcessPoolExecutor's mp_context=, accepted for its signature's sake: whatever the start
     method, braid's workers are fresh interpreters that import the main module (as under
@@ -100,7 +123,7 @@ class ProcessPool(_braid._ProcessPoolCore, concurrent.futures.Executor):
             raise TypeError(f"retries must be an int, not {type(retries).__name__}")
         if retries < 0:
             raise ValueError("retries must be >= 0")
-        max_memory = 0 if max_worker_memory is None else _positive_int("max_worker_memory", max_worker_memory)
+        max_memory = 0 if max_worker_memory is None else _memory_size(max_worker_memory)
         init_payload = None
         if initializer is not None:
             init_payload = _procworker.dumps((initializer, tuple(initargs)))
