@@ -1054,7 +1054,8 @@ int br_pptask_state(const br_pptask_t *task);
 /* Any thread. Closes as `mode` says (grace_ns for KILL_AFTER); a later call
  * may escalate (FINISH < CANCEL < KILL_AFTER < KILL, an earlier kill time
  * wins), never relax. Queued tasks are CANCELLED before it returns (for
- * CANCEL and up). 0 or -EINVAL. */
+ * CANCEL and up). 0, -EINVAL, or -errno from waking the loop (the close
+ * then takes effect at the loop's next wakeup). */
 int br_procpool_close(br_procpool_t *pool, enum br_ppclose_mode mode, int64_t grace_ns);
 /* Any thread. Closes (FINISH, unless already closing otherwise) and hands
  * the pool over: once CLOSED it calls on_detached(pool) instead of
