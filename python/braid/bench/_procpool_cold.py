@@ -24,7 +24,7 @@ import time
 
 from braid.bench import _cc
 from braid.bench import procpool as _pp
-from braid.bench._tutorial import check_numbers_chunk, is_prime
+from braid.bench._tutorial import is_prime, prime_flags, tutorial_code
 
 COLD_CASES = ("startup", "respawn", "primes_e2e", "floor")
 
@@ -571,29 +571,7 @@ def run_respawn(*, quick, repeat, workers, braid_mod, contender_keys, on_progres
 
 # ------------------------------------------------------------------ primes, end to end
 
-def _sieve(stop):
-    """Flags of range(1, stop): is n prime? By a sieve, independent of is_prime."""
-    flags = bytearray([1]) * stop
-    flags[0:2] = b"\0\0"[:min(2, stop)]
-    for p in range(2, int(stop ** 0.5) + 1):
-        if flags[p]:
-            flags[p * p::p] = bytes(len(range(p * p, stop, p)))
-    return [bool(f) for f in flags[1:]]
-
-
-def tutorial_code(make_pool):
-    """The tutorial's multiprocessing code, from cutting the list in chunks to the flat
-    result, with make_pool(processes) in place of multiprocessing.Pool."""
-    def run(numbers):
-        num_processes = multiprocessing.cpu_count()
-        chunk_size = len(numbers) // num_processes
-        number_chunks = [numbers[i:i + chunk_size] for i in range(0, len(numbers), chunk_size)]
-        with make_pool(num_processes) as pool:
-            process_results = pool.map(check_numbers_chunk, number_chunks)
-        # Flatten the results from all processes
-        final_results = [item for sublist in process_results for item in sublist]
-        return final_results
-    return run
+_sieve = prime_flags
 
 
 def map_is_prime(make_pool, chunksize=None):

@@ -126,27 +126,10 @@ def load_braid():
 
 # ------------------------------------------------------------------ the work
 # Module level, so braid.map's process mode and multiprocessing.Pool pickle
-# them by reference as braid.bench.map.<name> and their workers import them.
+# them by reference as braid.bench.map.<name> and their workers import them;
+# the tutorial's primes come from braid.bench._tutorial, a module that imports nothing.
 
-# A CPU-bound task: checking if a number is prime
-def is_prime(n):
-    if n <= 1:
-        return False
-    if n == 2:
-        return True
-    if n % 2 == 0:
-        return False
-    for i in range(3, int(n**0.5) + 1, 2):
-        if n % i == 0:
-            return False
-    return True
-
-
-def check_numbers_chunk(numbers_chunk):
-    results = []
-    for num in numbers_chunk:
-        results.append((num, is_prime(num)))
-    return results
+from ._tutorial import is_prime, prime_flags, tutorial_code  # noqa: E402
 
 
 def nap(i):
@@ -351,16 +334,7 @@ class Server:
 
 # ------------------------------------------------------------------ references
 
-def _sieve_flags(stop):
-    """[is n prime for n in range(1, stop)], by a sieve: independent of is_prime."""
-    if stop <= 1:
-        return []
-    flags = bytearray([1]) * stop
-    flags[0:2] = b"\x00\x00"
-    for p in range(2, int((stop - 1) ** 0.5) + 1):
-        if flags[p]:
-            flags[p * p::p] = bytes(len(range(p * p, stop, p)))
-    return [bool(f) for f in flags[1:]]
+_sieve_flags = prime_flags
 
 
 def _path_of(url):
@@ -418,16 +392,7 @@ def _listcomp(fn, items):
 
 def _tutorial_pool(fn, numbers):
     """The tutorial's multiprocessing code, from cutting the list in chunks to the flat result."""
-    import multiprocessing
-
-    num_processes = multiprocessing.cpu_count()
-    chunk_size = len(numbers) // num_processes
-    number_chunks = [numbers[i:i + chunk_size] for i in range(0, len(numbers), chunk_size)]
-    with multiprocessing.Pool(processes=num_processes) as pool:
-        process_results = pool.map(check_numbers_chunk, number_chunks)
-    # Flatten the results from all processes
-    final_results = [item for sublist in process_results for item in sublist]
-    return final_results
+    return tutorial_code()(numbers)
 
 
 def _executor_map(fn, items):

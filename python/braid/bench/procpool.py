@@ -156,18 +156,7 @@ def _ident(x):
     return x
 
 
-def is_prime(n):
-    """The seed's CPU-bound task, unchanged: trial division up to sqrt(n)."""
-    if n <= 1:
-        return False
-    if n == 2:
-        return True
-    if n % 2 == 0:
-        return False
-    for i in range(3, int(n**0.5) + 1, 2):
-        if n % i == 0:
-            return False
-    return True
+from ._tutorial import is_prime  # noqa: E402 -- the seed's CPU-bound task, unchanged
 
 
 def _warm(delay, want_numpy):
@@ -238,7 +227,7 @@ def make_contenders(braid_mod, keys=CONTENDERS):
                 "braid", BRAID_NAME, "executor",
                 make=lambda w: braid_mod.ProcessPool(max_workers=w), close=_shutdown,
                 version=getattr(braid_mod, "__version__", "unknown"),
-                start_method="fresh interpreters"))
+                start_method="forked from a template"))
         elif key == "ppe":
             out.append(Contender(
                 "ppe", "ProcessPoolExecutor", "executor",

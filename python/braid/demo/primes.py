@@ -14,7 +14,7 @@ variants:
 Every result is compared, flag by flag, with a sieve of Eratosthenes computed beforehand.
 """
 
-from braid.bench._tutorial import check_numbers_chunk, is_prime
+from braid.bench._tutorial import is_prime, prime_flags, tutorial_code
 
 from .measure import Case, CheckFailed, Variant
 
@@ -23,12 +23,7 @@ __all__ = ["cases"]
 
 def sieve(stop):
     """[is n prime for n in range(1, stop + 1)], independently of is_prime."""
-    flags = bytearray([1]) * (stop + 1)
-    flags[0:2] = bytes(2)  # 0 and 1; stop >= 1
-    for p in range(2, int(stop ** 0.5) + 1):
-        if flags[p]:
-            flags[p * p::p] = bytes(len(range(p * p, stop + 1, p)))
-    return [bool(f) for f in flags[1:]]
+    return prime_flags(stop + 1)
 
 
 def _sequential(numbers):
@@ -37,16 +32,8 @@ def _sequential(numbers):
 
 
 def _tutorial_pool(numbers):
-    import multiprocessing
-
-    num_processes = multiprocessing.cpu_count()
-    chunk_size = len(numbers) // num_processes
-    number_chunks = [numbers[i:i + chunk_size] for i in range(0, len(numbers), chunk_size)]
-    with multiprocessing.Pool(processes=num_processes) as pool:
-        process_results = pool.map(check_numbers_chunk, number_chunks)
-    # Flatten the results from all processes
-    final_results = [item for sublist in process_results for item in sublist]
-    return final_results
+    """The tutorial's multiprocessing code, from cutting the list in chunks to the flat result."""
+    return tutorial_code()(numbers)
 
 
 def _process_pool(numbers):
