@@ -72,8 +72,8 @@ def _memory_size(value):
 
 def _check_context(mp_context):
     """ProcessPoolExecutor's mp_context=, accepted for its signature's sake: whatever the start
-    method, braid's workers are fresh interpreters that import the main module (as under
-    "spawn"), never forks of this process."""
+    method, braid's workers import the main module as under "spawn" (once, in the template they
+    are forked from) and are never forks of this process."""
     if mp_context is not None and not callable(getattr(mp_context, "get_start_method", None)):
         raise TypeError(f"mp_context must be a multiprocessing context, not {type(mp_context).__name__}")
 
