@@ -108,6 +108,20 @@ static int load_stdlib_objects(braid_state *st)
     return 0;
 }
 
+/* What braid_load_pools loads. */
+static void clear_pool_objects(braid_state *st)
+{
+    Py_CLEAR(st->CancelledError);
+    Py_CLEAR(st->InvalidStateError);
+    Py_CLEAR(st->BrokenThreadPool);
+    Py_CLEAR(st->Condition);
+    Py_CLEAR(st->logger);
+    for (int i = 0; i < 5; i++) {
+        Py_CLEAR(st->state_names[i]);
+    }
+    Py_CLEAR(st->future_type);
+}
+
 /* The pools and futures stand on concurrent.futures, threading and logging
  * (the Future type has concurrent.futures.Future as a base). They are
  * loaded here, on first use, not when the module is imported: a process-
@@ -120,16 +134,7 @@ int braid_load_pools(PyObject *module)
         return 0;
     }
     if (load_stdlib_objects(st) < 0 || braid_future_init_types(module, st) < 0) {
-        /* as before the call, so that the next one starts over */
-        Py_CLEAR(st->CancelledError);
-        Py_CLEAR(st->InvalidStateError);
-        Py_CLEAR(st->BrokenThreadPool);
-        Py_CLEAR(st->Condition);
-        Py_CLEAR(st->logger);
-        for (int i = 0; i < 5; i++) {
-            Py_CLEAR(st->state_names[i]);
-        }
-        Py_CLEAR(st->future_type);
+        clear_pool_objects(st); /* as before the call, so that the next one starts over */
         return -1;
     }
     return 0;
@@ -334,17 +339,9 @@ static int braid_clear(PyObject *module)
 {
     braid_state *st = braid_get_state(module);
     Py_CLEAR(st->future_core_type);
-    Py_CLEAR(st->future_type);
+    clear_pool_objects(st);
     Py_CLEAR(st->pool_core_type);
     Py_CLEAR(st->mapiter_type);
-    Py_CLEAR(st->CancelledError);
-    Py_CLEAR(st->InvalidStateError);
-    Py_CLEAR(st->BrokenThreadPool);
-    Py_CLEAR(st->Condition);
-    Py_CLEAR(st->logger);
-    for (int i = 0; i < 5; i++) {
-        Py_CLEAR(st->state_names[i]);
-    }
     Py_CLEAR(st->worker_started);
     Py_CLEAR(st->worker_exiting);
     Py_CLEAR(st->procpool_core_type);

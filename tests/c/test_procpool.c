@@ -555,27 +555,14 @@ TEST(respawn_storm)
     finish(BR_PPCLOSE_FINISH, 0);
 }
 
-TEST(garbage_in_the_result_ring)
-{
-    br_procpool_options_t o = options(1);
-    start(&o);
-    job_t g = {0}, after = {0};
-    submit(&g, "garbage");
-    wait_job(&g, 10000);
-    CHECK_EQ(g.status, BR_PPTASK_CRASHED);
-    CHECK_EQ(g.t.term_signal, SIGKILL); /* killed by the pool */
-    submit(&after, "echo:ok");
-    wait_job(&after, 10000);
-    CHECK_EQ(after.status, BR_PPTASK_OK);
-    finish(BR_PPCLOSE_FINISH, 0);
-}
-
-TEST(out_of_step_answer_kills_the_worker)
+/* A task whose worker misbehaves (cmd) fails CRASHED: the pool killed
+ * that worker; the next task runs on its replacement. */
+static void killed_by_the_pool_then_recovers(const char *cmd)
 {
     br_procpool_options_t o = options(1);
     start(&o);
     job_t bad = {0}, after = {0};
-    submit(&bad, "wrongtag");
+    submit(&bad, cmd);
     wait_job(&bad, 10000);
     CHECK_EQ(bad.status, BR_PPTASK_CRASHED);
     CHECK_EQ(bad.t.term_signal, SIGKILL); /* killed by the pool */
@@ -584,6 +571,10 @@ TEST(out_of_step_answer_kills_the_worker)
     CHECK_EQ(after.status, BR_PPTASK_OK);
     finish(BR_PPCLOSE_FINISH, 0);
 }
+
+TEST(garbage_in_the_result_ring) { killed_by_the_pool_then_recovers("garbage"); }
+
+TEST(out_of_step_answer_kills_the_worker) { killed_by_the_pool_then_recovers("wrongtag"); }
 
 TEST(result_written_before_death_counts)
 {
