@@ -15,6 +15,7 @@
 
 typedef struct pool_core_s pool_core_t;
 typedef struct proc_core_s proc_core_t;
+typedef struct braid_pool_link_s braid_pool_link_t;
 
 typedef struct {
     /* types */
@@ -52,10 +53,9 @@ typedef struct {
     PyObject *WorkerCrashed;
     PyObject *TaskTimeout;
     PyObject *BrokenProcessPool;
-    proc_core_t *proc_cores;
-    /* every thread-pool core whose workers may still run Python code, so
-     * that interpreter exit can wait for them (threadpool.c) */
-    pool_core_t *cores;
+    /* every pool core that interpreter exit may have to close or wait for,
+     * of every kind (pools.c) */
+    braid_pool_link_t *pools;
     br_event_t *exit_waiter;        /* set when a dropped pool's last worker leaves */
     unsigned long pool_counter;
 } braid_state;
@@ -163,13 +163,8 @@ int braid_threadpool_init_types(PyObject *module, braid_state *st);
 FutureObject *braid_pool_submit(PyObject *pool, PyObject *fn, PyObject *args,
                                 PyObject *kwargs, int chunked);
 unsigned braid_pool_max_workers(PyObject *pool);
-/* Interpreter exit: close and join every pool. */
-PyObject *braid_threadpool_at_exit(braid_state *st);
 /* Thread-pool cores on the module's list (not yet released). */
 size_t braid_threadpool_cores(braid_state *st);
-void braid_threadpool_clear_state(braid_state *st);
-/* os.register_at_fork(after_in_child=...): pools become unusable, safely. */
-PyObject *braid_threadpool_after_fork_child(braid_state *st);
 /* Removes a queued work item of this pool (no-op if a worker has it). */
 void braid_pool_cancel_work(pool_core_t *core, br_work_t *work);
 
@@ -186,8 +181,6 @@ void braid_transport_clear(braid_state *st);
 
 /* procpool.c, procworker.c */
 int braid_procpool_init_types(PyObject *module, braid_state *st);
-PyObject *braid_procpool_at_exit(braid_state *st, int interrupted);
-void braid_procpool_after_fork_child(braid_state *st);
 PyObject *braid_worker_loop(PyObject *module, PyObject *args);
 PyObject *braid_worker_bind_parent(PyObject *module, PyObject *arg);
 PyObject *braid_worker_acked(PyObject *module, PyObject *unused);
@@ -214,6 +207,40 @@ void braid_templates_close_unused(int64_t timeout_ns);
 void braid_templates_after_fork_child(void);
 PyObject *braid_template_serve(PyObject *module, PyObject *unused);
 PyObject *braid_close_unused_templates(PyObject *module, PyObject *unused);
+
+/* pools.c: the lifetimes all pool kinds share. A pool core embeds a link
+ * and is on st->pools while interpreter exit may have to close it or wait
+ * for it. The ops run with the GIL held. */
+typedef struct braid_pool_ops_s {
+    /* At exit, for every pool first: stop taking work; `interrupted`
+     * (Ctrl-C ended the program) also cancels queued work. */
+    void (*close)(braid_pool_link_t *link, int interrupted);
+    /* Then: whether the pool still has workers to wait for ... */
+    int (*busy)(braid_pool_link_t *link);
+    /* ... and the wait, signal handlers run: 0, or -1 with an exception.
+     * It may unlink and free the pool. */
+    int (*wait)(braid_pool_link_t *link);
+    /* In a fork's child: the pool is the parent's. It may unlink it. */
+    void (*forked)(braid_pool_link_t *link);
+    /* The module is being freed (after at-exit): unlinks it, and frees
+     * what nothing else will. */
+    void (*clear)(braid_pool_link_t *link);
+} braid_pool_ops_t;
+
+struct braid_pool_link_s {
+    const braid_pool_ops_t *ops;
+    braid_state *st;               /* NULL when not on a list */
+    braid_pool_link_t *next, *prev;
+};
+
+/* After Ctrl-C, at exit: running tasks of process pools get this long. */
+#define BRAID_EXIT_GRACE_NS 300000000
+void braid_pools_link(braid_state *st, braid_pool_link_t *link, const braid_pool_ops_t *ops);
+void braid_pools_unlink(braid_pool_link_t *link); /* no-op when not linked */
+size_t braid_pools_count(braid_state *st, const braid_pool_ops_t *ops);
+PyObject *braid_pools_at_exit(braid_state *st, int interrupted);
+void braid_pools_after_fork_child(braid_state *st);
+void braid_pools_clear(braid_state *st);
 
 /* mapiter.c */
 int braid_mapiter_init_types(PyObject *module, braid_state *st);

@@ -197,9 +197,13 @@ static PyObject *mod_getattr(PyObject *module, PyObject *name)
     return NULL;
 }
 
-static PyObject *mod_at_exit(PyObject *module, PyObject *unused)
+static PyObject *mod_at_exit(PyObject *module, PyObject *arg)
 {
-    return braid_threadpool_at_exit(braid_get_state(module));
+    int interrupted = PyObject_IsTrue(arg);
+    if (interrupted < 0) {
+        return NULL;
+    }
+    return braid_pools_at_exit(braid_get_state(module), interrupted);
 }
 
 static PyObject *mod_threadpool_cores(PyObject *module, PyObject *unused)
@@ -209,23 +213,8 @@ static PyObject *mod_threadpool_cores(PyObject *module, PyObject *unused)
 
 static PyObject *mod_after_fork_child(PyObject *module, PyObject *unused)
 {
-    braid_procpool_after_fork_child(braid_get_state(module));
-    return braid_threadpool_after_fork_child(braid_get_state(module));
-}
-
-static PyObject *mod_procpool_after_fork_child(PyObject *module, PyObject *unused)
-{
-    braid_procpool_after_fork_child(braid_get_state(module));
+    braid_pools_after_fork_child(braid_get_state(module));
     Py_RETURN_NONE;
-}
-
-static PyObject *mod_procpool_at_exit(PyObject *module, PyObject *arg)
-{
-    int interrupted = PyObject_IsTrue(arg);
-    if (interrupted < 0) {
-        return NULL;
-    }
-    return braid_procpool_at_exit(braid_get_state(module), interrupted);
 }
 
 static PyObject *mod_set_process_hooks(PyObject *module, PyObject *args)
@@ -273,14 +262,13 @@ static PyObject *mod_strerror(PyObject *module, PyObject *arg)
 }
 
 static PyMethodDef braid_methods[] = {
-    {"_at_exit", mod_at_exit, METH_NOARGS,
-     "Closes and joins every thread pool; registered with threading._register_atexit."},
+    {"_at_exit", mod_at_exit, METH_O,
+     "_at_exit(interrupted): closes every pool and waits for its workers; after Ctrl-C (interrupted) "
+     "queued work is cancelled and process workers are killed soon."},
     {"_threadpool_cores", mod_threadpool_cores, METH_NOARGS,
      "_threadpool_cores(): thread-pool cores not yet freed (for tests of pool lifetimes)."},
     {"_after_fork_child", mod_after_fork_child, METH_NOARGS,
-     "Marks every thread pool unusable in a forked child; registered with os.register_at_fork."},
-    {"_procpool_at_exit", mod_procpool_at_exit, METH_O,
-     "_procpool_at_exit(interrupted): closes every process pool; kills workers soon if interrupted."},
+     "Makes every pool unusable in a forked child and forgets the parent's templates."},
     {"_set_process_hooks", mod_set_process_hooks, METH_VARARGS,
      "_set_process_hooks(dumps, loads, WorkerCrashed, TaskTimeout, envelope_type)"},
     {"_worker_loop", braid_worker_loop, METH_VARARGS, "_worker_loop(ring_bytes, handler): a worker's main loop."},
@@ -293,8 +281,6 @@ static PyMethodDef braid_methods[] = {
      "False once the parent has gone."},
     {"_close_unused_templates", braid_close_unused_templates, METH_NOARGS,
      "_close_unused_templates(): ends the process-pool templates no pool uses now."},
-    {"_procpool_after_fork_child", mod_procpool_after_fork_child, METH_NOARGS,
-     "Makes every process pool unusable in a forked child and forgets the parent's templates."},
     {"_set_worker_hooks", mod_set_worker_hooks, METH_VARARGS,
      "_set_worker_hooks(started, exiting): called on each worker thread as it starts and exits."},
     {"strerror", mod_strerror, METH_O, "strerror(-errno): the engine's name for an error code."},
@@ -365,7 +351,7 @@ static int braid_clear(PyObject *module)
 static void braid_free(void *module)
 {
     braid_state *st = braid_get_state((PyObject *)module);
-    braid_threadpool_clear_state(st);
+    braid_pools_clear(st);
     braid_clear((PyObject *)module);
 }
 

@@ -36,7 +36,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define EXIT_GRACE_NS 300000000 /* at interpreter exit after Ctrl-C: then SIGKILL */
 #define SPIN_NS 30000           /* the loop thread's poll before it sleeps */
 
 typedef struct task_s {
@@ -73,7 +72,7 @@ struct proc_core_s {
     char **argv, **envp;        /* the spawner's (it borrows them): freed with the core */
     br_event_t started_ev;
     br_event_t closed_ev;       /* set by on_closed */
-    proc_core_t *next, *prev;   /* the module's list (GIL) */
+    braid_pool_link_t link;     /* on st->pools (pools.c) */
 };
 
 typedef struct {
@@ -339,15 +338,7 @@ static char **strv_dup(char **v)
 
 static void core_unlink_free(proc_core_t *c)
 {
-    braid_state *st = c->st;
-    if (c->prev) {
-        c->prev->next = c->next;
-    } else if (st->proc_cores == c) {
-        st->proc_cores = c->next;
-    }
-    if (c->next) {
-        c->next->prev = c->prev;
-    }
+    braid_pools_unlink(&c->link);
     Py_CLEAR(c->broken);
     free_strv(c->argv);
     free_strv(c->envp);
@@ -424,46 +415,62 @@ static int core_join(proc_core_t *c)
     return 0;
 }
 
-PyObject *braid_procpool_at_exit(braid_state *st, int interrupted)
+#define LINKED_CORE(l) ((proc_core_t *)((char *)(l) - offsetof(proc_core_t, link)))
+
+/* At interpreter exit queued work finishes first, as with
+ * ProcessPoolExecutor; after Ctrl-C it is cancelled and running tasks get
+ * a short grace before their workers are killed. */
+static void ops_close(braid_pool_link_t *l, int interrupted)
 {
-    for (proc_core_t *c = st->proc_cores; c != NULL; c = c->next) {
-        core_close(c, interrupted ? BR_PPCLOSE_KILL_AFTER : BR_PPCLOSE_FINISH, EXIT_GRACE_NS);
-        c->orphaned = 0; /* joined here instead: its thread must not free it under us */
-    }
-    for (;;) {
-        proc_core_t *c = st->proc_cores;
-        while (c != NULL && (c->joined || c->forked)) {
-            c = c->next;
-        }
-        if (c == NULL) {
-            break;
-        }
-        if (core_join(c) < 0) {
-            return NULL;
-        }
-        if (c->dropped) {
-            core_unlink_free(c);
-        }
-    }
-    Py_BEGIN_ALLOW_THREADS
-    braid_templates_close_unused(EXIT_GRACE_NS);
-    Py_END_ALLOW_THREADS
-    Py_RETURN_NONE;
+    proc_core_t *c = LINKED_CORE(l);
+    core_close(c, interrupted ? BR_PPCLOSE_KILL_AFTER : BR_PPCLOSE_FINISH, BRAID_EXIT_GRACE_NS);
+    c->orphaned = 0; /* joined at exit instead: its thread must not free it under us */
 }
 
-void braid_procpool_after_fork_child(braid_state *st)
+static int ops_busy(braid_pool_link_t *l)
 {
-    braid_templates_after_fork_child();
+    proc_core_t *c = LINKED_CORE(l);
+    return !c->joined && !c->forked;
+}
+
+static int ops_wait(braid_pool_link_t *l)
+{
+    proc_core_t *c = LINKED_CORE(l);
+    if (core_join(c) < 0) {
+        return -1;
+    }
+    if (c->dropped) {
+        core_unlink_free(c);
+    }
+    return 0;
+}
+
+static void ops_forked(braid_pool_link_t *l)
+{
     /* The loop thread and the workers belong to the parent. */
-    for (proc_core_t *c = st->proc_cores; c != NULL; c = c->next) {
-        c->forked = 1;
-        c->closing = 1;
-        if (c->broken == NULL) {
-            c->broken = PyUnicode_FromString("the process pool was created before os.fork() and has "
-                                             "no workers in this process");
-        }
+    proc_core_t *c = LINKED_CORE(l);
+    c->forked = 1;
+    c->closing = 1;
+    if (c->broken == NULL) {
+        c->broken = PyUnicode_FromString("the process pool was created before os.fork() and has "
+                                         "no workers in this process");
     }
 }
+
+static void ops_clear(braid_pool_link_t *l)
+{
+    /* After at-exit every loop thread has ended; a dropped pool's core
+     * that no object will free is freed here. */
+    proc_core_t *c = LINKED_CORE(l);
+    if (c->dropped && c->joined) {
+        core_unlink_free(c);
+    } else {
+        braid_pools_unlink(l);
+    }
+}
+
+static const braid_pool_ops_t process_pool_ops = {
+    .close = ops_close, .busy = ops_busy, .wait = ops_wait, .forked = ops_forked, .clear = ops_clear};
 
 /* --------------------------------------------------------- Python methods */
 
@@ -782,11 +789,7 @@ static int pp_init(PyObject *self, PyObject *args, PyObject *kwds)
         braid_raise_oserror(err, "starting the process pool's loop thread");
         return -1;
     }
-    c->next = st->proc_cores; /* at-exit sees it from here on */
-    if (st->proc_cores) {
-        st->proc_cores->prev = c;
-    }
-    st->proc_cores = c;
+    braid_pools_link(st, &c->link, &process_pool_ops); /* at-exit sees it from here on */
     p->core = c;
     if (c->background) {
         return 0;
