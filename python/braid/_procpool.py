@@ -134,7 +134,7 @@ class ProcessPool(_braid._ProcessPoolCore, concurrent.futures.Executor):
             # launcher, not a home for task functions; workers do not re-run it
             main_path = ""
         env = dict(os.environ)
-        env.update(BRAID_WORKER_PPID=str(os.getpid()), BRAID_WORKER_RING=str(RING_BYTES),
+        env.update(BRAID_WORKER_PPID=str(os.getpid()),
                    # Manager proxies and multiprocessing connections passed to a task
                    # authenticate with this process's key, as spawn's children do
                    BRAID_WORKER_AUTHKEY=_procworker.authkey().hex(),

@@ -271,7 +271,7 @@ static PyMethodDef braid_methods[] = {
      "Makes every pool unusable in a forked child and forgets the parent's templates."},
     {"_set_process_hooks", mod_set_process_hooks, METH_VARARGS,
      "_set_process_hooks(dumps, loads, WorkerCrashed, TaskTimeout, envelope_type)"},
-    {"_worker_loop", braid_worker_loop, METH_VARARGS, "_worker_loop(ring_bytes, handler): a worker's main loop."},
+    {"_worker_loop", braid_worker_loop, METH_VARARGS, "_worker_loop(handler, pack_result, pack_error, release): a worker's main loop."},
     {"_worker_acked", braid_worker_acked, METH_NOARGS,
      "_worker_acked(): seq of the last result the parent has unpickled."},
     {"_worker_bind_parent", braid_worker_bind_parent, METH_O,
