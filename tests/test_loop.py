@@ -6,6 +6,7 @@ what issue 3 names as bad input and faults, and the core that braid.Loop impleme
 
 import asyncio
 import contextvars
+import functools
 import gc
 import os
 import signal
@@ -49,6 +50,25 @@ class LoopMixin:
         loop.call_soon(loop.stop)
         loop.run_forever()
         assert seen == [0, 1, 2, 3, 4]
+
+    def test_a_callback_may_cancel_its_own_handle_while_it_runs(self, loop):
+        # reduce() is C code that goes on using its arguments after calling back into Python;
+        # the callback cancels the handle running it, which drops the handle's references to
+        # the callable and the arguments mid-call. asyncio holds them for the call; so must we.
+        box, seen = {}, []
+
+        def step(a, b):
+            box["handle"].cancel()
+            return a + b
+
+        box["handle"] = loop.call_soon(lambda *a: seen.append(functools.reduce(*a)),
+                                       step, [1, 2, 3, 4], 0)
+        timer = loop.call_later(0, functools.reduce, lambda a, b: (box["timer"].cancel(), a * b)[1],
+                                [1, 2, 3, 4], 1)
+        box["timer"] = timer
+        loop.call_later(0.01, loop.stop)
+        loop.run_forever()
+        assert seen == [10] and box["handle"].cancelled() and timer.cancelled()
 
     def test_callbacks_scheduled_by_callbacks_wait_an_iteration(self, loop):
         seen = []

@@ -200,12 +200,22 @@ static int handle_run(HandleObject *h)
     if (handle_is_cancelled(h) || cb == NULL || cb == Py_None) {
         return 0;
     }
+    /* Own references for the call: a callback that cancels its own handle
+     * (or a timer's) drops the slots' references while it runs. */
     PyObject *context = HSLOT(h, context);
-    if (context != NULL && context != Py_None && PyContext_Enter(context) < 0) {
+    context = context != NULL && context != Py_None ? Py_NewRef(context) : NULL;
+    if (context != NULL && PyContext_Enter(context) < 0) {
+        Py_DECREF(context);
         return -1;
     }
-    PyObject *r = PyObject_Call(cb, HSLOT(h, args), NULL);
-    if (context != NULL && context != Py_None && PyContext_Exit(context) < 0) {
+    Py_INCREF(cb);
+    PyObject *args = Py_NewRef(HSLOT(h, args));
+    PyObject *r = PyObject_Call(cb, args, NULL);
+    Py_DECREF(args);
+    Py_DECREF(cb);
+    int exited = context != NULL ? PyContext_Exit(context) : 0;
+    Py_XDECREF(context);
+    if (exited < 0) {
         Py_XDECREF(r);
         return -1;
     }
@@ -591,7 +601,10 @@ static PyObject *loop_call_soon_threadsafe(LoopObject *L, PyObject *const *args,
                                            PyObject *kwnames)
 {
     HandleObject *h = make_handle(L, args, nargs, kwnames, "call_soon_threadsafe", 0, 0);
-    if (h == NULL || ready_push(L, (PyObject *)h) < 0) {
+    /* Asked again: making the handle can run Python code (a collection's
+     * finalizers, or another thread taking the GIL meanwhile) that closes
+     * the loop, and a closed loop's wakeup is gone. */
+    if (h == NULL || check_open(L) < 0 || ready_push(L, (PyObject *)h) < 0) {
         Py_XDECREF(h);
         return NULL;
     }
