@@ -25,6 +25,7 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* ------------------------------------------------------------ handles */
 
@@ -102,6 +103,12 @@ int br_close(br_handle_t *h, br_close_cb close_cb)
     case BR_HANDLE_SIGNAL:
         br__signal_close((br_signal_t *)h);
         break;
+    case BR_HANDLE_STREAM:
+        br__stream_close((br_stream_t *)h);
+        break;
+    case BR_HANDLE_UDP:
+        br__udp_close((br_udp_t *)h);
+        break;
     default:
         return -EINVAL;
     }
@@ -135,10 +142,38 @@ static void run_closing(br_loop_t *loop)
             h->next_->prev_ = h->prev_;
         h->next_ = h->prev_ = h->close_next_ = NULL;
         h->flags_ = (h->flags_ & ~BR__CLOSING) | BR__CLOSED;
+        /* A stream's or datagram socket's fd is closed here, not in
+         * br_close: until this step of the iteration the poll may still
+         * hold events for its number, which a new fd reusing it would get. */
+        if (h->type == BR_HANDLE_STREAM)
+            br__close_fd(&((br_stream_t *)h)->fd);
+        else if (h->type == BR_HANDLE_UDP)
+            br__close_fd(&((br_udp_t *)h)->fd);
         if (h->close_cb_ != NULL)
             h->close_cb_(h);
         h = next;
     }
+}
+
+void br__close_fd(int *fd)
+{
+    if (*fd >= 0)
+        (void)close(*fd); /* even on EINTR the fd is gone on Linux: no retry */
+    *fd = -1;
+}
+
+char *br__loop_read_buf(br_loop_t *loop, size_t size)
+{
+    /* Grown only here, just before a read: never while a callback still
+     * looks at what the last read put in it. */
+    if (loop->read_buf_size_ < size) {
+        char *b = realloc(loop->read_buf_, size);
+        if (b == NULL)
+            return NULL;
+        loop->read_buf_ = b;
+        loop->read_buf_size_ = size;
+    }
+    return loop->read_buf_;
 }
 
 /* ------------------------------------------------------------ loop */
@@ -167,6 +202,9 @@ int br_loop_close(br_loop_t *loop)
     br__async_loop_close(loop);
     br__poll_close(loop);
     br__timers_free(loop);
+    free(loop->read_buf_);
+    loop->read_buf_ = NULL;
+    loop->read_buf_size_ = 0;
     free(loop->watchers_);
     loop->watchers_ = NULL;
     loop->nwatchers_ = 0;

@@ -39,7 +39,7 @@ typedef struct {
 
 static void sink_read(br_stream_t *s, const char *buf, ssize_t n)
 {
-    sink_t *k = s->data;
+    sink_t *k = s->handle.data;
     if (n <= 0) {
         k->end = n;
         k->ended = 1;
@@ -54,9 +54,9 @@ static void sink_read(br_stream_t *s, const char *buf, ssize_t n)
     k->len += (size_t)n;
 }
 
-static void sink_closed(br_stream_t *s)
+static void sink_closed(br_handle_t *h)
 {
-    sink_t *k = s->data;
+    sink_t *k = h->data;
     k->closed = 1;
     free(k->got);
     k->got = NULL;
@@ -67,7 +67,7 @@ static void sink_open(sink_t *k, int fd)
     memset(k, 0, sizeof *k);
     k->end = 1;
     CHECK_EQ(br_stream_init(&loop, &k->s, fd), 0);
-    k->s.data = k;
+    k->s.handle.data = k;
     CHECK_EQ(br_stream_read_start(&k->s, sink_read, 4096), 0);
 }
 
@@ -90,7 +90,7 @@ static void echo_read(br_stream_t *s, const char *buf, ssize_t n)
     if (n > 0) {
         CHECK_EQ(br_stream_write(s, buf, (size_t)n), 0);
     } else {
-        CHECK_EQ(br_stream_close(s, NULL), 0);
+        CHECK_EQ(br_close(&s->handle, NULL), 0);
     }
 }
 
@@ -113,7 +113,7 @@ TEST(echo_over_a_socket_pair)
     CHECK_EQ(br_stream_shutdown(&client.s), 0);
     run_until(&client.ended); /* the echo side saw EOF and closed */
     CHECK_EQ(client.end, 0);
-    CHECK_EQ(br_stream_close(&client.s, sink_closed), 0);
+    CHECK_EQ(br_close(&client.s.handle, sink_closed), 0);
     finish();
     CHECK(client.closed);
     CHECK(!fd_is_open(sv[0]) && !fd_is_open(sv[1]));
@@ -155,10 +155,10 @@ TEST(big_write_pauses_then_resumes_and_delivers_every_byte)
             CHECK(!"byte out of place");
         }
     }
-    CHECK_EQ(br_stream_close(&w, NULL), 0);
+    CHECK_EQ(br_close(&w.handle, NULL), 0);
     run_until(&r.ended);
     CHECK_EQ(r.end, 0);
-    CHECK_EQ(br_stream_close(&r.s, sink_closed), 0);
+    CHECK_EQ(br_close(&r.s.handle, sink_closed), 0);
     finish();
 }
 
@@ -182,8 +182,8 @@ TEST(shutdown_waits_for_the_queue_and_then_gives_eof)
     run_until(&r.ended);
     CHECK_EQ(r.end, 0);
     CHECK_EQ(r.len, total);
-    CHECK_EQ(br_stream_close(&w, NULL), 0);
-    CHECK_EQ(br_stream_close(&r.s, sink_closed), 0);
+    CHECK_EQ(br_close(&w.handle, NULL), 0);
+    CHECK_EQ(br_close(&r.s.handle, sink_closed), 0);
     finish();
 }
 
@@ -215,8 +215,8 @@ TEST(peer_gone_is_an_error_not_a_signal)
     CHECK_EQ(br_stream_queued(&w), 0);
     CHECK_EQ(br_stream_write(&w, src, 10), -EPIPE);
     free(src);
-    CHECK_EQ(br_stream_close(&w, NULL), 0);
-    CHECK_EQ(br_stream_close(&w, NULL), -EINVAL); /* twice */
+    CHECK_EQ(br_close(&w.handle, NULL), 0);
+    CHECK_EQ(br_close(&w.handle, NULL), -EINVAL); /* twice */
     CHECK_EQ(br_stream_write(&w, "x", 1), -EBUSY);
     finish();
 }
@@ -243,7 +243,7 @@ TEST(tcp_reset_reaches_the_reader)
     CHECK_EQ(close(p), 0); /* RST */
     run_until(&r.ended);
     CHECK_EQ(r.end, -ECONNRESET);
-    CHECK_EQ(br_stream_close(&r.s, sink_closed), 0);
+    CHECK_EQ(br_close(&r.s.handle, sink_closed), 0);
     finish();
 }
 
@@ -258,7 +258,7 @@ TEST(close_with_a_queue_frees_it_and_closes_the_fd)
     CHECK_EQ(br_stream_write(&w.s, src, 1u << 20), 0);
     free(src);
     CHECK(br_stream_queued(&w.s) > 0);
-    CHECK_EQ(br_stream_close(&w.s, sink_closed), 0);
+    CHECK_EQ(br_close(&w.s.handle, sink_closed), 0);
     CHECK(fd_is_open(sv[0])); /* closed by a later step of the loop */
     CHECK_EQ(w.closed, 0);
     finish();
@@ -281,7 +281,7 @@ TEST(bad_input)
     CHECK_EQ(br_stream_set_limits(&s, 10, 20), -EINVAL);
     CHECK_EQ(br_stream_write(&s, "", 0), 0);
     CHECK_EQ(br_stream_read_stop(&s), 0); /* not reading: fine */
-    CHECK_EQ(br_stream_close(&s, NULL), 0);
+    CHECK_EQ(br_close(&s.handle, NULL), 0);
     CHECK_EQ(br_stream_read_start(&s, sink_read, 0), -EBUSY);
     CHECK_EQ(br_stream_shutdown(&s), -EBUSY);
     finish();
@@ -309,10 +309,10 @@ TEST(pipe_carries_bytes_and_eof)
     for (size_t i = 0; i < total; i += 4093) {
         CHECK_EQ(r.got[i], pattern(i));
     }
-    CHECK_EQ(br_stream_close(&w, NULL), 0);
+    CHECK_EQ(br_close(&w.handle, NULL), 0);
     run_until(&r.ended);
     CHECK_EQ(r.end, 0);
-    CHECK_EQ(br_stream_close(&r.s, sink_closed), 0);
+    CHECK_EQ(br_close(&r.s.handle, sink_closed), 0);
     finish();
 }
 
@@ -335,8 +335,93 @@ TEST(pty_master_reads_what_the_slave_writes)
     CHECK_EQ(close(sl), 0);
     run_until(&r.ended);
     CHECK(r.end == -EIO || r.end == 0); /* Linux says EIO once the slave is gone */
-    CHECK_EQ(br_stream_close(&r.s, sink_closed), 0);
+    CHECK_EQ(br_close(&r.s.handle, sink_closed), 0);
     finish();
+}
+
+/* ------------------------------------------------------------ the handle */
+
+TEST(a_stream_is_a_handle_active_while_it_reads_or_writes)
+{
+    int sv[2];
+    pair(sv);
+    CHECK_EQ(br_loop_init(&loop), 0);
+    br_stream_t s;
+    CHECK_EQ(br_stream_init(&loop, &s, sv[0]), 0);
+    CHECK_EQ(s.handle.type, BR_HANDLE_STREAM);
+    CHECK(!br_is_active(&s.handle) && !br_loop_alive(&loop)); /* idle: nothing keeps the loop */
+    CHECK_EQ(br_stream_read_start(&s, echo_read, 0), 0);
+    CHECK(br_is_active(&s.handle) && br_loop_alive(&loop));
+    CHECK_EQ(br_stream_read_stop(&s), 0);
+    CHECK(!br_is_active(&s.handle) && !br_loop_alive(&loop));
+    br_unref(&s.handle);
+    CHECK_EQ(br_stream_read_start(&s, echo_read, 0), 0);
+    CHECK(br_is_active(&s.handle) && !br_loop_alive(&loop)); /* unreferenced */
+    br_ref(&s.handle);
+    CHECK_EQ(br_loop_close(&loop), -EBUSY); /* an open handle */
+    CHECK_EQ(br_close(&s.handle, NULL), 0);
+    CHECK(fd_is_open(sv[0]));              /* closed at step 5 of an iteration, not in br_close */
+    CHECK_EQ(br_close(&s.handle, NULL), -EINVAL);
+    CHECK_EQ(br_stream_write(&s, "x", 1), -EBUSY);
+    CHECK_EQ(br_loop_close(&loop), -EBUSY); /* its close callback has not run */
+    finish();
+    CHECK(!fd_is_open(sv[0]));
+    CHECK_EQ(close(sv[1]), 0);
+}
+
+/* Every stream of a loop reads into the one buffer of the loop: an idle
+ * connection holds none. A stream asking for a bigger read from inside
+ * another's read callback grows it only before the next read. */
+typedef struct {
+    br_stream_t s;
+    br_stream_t *other;
+    const char *seen;
+    char first;
+    int reads;
+} shared_t;
+
+static void shared_read(br_stream_t *s, const char *buf, ssize_t n)
+{
+    shared_t *k = s->handle.data;
+    CHECK(n > 0);
+    k->seen = buf;
+    k->first = buf[0];
+    k->reads++;
+    if (k->other != NULL) {
+        CHECK_EQ(br_stream_read_start(k->other, shared_read, 1 << 20), 0);
+        CHECK_EQ(buf[0], k->first); /* still readable: nothing was reallocated under it */
+    }
+    CHECK_EQ(br_stream_read_stop(s), 0);
+}
+
+TEST(streams_share_the_loops_read_buffer)
+{
+    int a[2], b[2];
+    pair(a);
+    pair(b);
+    CHECK_EQ(br_loop_init(&loop), 0);
+    shared_t ka = {0}, kb = {0};
+    CHECK_EQ(br_stream_init(&loop, &ka.s, a[0]), 0);
+    CHECK_EQ(br_stream_init(&loop, &kb.s, b[0]), 0);
+    ka.s.handle.data = &ka;
+    kb.s.handle.data = &kb;
+    ka.other = &kb.s;
+    CHECK_EQ(br_stream_read_start(&ka.s, shared_read, 4096), 0);
+    CHECK_EQ(write(a[1], "a", 1), 1);
+    CHECK_EQ(write(b[1], "b", 1), 1);
+    while (ka.reads == 0 || kb.reads == 0) {
+        CHECK(br_loop_run(&loop, BR_RUN_ONCE) >= 0);
+    }
+    CHECK_EQ(ka.first, 'a');
+    CHECK_EQ(kb.first, 'b');
+    CHECK(ka.seen != NULL && kb.seen != NULL);
+    CHECK(loop.read_buf_ == kb.seen && loop.read_buf_size_ >= (1u << 20));
+    CHECK_EQ(br_close(&ka.s.handle, NULL), 0);
+    CHECK_EQ(br_close(&kb.s.handle, NULL), 0);
+    finish();
+    CHECK(loop.read_buf_ == NULL);
+    CHECK_EQ(close(a[1]), 0);
+    CHECK_EQ(close(b[1]), 0);
 }
 
 BT_MAIN()
