@@ -207,6 +207,51 @@ class TransportMixin(LoopFixture):
 
         self.run(loop, main())
 
+    def test_pause_reading_inside_data_received_stops_the_next_call(self, loop):
+        calls = []
+
+        class Proto(Recorder):
+            def data_received(self, data):
+                super().data_received(data)
+                calls.append(len(data))
+                self.transport.pause_reading()
+
+        async def main():
+            transport, proto, peer = await tcp_pair(loop, Proto)
+            await loop.sock_sendall(peer, b"x" * 1_000_000)  # more than one read's worth
+            await until(lambda: calls, "the first read")
+            await ticks(20)
+            assert len(calls) == 1  # one read per readiness, and reading is paused now
+            while len(proto.data) < 1_000_000:
+                transport.resume_reading()
+                await until(lambda: not transport.is_reading(), "the next read")
+            assert proto.data == b"x" * 1_000_000 and sum(calls) == 1_000_000
+            transport.close()
+            peer.close()
+
+        self.run(loop, main())
+
+    @pytest.mark.skipif(sys.version_info >= (3, 12),
+                        reason="from 3.12 asyncio buffers the caller's object itself (no copy): "
+                               "changing it after write() changes what is sent")
+    def test_a_buffered_bytearray_is_copied_at_write(self, loop):
+        async def main():
+            transport, proto, peer = await tcp_pair(loop, Recorder, peer_rcvbuf=4096,
+                                                    sndbuf=4096)
+            total = fill_kernel(transport)
+            data = bytearray(b"original")
+            transport.write(data)
+            view = memoryview(bytearray(b"viewed"))
+            transport.write(view)
+            data[:] = b"MUTATED!"  # the caller may reuse its buffer once write returns
+            view[:] = b"CHANGE"
+            transport.close()
+            got, _ = await read_to_eof(loop, peer)
+            assert len(got) == total + 14 and got.endswith(b"originalviewed")
+            peer.close()
+
+        self.run(loop, main())
+
     # ---- half-close ---------------------------------------------------------------------
 
     def test_eof_received_returning_false_closes_the_transport(self, loop):
@@ -431,6 +476,79 @@ class TransportMixin(LoopFixture):
         self.run(loop, main())
         assert len(errors) == 1 and errors[0]["exception"].args == ("bad eof",)
         assert "eof_received" in errors[0]["message"]
+
+    def test_data_received_that_raises_reaches_the_handler_and_closes(self, loop):
+        errors = []
+
+        class Proto(Recorder):
+            def data_received(self, data):
+                raise ValueError(data)
+
+        async def main():
+            loop.set_exception_handler(lambda lp, ctx: errors.append(ctx))
+            transport, proto, peer = await tcp_pair(loop, Proto)
+            peer.sendall(b"poison")
+            exc = await proto.lost
+            assert isinstance(exc, ValueError) and exc.args == (b"poison",)
+            assert await read_to_eof(loop, peer) == (b"", None)
+            peer.close()
+            return exc
+
+        exc = self.run(loop, main())
+        assert len(errors) == 1 and errors[0]["exception"] is exc
+        assert errors[0]["message"] == "Fatal error: protocol.data_received() call failed."
+
+    def test_connection_lost_that_raises_reaches_the_handler_and_the_socket_closes(self, loop):
+        errors = []
+
+        class Proto(Recorder):
+            def connection_lost(self, exc):
+                super().connection_lost(exc)
+                raise KeyError("lost")
+
+        async def main():
+            loop.set_exception_handler(lambda lp, ctx: errors.append(ctx))
+            transport, proto, peer = await tcp_pair(loop, Proto)
+            sock = transport.get_extra_info("socket")
+            transport.close()
+            assert await proto.lost is None
+            await ticks()
+            assert sock.fileno() == -1  # closed even though the callback raised
+            assert await read_to_eof(loop, peer) == (b"", None)
+            peer.close()
+
+        self.run(loop, main())
+        assert [type(c["exception"]) for c in errors] == [KeyError]
+
+    def test_connection_made_that_raises_reaches_the_handler_and_the_server_serves_on(self, loop):
+        errors = []
+        made = []
+
+        class Proto(Recorder):
+            def connection_made(self, transport):
+                super().connection_made(transport)
+                made.append(self)
+                if len(made) == 1:
+                    raise ZeroDivisionError("first")
+
+        async def main():
+            loop.set_exception_handler(lambda lp, ctx: errors.append(ctx))
+            server = await loop.create_server(Proto, "127.0.0.1", 0)
+            addr = server.sockets[0].getsockname()
+            first = socket.create_connection(addr)
+            await until(lambda: errors, "the error")
+            second = socket.create_connection(addr)
+            second.sendall(b"served")
+            await until(lambda: len(made) == 2 and made[1].data == b"served", "the second")
+            for s in (first, second):
+                s.close()
+            for p in made:
+                p.transport.close()
+            server.close()
+            await server.wait_closed()
+
+        self.run(loop, main())
+        assert [type(c["exception"]) for c in errors] == [ZeroDivisionError]
 
     # ---- BufferedProtocol --------------------------------------------------------------------
 
