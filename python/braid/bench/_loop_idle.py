@@ -8,6 +8,8 @@ received, with the garbage collector on, as a user's server runs. Printed per lo
 
   KiB/conn   (RSS after - RSS before) / N: what an idle connection costs the server
   accept s   from the server's first connection_made to its N-th data_received
+  cpu µs/c   the server's CPU time (all its threads) over that burst, per connection: what
+             the loop itself costs, steadier than the wall time on a shared machine
   µs/conn first K, last K
              the time per connection over the first K and the last K bytes received
              (K = 1,000, or N/5 when N is small): with the count of open connections
@@ -228,6 +230,7 @@ def idle_once(kind, n, *, cpus, exes):
         "last_us": got["last_k_s"] / k * 1e6,
         "gc_s": got["gc_s"],
         "gen2": got["gen2"],
+        "cpu_us": got["server_cpu_s"] / n * 1e6,
         "server_busy": got["server_cpu_s"] / got["accept_s"],
         "client_busy": client_cpu_s / json.loads(opened)["seconds"],
         "rss_before": got["rss_before"],
@@ -237,7 +240,7 @@ def idle_once(kind, n, *, cpus, exes):
     }
 
 
-FIELDS = ("kib_per_conn", "accept_s", "first_us", "last_us", "gc_s", "gen2", "server_busy",
+FIELDS = ("kib_per_conn", "accept_s", "cpu_us", "first_us", "last_us", "gc_s", "gen2", "server_busy",
           "client_busy")
 
 
@@ -286,7 +289,7 @@ def _ratios(cells):
     for ref in ("uvloop", "asyncio"):
         base = cells.get(ref, {})
         for cell in cells.values():
-            for f, short in (("kib_per_conn", "mem"), ("accept_s", "time")):
+            for f, short in (("kib_per_conn", "mem"), ("accept_s", "time"), ("cpu_us", "cpu")):
                 v, b = cell.get(f), base.get(f)
                 cell[f"{short}_vs_{ref}"] = v / b if v and b else None
 
@@ -321,23 +324,26 @@ def format_row(row, out):
     out.append(f"{row['title']}  [one byte each, a C client, GC on; median of "
                f"{row['repeats']}]")
     L._format_goals(row, out, before=True)
-    widths = (12, 9, 9, 10, 10, 8, 5, 7, 7, 7, 8, 11)
+    widths = (12, 9, 9, 9, 11, 12, 8, 5, 11)
     lines = []
     for cell in row["contenders"].values():
         if cell["status"] != "ok":
             lines.append(f"{cell['label'].ljust(widths[0])}  {cell['status']}")
             continue
         lines.append((cell["label"], L._num(cell["kib_per_conn"]), L._num(cell["accept_s"], 3),
-                      L._num(cell["first_us"], 1), L._num(cell["last_us"], 1),
-                      L._num(cell["gc_s"], 3), L._count(cell["gen2"]),
-                      L._ratio(cell["mem_vs_uvloop"]), L._ratio(cell["time_vs_uvloop"]),
-                      L._ratio(cell["mem_vs_asyncio"]), L._ratio(cell["time_vs_asyncio"]),
+                      L._num(cell["cpu_us"], 1), L._num(cell["first_us"], 1),
+                      L._num(cell["last_us"], 1), L._num(cell["gc_s"], 3),
+                      L._count(cell["gen2"]),
                       f"{L._pct(cell['server_busy'])} / {L._pct(cell['client_busy'])}"
                       + (" !" if (cell["server_busy"] or 0) < L.BUSY_WARN else "")))
-    L._table(out, ("loop", "KiB/conn", "accept s", f"µs/c 1st{_k(k)}", f"µs/c last{_k(k)}",
-                   "in gc s", "gen2", "mem/uv", "time/uv", "mem/aio", "time/aio",
-                   "busy s / c"),
-             widths, lines)
+    L._table(out, ("loop", "KiB/conn", "accept s", "cpu µs/c", f"µs/c 1st{_k(k)}",
+                   f"µs/c last{_k(k)}", "in gc s", "gen2", "busy s / c"), widths, lines)
+    b = row["contenders"].get("braid", {})
+    for ref, name in (("uvloop", "uvloop"), ("asyncio", "asyncio")):
+        if b.get("status") == "ok" and row["contenders"].get(ref, {}).get("status") == "ok":
+            out.append(f"  {L.BRAID_NAME} / {name}: memory {L._ratio(b[f'mem_vs_{ref}'])}, "
+                       f"accept time {L._ratio(b[f'time_vs_{ref}'])}, "
+                       f"server CPU {L._ratio(b[f'cpu_vs_{ref}'])}")
     L._format_goals(row, out, before=False)
 
 
@@ -347,8 +353,9 @@ def _k(k):
 
 FOOTER = ("idle: KiB/conn = server RSS growth / connections; accept s = first connection_made "
           "to the last byte received; µs/c 1st/last = time per connection over the first and "
-          "last K; gen2 = full collections during the burst; mem/uv, time/uv, mem/aio, "
-          "time/aio = that loop's figure / uvloop's or asyncio's (below 1: less); busy s / c = "
+          "last K; cpu µs/c = the server's CPU time over the burst per connection; gen2 = full "
+          "collections during the burst; braid.Loop / uvloop, / asyncio: the ratio of the "
+          "figures (below 1: less); busy s / c = "
           "CPU time / wall time of the server and the client over the burst (! server below "
           "80%: it waited for the client or shared its CPU)")
 
