@@ -10,11 +10,21 @@ received, with the garbage collector on, as a user's server runs. Printed per lo
   accept s   from the server's first connection_made to its N-th data_received
   cpu µs/c   the server's CPU time (all its threads) over that burst, per connection: what
              the loop itself costs, steadier than the wall time on a shared machine
-  µs/conn first K, last K
-             the time per connection over the first K and the last K bytes received
-             (K = 1,000, or N/5 when N is small): with the count of open connections
-             growing, a loop whose per-connection cost grows shows it here
+  1st K, last K µs/c wall / cpu
+             the wall and the server CPU time per connection over the first K and the last
+             K bytes received (K = 1,000, or N/5 when N is small): with the count of open
+             connections growing, a loop whose per-connection cost grows shows it here
   in gc s    the time the server spent in the cyclic collector during the burst (gc.callbacks)
+  busy s / c the CPU time / wall time of the server and of the client over the burst
+
+The goals are the event-loop issue's: memory per idle connection ≤ uvloop's; the time to
+accept the burst ≤ uvloop's, and flat per connection as the count grows (here: the last K's
+CPU per connection at most FLAT_MAX times the first K's). The accept-time goal is judged on the
+server's CPU per connection, with the wall-time ratio beside it: on loopback the client's
+connect() pays the kernel's handshake for both ends, about 25-30 µs per connection on one
+CPU, so a server faster than that (uvloop) waits for the client and its wall time is the
+client's pace, not its own. The CPU figure is also the one a machine shared with other work
+leaves comparable.
 
 The client never has more than WINDOW connections the server has not read from (the server
 tells it through a pipe), so the kernel's accept queue never overflows: a dropped SYN
@@ -117,7 +127,7 @@ def _idle_protocol_class():
             if n % STEP == 0:
                 os.write(b.progress_fd, b".")
             if n == b.k or n == b.n - b.k or n == b.n:
-                b.marks[n] = time.perf_counter()
+                b.marks[n] = (time.perf_counter(), time.process_time())
                 if n == b.n and not b.done.done():
                     b.done.set_result(None)
 
@@ -145,9 +155,11 @@ async def _serve_idle(n, progress_fd):
     k = burst.k
     print(json.dumps({
         "event": "done", "conns": n, "k": k, "rss_before": rss_before, "rss_after": rss_after,
-        "accept_s": burst.marks[n] - burst.first,
-        "first_k_s": burst.marks[k] - burst.first,
-        "last_k_s": burst.marks[n] - burst.marks[n - k],
+        "accept_s": burst.marks[n][0] - burst.first,
+        "first_k_s": burst.marks[k][0] - burst.first,
+        "last_k_s": burst.marks[n][0] - burst.marks[n - k][0],
+        "first_k_cpu_s": burst.marks[k][1] - burst.cpu_first,
+        "last_k_cpu_s": burst.marks[n][1] - burst.marks[n - k][1],
         "gc_s": burst.gc_s,
         "server_cpu_s": cpu_s,
         "gen2": gc.get_stats()[2]["collections"] - gen2_before,
@@ -228,6 +240,8 @@ def idle_once(kind, n, *, cpus, exes):
         "accept_s": got["accept_s"],
         "first_us": got["first_k_s"] / k * 1e6,
         "last_us": got["last_k_s"] / k * 1e6,
+        "first_cpu_us": got["first_k_cpu_s"] / k * 1e6,
+        "last_cpu_us": got["last_k_cpu_s"] / k * 1e6,
         "gc_s": got["gc_s"],
         "gen2": got["gen2"],
         "cpu_us": got["server_cpu_s"] / n * 1e6,
@@ -240,7 +254,8 @@ def idle_once(kind, n, *, cpus, exes):
     }
 
 
-FIELDS = ("kib_per_conn", "accept_s", "cpu_us", "first_us", "last_us", "gc_s", "gen2", "server_busy",
+FIELDS = ("kib_per_conn", "accept_s", "cpu_us", "first_us", "last_us", "first_cpu_us",
+          "last_cpu_us", "gc_s", "gen2", "server_busy",
           "client_busy")
 
 
@@ -272,7 +287,8 @@ def run_idle(loops, conns, *, repeat, cpus, exes):
             elif cell["runs"]:
                 for f in FIELDS:
                     cell[f] = statistics.median(v[f] for v in cell["runs"])
-                cell["growth"] = cell["last_us"] / cell["first_us"] if cell["first_us"] else None
+                cell["growth"] = (cell["last_cpu_us"] / cell["first_cpu_us"]
+                                  if cell["first_cpu_us"] else None)
             else:
                 cell["status"] = "no run"
             cells[kind.key] = cell
@@ -304,15 +320,19 @@ def _goals(cells):
                 lambda v: v <= 1.0,
                 lambda v: f"{name} at {v:.2f}x uvloop's KiB per connection",
                 other="uvloop", name="memory"),
-        L._goal(f"time to accept the burst, GC on: {name} ≤ uvloop's", b, u, "time_vs_uvloop",
+        L._goal(f"time to accept the burst, GC on: {name} ≤ uvloop's (server CPU per "
+                f"connection; wall time beside it)", b, u, "cpu_vs_uvloop",
                 lambda v: v <= 1.0,
-                lambda v: f"{name} at {v:.2f}x uvloop's accept time",
+                lambda v: f"{name} at {v:.2f}x uvloop's server CPU per connection (wall time "
+                          f"{L._ratio(b.get('time_vs_uvloop'))})",
                 other="uvloop", name="accept time"),
     ]
     uv = f" (uvloop {u['growth']:.2f}x)" if u and u.get("growth") else ""
-    goals.append(L._goal(f"flat per connection: {name}'s last K at most {FLAT_MAX}x its first K",
+    goals.append(L._goal(f"flat per connection: {name}'s server CPU per connection over the "
+                         f"last K at most {FLAT_MAX}x the first K's",
                          b, b, "growth", lambda v: v <= FLAT_MAX,
-                         lambda v: f"{name}'s last K at {v:.2f}x its first K{uv}",
+                         lambda v: f"{name}'s last K at {v:.2f}x its first K's CPU per "
+                                   f"connection{uv}",
                          other=name, name="flat"))
     return goals
 
@@ -324,20 +344,22 @@ def format_row(row, out):
     out.append(f"{row['title']}  [one byte each, a C client, GC on; median of "
                f"{row['repeats']}]")
     L._format_goals(row, out, before=True)
-    widths = (12, 9, 9, 9, 11, 12, 8, 5, 11)
+    widths = (12, 8, 8, 8, 13, 13, 7, 4, 11)
     lines = []
     for cell in row["contenders"].values():
         if cell["status"] != "ok":
             lines.append(f"{cell['label'].ljust(widths[0])}  {cell['status']}")
             continue
         lines.append((cell["label"], L._num(cell["kib_per_conn"]), L._num(cell["accept_s"], 3),
-                      L._num(cell["cpu_us"], 1), L._num(cell["first_us"], 1),
-                      L._num(cell["last_us"], 1), L._num(cell["gc_s"], 3),
+                      L._num(cell["cpu_us"], 1),
+                      f"{L._num(cell['first_us'], 1)} / {L._num(cell['first_cpu_us'], 1)}",
+                      f"{L._num(cell['last_us'], 1)} / {L._num(cell['last_cpu_us'], 1)}",
+                      L._num(cell["gc_s"], 3),
                       L._count(cell["gen2"]),
                       f"{L._pct(cell['server_busy'])} / {L._pct(cell['client_busy'])}"
                       + (" !" if (cell["server_busy"] or 0) < L.BUSY_WARN else "")))
-    L._table(out, ("loop", "KiB/conn", "accept s", "cpu µs/c", f"µs/c 1st{_k(k)}",
-                   f"µs/c last{_k(k)}", "in gc s", "gen2", "busy s / c"), widths, lines)
+    L._table(out, ("loop", "KiB/conn", "accept s", "cpu µs/c", f"1st {_k(k)} µs/c",
+                   f"last {_k(k)} µs/c", "in gc s", "gen2", "busy s / c"), widths, lines)
     b = row["contenders"].get("braid", {})
     for ref, name in (("uvloop", "uvloop"), ("asyncio", "asyncio")):
         if b.get("status") == "ok" and row["contenders"].get(ref, {}).get("status") == "ok":
@@ -352,8 +374,9 @@ def _k(k):
 
 
 FOOTER = ("idle: KiB/conn = server RSS growth / connections; accept s = first connection_made "
-          "to the last byte received; µs/c 1st/last = time per connection over the first and "
-          "last K; cpu µs/c = the server's CPU time over the burst per connection; gen2 = full "
+          "to the last byte received; cpu µs/c = the server's CPU time over the burst per "
+          "connection; 1st/last K µs/c = wall / server CPU time per connection over the first "
+          "and the last K; gen2 = full "
           "collections during the burst; braid.Loop / uvloop, / asyncio: the ratio of the "
           "figures (below 1: less); busy s / c = "
           "CPU time / wall time of the server and the client over the burst (! server below "
