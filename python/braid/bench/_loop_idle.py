@@ -127,7 +127,7 @@ def _idle_protocol_class():
             if n % STEP == 0:
                 os.write(b.progress_fd, b".")
             if n == b.k or n == b.n - b.k or n == b.n:
-                b.marks[n] = (time.perf_counter(), time.process_time())
+                b.marks[n] = (time.perf_counter(), time.process_time(), b.gc_s)
                 if n == b.n and not b.done.done():
                     b.done.set_result(None)
 
@@ -160,6 +160,8 @@ async def _serve_idle(n, progress_fd):
         "last_k_s": burst.marks[n][0] - burst.marks[n - k][0],
         "first_k_cpu_s": burst.marks[k][1] - burst.cpu_first,
         "last_k_cpu_s": burst.marks[n][1] - burst.marks[n - k][1],
+        "first_k_gc_s": burst.marks[k][2],
+        "last_k_gc_s": burst.marks[n][2] - burst.marks[n - k][2],
         "gc_s": burst.gc_s,
         "server_cpu_s": cpu_s,
         "gen2": gc.get_stats()[2]["collections"] - gen2_before,
@@ -242,6 +244,8 @@ def idle_once(kind, n, *, cpus, exes):
         "last_us": got["last_k_s"] / k * 1e6,
         "first_cpu_us": got["first_k_cpu_s"] / k * 1e6,
         "last_cpu_us": got["last_k_cpu_s"] / k * 1e6,
+        "first_k_gc_s": got["first_k_gc_s"],
+        "last_k_gc_s": got["last_k_gc_s"],
         "gc_s": got["gc_s"],
         "gen2": got["gen2"],
         "cpu_us": got["server_cpu_s"] / n * 1e6,
