@@ -33,6 +33,9 @@ Cases:
              a 1 s warm-up: requests/s and server CPU µs per request. Needs wrk
              (apt-get install wrk) and aiohttp (pip install aiohttp); without
              them the case says what is missing.
+  churn      the same server and wrk with ``-H 'Connection: close'``: every
+             request on a new connection, so accept, transport set-up and close
+             are paid per request.
   idle       a Protocol server holding 10,000 and 15,000 idle connections
              (--idle-conns; --quick 500) that a C client (loop_c/idleclient.c)
              opened in a burst, one byte each: server RSS per connection, the
@@ -52,9 +55,10 @@ killed on an error or a timeout; every port is an ephemeral one of 127.0.0.1.
 The goals printed with each case are braid.Loop's targets from the event-loop
 issue: Protocol echo at ≤ 1.1x the C floor's server CPU per round trip (uvloop
 ~1.2x there), streams echo ≥ 1.3x uvloop's round trips/s, scheduling ≥ 1.5x
-uvloop's speed, the aiohttp server ≥ 1.15x uvloop's requests/s. Each is
-checked against this run and reported as met, not met, or not checked (braid
-or uvloop missing).
+uvloop's speed, the aiohttp server ≥ 1.15x uvloop's requests/s (≥ 1.3x with a
+new connection per request, churn), the idle case's memory per connection and
+accept time ≤ uvloop's. Each is checked against this run and reported as met,
+not met, or not checked (braid or uvloop missing).
 """
 
 import argparse
@@ -99,7 +103,7 @@ SERVER_START_TIMEOUT = 60.0  # seconds for a server to print its port
 EXIT_TIMEOUT = 5.0  # seconds for a child to exit after SIGTERM before SIGKILL
 SLACK_TIMEOUT = 30.0  # seconds beyond its expected run time before a child is killed
 
-CASES = ("echo", "call_soon", "sleep0", "aiohttp", "idle")
+CASES = ("echo", "call_soon", "sleep0", "aiohttp", "churn", "idle")
 LOOPS = ("asyncio", "uvloop", "braid")
 APIS = ("protocol", "streams")
 API_LABELS = {"protocol": "Protocol", "streams": "streams"}
@@ -113,6 +117,7 @@ GOAL_PROTOCOL_FLOOR = 1.1  # braid Protocol echo CPU per round trip / the floor'
 GOAL_STREAMS_UVLOOP = 1.3  # braid streams round trips/s / uvloop's, at least
 GOAL_SCHED_UVLOOP = 1.5  # braid steps/s / uvloop's, at least
 GOAL_AIOHTTP_UVLOOP = 1.15  # braid requests/s / uvloop's, at least
+GOAL_CHURN_UVLOOP = 1.3  # the same with a new connection per request
 
 C_SOURCES = {"loadgen": "loadgen.c", "echo_floor": "echo_floor.c", "idleclient": "idleclient.c"}
 C_CASES = ("echo", "idle")  # the cases that need the C programs
@@ -763,9 +768,9 @@ def aiohttp_missing():
     return "; ".join(missing) or None
 
 
-def _run_wrk(port, seconds, cpu):
+def _run_wrk(port, seconds, cpu, close=False):
     argv = [shutil.which("wrk"), f"-t{WRK_THREADS}", f"-c{WRK_CONNECTIONS}", f"-d{seconds}s",
-            f"http://127.0.0.1:{port}/"]
+            *(["-H", "Connection: close"] if close else []), f"http://127.0.0.1:{port}/"]
     proc = _spawn(argv, cpu)
     try:
         deadline = time.monotonic() + seconds + SLACK_TIMEOUT
@@ -826,15 +831,15 @@ def _check_hello(port):
         raise _Failed(f"GET / answered {resp.status} {body[:60]!r}, expected 200 {HELLO!r}")
 
 
-def aiohttp_once(kind, *, seconds, cpus, warm):
+def aiohttp_once(kind, *, seconds, cpus, warm, close=False):
     server = Server(kind.key, [sys.executable, "-m", "braid.bench.loop", "--serve",
                                f"{kind.key}:aiohttp"], cpus[0], env=_child_env())
     try:
         _check_hello(server.port)
         if warm:
-            _run_wrk(server.port, WRK_WARMUP_SECONDS, cpus[1])
+            _run_wrk(server.port, WRK_WARMUP_SECONDS, cpus[1], close)
         cpu0 = _proc_cpu_s(server.pid)
-        got = _run_wrk(server.port, seconds, cpus[1])
+        got = _run_wrk(server.port, seconds, cpus[1], close)
         cpu1 = _proc_cpu_s(server.pid)
         server.check_alive()
     finally:
@@ -845,12 +850,17 @@ def aiohttp_once(kind, *, seconds, cpus, warm):
     return got
 
 
-def run_aiohttp(loops, *, repeat, seconds, cpus):
+def run_aiohttp(loops, *, repeat, seconds, cpus, close=False):
+    """The aiohttp case; close: the churn case (wrk sends Connection: close)."""
+    case = "churn" if close else "aiohttp"
     title = f"aiohttp hello world under wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{seconds}s"
-    text = f"{BRAID_NAME} ≥ {GOAL_AIOHTTP_UVLOOP}x uvloop's requests/s"
+    if close:
+        title += " -H 'Connection: close' (a new connection per request)"
+    want = GOAL_CHURN_UVLOOP if close else GOAL_AIOHTTP_UVLOOP
+    text = f"{BRAID_NAME} ≥ {want}x uvloop's requests/s"
     missing = aiohttp_missing()
     if missing:
-        return [{"case": "aiohttp", "title": title, "skipped": missing,
+        return [{"case": case, "title": title, "skipped": missing,
                  "goals": [{"goal": text, "met": None, "result": f"not checked: {missing}"}],
                  "contenders": {}}]
     live = [k for k in loops if k.missing is None]
@@ -862,7 +872,8 @@ def run_aiohttp(loops, *, repeat, seconds, cpus):
             if kind.key in errors:
                 continue
             try:
-                runs[kind.key].append(aiohttp_once(kind, seconds=seconds, cpus=cpus, warm=True))
+                runs[kind.key].append(aiohttp_once(kind, seconds=seconds, cpus=cpus, warm=True,
+                                                   close=close))
             except _MEASURE_ERRORS as exc:
                 errors[kind.key] = _describe(exc)
     cells = {}
@@ -885,9 +896,9 @@ def run_aiohttp(loops, *, repeat, seconds, cpus):
         cells[kind.key] = cell
     _speed_ratios(cells, "req_per_s", lower_is_better=False)
     goal = _goal(text, cells.get("braid"), cells.get("uvloop"), "vs_uvloop",
-                 lambda v: v >= GOAL_AIOHTTP_UVLOOP,
+                 lambda v: v >= want,
                  lambda v: f"{BRAID_NAME} at {v:.2f}x uvloop's requests/s", other="uvloop")
-    return [{"case": "aiohttp", "title": title, "repeats": repeat, "goals": [goal],
+    return [{"case": case, "title": title, "repeats": repeat, "goals": [goal],
              "contenders": cells}]
 
 
@@ -925,7 +936,8 @@ def run_cases(names, *, loops, sizes, repeat, connections, warmup, duration, wrk
         elif name in SCHED_CASES:
             got = run_sched(name, loops, repeat=repeat, cpu=cpus[0])
         else:
-            got = run_aiohttp(loops, repeat=repeat, seconds=wrk_seconds, cpus=cpus)
+            got = run_aiohttp(loops, repeat=repeat, seconds=wrk_seconds, cpus=cpus,
+                              close=name == "churn")
         rows.extend(got)
         if on_case is not None:
             on_case(got)
@@ -1115,7 +1127,8 @@ def build_parser(prog=None):
     p = argparse.ArgumentParser(
         prog=prog or "python -m braid bench loop",
         description="braid.Loop vs asyncio's loop and uvloop (echo servers against a plain C "
-                    "floor, scheduling, aiohttp under wrk), side by side in one run.")
+                    "floor, scheduling, aiohttp under wrk with and without keep-alive, idle "
+                    "connections), side by side in one run.")
     p.add_argument("--quick", action="store_true",
                    help=f"short run for CI and smoke tests ({DURATION_S[1]:g} s windows after "
                         f"{WARMUP_S[1]:g} s warm-up, wrk -d{WRK_SECONDS[1]}s, {QUICK_REPEAT} "
