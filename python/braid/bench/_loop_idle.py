@@ -35,6 +35,7 @@ under the hard limit fails with that message in its cell.
 Each figure is the median of the repeats (contenders interleaved, forward then reverse).
 """
 
+import asyncio
 import gc
 import json
 import os
@@ -51,10 +52,9 @@ BACKLOG = 4096  # the listen backlog asked for (the kernel caps it at net.core.s
 WINDOW = 1_000  # connections the client may have open that the server has not read from
 STEP = 50  # the server reports progress every STEP bytes received
 FD_MARGIN = 64  # descriptors beyond one per connection (std streams, the loop's own, ...)
-FLAT_MAX = 1.25  # "flat per connection": the last K at most this many times the first K
+FLAT_MAX = 1.25  # "flat per connection": the last K's CPU per connection at most this many
+#                  times the first K's
 START_SLACK_S = 60.0  # seconds beyond a generous 2 ms per connection before a run is killed
-
-CLIENT_SOURCE = {"idleclient": "idleclient.c"}
 
 
 def mark_for(n):
@@ -104,43 +104,36 @@ class _Burst:
             self._gc_t0 = None
 
 
-def _idle_protocol_class():
-    import asyncio
+class IdleProtocol(asyncio.Protocol):
+    """Keeps its transport, as a server's protocol does, and counts the byte it gets."""
 
-    class IdleProtocol(asyncio.Protocol):
-        """Keeps its transport, as a server's protocol does, and counts the byte it gets."""
+    def __init__(self, burst):
+        self.burst = burst
+        self.transport = None
 
-        def __init__(self, burst):
-            self.burst = burst
-            self.transport = None
+    def connection_made(self, transport):
+        self.transport = transport
+        if self.burst.first is None:
+            self.burst.first = time.perf_counter()
+            self.burst.cpu_first = time.process_time()
 
-        def connection_made(self, transport):
-            self.transport = transport
-            if self.burst.first is None:
-                self.burst.first = time.perf_counter()
-                self.burst.cpu_first = time.process_time()
-
-        def data_received(self, data):
-            b = self.burst
-            b.received += 1
-            n = b.received
-            if n % STEP == 0:
-                os.write(b.progress_fd, b".")
-            if n == b.k or n == b.n - b.k or n == b.n:
-                b.marks[n] = (time.perf_counter(), time.process_time(), b.gc_s)
-                if n == b.n and not b.done.done():
-                    b.done.set_result(None)
-
-    return IdleProtocol
+    def data_received(self, data):
+        b = self.burst
+        b.received += 1
+        n = b.received
+        if n % STEP == 0:
+            os.write(b.progress_fd, b".")
+        if n == b.k or n == b.n - b.k or n == b.n:
+            b.marks[n] = (time.perf_counter(), time.process_time(), b.gc_s)
+            if n == b.n and not b.done.done():
+                b.done.set_result(None)
 
 
 async def _serve_idle(n, progress_fd):
-    import asyncio
-
     loop = asyncio.get_running_loop()
     burst = _Burst(n, progress_fd, loop.create_future())
-    protocol = _idle_protocol_class()
-    server = await loop.create_server(lambda: protocol(burst), "127.0.0.1", 0, backlog=BACKLOG)
+    server = await loop.create_server(lambda: IdleProtocol(burst), "127.0.0.1", 0,
+                                      backlog=BACKLOG)
     port = server.sockets[0].getsockname()[1]
     gc.collect()
     gen2_before = gc.get_stats()[2]["collections"]
