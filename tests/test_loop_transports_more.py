@@ -374,6 +374,12 @@ class MoreTransportsMixin(LoopFixture):
     # ---- limits ----------------------------------------------------------------------------
 
     def test_emfile_on_accept_and_the_server_keeps_serving(self, loop):
+        def read_all(sock):
+            got = b""
+            while chunk := sock.recv(10):
+                got += chunk
+            return got
+
         n, slack = 12, 5
         child = subprocess.Popen(
             [sys.executable, os.path.join(os.path.dirname(__file__), "emfile_server.py"),
@@ -389,7 +395,7 @@ class MoreTransportsMixin(LoopFixture):
             child.stdin.write("go\n")
             child.stdin.flush()
             # every connection is served, those past the limit after asyncio's retry delay
-            replies = [c.recv(10) for c in conns]
+            replies = [read_all(c) for c in conns]
             out = json.loads(child.stdout.readline())
             assert child.wait(timeout=TIMEOUT) == 0
         finally:
