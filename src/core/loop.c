@@ -213,6 +213,8 @@ int br_loop_close(br_loop_t *loop)
 
 int64_t br_loop_now(const br_loop_t *loop) { return loop->time_; }
 
+void br_loop_set_block_cb(br_loop_t *loop, void (*cb)(br_loop_t *loop, int blocking)) { loop->block_cb_ = cb; }
+
 void br_loop_update_time(br_loop_t *loop) { loop->time_ = br_now_ns(); }
 
 void br_loop_stop(br_loop_t *loop) { loop->stop_ = 1; }
