@@ -677,6 +677,9 @@ void br_loop_update_time(br_loop_t *loop);
  * of the current or next iteration, never from inside br_close. Returns 0,
  * or -EINVAL if the handle is already closing or closed. */
 int br_close(br_handle_t *handle, br_close_cb close_cb);
+/* Calls cb for every handle of the loop not yet CLOSED (the closing ones
+ * too); cb must not close handles other than the one it is given. */
+void br_loop_walk(br_loop_t *loop, void (*cb)(br_handle_t *handle, void *arg), void *arg);
 /* 1 from br_close until the close callback has run, and after. */
 int br_is_closing(const br_handle_t *handle);
 /* 1 if the handle is ACTIVE (started, not stopped or closed). */
@@ -1169,6 +1172,9 @@ int br_stream_read_stop(br_stream_t *s);
 int br_stream_write(br_stream_t *s, const void *buf, size_t len);
 /* Bytes in the write queue. */
 size_t br_stream_queued(const br_stream_t *s);
+/* Drops the write queue unwritten (an abort), without a drain callback;
+ * later writes are tried again. */
+void br_stream_discard(br_stream_t *s);
 /* Half-close once the queue has drained: SHUT_WR. 0, -ENOTSOCK (not a
  * socket: close the stream instead), -EBUSY closing; idempotent. */
 int br_stream_shutdown(br_stream_t *s);

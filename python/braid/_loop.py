@@ -48,8 +48,8 @@ class Loop(_braid._LoopCore, unix_events._UnixSelectorEventLoop):
             self._default_executor = ThreadPool(thread_name_prefix="asyncio")
         return super().run_in_executor(executor, func, *args)
 
-    def _make_socket_transport(self, sock, protocol, waiter=None, **kwargs):
-        return _SocketTransport(self, sock, protocol, waiter, **kwargs)
+    def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
+        return _braid.SocketTransport(self, sock, protocol, waiter, extra, server)
 
     def _make_self_pipe(self):
         super()._make_self_pipe()

@@ -265,6 +265,16 @@ size_t br_stream_queued(const br_stream_t *s)
     return s->queued_;
 }
 
+void br_stream_discard(br_stream_t *s)
+{
+    if (closing(s) || s->queued_ == 0) {
+        return;
+    }
+    free_queue(s);
+    s->state_ &= ~S_PAUSED;
+    (void)update_watch(s); /* only narrows the watch */
+}
+
 int br_stream_shutdown(br_stream_t *s)
 {
     if (closing(s)) {
