@@ -27,16 +27,12 @@ typedef struct {
     PyTypeObject *loop_core_type;   /* _LoopCore */
     PyTypeObject *loop_handle_type; /* LoopHandle, an asyncio.Handle (made by the first Loop) */
     PyTypeObject *loop_timer_type;  /* LoopTimerHandle, an asyncio.TimerHandle */
-    PyTypeObject *stream_fast_type; /* _StreamTransportFast */
     PyTypeObject *socket_transport_type; /* SocketTransport (made by the first Loop) */
     PyObject *BufferedProtocol;     /* asyncio.BufferedProtocol (with it) */
     PyObject *str_data_received;    /* interned "data_received" */
 #define BRAID_LOOP_NAMES 6
     PyObject *loop_names[BRAID_LOOP_NAMES]; /* interned attribute names (loop.c) */
     PyObject *kwnames_loop;         /* ("loop",): create_future's keyword names */
-#define BRAID_TRANSPORT_NAMES 12
-    PyObject *transport_names[BRAID_TRANSPORT_NAMES]; /* interned attribute names */
-    char *read_buf;                 /* the socket transports' reusable read buffer */
     /* exceptions and helpers borrowed from the stdlib */
     PyObject *CancelledError;
     PyObject *InvalidStateError;
@@ -192,10 +188,6 @@ int braid_socktransport_make_type(braid_state *st, PyObject *module);
  * transports still open. */
 void braid_socktransport_loop_closing(br_handle_t *h, void *unused);
 
-/* transport.c */
-int braid_transport_init_types(PyObject *module, braid_state *st);
-int braid_transport_traverse(braid_state *st, visitproc visit, void *arg);
-void braid_transport_clear(braid_state *st);
 
 /* procpool.c, procworker.c */
 int braid_procpool_init_types(PyObject *module, braid_state *st);

@@ -146,8 +146,7 @@ static int braid_exec(PyObject *module)
     braid_state *st = braid_get_state(module);
     if (load_worker_objects(st) < 0 || braid_future_init_core_type(module, st) < 0 ||
         braid_threadpool_init_types(module, st) < 0 || braid_mapiter_init_types(module, st) < 0 ||
-        braid_procpool_init_types(module, st) < 0 || braid_loop_init_types(module, st) < 0 ||
-        braid_transport_init_types(module, st) < 0) {
+        braid_procpool_init_types(module, st) < 0 || braid_loop_init_types(module, st) < 0) {
         return -1;
     }
     /* The process-pool protocol's message types (braid.h), for _procworker.py. */
@@ -322,7 +321,7 @@ static int braid_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->TaskTimeout);
     Py_VISIT(st->BrokenProcessPool);
     int r = braid_loop_traverse(st, visit, arg);
-    return r ? r : braid_transport_traverse(st, visit, arg);
+    return r;
 }
 
 static int braid_clear(PyObject *module)
@@ -351,7 +350,6 @@ static int braid_clear(PyObject *module)
     Py_CLEAR(st->TaskTimeout);
     Py_CLEAR(st->BrokenProcessPool);
     braid_loop_clear(st);
-    braid_transport_clear(st);
     return 0;
 }
 

@@ -833,6 +833,12 @@ static int tr_init(PyObject *self, PyObject *args, PyObject *kwds)
         }
         return -1;
     }
+    int type = 0;
+    socklen_t tlen = sizeof type;
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) < 0 || type != SOCK_STREAM) {
+        PyErr_Format(PyExc_ValueError, "SocketTransport needs a stream socket, fd %d is not one", fd);
+        return -1;
+    }
     t->loop = Py_NewRef(loop);
     t->sock = Py_NewRef(sock);
     t->fd = fd;
