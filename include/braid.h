@@ -640,6 +640,7 @@ struct br_loop_s {
     br_async_t *async_cursor_;  /* the next one a wakeup scan visits */
     br_wakeup_t wakeup_;        /* what br_async_send signals */
     br_io_t wakeup_io_;
+    void (*block_cb_)(br_loop_t *loop, int blocking);
     char *read_buf_;            /* what streams and datagram sockets read into */
     size_t read_buf_size_;
     int stop_;
@@ -663,6 +664,11 @@ int br_loop_alive(const br_loop_t *loop);
 int br_loop_close(br_loop_t *loop);
 /* The monotonic time in ns cached by the current iteration. */
 int64_t br_loop_now(const br_loop_t *loop);
+/* cb(loop, 1) right before a poll that may block, cb(loop, 0) as soon as it
+ * returns, before any callback: an embedder that runs the loop holding a
+ * lock its callbacks need (the Python binding: the GIL) lets it go only
+ * while the loop sleeps. NULL: none. Not while the loop runs. */
+void br_loop_set_block_cb(br_loop_t *loop, void (*cb)(br_loop_t *loop, int blocking));
 /* Refreshes the cached time (e.g. before starting timers after a long
  * computation outside the loop). */
 void br_loop_update_time(br_loop_t *loop);
@@ -671,6 +677,9 @@ void br_loop_update_time(br_loop_t *loop);
  * of the current or next iteration, never from inside br_close. Returns 0,
  * or -EINVAL if the handle is already closing or closed. */
 int br_close(br_handle_t *handle, br_close_cb close_cb);
+/* Calls cb for every handle of the loop not yet CLOSED (the closing ones
+ * too); cb must not close handles other than the one it is given. */
+void br_loop_walk(br_loop_t *loop, void (*cb)(br_handle_t *handle, void *arg), void *arg);
 /* 1 from br_close until the close callback has run, and after. */
 int br_is_closing(const br_handle_t *handle);
 /* 1 if the handle is ACTIVE (started, not stopped or closed). */
@@ -1117,6 +1126,12 @@ typedef void (*br_stream_read_cb)(br_stream_t *s, const char *buf, ssize_t nread
 typedef void (*br_stream_drain_cb)(br_stream_t *s, int paused);
 /* A queued write failed (-EPIPE, -ECONNRESET, ...): the queue was dropped. */
 typedef void (*br_stream_error_cb)(br_stream_t *s, int err);
+/* Where the next read goes, instead of the loop's buffer: *buf and *len
+ * (> 0) set, 0; or -errno, which stops reading and reaches the read
+ * callback as nread. The read callback then gets that same buf. */
+typedef int (*br_stream_alloc_cb)(br_stream_t *s, char **buf, size_t *len);
+/* The write queue has just become empty (all queued bytes are written). */
+typedef void (*br_stream_empty_cb)(br_stream_t *s);
 
 struct br_stream_s {
     br_handle_t handle;         /* handle.data is the caller's */
@@ -1124,6 +1139,8 @@ struct br_stream_s {
     br_stream_read_cb on_read_; /* private from here on */
     br_stream_drain_cb on_drain_;
     br_stream_error_cb on_error_;
+    br_stream_alloc_cb on_alloc_;
+    br_stream_empty_cb on_empty_;
     br__chunk_t *head_;
     br__chunk_t *tail_;
     size_t queued_;
@@ -1139,6 +1156,9 @@ struct br_stream_s {
 int br_stream_init(br_loop_t *loop, br_stream_t *s, int fd);
 /* Both callbacks may be NULL. */
 void br_stream_set_callbacks(br_stream_t *s, br_stream_drain_cb on_drain, br_stream_error_cb on_error);
+/* Either may be NULL (the default: reads go to the loop's buffer; nothing
+ * said when the queue empties). */
+void br_stream_set_more_callbacks(br_stream_t *s, br_stream_alloc_cb on_alloc, br_stream_empty_cb on_empty);
 /* high >= low; 0 or -EINVAL. The drain callback may run from here. */
 int br_stream_set_limits(br_stream_t *s, size_t high, size_t low);
 /* Reads up to read_size bytes per callback (0: 64 KiB). 0, -EINVAL, -EBUSY
@@ -1152,6 +1172,9 @@ int br_stream_read_stop(br_stream_t *s);
 int br_stream_write(br_stream_t *s, const void *buf, size_t len);
 /* Bytes in the write queue. */
 size_t br_stream_queued(const br_stream_t *s);
+/* Drops the write queue unwritten (an abort), without a drain callback;
+ * later writes are tried again. */
+void br_stream_discard(br_stream_t *s);
 /* Half-close once the queue has drained: SHUT_WR. 0, -ENOTSOCK (not a
  * socket: close the stream instead), -EBUSY closing; idempotent. */
 int br_stream_shutdown(br_stream_t *s);

@@ -126,6 +126,16 @@ int br_close(br_handle_t *h, br_close_cb close_cb)
     return 0;
 }
 
+void br_loop_walk(br_loop_t *loop, void (*cb)(br_handle_t *handle, void *arg), void *arg)
+{
+    br_handle_t *h = loop->handles_;
+    while (h != NULL) {
+        br_handle_t *next = h->next_; /* read first: closing h leaves it on the list, but be safe */
+        cb(h, arg);
+        h = next;
+    }
+}
+
 static void run_closing(br_loop_t *loop)
 {
     br_handle_t *h = loop->closing_head_;
@@ -212,6 +222,8 @@ int br_loop_close(br_loop_t *loop)
 }
 
 int64_t br_loop_now(const br_loop_t *loop) { return loop->time_; }
+
+void br_loop_set_block_cb(br_loop_t *loop, void (*cb)(br_loop_t *loop, int blocking)) { loop->block_cb_ = cb; }
 
 void br_loop_update_time(br_loop_t *loop) { loop->time_ = br_now_ns(); }
 

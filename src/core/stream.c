@@ -109,6 +109,12 @@ void br_stream_set_callbacks(br_stream_t *s, br_stream_drain_cb on_drain, br_str
     s->on_error_ = on_error;
 }
 
+void br_stream_set_more_callbacks(br_stream_t *s, br_stream_alloc_cb on_alloc, br_stream_empty_cb on_empty)
+{
+    s->on_alloc_ = on_alloc;
+    s->on_empty_ = on_empty;
+}
+
 /* Tells the drain callback when the queue crossed a watermark. */
 static void check_marks(br_stream_t *s)
 {
@@ -259,6 +265,16 @@ size_t br_stream_queued(const br_stream_t *s)
     return s->queued_;
 }
 
+void br_stream_discard(br_stream_t *s)
+{
+    if (closing(s) || s->queued_ == 0) {
+        return;
+    }
+    free_queue(s);
+    s->state_ &= ~S_PAUSED;
+    (void)update_watch(s); /* only narrows the watch */
+}
+
 int br_stream_shutdown(br_stream_t *s)
 {
     if (closing(s)) {
@@ -314,27 +330,46 @@ static void flush(br_stream_t *s)
         do_shutdown(s);
     }
     check_marks(s);
+    if (s->queued_ == 0 && !closing(s) && s->on_empty_ != NULL) {
+        s->on_empty_(s);
+    }
 }
 
 static void read_once(br_stream_t *s)
 {
-    char *buf = br__loop_read_buf(s->handle.loop, s->read_size_);
-    ssize_t n = -ENOMEM;
-    if (buf != NULL) {
-        do {
-            n = read(s->fd, buf, s->read_size_);
-        } while (n < 0 && errno == EINTR);
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            return;
+    char *buf = NULL;
+    size_t size = s->read_size_;
+    ssize_t n;
+    if (s->on_alloc_ != NULL) {
+        int rc = s->on_alloc_(s, &buf, &size);
+        if (closing(s) || !(s->state_ & S_READING)) {
+            return; /* the callback closed the stream or stopped reading */
         }
-        if (n < 0) {
-            n = -errno;
+        if (rc < 0 || buf == NULL || size == 0) {
+            n = rc < 0 ? rc : -EINVAL;
+            buf = NULL;
+            goto stop;
         }
+    } else if ((buf = br__loop_read_buf(s->handle.loop, size)) == NULL) {
+        n = -ENOMEM;
+        goto stop;
     }
-    if (n <= 0) {
-        s->state_ &= ~S_READING;
-        (void)update_watch(s); /* stopping never fails in a way worth more than the report below */
+    do {
+        n = read(s->fd, buf, size);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        return;
     }
+    if (n > 0) {
+        s->on_read_(s, buf, n);
+        return;
+    }
+    if (n < 0) {
+        n = -errno;
+    }
+stop:
+    s->state_ &= ~S_READING;
+    (void)update_watch(s); /* stopping never fails in a way worth more than the report below */
     s->on_read_(s, buf, n);
 }
 

@@ -27,13 +27,12 @@ typedef struct {
     PyTypeObject *loop_core_type;   /* _LoopCore */
     PyTypeObject *loop_handle_type; /* LoopHandle, an asyncio.Handle (made by the first Loop) */
     PyTypeObject *loop_timer_type;  /* LoopTimerHandle, an asyncio.TimerHandle */
-    PyTypeObject *stream_fast_type; /* _StreamTransportFast */
+    PyTypeObject *socket_transport_type; /* SocketTransport (made by the first Loop) */
+    PyObject *BufferedProtocol;     /* asyncio.BufferedProtocol (with it) */
+    PyObject *str_data_received;    /* interned "data_received" */
 #define BRAID_LOOP_NAMES 6
     PyObject *loop_names[BRAID_LOOP_NAMES]; /* interned attribute names (loop.c) */
     PyObject *kwnames_loop;         /* ("loop",): create_future's keyword names */
-#define BRAID_TRANSPORT_NAMES 12
-    PyObject *transport_names[BRAID_TRANSPORT_NAMES]; /* interned attribute names */
-    char *read_buf;                 /* the socket transports' reusable read buffer */
     /* exceptions and helpers borrowed from the stdlib */
     PyObject *CancelledError;
     PyObject *InvalidStateError;
@@ -128,7 +127,8 @@ PyObject *braid_loads(braid_state *st, PyObject *data);
 /* errors.c: the one map from an engine -errno to a Python exception:
  * OSError(errno, "what: strerror") as its errno subclass, MemoryError for
  * ENOMEM. Returns NULL. EINVAL, ESHUTDOWN and the like are the call
- * site's to raise (ValueError, RuntimeError) in its own words. */
+ * site's to raise (ValueError, RuntimeError) in its own words. what may be
+ * NULL: the message is then strerror alone, as the socket module's. */
 PyObject *braid_raise_oserror(int err, const char *what);
 
 /* future.c: _FutureCore at import; Future (on concurrent.futures.Future)
@@ -171,13 +171,23 @@ void braid_pool_cancel_work(pool_core_t *core, br_work_t *work);
 /* loop.c */
 int braid_loop_init_types(PyObject *module, braid_state *st);
 PyObject *braid_module_from_type(PyTypeObject *tp); /* borrowed; NULL with an error if not ours */
+/* The engine loop of a braid.Loop (TypeError / closed: RuntimeError). */
+br_loop_t *braid_loop_core(PyObject *loop);
+/* Steals exc (KeyboardInterrupt, SystemExit from an engine callback): the
+ * loop stops the iteration and _run_once raises it. */
+void braid_loop_raise_later(PyObject *loop, PyObject *exc);
+/* A transport's stream opened (+1) or its close callback ran (-1): the loop
+ * then polls on every iteration, as it does for any watched fd. */
+void braid_loop_count_stream(PyObject *loop, int delta);
 int braid_loop_traverse(braid_state *st, visitproc visit, void *arg);
 void braid_loop_clear(braid_state *st);
 
-/* transport.c */
-int braid_transport_init_types(PyObject *module, braid_state *st);
-int braid_transport_traverse(braid_state *st, visitproc visit, void *arg);
-void braid_transport_clear(braid_state *st);
+/* socktransport.c */
+int braid_socktransport_make_type(braid_state *st, PyObject *module);
+/* br_loop_walk's callback when a braid.Loop closes: closes the streams of
+ * transports still open. */
+void braid_socktransport_loop_closing(br_handle_t *h, void *unused);
+
 
 /* procpool.c, procworker.c */
 int braid_procpool_init_types(PyObject *module, braid_state *st);

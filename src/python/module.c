@@ -78,7 +78,8 @@ static int load_worker_objects(braid_state *st)
     st->pickle_loads = st->pickle_dumps ? PyObject_GetAttrString(m, "loads") : NULL;
     Py_DECREF(m);
     st->str_module = PyUnicode_InternFromString("__module__");
-    return st->pickle_dumps && st->pickle_loads && st->str_module ? 0 : -1;
+    st->str_data_received = PyUnicode_InternFromString("data_received");
+    return st->pickle_dumps && st->pickle_loads && st->str_module && st->str_data_received ? 0 : -1;
 }
 
 static int load_stdlib_objects(braid_state *st)
@@ -145,8 +146,7 @@ static int braid_exec(PyObject *module)
     braid_state *st = braid_get_state(module);
     if (load_worker_objects(st) < 0 || braid_future_init_core_type(module, st) < 0 ||
         braid_threadpool_init_types(module, st) < 0 || braid_mapiter_init_types(module, st) < 0 ||
-        braid_procpool_init_types(module, st) < 0 || braid_loop_init_types(module, st) < 0 ||
-        braid_transport_init_types(module, st) < 0) {
+        braid_procpool_init_types(module, st) < 0 || braid_loop_init_types(module, st) < 0) {
         return -1;
     }
     /* The process-pool protocol's message types (braid.h), for _procworker.py. */
@@ -314,11 +314,14 @@ static int braid_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->pickle_dumps);
     Py_VISIT(st->pickle_loads);
     Py_VISIT(st->str_module);
+    Py_VISIT(st->socket_transport_type);
+    Py_VISIT(st->BufferedProtocol);
+    Py_VISIT(st->str_data_received);
     Py_VISIT(st->WorkerCrashed);
     Py_VISIT(st->TaskTimeout);
     Py_VISIT(st->BrokenProcessPool);
     int r = braid_loop_traverse(st, visit, arg);
-    return r ? r : braid_transport_traverse(st, visit, arg);
+    return r;
 }
 
 static int braid_clear(PyObject *module)
@@ -340,11 +343,13 @@ static int braid_clear(PyObject *module)
     Py_CLEAR(st->pickle_dumps);
     Py_CLEAR(st->pickle_loads);
     Py_CLEAR(st->str_module);
+    Py_CLEAR(st->socket_transport_type);
+    Py_CLEAR(st->BufferedProtocol);
+    Py_CLEAR(st->str_data_received);
     Py_CLEAR(st->WorkerCrashed);
     Py_CLEAR(st->TaskTimeout);
     Py_CLEAR(st->BrokenProcessPool);
     braid_loop_clear(st);
-    braid_transport_clear(st);
     return 0;
 }
 

@@ -123,6 +123,8 @@ TEST(echo_over_a_socket_pair)
 
 static int drain_calls[2];
 static void note_drain(br_stream_t *s, int paused) { drain_calls[paused]++; }
+static int empty_calls;
+static void note_empty(br_stream_t *s) { empty_calls++; }
 
 TEST(big_write_pauses_then_resumes_and_delivers_every_byte)
 {
@@ -134,6 +136,7 @@ TEST(big_write_pauses_then_resumes_and_delivers_every_byte)
     br_stream_t w;
     CHECK_EQ(br_stream_init(&loop, &w, sv[0]), 0);
     br_stream_set_callbacks(&w, note_drain, NULL);
+    br_stream_set_more_callbacks(&w, NULL, note_empty);
     size_t total = 4u << 20;
     char *src = patterned(total);
     for (size_t off = 0; off < total; off += 65536) {
@@ -150,6 +153,7 @@ TEST(big_write_pauses_then_resumes_and_delivers_every_byte)
     }
     CHECK_EQ(br_stream_queued(&w), 0);
     CHECK_EQ(drain_calls[0], 1);
+    CHECK_EQ(empty_calls, 1); /* once, when the last queued byte went */
     for (size_t i = 0; i < total; i++) {
         if (r.got[i] != pattern(i)) {
             CHECK(!"byte out of place");
@@ -422,6 +426,96 @@ TEST(streams_share_the_loops_read_buffer)
     CHECK(loop.read_buf_ == NULL);
     CHECK_EQ(close(a[1]), 0);
     CHECK_EQ(close(b[1]), 0);
+}
+
+/* ------------------------------------------------------------ caller's buffers */
+
+typedef struct {
+    br_stream_t s;
+    char mine[5];
+    int refuse;
+    ssize_t last;
+    const char *at;
+    int reads;
+} into_t;
+
+static int into_alloc(br_stream_t *s, char **buf, size_t *len)
+{
+    into_t *k = s->handle.data;
+    if (k->refuse) {
+        return -ENOBUFS;
+    }
+    *buf = k->mine;
+    *len = sizeof k->mine;
+    return 0;
+}
+
+static void into_read(br_stream_t *s, const char *buf, ssize_t n)
+{
+    into_t *k = s->handle.data;
+    k->last = n;
+    k->at = buf;
+    k->reads++;
+}
+
+TEST(reads_go_where_the_alloc_callback_says)
+{
+    int sv[2];
+    pair(sv);
+    CHECK_EQ(br_loop_init(&loop), 0);
+    into_t k = {0};
+    CHECK_EQ(br_stream_init(&loop, &k.s, sv[0]), 0);
+    k.s.handle.data = &k;
+    br_stream_set_more_callbacks(&k.s, into_alloc, NULL);
+    CHECK_EQ(br_stream_read_start(&k.s, into_read, 0), 0);
+    CHECK_EQ(write(sv[1], "0123456789", 10), 10);
+    while (k.reads < 1) {
+        CHECK(br_loop_run(&loop, BR_RUN_ONCE) >= 0);
+    }
+    CHECK(k.at == k.mine && k.last == 5 && memcmp(k.mine, "01234", 5) == 0); /* no more than it offered */
+    while (k.reads < 2) {
+        CHECK(br_loop_run(&loop, BR_RUN_ONCE) >= 0);
+    }
+    CHECK(k.last == 5 && memcmp(k.mine, "56789", 5) == 0);
+    CHECK(loop.read_buf_ == NULL); /* the loop's buffer was never needed */
+    k.refuse = 1;
+    CHECK_EQ(write(sv[1], "x", 1), 1);
+    while (k.reads < 3) {
+        CHECK(br_loop_run(&loop, BR_RUN_ONCE) >= 0);
+    }
+    CHECK(k.last == -ENOBUFS && k.at == NULL && !br_is_active(&k.s.handle)); /* reading stopped */
+    CHECK_EQ(br_close(&k.s.handle, NULL), 0);
+    finish();
+    CHECK_EQ(close(sv[1]), 0);
+}
+
+/* ------------------------------------------------------------ the block hook */
+
+static int blocks[2];
+static void note_block(br_loop_t *l, int blocking)
+{
+    CHECK(l == &loop);
+    blocks[blocking]++;
+    CHECK(blocks[1] - blocks[0] == (blocking ? 1 : 0)); /* paired, in order */
+}
+
+TEST(the_block_hook_brackets_only_polls_that_may_sleep)
+{
+    int sv[2];
+    pair(sv);
+    CHECK_EQ(br_loop_init(&loop), 0);
+    br_loop_set_block_cb(&loop, note_block);
+    sink_t r;
+    sink_open(&r, sv[0]);
+    CHECK_EQ(br_loop_run(&loop, BR_RUN_NOWAIT), 1);
+    CHECK(blocks[0] == 0 && blocks[1] == 0);
+    CHECK_EQ(write(sv[1], "z", 1), 1);
+    CHECK_EQ(br_loop_run(&loop, BR_RUN_ONCE), 1);
+    CHECK(blocks[0] == 1 && blocks[1] == 1 && r.len == 1); /* the read ran after the hook said awake */
+    CHECK_EQ(br_close(&r.s.handle, sink_closed), 0);
+    br_loop_set_block_cb(&loop, NULL);
+    finish();
+    CHECK_EQ(close(sv[1]), 0);
 }
 
 BT_MAIN()
