@@ -30,6 +30,11 @@ typedef struct {
     PyTypeObject *socket_transport_type; /* SocketTransport (made by the first Loop) */
     PyObject *BufferedProtocol;     /* asyncio.BufferedProtocol (with it) */
     PyObject *str_data_received;    /* interned "data_received" */
+    PyObject *StreamReaderProtocol; /* asyncio's, for the transport's streams fast path */
+    PyObject *StreamReader;
+    PyObject *stream_methods[3];    /* asyncio's data_received, feed_data, _wakeup_waiter */
+#define BRAID_STREAM_NAMES 12
+    PyObject *stream_names[BRAID_STREAM_NAMES]; /* interned attribute names (socktransport.c) */
 #define BRAID_LOOP_NAMES 6
     PyObject *loop_names[BRAID_LOOP_NAMES]; /* interned attribute names (loop.c) */
     PyObject *kwnames_loop;         /* ("loop",): create_future's keyword names */

@@ -317,6 +317,14 @@ static int braid_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->socket_transport_type);
     Py_VISIT(st->BufferedProtocol);
     Py_VISIT(st->str_data_received);
+    Py_VISIT(st->StreamReaderProtocol);
+    Py_VISIT(st->StreamReader);
+    for (int i = 0; i < BRAID_STREAM_NAMES; i++) {
+        Py_VISIT(st->stream_names[i]);
+    }
+    for (int i = 0; i < 3; i++) {
+        Py_VISIT(st->stream_methods[i]);
+    }
     Py_VISIT(st->WorkerCrashed);
     Py_VISIT(st->TaskTimeout);
     Py_VISIT(st->BrokenProcessPool);
@@ -346,6 +354,14 @@ static int braid_clear(PyObject *module)
     Py_CLEAR(st->socket_transport_type);
     Py_CLEAR(st->BufferedProtocol);
     Py_CLEAR(st->str_data_received);
+    Py_CLEAR(st->StreamReaderProtocol);
+    Py_CLEAR(st->StreamReader);
+    for (int i = 0; i < BRAID_STREAM_NAMES; i++) {
+        Py_CLEAR(st->stream_names[i]);
+    }
+    for (int i = 0; i < 3; i++) {
+        Py_CLEAR(st->stream_methods[i]);
+    }
     Py_CLEAR(st->WorkerCrashed);
     Py_CLEAR(st->TaskTimeout);
     Py_CLEAR(st->BrokenProcessPool);

@@ -46,6 +46,7 @@
 #include <limits.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <string.h>
 #include <sys/socket.h>
 
 #define MAX_READ (256 * 1024) /* asyncio's max_size */
@@ -232,6 +233,117 @@ static int force_close(PyObject *self, PyObject *exc)
 
 /* --------------------------------------------------------- reading */
 
+/* asyncio's streams, fed without their Python layer: for a protocol that
+ * is exactly asyncio.StreamReaderProtocol and a reader that is exactly a
+ * StreamReader, what data_received -> feed_data -> _wakeup_waiter do, on
+ * the same attributes: the bytes go straight from the read buffer into the
+ * reader's bytearray (no bytes object), the waiter is woken, and reading
+ * pauses above twice the reader's limit. Anything else (subclasses, a
+ * class whose methods were replaced, a reader at EOF, whose feed_data
+ * asserts) takes the Python path. */
+enum { S_READER_WR, S_EOF, S_BUFFER, S_WAITER, S_TRANSPORT, S_PAUSED, S_LIMIT, S_CANCELLED, S_SET_RESULT,
+       S_PAUSE_READING, S_FEED_DATA, S_WAKEUP_WAITER, S_COUNT };
+_Static_assert(S_COUNT == BRAID_STREAM_NAMES, "braidpy.h sizes the names");
+static const char *const stream_name_text[S_COUNT] = {
+    [S_READER_WR] = "_stream_reader_wr", [S_EOF] = "_eof", [S_BUFFER] = "_buffer", [S_WAITER] = "_waiter",
+    [S_TRANSPORT] = "_transport", [S_PAUSED] = "_paused", [S_LIMIT] = "_limit", [S_CANCELLED] = "cancelled",
+    [S_SET_RESULT] = "set_result", [S_PAUSE_READING] = "pause_reading", [S_FEED_DATA] = "feed_data",
+    [S_WAKEUP_WAITER] = "_wakeup_waiter",
+};
+
+/* 1 fed, 0 not this protocol (use data_received), -1 with an exception
+ * (as feed_data would have raised). */
+static int feed_stream_reader(braid_state *st, PyObject *protocol, const char *buf, ssize_t n)
+{
+    PyObject *const *name = st->stream_names;
+    if ((PyObject *)Py_TYPE(protocol) != st->StreamReaderProtocol || st->StreamReader == NULL ||
+        _PyType_Lookup(Py_TYPE(protocol), st->str_data_received) != st->stream_methods[0]) {
+        return 0;
+    }
+    PyObject *wr = PyObject_GetAttr(protocol, name[S_READER_WR]);
+    if (wr == NULL) {
+        return -1;
+    }
+    if (wr == Py_None || !PyWeakref_CheckRef(wr)) {
+        int none = wr == Py_None;
+        Py_DECREF(wr);
+        return none ? 1 : 0; /* no reader: data_received drops the data too */
+    }
+    PyObject *reader;
+    int alive = PyWeakref_GetRef(wr, &reader);
+    Py_DECREF(wr);
+    if (alive <= 0) {
+        return alive < 0 ? -1 : 1; /* the reader is gone: data_received drops the data too */
+    }
+    int rc = 0;
+    PyObject *eof = NULL, *buffer = NULL, *waiter = NULL, *transport = NULL, *paused = NULL, *limit = NULL;
+    if ((PyObject *)Py_TYPE(reader) != st->StreamReader ||
+        _PyType_Lookup(Py_TYPE(reader), name[S_FEED_DATA]) != st->stream_methods[1] ||
+        _PyType_Lookup(Py_TYPE(reader), name[S_WAKEUP_WAITER]) != st->stream_methods[2] ||
+        (eof = PyObject_GetAttr(reader, name[S_EOF])) == NULL ||
+        eof != Py_False || (buffer = PyObject_GetAttr(reader, name[S_BUFFER])) == NULL ||
+        !PyByteArray_CheckExact(buffer)) {
+        rc = PyErr_Occurred() ? -1 : 0;
+        goto done;
+    }
+    rc = -1;
+    Py_ssize_t old = PyByteArray_GET_SIZE(buffer);
+    if (PyByteArray_Resize(buffer, old + n) < 0) { /* BufferError while exported, as extend() */
+        goto done;
+    }
+    memcpy(PyByteArray_AS_STRING(buffer) + old, buf, (size_t)n);
+    if ((waiter = PyObject_GetAttr(reader, name[S_WAITER])) == NULL) {
+        goto done;
+    }
+    if (waiter != Py_None) {
+        if (PyObject_SetAttr(reader, name[S_WAITER], Py_None) < 0) {
+            goto done;
+        }
+        PyObject *c = PyObject_CallMethodNoArgs(waiter, name[S_CANCELLED]);
+        int cancelled = c ? PyObject_IsTrue(c) : -1;
+        Py_XDECREF(c);
+        PyObject *r = cancelled == 0 ? PyObject_CallMethodOneArg(waiter, name[S_SET_RESULT], Py_None) : NULL;
+        Py_XDECREF(r);
+        if (cancelled < 0 || (cancelled == 0 && r == NULL)) {
+            goto done;
+        }
+    }
+    if ((transport = PyObject_GetAttr(reader, name[S_TRANSPORT])) == NULL ||
+        (paused = PyObject_GetAttr(reader, name[S_PAUSED])) == NULL ||
+        (limit = PyObject_GetAttr(reader, name[S_LIMIT])) == NULL) {
+        goto done;
+    }
+    int is_paused = PyObject_IsTrue(paused);
+    Py_ssize_t lim = PyLong_AsSsize_t(limit);
+    if (is_paused < 0 || (lim == -1 && PyErr_Occurred())) {
+        goto done;
+    }
+    if (transport != Py_None && !is_paused && PyByteArray_GET_SIZE(buffer) > 2 * lim) {
+        PyObject *r = PyObject_CallMethodNoArgs(transport, name[S_PAUSE_READING]);
+        if (r == NULL && PyErr_ExceptionMatches(PyExc_NotImplementedError)) {
+            PyErr_Clear();
+            if (PyObject_SetAttr(reader, name[S_TRANSPORT], Py_None) < 0) {
+                goto done;
+            }
+        } else if (r == NULL || PyObject_SetAttr(reader, name[S_PAUSED], Py_True) < 0) {
+            Py_XDECREF(r);
+            goto done;
+        } else {
+            Py_DECREF(r);
+        }
+    }
+    rc = 1;
+done:
+    Py_XDECREF(eof);
+    Py_XDECREF(buffer);
+    Py_XDECREF(waiter);
+    Py_XDECREF(transport);
+    Py_XDECREF(paused);
+    Py_XDECREF(limit);
+    Py_DECREF(reader);
+    return rc;
+}
+
 static void on_eof(PyObject *self)
 {
     tail_t *t = TAIL(self);
@@ -273,13 +385,18 @@ static void on_read(br_stream_t *s, const char *buf, ssize_t n)
         }
         Py_XDECREF(r);
     } else if (n > 0) {
-        PyObject *data = PyBytes_FromStringAndSize(buf, n);
-        PyObject *r = data ? PyObject_CallMethodOneArg(t->protocol, tr_state(self)->str_data_received, data) : NULL;
-        Py_XDECREF(data);
-        if (r == NULL) {
+        braid_state *st = tr_state(self);
+        int fed = feed_stream_reader(st, t->protocol, buf, n);
+        PyObject *r = Py_None;
+        if (fed == 0) {
+            PyObject *data = PyBytes_FromStringAndSize(buf, n);
+            r = data ? PyObject_CallMethodOneArg(t->protocol, st->str_data_received, data) : NULL;
+            Py_XDECREF(data);
+            Py_XDECREF(r);
+        }
+        if (fed < 0 || r == NULL) {
             callback_failed(self, "Fatal error: protocol.data_received() call failed.");
         }
-        Py_XDECREF(r);
     } else if (n == 0) {
         if (t->has_pbuf) {
             PyBuffer_Release(&t->pbuf);
@@ -1138,6 +1255,28 @@ int braid_socktransport_make_type(braid_state *st, PyObject *module)
         Py_XDECREF(fallback);
         if (rc == 0) {
             rc = PyObject_SetAttrString((PyObject *)st->socket_transport_type, "_start_tls_compatible", Py_True);
+        }
+    }
+    for (int i = 0; rc == 0 && i < S_COUNT; i++) {
+        if (st->stream_names[i] == NULL && (st->stream_names[i] = PyUnicode_InternFromString(stream_name_text[i])) == NULL) {
+            rc = -1;
+        }
+    }
+    if (rc == 0) {
+        Py_XSETREF(st->StreamReaderProtocol, import_attr("asyncio.streams", "StreamReaderProtocol"));
+        Py_XSETREF(st->StreamReader, import_attr("asyncio.streams", "StreamReader"));
+        rc = st->StreamReaderProtocol && st->StreamReader ? 0 : -1;
+        /* the functions the fast path stands in for, as asyncio defines them */
+        PyObject *owner[3] = {st->StreamReaderProtocol, st->StreamReader, st->StreamReader};
+        PyObject *names[3] = {st->str_data_received, st->stream_names[S_FEED_DATA], st->stream_names[S_WAKEUP_WAITER]};
+        for (int i = 0; rc == 0 && i < 3; i++) {
+            PyObject *f = _PyType_Lookup((PyTypeObject *)owner[i], names[i]);
+            if (f == NULL) {
+                PyErr_Format(PyExc_RuntimeError, "asyncio's streams have no %U", names[i]);
+                rc = -1;
+            } else {
+                Py_XSETREF(st->stream_methods[i], Py_NewRef(f));
+            }
         }
     }
     if (rc == 0) {
