@@ -739,3 +739,59 @@ def test_asyncio_run_with_loop_factory():
         return type(asyncio.get_running_loop())
 
     assert asyncio.run(main(), loop_factory=braid.Loop) is braid.Loop
+
+
+def test_socket_transport_refuses_bad_input_clearly():
+    braid = import_braid()
+    from braid import _braid
+
+    loop = braid.Loop()
+    try:
+        loop.run_until_complete(asyncio.sleep(0))  # makes the transport type
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        a, b = socket.socketpair()
+        try:
+            with pytest.raises(ValueError, match="stream socket"):
+                _braid.SocketTransport(loop, udp, asyncio.Protocol())
+            other = asyncio.new_event_loop()
+            try:
+                with pytest.raises(TypeError, match="braid.Loop"):
+                    _braid.SocketTransport(other, a, asyncio.Protocol())
+            finally:
+                other.close()
+            with pytest.raises(TypeError, match="extra"):
+                _braid.SocketTransport(loop, a, asyncio.Protocol(), None, [("peername", 1)])
+            assert a.fileno() >= 0  # refused before it took the descriptor
+        finally:
+            udp.close()
+            a.close()
+            b.close()
+    finally:
+        loop.close()
+
+
+def test_socket_transport_made_then_refused_lets_go_of_its_descriptor_quietly():
+    # A failure after the engine took the fd (here: a server without _attach) closes it, with
+    # no ResourceWarning for an "unclosed transport" that never existed for the caller.
+    import warnings
+
+    braid = import_braid()
+    from braid import _braid
+
+    loop = braid.Loop()
+    try:
+        loop.run_until_complete(asyncio.sleep(0))
+        a, b = socket.socketpair()
+        fd = a.fileno()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ResourceWarning)
+            with pytest.raises(AttributeError, match="_attach"):
+                _braid.SocketTransport(loop, a, asyncio.Protocol(), None, None, object())
+            gc.collect()
+            loop.run_until_complete(asyncio.sleep(0))  # the engine closes it in its next iteration
+        assert a.fileno() == -1
+        with pytest.raises(OSError):
+            os.fstat(fd)
+        b.close()
+    finally:
+        loop.close()

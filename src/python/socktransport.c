@@ -985,16 +985,16 @@ static int tr_init(PyObject *self, PyObject *args, PyObject *kwds)
     br_stream_set_more_callbacks(&t->stream, t->buffered ? on_alloc : NULL, on_empty);
     t->tcp = set_nodelay(fd);
     if (server != Py_None) {
-        t->server = Py_NewRef(server);
 #if PY_VERSION_HEX >= 0x030D0000
         r = PyObject_CallMethod(server, "_attach", "O", self);
 #else
         r = PyObject_CallMethod(server, "_attach", NULL);
 #endif
         if (r == NULL) {
-            return -1;
+            goto fail;
         }
         Py_DECREF(r);
+        t->server = Py_NewRef(server); /* attached: connection_lost detaches it */
     }
     /* loop._transports[fd] = self: add_reader() on its fd then says the
      * fd is a transport's, as with asyncio's transports */
@@ -1004,7 +1004,7 @@ static int tr_init(PyObject *self, PyObject *args, PyObject *kwds)
     Py_XDECREF(key);
     Py_XDECREF(transports);
     if (err < 0) {
-        return -1;
+        goto fail;
     }
     /* as asyncio: connection_made, then reading, then the waiter */
     PyObject *made = PyObject_GetAttrString(protocol, "connection_made");
@@ -1016,7 +1016,7 @@ static int tr_init(PyObject *self, PyObject *args, PyObject *kwds)
     Py_XDECREF(made);
     Py_XDECREF(start);
     if (rr == NULL) {
-        return -1;
+        goto fail;
     }
     if (waiter != Py_None) {
         PyObject *set = import_attr("asyncio.futures", "_set_result_unless_cancelled");
@@ -1024,10 +1024,32 @@ static int tr_init(PyObject *self, PyObject *args, PyObject *kwds)
         Py_XDECREF(set);
         Py_XDECREF(rr);
         if (rr == NULL) {
-            return -1;
+            goto fail;
         }
     }
     return 0;
+
+fail:
+    /* made, then refused: the engine lets go of the fd (the socket object
+     * is detached from it; its owner's close() is then a no-op) without the
+     * finalizer's warning about an unclosed transport */
+    PyObject *exc = PyErr_GetRaisedException();
+    Py_INCREF(self);
+    close_stream(self);
+    Py_CLEAR(t->sock);
+    if (t->server != NULL) {
+#if PY_VERSION_HEX >= 0x030D0000
+        PyObject *d = PyObject_CallMethod(t->server, "_detach", "O", self);
+#else
+        PyObject *d = PyObject_CallMethod(t->server, "_detach", NULL);
+#endif
+        Py_XDECREF(d);
+        PyErr_Clear();
+        Py_CLEAR(t->server);
+    }
+    Py_DECREF(self);
+    PyErr_SetRaisedException(exc);
+    return -1;
 }
 
 /* --------------------------------------------------------- the object's life */
