@@ -373,7 +373,20 @@ done:
     return rc;
 }
 
-/* --------------------------------------------------------- ready queue and timer heap */
+/* --------------------------------------------------------- ready queue and timer heap
+ *
+ * Why a heap of its own, beside the engine's timers (br_timer_t, timer.c):
+ * asyncio's ordering is not the engine's. A due TimerHandle does not run
+ * when it is due: it joins the ready queue behind the callbacks already
+ * there, in (when, creation) order among the timers due at the same
+ * iteration, "due" with asyncio's clock-resolution slack (1 ms early), and
+ * TimerHandle.when() and the debug-mode repr read the float of the
+ * deadline. Engine timers fire from inside the poll, one callback each, in
+ * the engine's own order: to keep asyncio's, every one would have to queue
+ * its handle, which is this heap with a callback per timer added. So the
+ * engine's heap bounds the poll (one br_timer_t, poll_timer) and this one
+ * orders asyncio's handles.
+ */
 
 static int ready_push(LoopObject *L, PyObject *h)
 {
