@@ -1100,14 +1100,14 @@ int br_procpool_pids(br_procpool_t *pool, int *pids, int n);
  *
  * A stream is a handle (its life cycle is every handle's, above): ACTIVE
  * while it reads or has writes queued; br_close(&s->handle, cb) drops the
- * queue, closes the fd, and cb runs from a later step of the loop.
+ * queue and closes the fd at once; cb runs from a later step of the loop.
  *
  *   init --> OPEN --read_start/stop, write, set_limits--> OPEN
  *              |  shutdown: SHUT_WR once the queue is empty (sockets)
  *              |  a write error: on_error(-errno), queue dropped,
  *              |                 later writes refused (-EPIPE)
- *              +--br_close(&s->handle, cb)--> CLOSING --(step 5)-->
- *                  fd closed, cb(&s->handle): the memory is the caller's
+ *              +--br_close(&s->handle, cb): fd closed--> CLOSING --(step 5)-->
+ *                  cb(&s->handle): the memory is the caller's
  *
  * Ownership: the caller allocates the stream; it must stay valid until the
  * close callback has run. From br_stream_init on, the fd is the stream's:

@@ -152,13 +152,6 @@ static void run_closing(br_loop_t *loop)
             h->next_->prev_ = h->prev_;
         h->next_ = h->prev_ = h->close_next_ = NULL;
         h->flags_ = (h->flags_ & ~BR__CLOSING) | BR__CLOSED;
-        /* A stream's or datagram socket's fd is closed here, not in
-         * br_close: until this step of the iteration the poll may still
-         * hold events for its number, which a new fd reusing it would get. */
-        if (h->type == BR_HANDLE_STREAM)
-            br__close_fd(&((br_stream_t *)h)->fd);
-        else if (h->type == BR_HANDLE_UDP)
-            br__close_fd(&((br_udp_t *)h)->fd);
         if (h->close_cb_ != NULL)
             h->close_cb_(h);
         h = next;

@@ -54,7 +54,7 @@ char *br__loop_read_buf(br_loop_t *loop, size_t size);
 void br__close_fd(int *fd);
 
 /* ------------------------------------------------------------ stream.c, udp.c */
-/* br_close's part: stop, drop the queue (the fd closes at step 5). */
+/* br_close's part: stop, drop the queue, close the fd. */
 void br__stream_close(br_stream_t *s);
 void br__udp_close(br_udp_t *u);
 

@@ -391,4 +391,11 @@ void br__stream_close(br_stream_t *s)
     s->state_ &= ~S_READING;
     free_queue(s);
     (void)br_io_stop(&s->io_); /* the table entry goes whatever the kernel says */
+    /* The fd closes now, as libuv's uv_close does and as a program closing
+     * a socket expects (the peer sees it at once, not at the loop's next
+     * iteration). An event the current poll already returned for its
+     * number finds no watcher (the table entry is gone) or, if a new fd
+     * took the number meanwhile, a spurious readiness its handler meets
+     * with EAGAIN, as readiness is only ever a hint. */
+    br__close_fd(&s->fd);
 }
