@@ -795,3 +795,43 @@ def test_socket_transport_made_then_refused_lets_go_of_its_descriptor_quietly():
         b.close()
     finally:
         loop.close()
+
+
+def test_an_accepted_connection_gets_its_socket_object_on_demand():
+    # Accepted in C, a connection has no socket.socket until asked for; then it is the
+    # connection's, non-blocking like asyncio's accepted sockets, and it is detached (fileno
+    # -1) once the transport has closed.
+    braid = import_braid()
+    got = {}
+
+    class Server(asyncio.Protocol):
+        def connection_made(self, transport):
+            got["transport"] = transport
+            sock = transport.get_extra_info("socket")
+            got["same"] = transport.get_extra_info("socket") is sock
+            got["timeout"] = sock.gettimeout()
+            got["peer"] = transport.get_extra_info("peername")
+            got["raw"] = transport._sock
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Server, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await asyncio.wait_for(_until(lambda: "raw" in got), 10)
+        local = writer.get_extra_info("sockname")
+        got["transport"].close()
+        assert await reader.read() == b""  # the server side closed: the client sees EOF
+        writer.close()
+        server.close()
+        await server.wait_closed()
+        return local
+
+    local = braid.run(main())
+    assert got["same"] and got["timeout"] == 0.0 and got["peer"] == local
+    assert got["raw"].fileno() == -1  # detached: the engine closed the descriptor
+
+
+async def _until(predicate):
+    while not predicate():
+        await asyncio.sleep(0.01)

@@ -11,7 +11,6 @@ code running on that core, through the internal methods asyncio's selector loop 
 import asyncio
 import socket
 from asyncio import selector_events, unix_events
-from asyncio.log import logger
 
 from . import _braid
 
@@ -42,41 +41,20 @@ class Loop(_braid._LoopCore, unix_events._UnixSelectorEventLoop):
         return _braid.SocketTransport(self, sock, protocol, waiter, extra, server)
 
     def _accept_connection(self, protocol_factory, sock, sslcontext=None, server=None, backlog=100, *args):
-        # asyncio makes a task (a coroutine and a waiter future) per accepted connection, to
-        # call the protocol factory and make the transport one iteration later; a plain
-        # connection needs neither, so both happen here, in the batch of accepts. TLS, and a
-        # subclass with its own transports, take asyncio's way.
-        if sslcontext is not None or type(self)._make_socket_transport is not Loop._make_socket_transport:
+        # asyncio accepts through socket.accept() and makes a task (a coroutine and a waiter
+        # future) per connection, to call the protocol factory and make the transport one
+        # iteration later; for a plain connection braid does both in C, in the batch of
+        # accepts (src/python/sockaccept.c). TLS, debug mode (asyncio's log lines), a
+        # socket-like object that is not a socket, and a subclass with transports of its own
+        # take asyncio's way, and so does an accept error
+        # (out of descriptors: asyncio reports it, pauses accepting and tries again).
+        if (sslcontext is not None or self._debug or not issubclass(type(sock), socket.socket)
+                or type(self)._make_socket_transport is not Loop._make_socket_transport):
             return super()._accept_connection(protocol_factory, sock, sslcontext, server, backlog, *args)
-        make = _braid.SocketTransport
-        for _ in range(backlog):
-            try:
-                conn, addr = sock.accept()
-                if self._debug:
-                    logger.debug("%r got a new connection from %r: %r", server, addr, conn)
-                conn.setblocking(False)
-            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                return None
-            except OSError:
-                # out of descriptors (EMFILE, ...) and the rest: asyncio's own handling (it
-                # reports, stops accepting for a while and tries again)
-                return super()._accept_connection(protocol_factory, sock, sslcontext, server, backlog,
-                                                  *args)
-            protocol = None
-            try:
-                protocol = protocol_factory()
-                make(self, conn, protocol, None, None, server)
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as exc:
-                conn.close()
-                if self._debug:  # as asyncio: reported in debug mode only
-                    context = {"message": "Error on transport creation for incoming connection",
-                               "exception": exc}
-                    if protocol is not None:
-                        context["protocol"] = protocol
-                    self.call_exception_handler(context)
-        return None
+        try:
+            return _braid._accept_plain(self, sock.fileno(), sock.family, protocol_factory, server, backlog)
+        except OSError:
+            return super()._accept_connection(protocol_factory, sock, sslcontext, server, backlog, *args)
 
     def _make_self_pipe(self):
         super()._make_self_pipe()

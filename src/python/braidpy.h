@@ -192,6 +192,12 @@ int braid_socktransport_make_type(braid_state *st, PyObject *module);
 /* br_loop_walk's callback when a braid.Loop closes: closes the streams of
  * transports still open. */
 void braid_socktransport_loop_closing(br_handle_t *h, void *unused);
+/* A transport for a connection accepted in C (fd non-blocking, family its
+ * socket's): a new reference, or NULL with an exception and fd closed. */
+PyObject *braid_socktransport_accepted(braid_state *st, PyObject *loop, int fd, int family, PyObject *protocol,
+                                       PyObject *server);
+/* sockaccept.c: _accept_plain(loop, fd, family, protocol_factory, server, backlog) */
+PyObject *braid_accept_plain(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 
 
 /* procpool.c, procworker.c */

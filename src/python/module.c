@@ -284,6 +284,8 @@ static PyMethodDef braid_methods[] = {
     {"_set_worker_hooks", mod_set_worker_hooks, METH_VARARGS,
      "_set_worker_hooks(started, exiting): called on each worker thread as it starts and exits."},
     {"strerror", mod_strerror, METH_O, "strerror(-errno): the engine's name for an error code."},
+    {"_accept_plain", (PyCFunction)(void (*)(void))braid_accept_plain, METH_FASTCALL,
+     "_accept_plain(loop, fd, family, protocol_factory, server, backlog): braid.Loop's accept batch."},
     {"__getattr__", mod_getattr, METH_O, NULL},
     {NULL}};
 

@@ -48,6 +48,7 @@
 #include <netinet/tcp.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #define MAX_READ (256 * 1024) /* asyncio's max_size */
 #define LOG_THRESHOLD_FOR_CONNLOST_WRITES 5
@@ -65,6 +66,9 @@ typedef struct {
     unsigned conn_lost;
     size_t high, low;
     int fd;
+    int family;              /* for the socket object made on demand (accepted connections) */
+    unsigned sock_gone : 1;  /* connection_lost ran: no socket object any more */
+    unsigned fd_taken : 1;   /* the stream owns the fd */
     unsigned closing : 1, eof : 1, paused : 1, protocol_paused : 1, buffered : 1, connected : 1,
         stream_open : 1, self_ref : 1, has_pbuf : 1, tcp : 1;
 } tail_t;
@@ -84,6 +88,30 @@ static PyObject *import_attr(const char *module, const char *name)
     PyObject *v = m ? PyObject_GetAttrString(m, name) : NULL;
     Py_XDECREF(m);
     return v;
+}
+
+/* The socket object: the caller's, or for a connection accepted in C made
+ * on first use (get_extra_info("socket"), _sock) around the stream's fd.
+ * Borrowed; NULL once the connection is gone (no exception then). */
+static PyObject *get_sock(PyObject *self)
+{
+    tail_t *t = TAIL(self);
+    if (t->sock == NULL && !t->sock_gone && t->stream_open && !br_is_closing(&t->stream.handle)) {
+        PyObject *socket_type = import_attr("socket", "socket");
+        t->sock = socket_type ? PyObject_CallFunction(socket_type, "iiii", t->family, SOCK_STREAM, 0, t->fd) : NULL;
+        Py_XDECREF(socket_type);
+        /* as asyncio's accepted sockets: non-blocking, and the object knows */
+        PyObject *r = t->sock ? PyObject_CallMethod(t->sock, "setblocking", "O", Py_False) : NULL;
+        if (r == NULL && t->sock != NULL) {
+            PyObject *exc = PyErr_GetRaisedException();
+            PyObject *d = PyObject_CallMethod(t->sock, "detach", NULL); /* the fd stays the stream's */
+            Py_XDECREF(d);
+            Py_CLEAR(t->sock);
+            PyErr_SetRaisedException(exc);
+        }
+        Py_XDECREF(r);
+    }
+    return t->sock;
 }
 
 /* --------------------------------------------------------- references */
@@ -695,6 +723,7 @@ static PyObject *tr_call_connection_lost(PyObject *self, PyObject *exc)
     Py_INCREF(self);
     close_stream(self);
     Py_CLEAR(t->sock);
+    t->sock_gone = 1;
     Py_CLEAR(t->protocol);
     PyObject *server = t->server;
     t->server = NULL;
@@ -842,7 +871,6 @@ static PyObject *tr_get_extra_info(PyObject *self, PyObject *args, PyObject *kwd
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O:get_extra_info", kwlist, &name, &dflt)) {
         return NULL;
     }
-    tail_t *t = TAIL(self);
     PyObject *extra = EXTRA(self);
     if (extra == NULL || extra == Py_None) {
         Py_XSETREF(EXTRA(self), PyDict_New());
@@ -851,9 +879,13 @@ static PyObject *tr_get_extra_info(PyObject *self, PyObject *args, PyObject *kwd
             return NULL;
         }
     }
-    if (t->sock != NULL && PyDict_GetItemString(extra, "socket") == NULL) {
+    PyObject *sock = PyDict_GetItemString(extra, "socket") == NULL ? get_sock(self) : NULL;
+    if (sock == NULL && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (sock != NULL) {
         PyObject *trsock = import_attr("asyncio.trsock", "TransportSocket");
-        PyObject *ts = trsock ? PyObject_CallOneArg(trsock, t->sock) : NULL;
+        PyObject *ts = trsock ? PyObject_CallOneArg(trsock, sock) : NULL;
         Py_XDECREF(trsock);
         if (ts == NULL || PyDict_SetItemString(extra, "socket", ts) < 0) {
             Py_XDECREF(ts);
@@ -865,7 +897,7 @@ static PyObject *tr_get_extra_info(PyObject *self, PyObject *args, PyObject *kwd
             if (PyDict_GetItemString(extra, keys[i]) != NULL) {
                 continue;
             }
-            PyObject *v = PyObject_CallMethod(t->sock, meth[i], NULL);
+            PyObject *v = PyObject_CallMethod(sock, meth[i], NULL);
             if (v == NULL) {
                 if (!PyErr_ExceptionMatches(PyExc_OSError)) {
                     return NULL;
@@ -891,7 +923,7 @@ static PyObject *tr_repr(PyObject *self)
 {
     tail_t *t = TAIL(self);
     const char *name = Py_TYPE(self)->tp_name;
-    if (t->sock == NULL) {
+    if (t->sock_gone) {
         return PyUnicode_FromFormat("<%s closed>", name);
     }
     const char *state = t->closing ? " closing" : "";
@@ -902,21 +934,23 @@ static PyObject *tr_repr(PyObject *self)
                                 queued ? "polling" : "idle", queued);
 }
 
-static int set_nodelay(int fd)
+/* asyncio's _set_nodelay for TCP sockets (a stream socket: checked). */
+static int set_nodelay(int fd, int family)
 {
-    int domain = 0, type = 0, one = 1;
-    socklen_t len = sizeof domain;
-    if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) < 0) {
+    int one = 1;
+    socklen_t len = sizeof family;
+    if (family < 0 && getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &family, &len) < 0) {
         return 0;
     }
-    len = sizeof type;
-    if ((domain != AF_INET && domain != AF_INET6) || getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0 ||
-        type != SOCK_STREAM) {
+    if (family != AF_INET && family != AF_INET6) {
         return 0;
     }
     (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one); /* as asyncio: best effort */
     return 1;
 }
+
+static int setup(PyObject *self, PyObject *loop, br_loop_t *core, int fd, int family, PyObject *sock,
+                 PyObject *protocol, PyObject *waiter, PyObject *extra, PyObject *server);
 
 /* SocketTransport(loop, sock, protocol, waiter=None, extra=None, server=None) */
 static int tr_init(PyObject *self, PyObject *args, PyObject *kwds)
@@ -956,9 +990,21 @@ static int tr_init(PyObject *self, PyObject *args, PyObject *kwds)
         PyErr_Format(PyExc_ValueError, "SocketTransport needs a stream socket, fd %d is not one", fd);
         return -1;
     }
+    return setup(self, loop, core, fd, -1, sock, protocol, waiter, extra, server);
+}
+
+/* The transport's set-up, for __init__ (a socket object) and for a
+ * connection accepted in C (sock NULL, family known). 0, or -1 with an
+ * exception; t->fd_taken says whether the stream took the fd (then it is
+ * closed on failure; else it is still the caller's). */
+static int setup(PyObject *self, PyObject *loop, br_loop_t *core, int fd, int family, PyObject *sock,
+                 PyObject *protocol, PyObject *waiter, PyObject *extra, PyObject *server)
+{
+    tail_t *t = TAIL(self);
     t->loop = Py_NewRef(loop);
-    t->sock = Py_NewRef(sock);
+    t->sock = Py_XNewRef(sock);
     t->fd = fd;
+    t->family = family;
     t->high = 64 * 1024;
     t->low = 16 * 1024;
     if (extra != Py_None) {
@@ -979,11 +1025,12 @@ static int tr_init(PyObject *self, PyObject *args, PyObject *kwds)
     }
     t->stream.handle.data = self; /* borrowed: SELF() finds it from the stream anyway */
     t->stream_open = 1;
+    t->fd_taken = 1;
     t->stream_loop = Py_NewRef(loop);
     braid_loop_count_stream(loop, +1);
     br_stream_set_callbacks(&t->stream, on_drain, on_write_error);
     br_stream_set_more_callbacks(&t->stream, t->buffered ? on_alloc : NULL, on_empty);
-    t->tcp = set_nodelay(fd);
+    t->tcp = set_nodelay(fd, family);
     if (server != Py_None) {
 #if PY_VERSION_HEX >= 0x030D0000
         r = PyObject_CallMethod(server, "_attach", "O", self);
@@ -1037,6 +1084,7 @@ fail:
     Py_INCREF(self);
     close_stream(self);
     Py_CLEAR(t->sock);
+    t->sock_gone = 1;
     if (t->server != NULL) {
 #if PY_VERSION_HEX >= 0x030D0000
         PyObject *d = PyObject_CallMethod(t->server, "_detach", "O", self);
@@ -1052,12 +1100,27 @@ fail:
     return -1;
 }
 
+PyObject *braid_socktransport_accepted(braid_state *st, PyObject *loop, int fd, int family, PyObject *protocol,
+                                       PyObject *server)
+{
+    br_loop_t *core = braid_loop_core(loop);
+    PyObject *self = core ? st->socket_transport_type->tp_alloc(st->socket_transport_type, 0) : NULL;
+    if (self == NULL || setup(self, loop, core, fd, family, NULL, protocol, Py_None, Py_None, server) < 0) {
+        if (self == NULL || !TAIL(self)->fd_taken) {
+            (void)close(fd); /* still ours: the stream never took it */
+        }
+        Py_XDECREF(self);
+        return NULL;
+    }
+    return self;
+}
+
 /* --------------------------------------------------------- the object's life */
 
 static void tr_finalize(PyObject *self)
 {
     tail_t *t = TAIL(self);
-    if (t->sock == NULL || !t->stream_open) {
+    if (t->sock_gone || !t->stream_open) {
         return;
     }
     PyObject *exc = PyErr_GetRaisedException();
@@ -1067,6 +1130,7 @@ static void tr_finalize(PyObject *self)
     }
     close_stream(self); /* resurrects it until the engine's close callback */
     Py_CLEAR(t->sock);
+    t->sock_gone = 1;
     PyErr_SetRaisedException(exc);
 }
 
@@ -1179,7 +1243,11 @@ static PyObject *tr_get_sock_fd(PyObject *self, void *c) { return PyLong_FromLon
  * protocol: _loop and _protocol_paused). */
 static PyObject *tr_get_loop(PyObject *self, void *c) { return Py_NewRef(TAIL(self)->loop ? TAIL(self)->loop : Py_None); }
 static PyObject *tr_get_protocol_paused(PyObject *self, void *c) { return PyBool_FromLong(TAIL(self)->protocol_paused); }
-static PyObject *tr_get_sock(PyObject *self, void *c) { return Py_NewRef(TAIL(self)->sock ? TAIL(self)->sock : Py_None); }
+static PyObject *tr_get_sock(PyObject *self, void *c)
+{
+    PyObject *sock = get_sock(self);
+    return sock ? Py_NewRef(sock) : PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+}
 static PyObject *tr_get_closing(PyObject *self, void *c) { return PyBool_FromLong(TAIL(self)->closing); }
 static PyObject *tr_get_conn_lost(PyObject *self, void *c) { return PyLong_FromUnsignedLong(TAIL(self)->conn_lost); }
 
