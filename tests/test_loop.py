@@ -43,6 +43,22 @@ class LoopMixin:
 
     # ---- scheduling -------------------------------------------------------------------
 
+    def test_a_transports_fd_refuses_add_reader_until_it_closes(self, loop):
+        async def main():
+            server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+            port = server.sockets[0].getsockname()[1]
+            transport, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+            fd = transport.get_extra_info("socket").fileno()
+            with pytest.raises(RuntimeError, match="is used by transport"):
+                loop.add_reader(fd, lambda: None)
+            transport.close()  # closing: asyncio lets the fd be watched again
+            loop.add_reader(fd, lambda: None)
+            loop.remove_reader(fd)
+            server.close()
+            await server.wait_closed()
+
+        self.run(loop, main())
+
     def test_call_soon_runs_in_order_with_args(self, loop):
         seen = []
         for i in range(5):

@@ -33,7 +33,7 @@ typedef struct {
     PyObject *StreamReaderProtocol; /* asyncio's, for the transport's streams fast path */
     PyObject *StreamReader;
     PyObject *stream_methods[3];    /* asyncio's data_received, feed_data, _wakeup_waiter */
-#define BRAID_STREAM_NAMES 12
+#define BRAID_STREAM_NAMES 17
     PyObject *stream_names[BRAID_STREAM_NAMES]; /* interned attribute names (socktransport.c) */
 #define BRAID_LOOP_NAMES 6
     PyObject *loop_names[BRAID_LOOP_NAMES]; /* interned attribute names (loop.c) */

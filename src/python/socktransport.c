@@ -270,13 +270,15 @@ static int force_close(PyObject *self, PyObject *exc)
  * class whose methods were replaced, a reader at EOF, whose feed_data
  * asserts) takes the Python path. */
 enum { S_READER_WR, S_EOF, S_BUFFER, S_WAITER, S_TRANSPORT, S_PAUSED, S_LIMIT, S_CANCELLED, S_SET_RESULT,
-       S_PAUSE_READING, S_FEED_DATA, S_WAKEUP_WAITER, S_COUNT };
+       S_PAUSE_READING, S_FEED_DATA, S_WAKEUP_WAITER, S_TRANSPORTS, S_DATA, S_CALL_SOON, S_CONNECTION_MADE,
+       S_START_READING, S_COUNT };
 _Static_assert(S_COUNT == BRAID_STREAM_NAMES, "braidpy.h sizes the names");
 static const char *const stream_name_text[S_COUNT] = {
     [S_READER_WR] = "_stream_reader_wr", [S_EOF] = "_eof", [S_BUFFER] = "_buffer", [S_WAITER] = "_waiter",
     [S_TRANSPORT] = "_transport", [S_PAUSED] = "_paused", [S_LIMIT] = "_limit", [S_CANCELLED] = "cancelled",
     [S_SET_RESULT] = "set_result", [S_PAUSE_READING] = "pause_reading", [S_FEED_DATA] = "feed_data",
-    [S_WAKEUP_WAITER] = "_wakeup_waiter",
+    [S_WAKEUP_WAITER] = "_wakeup_waiter", [S_TRANSPORTS] = "_transports", [S_DATA] = "data",
+    [S_CALL_SOON] = "call_soon", [S_CONNECTION_MADE] = "connection_made", [S_START_READING] = "_start_reading",
 };
 
 /* 1 fed, 0 not this protocol (use data_received), -1 with an exception
@@ -1043,22 +1045,39 @@ static int setup(PyObject *self, PyObject *loop, br_loop_t *core, int fd, int fa
         Py_DECREF(r);
         t->server = Py_NewRef(server); /* attached: connection_lost detaches it */
     }
-    /* loop._transports[fd] = self: add_reader() on its fd then says the
-     * fd is a transport's, as with asyncio's transports */
-    PyObject *transports = PyObject_GetAttrString(loop, "_transports");
+    /* loop._transports[fd] = self: add_reader() on its fd then says the fd
+     * is a transport's, as with asyncio's transports. The entry goes into
+     * the WeakValueDictionary's own dict as a plain weak reference: every
+     * read of it (get, [], del, iteration) calls the reference and treats a
+     * dead one as absent, and the next transport on the same fd number
+     * replaces it, so without the dictionary's removal callback (and its
+     * Python __setitem__, a KeyedRef per connection) nothing changes but
+     * the cost. Anything else than a WeakValueDictionary gets a plain
+     * assignment. */
+    PyObject *const *name = tr_state(self)->stream_names;
+    PyObject *transports = PyObject_GetAttr(loop, name[S_TRANSPORTS]);
     PyObject *key = transports ? PyLong_FromLong(fd) : NULL;
-    err = key ? PyObject_SetItem(transports, key, self) : -1;
+    PyObject *data = key ? PyObject_GetAttr(transports, name[S_DATA]) : NULL;
+    if (data != NULL && PyDict_CheckExact(data)) {
+        PyObject *wr = PyWeakref_NewRef(self, NULL);
+        err = wr ? PyDict_SetItem(data, key, wr) : -1;
+        Py_XDECREF(wr);
+    } else {
+        PyErr_Clear();
+        err = key ? PyObject_SetItem(transports, key, self) : -1;
+    }
+    Py_XDECREF(data);
     Py_XDECREF(key);
     Py_XDECREF(transports);
     if (err < 0) {
         goto fail;
     }
     /* as asyncio: connection_made, then reading, then the waiter */
-    PyObject *made = PyObject_GetAttrString(protocol, "connection_made");
-    PyObject *start = made ? PyObject_GetAttrString(self, "_start_reading") : NULL;
-    PyObject *rr = start ? PyObject_CallMethod(loop, "call_soon", "OO", made, self) : NULL;
+    PyObject *made = PyObject_GetAttr(protocol, name[S_CONNECTION_MADE]);
+    PyObject *start = made ? PyObject_GetAttr(self, name[S_START_READING]) : NULL;
+    PyObject *rr = start ? PyObject_CallMethodObjArgs(loop, name[S_CALL_SOON], made, self, NULL) : NULL;
     Py_XDECREF(rr);
-    rr = rr ? PyObject_CallMethod(loop, "call_soon", "O", start) : NULL;
+    rr = rr ? PyObject_CallMethodObjArgs(loop, name[S_CALL_SOON], start, NULL) : NULL;
     Py_XDECREF(rr);
     Py_XDECREF(made);
     Py_XDECREF(start);
