@@ -15,6 +15,7 @@
 
 typedef struct pool_core_s pool_core_t;
 typedef struct proc_core_s proc_core_t;
+typedef struct interp_core_s interp_core_t;
 
 typedef struct {
     /* types */
@@ -57,6 +58,12 @@ typedef struct {
      * that interpreter exit can wait for them (threadpool.c) */
     pool_core_t *cores;
     br_event_t *exit_waiter;        /* set when a dropped pool's last worker leaves */
+    /* interpreter pools (interppool.c, 3.12+) */
+    PyTypeObject *interppool_core_type;
+    PyObject *ip_dumps_task;        /* braid._interpworker.dumps_task */
+    PyObject *BrokenInterpreterPool;
+    interp_core_t *interp_cores;    /* whose workers may still run (at-exit joins them) */
+    br_event_t *ip_exit_waiter;
     unsigned long pool_counter;
 } braid_state;
 
@@ -118,6 +125,9 @@ int braid_unpack_submit(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnam
 
 /* plain.c: pickling of plain tasks and results straight through pickle */
 int braid_is_plain(PyObject *o, int depth);
+/* fn(*args, **kwargs) pickles by the plain path: fn a function found by name
+ * outside __main__, the arguments plain values (kwargs may be NULL). */
+int braid_task_is_plain(braid_state *st, PyObject *fn, PyObject *args, PyObject *kwargs);
 /* The payload of a task; bytes, or (bytes, memfds to keep) from the
  * general path. keep is the (fn, args, kwargs) tuple. */
 PyObject *braid_dumps_task(braid_state *st, PyObject *fn, PyObject *args, PyObject *kwargs,
@@ -214,6 +224,14 @@ void braid_templates_close_unused(int64_t timeout_ns);
 void braid_templates_after_fork_child(void);
 PyObject *braid_template_serve(PyObject *module, PyObject *unused);
 PyObject *braid_close_unused_templates(PyObject *module, PyObject *unused);
+
+/* interppool.c: the type exists on 3.12+ only (0 on 3.11). */
+int braid_interppool_init_types(PyObject *module, braid_state *st);
+PyObject *braid_interppool_at_exit(braid_state *st);
+void braid_interppool_clear_state(braid_state *st);
+void braid_interppool_after_fork_child(braid_state *st);
+int braid_interppool_traverse(braid_state *st, visitproc visit, void *arg);
+void braid_interppool_clear(braid_state *st);
 
 /* mapiter.c */
 int braid_mapiter_init_types(PyObject *module, braid_state *st);

@@ -1,0 +1,653 @@
+/*
+ * interpworker.c — the worker side of braid.InterpreterPool: engine threads
+ * that each own a sub-interpreter with its own GIL (PEP 684).
+ *
+ * The pool is the engine's br_threadpool_t (no scheduler of its own): its
+ * on_thread_start hook makes the thread's sub-interpreter, on_thread_exit
+ * ends it. A task is bytes (the pickled call) plus the future it completes.
+ *
+ * A worker thread has two thread states: one of the sub-interpreter, in
+ * which it unpickles and runs tasks and pickles their outcome, and one of
+ * the main interpreter, in which it unpickles results and finishes the
+ * futures. It never holds both GILs: it lets the sub-interpreter's go
+ * before it takes the main one.
+ *
+ * Why the worker itself hops to the main interpreter, rather than handing
+ * results to a completion thread of the main interpreter: a round trip is
+ * then exactly the thread pool's (the submitter wakes once, when its future
+ * is set) with no third thread to wake, and on a machine with few cores a
+ * completion thread competes with the workers for them. The cost is that a
+ * worker waits for the main GIL while it delivers; it makes up for it by
+ * batching: it takes every task queued (br_threadpool_try_take) while it
+ * holds its own GIL, and delivers the results of up to BATCH_MAX of them,
+ * or of those finished within BATCH_NS, in one hold of the main GIL.
+ *
+ * Worker life cycle (one per engine thread):
+ *
+ *   on_thread_start: main tstate --Py_NewInterpreterFromConfig--> READY
+ *        |                 (fails: the worker fails every task it takes)
+ *        +-- initializer raises: the pool is marked broken
+ *   READY --task--> RUNNING (sub GIL) --queue empty / batch full--> deliver
+ *   (main GIL) --> READY ... --pool closed, queue empty--> on_thread_exit:
+ *   the watchdog joined, Py_EndInterpreter, main tstate deleted
+ *
+ * task_timeout: each worker then has a watchdog thread. Past a task's
+ * deadline it takes the sub-interpreter's GIL with a thread state of its
+ * own and throws an exception into the worker's thread state (as
+ * PyThreadState_SetAsyncExc does), which pure-Python code sees at once; the
+ * worker reports the task as timed out. A task still running STUCK_GRACE_NS
+ * later is in C code that does not come back to the interpreter: the
+ * watchdog fails its future itself (in the main interpreter) and the worker
+ * is written off until the call returns (its thread and sub-interpreter
+ * stay, busy; the pool's capacity is one lower meanwhile).
+ */
+#include "interppool.h"
+
+#ifdef BRAID_HAVE_INTERPRETERS
+#include "compat.h"
+
+#include <errno.h>
+#include <string.h>
+#include <time.h>
+
+#define BATCH_MAX 64              /* results delivered per hold of the main GIL */
+#define BATCH_NS 200000           /* ... or those finished within this time */
+#define STUCK_GRACE_NS 1000000000 /* after the interrupt: then written off */
+
+struct iworker_s {
+    interp_core_t *core;
+    PyThreadState *main_ts;
+    PyThreadState *sub_ts;     /* NULL: the interpreter could not be made */
+    unsigned long ident;       /* this thread, as PyThreadState_SetAsyncExc knows it */
+    PyObject *loads, *dumps;   /* the sub-interpreter's _pickle functions */
+    PyObject *helper;          /* braid._interpworker there, on first need */
+    PyObject *interrupt;       /* the exception task_timeout throws in */
+    itask_t *batch, *batch_tail;
+    unsigned nbatch;
+    int64_t batch_t0;
+    struct pinned_s {          /* main buffers still viewed from the sub-interpreter */
+        Py_buffer *views;
+        int n;
+    } *pinned;
+    size_t npinned;
+    /* under core->mu */
+    itask_t *current;
+    int64_t deadline;
+    int interrupted;           /* the watchdog threw into current */
+    int exiting;
+    int has_watchdog;
+    pthread_cond_t cv;         /* wakes the watchdog (CLOCK_MONOTONIC) */
+    pthread_t watchdog;
+    iworker_t *next, *prev;
+};
+
+static _Thread_local iworker_t *tls_worker;
+static _Thread_local int tls_in_sub;   /* this thread holds its sub-interpreter's GIL */
+static _Thread_local int tls_looping;  /* inside the batch loop of braid_iw_done */
+
+int braid_iw_on_worker_of(interp_core_t *core)
+{
+    return tls_worker != NULL && tls_worker->core == core;
+}
+
+/* --------------------------------------------------------- in the sub-interpreter */
+
+/* braid._interpworker's function `name`, importing it on first use. New ref. */
+static PyObject *helper_fn(iworker_t *w, const char *name)
+{
+    if (w->helper == NULL && (w->helper = PyImport_ImportModule("braid._interpworker")) == NULL) {
+        return NULL;
+    }
+    return PyObject_GetAttrString(w->helper, name);
+}
+
+static PyObject *call_helper(iworker_t *w, const char *name, PyObject *arg)
+{
+    PyObject *fn = helper_fn(w, name);
+    PyObject *r = fn ? PyObject_CallOneArg(fn, arg) : NULL;
+    Py_XDECREF(fn);
+    return r;
+}
+
+/* Copies a bytes object into raw memory the main interpreter frees. */
+static int take_reply(itask_t *t, PyObject *data)
+{
+    if (data == NULL || !PyBytes_Check(data)) {
+        return -1;
+    }
+    size_t n = (size_t)PyBytes_GET_SIZE(data);
+    t->reply = PyMem_RawMalloc(n ? n : 1);
+    if (t->reply == NULL) {
+        return -1;
+    }
+    memcpy(t->reply, PyBytes_AS_STRING(data), n);
+    t->len = n;
+    return 0;
+}
+
+/* The envelope of `exc` (steals it) as the task's reply; status IT_ERROR.
+ * When even that fails the reply stays empty and the main interpreter
+ * raises a RuntimeError in its place. */
+static void reply_error(iworker_t *w, itask_t *t, PyObject *exc)
+{
+    t->status = IT_ERROR;
+    PyObject *data = call_helper(w, "dump_exception", exc);
+    if (take_reply(t, data) < 0) {
+        PyErr_Clear();
+        t->reply = NULL;
+        t->len = 0;
+    }
+    Py_XDECREF(data);
+    Py_DECREF(exc);
+}
+
+/* Views of the task's out-of-band buffers, read-only, over the main
+ * interpreter's memory. */
+static PyObject *make_views(itask_t *t)
+{
+    PyObject *list = PyList_New(t->nviews);
+    for (int i = 0; list != NULL && i < t->nviews; i++) {
+        PyObject *v = PyMemoryView_FromMemory(t->views[i].buf, t->views[i].len, PyBUF_READ);
+        if (v == NULL) {
+            Py_CLEAR(list);
+            break;
+        }
+        PyList_SET_ITEM(list, i, v);
+    }
+    return list;
+}
+
+/* After the task: its views must not outlive it. One the task kept (stored
+ * away, or exported to a further view) cannot be released: then the main
+ * buffers stay held until this worker's interpreter ends. */
+static void release_views(iworker_t *w, itask_t *t, PyObject *views)
+{
+    int kept = 0;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(views); i++) {
+        PyObject *v = PyList_GET_ITEM(views, i);
+        if (Py_REFCNT(v) > 1) {
+            kept = 1;
+        }
+        PyObject *r = PyObject_CallMethod(v, "release", NULL);
+        if (r == NULL) {
+            PyErr_Clear();
+            kept = 1;
+        }
+        Py_XDECREF(r);
+    }
+    if (!kept) {
+        return;
+    }
+    struct pinned_s *grown = PyMem_RawRealloc(w->pinned, (w->npinned + 1) * sizeof *grown);
+    if (grown == NULL) {
+        return; /* left with the task: released at completion, the risk taken */
+    }
+    w->pinned = grown;
+    w->pinned[w->npinned].views = t->views;
+    w->pinned[w->npinned++].n = t->nviews;
+    t->views = NULL;
+    t->nviews = 0;
+}
+
+/* With the sub-interpreter's GIL: unpickle, call, pickle the outcome. */
+static void run_task(iworker_t *w, itask_t *t)
+{
+    interp_core_t *core = w->core;
+    if (__atomic_load_n(&core->broken_flag, __ATOMIC_ACQUIRE)) {
+        t->status = IT_BROKEN;
+        return;
+    }
+    if (core->timeout_ns > 0) {
+        pthread_mutex_lock(&core->mu);
+        w->current = t;
+        w->interrupted = 0;
+        w->deadline = br_now_ns() + core->timeout_ns;
+        pthread_cond_signal(&w->cv);
+        pthread_mutex_unlock(&core->mu);
+    }
+    PyObject *views = t->nviews > 0 ? make_views(t) : NULL;
+    PyObject *data = PyMemoryView_FromMemory(PyBytes_AS_STRING(t->payload),
+                                             PyBytes_GET_SIZE(t->payload), PyBUF_READ);
+    PyObject *call = NULL, *res = NULL, *exc = NULL;
+    int loaded = 0;
+    if (data != NULL && (t->nviews == 0 || views != NULL)) {
+        if (views != NULL) {
+            PyObject *args = PyTuple_Pack(1, data);
+            PyObject *kw = args ? Py_BuildValue("{s:O}", "buffers", views) : NULL;
+            call = kw ? PyObject_Call(w->loads, args, kw) : NULL;
+            Py_XDECREF(args);
+            Py_XDECREF(kw);
+        } else {
+            call = PyObject_CallOneArg(w->loads, data);
+        }
+    }
+    if (call != NULL && PyTuple_Check(call) && PyTuple_GET_SIZE(call) == 3) {
+        loaded = 1;
+        PyObject *kwargs = PyTuple_GET_ITEM(call, 2);
+        res = PyObject_Call(PyTuple_GET_ITEM(call, 0), PyTuple_GET_ITEM(call, 1),
+                            kwargs == Py_None ? NULL : kwargs);
+    } else if (call != NULL) {
+        PyErr_SetString(PyExc_TypeError, "braid: a task payload is not (fn, args, kwargs)");
+    }
+    if (res == NULL) {
+        exc = PyErr_GetRaisedException();
+    }
+    int interrupted = 0;
+    if (core->timeout_ns > 0) {
+        pthread_mutex_lock(&core->mu);
+        interrupted = w->interrupted;
+        w->current = NULL;
+        pthread_mutex_unlock(&core->mu);
+        /* an interrupt thrown in just as the task returned must not hit the next one */
+        PyThreadState_SetAsyncExc(w->ident, NULL);
+    }
+    Py_XDECREF(call);
+    Py_XDECREF(data);
+    if (interrupted && res == NULL) {
+        t->status = IT_TIMEOUT;
+        Py_XDECREF(exc);
+    } else if (res != NULL) {
+        PyObject *out = braid_is_plain(res, 0) ? PyObject_CallFunction(w->dumps, "Oi", res, 5)
+                                               : call_helper(w, "dumps_result", res);
+        Py_DECREF(res);
+        t->status = IT_OK;
+        if (take_reply(t, out) < 0) {
+            Py_XDECREF(out);
+            reply_error(w, t, PyErr_Occurred() ? PyErr_GetRaisedException()
+                                               : PyObject_CallNoArgs(PyExc_MemoryError));
+        } else {
+            Py_DECREF(out);
+        }
+    } else {
+        if (!loaded && exc != NULL && PyErr_GivenExceptionMatches(exc, PyExc_ImportError)) {
+            /* the function's module (or an argument's) cannot load here */
+            PyObject *wrapped = call_helper(w, "import_failed", exc);
+            if (wrapped != NULL) {
+                Py_SETREF(exc, wrapped);
+            } else {
+                PyErr_Clear();
+            }
+        }
+        if (exc == NULL) {
+            exc = PyObject_CallOneArg(PyExc_SystemError,
+                                      PyUnicode_FromString("braid: a task failed without an exception"));
+        }
+        reply_error(w, t, exc);
+    }
+    if (views != NULL) {
+        release_views(w, t, views);
+        Py_DECREF(views);
+    }
+    if (PyErr_Occurred()) {
+        PyErr_WriteUnraisable(NULL);
+    }
+}
+
+/* --------------------------------------------------------- delivery */
+
+static void batch_push(iworker_t *w, itask_t *t)
+{
+    t->next = NULL;
+    if (w->batch_tail) {
+        w->batch_tail->next = t;
+    } else {
+        w->batch = t;
+        w->batch_t0 = br_now_ns();
+    }
+    w->batch_tail = t;
+    w->nbatch++;
+}
+
+/* Hands the finished tasks to the main interpreter. Called with the
+ * sub-interpreter's GIL held if tls_in_sub, which it holds again after. */
+static void deliver(iworker_t *w)
+{
+    itask_t *t = w->batch;
+    w->batch = w->batch_tail = NULL;
+    w->nbatch = 0;
+    if (t == NULL) {
+        return;
+    }
+    if (tls_in_sub) {
+        PyEval_SaveThread();
+    }
+    PyEval_RestoreThread(w->main_ts);
+    while (t != NULL) {
+        itask_t *next = t->next;
+        braid_ip_complete(t);
+        t = next;
+    }
+    PyEval_SaveThread();
+    if (tls_in_sub) {
+        PyEval_RestoreThread(w->sub_ts);
+    }
+}
+
+void braid_iw_work(br_work_t *wk)
+{
+    iworker_t *w = tls_worker;
+    itask_t *t = wk->data;
+    if (w->sub_ts == NULL) {
+        t->status = IT_BROKEN;
+        return;
+    }
+    if (!tls_in_sub) {
+        PyEval_RestoreThread(w->sub_ts);
+        tls_in_sub = 1;
+    }
+    run_task(w, t);
+}
+
+/* The engine's done callback. status 0: on the worker, after braid_iw_work;
+ * the outermost call keeps taking queued tasks while it holds the
+ * sub-interpreter's GIL, then delivers. -ECANCELED: on the thread that
+ * cancelled, with the main GIL. */
+void braid_iw_done(br_work_t *wk, int status)
+{
+    itask_t *t = wk->data;
+    if (status != 0) {
+        t->status = IT_CANCELLED;
+        braid_ip_complete(t);
+        return;
+    }
+    iworker_t *w = tls_worker;
+    batch_push(w, t);
+    if (tls_looping) {
+        return;
+    }
+    tls_looping = 1;
+    br_work_t *next;
+    while ((next = br_threadpool_try_take(&w->core->tp)) != NULL) {
+        br_threadpool_run_taken(next);
+        if (w->nbatch >= BATCH_MAX || br_now_ns() - w->batch_t0 > BATCH_NS) {
+            deliver(w);
+        }
+    }
+    tls_looping = 0;
+    if (tls_in_sub) {
+        PyEval_SaveThread();
+        tls_in_sub = 0;
+    }
+    deliver(w);
+}
+
+/* --------------------------------------------------------- task_timeout */
+
+static void cond_deadline(pthread_cond_t *cv, pthread_mutex_t *mu, int64_t deadline_ns)
+{
+    struct timespec ts = {.tv_sec = deadline_ns / 1000000000, .tv_nsec = deadline_ns % 1000000000};
+    pthread_cond_timedwait(cv, mu, &ts);
+}
+
+/* A task stuck past its interrupt: its future fails now, from here. */
+static void report_stuck(iworker_t *w, itask_t *t, PyThreadState **main_ts)
+{
+    if (*main_ts == NULL) {
+        *main_ts = PyThreadState_New(w->core->interp);
+    }
+    PyEval_RestoreThread(*main_ts);
+    if (!__atomic_exchange_n(&t->settled, 1, __ATOMIC_ACQ_REL)) {
+        t->status = IT_STUCK;
+        braid_ip_settle(t);
+    }
+    __atomic_add_fetch(&w->core->stuck, 1, __ATOMIC_RELAXED);
+    PyEval_SaveThread();
+}
+
+static void *watchdog_main(void *arg)
+{
+    iworker_t *w = arg;
+    interp_core_t *core = w->core;
+    PyThreadState *sub_ts = NULL, *main_ts = NULL;
+    pthread_mutex_lock(&core->mu);
+    while (!w->exiting) {
+        itask_t *t = w->current;
+        if (t == NULL || w->interrupted) {
+            pthread_cond_wait(&w->cv, &core->mu);
+            continue;
+        }
+        if (br_now_ns() < w->deadline) {
+            cond_deadline(&w->cv, &core->mu, w->deadline);
+            continue;
+        }
+        w->interrupted = 1;
+        pthread_mutex_unlock(&core->mu);
+        if (sub_ts == NULL) {
+            sub_ts = PyThreadState_New(w->sub_ts->interp);
+        }
+        /* waits for the worker to let its GIL go (the switch interval) */
+        PyEval_RestoreThread(sub_ts);
+        pthread_mutex_lock(&core->mu);
+        if (w->current == t) {
+            PyThreadState_SetAsyncExc(w->ident, w->interrupt);
+        }
+        pthread_mutex_unlock(&core->mu);
+        PyEval_SaveThread();
+        pthread_mutex_lock(&core->mu);
+        int64_t give_up = br_now_ns() + STUCK_GRACE_NS;
+        while (!w->exiting && w->current == t && br_now_ns() < give_up) {
+            cond_deadline(&w->cv, &core->mu, give_up);
+        }
+        if (!w->exiting && w->current == t) {
+            pthread_mutex_unlock(&core->mu);
+            report_stuck(w, t, &main_ts);
+            pthread_mutex_lock(&core->mu);
+            while (!w->exiting && w->current == t) {
+                pthread_cond_wait(&w->cv, &core->mu);
+            }
+            __atomic_sub_fetch(&core->stuck, 1, __ATOMIC_RELAXED);
+        }
+    }
+    pthread_mutex_unlock(&core->mu);
+    if (sub_ts != NULL) {
+        PyEval_RestoreThread(sub_ts);
+        PyThreadState_Clear(sub_ts);
+        PyThreadState_DeleteCurrent();
+    }
+    if (main_ts != NULL) {
+        PyEval_RestoreThread(main_ts);
+        PyThreadState_Clear(main_ts);
+        PyThreadState_DeleteCurrent();
+    }
+    return NULL;
+}
+
+static int start_watchdog(iworker_t *w)
+{
+    pthread_condattr_t a;
+    if (pthread_condattr_init(&a) != 0) {
+        return -1;
+    }
+    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+    int err = pthread_cond_init(&w->cv, &a);
+    pthread_condattr_destroy(&a);
+    if (err != 0) {
+        return -1;
+    }
+    if (pthread_create(&w->watchdog, NULL, watchdog_main, w) != 0) {
+        pthread_cond_destroy(&w->cv);
+        return -1;
+    }
+    w->has_watchdog = 1;
+    return 0;
+}
+
+/* --------------------------------------------------------- worker life cycle */
+
+/* In the new sub-interpreter: sys.path and the pickler, then the
+ * initializer. NULL, or a message (raw memory) saying why the pool cannot
+ * be used. */
+static char *setup_sub(iworker_t *w)
+{
+    PyObject *m = PyImport_ImportModule("_pickle");
+    if (m != NULL) {
+        w->loads = PyObject_GetAttrString(m, "loads");
+        w->dumps = PyObject_GetAttrString(m, "dumps");
+        Py_DECREF(m);
+    }
+    char *why = NULL;
+    if (w->loads == NULL || w->dumps == NULL) {
+        goto fail;
+    }
+    PyObject *setup = w->core->setup;
+    PyObject *data = PyMemoryView_FromMemory(PyBytes_AS_STRING(setup), PyBytes_GET_SIZE(setup),
+                                             PyBUF_READ);
+    /* the path first: the initializer's module may need it */
+    PyObject *path_and_rest = data ? PyObject_CallOneArg(w->loads, data) : NULL;
+    Py_XDECREF(data);
+    if (path_and_rest == NULL || !PyTuple_Check(path_and_rest) || PyTuple_GET_SIZE(path_and_rest) != 2 ||
+        PySys_SetObject("path", PyTuple_GET_ITEM(path_and_rest, 0)) < 0) {
+        Py_XDECREF(path_and_rest);
+        goto fail;
+    }
+    PyObject *init = PyTuple_GET_ITEM(path_and_rest, 1);
+    if (init != Py_None) {
+        PyObject *r = call_helper(w, "run_initializer", init);
+        if (r == NULL) {
+            Py_DECREF(path_and_rest);
+            goto fail;
+        }
+        Py_DECREF(r);
+    }
+    Py_DECREF(path_and_rest);
+    if (w->core->timeout_ns > 0) {
+        w->interrupt = PyErr_NewExceptionWithDoc(
+            "braid._interpworker.TaskInterrupted",
+            "Thrown into a task that ran past the pool's task_timeout.", PyExc_BaseException, NULL);
+        if (w->interrupt == NULL) {
+            goto fail;
+        }
+    }
+    return NULL;
+fail:;
+    PyObject *exc = PyErr_GetRaisedException();
+    PyObject *text = exc ? call_helper(w, "describe", exc) : NULL;
+    const char *s = text && PyUnicode_Check(text) ? PyUnicode_AsUTF8(text) : NULL;
+    if (s == NULL) {
+        PyErr_Clear();
+        s = "a worker's set-up failed";
+    }
+    why = PyMem_RawMalloc(strlen(s) + 1);
+    if (why != NULL) {
+        strcpy(why, s);
+    }
+    Py_XDECREF(text);
+    Py_XDECREF(exc);
+    return why ? why : (char *)"";
+}
+
+void braid_iw_thread_start(br_threadpool_t *tp, void *arg)
+{
+    interp_core_t *core = arg;
+    iworker_t *w = PyMem_RawCalloc(1, sizeof *w);
+    if (w == NULL) {
+        abort(); /* the engine gives a hook no way to fail */
+    }
+    w->core = core;
+    tls_worker = w;
+    w->main_ts = PyThreadState_New(core->interp);
+    PyEval_RestoreThread(w->main_ts);
+    pthread_mutex_lock(&core->mu);
+    w->next = core->workers;
+    if (core->workers) {
+        core->workers->prev = w;
+    }
+    core->workers = w;
+    pthread_mutex_unlock(&core->mu);
+
+    const PyInterpreterConfig config = {
+        .use_main_obmalloc = 0,
+        .allow_fork = 0,
+        .allow_exec = 0,
+        .allow_threads = 1,
+        .allow_daemon_threads = 0,
+        .check_multi_interp_extensions = 1,
+        .gil = PyInterpreterConfig_OWN_GIL,
+    };
+    PyThreadState *sub = NULL;
+    /* with the main GIL held; returns with the new interpreter's held and
+     * the main one released */
+    PyStatus status = Py_NewInterpreterFromConfig(&sub, &config);
+    char *why = NULL;
+    if (PyStatus_Exception(status) || sub == NULL) {
+        /* back in the main interpreter, its GIL held */
+        PyObject *msg = PyUnicode_FromFormat("could not create a sub-interpreter: %s",
+                                             status.err_msg ? status.err_msg : "unknown error");
+        if (msg == NULL) {
+            PyErr_Clear();
+            msg = Py_NewRef(Py_None);
+        }
+        braid_ip_mark_broken(core, msg);
+        PyEval_SaveThread();
+        return;
+    }
+    w->sub_ts = sub;
+    w->ident = PyThread_get_thread_ident();
+    why = setup_sub(w);
+    if (why == NULL && core->timeout_ns > 0 && start_watchdog(w) < 0) {
+        why = PyMem_RawMalloc(64);
+        if (why != NULL) {
+            strcpy(why, "could not start a worker's watchdog thread");
+        }
+    }
+    PyEval_SaveThread();
+    if (why != NULL) {
+        PyEval_RestoreThread(w->main_ts);
+        PyObject *msg = PyUnicode_FromFormat("A worker's initializer failed (%s); the interpreter pool "
+                                             "is not usable anymore", why);
+        if (msg == NULL) {
+            PyErr_Clear();
+            msg = Py_NewRef(Py_None);
+        }
+        braid_ip_mark_broken(core, msg);
+        PyEval_SaveThread();
+        if (*why) {
+            PyMem_RawFree(why);
+        }
+    }
+}
+
+void braid_iw_thread_exit(br_threadpool_t *tp, void *arg)
+{
+    interp_core_t *core = arg;
+    iworker_t *w = tls_worker;
+    if (w->has_watchdog) {
+        pthread_mutex_lock(&core->mu);
+        w->exiting = 1;
+        pthread_cond_signal(&w->cv);
+        pthread_mutex_unlock(&core->mu);
+        pthread_join(w->watchdog, NULL);
+        pthread_cond_destroy(&w->cv);
+    }
+    if (w->sub_ts != NULL) {
+        PyEval_RestoreThread(w->sub_ts);
+        Py_CLEAR(w->loads);
+        Py_CLEAR(w->dumps);
+        Py_CLEAR(w->helper);
+        Py_CLEAR(w->interrupt);
+        Py_EndInterpreter(w->sub_ts); /* returns with no thread state and no GIL */
+        w->sub_ts = NULL;
+    }
+    PyEval_RestoreThread(w->main_ts);
+    for (size_t i = 0; i < w->npinned; i++) {
+        braid_ip_release_views(w->pinned[i].views, w->pinned[i].n);
+    }
+    PyMem_RawFree(w->pinned);
+    pthread_mutex_lock(&core->mu);
+    if (w->prev) {
+        w->prev->next = w->next;
+    } else {
+        core->workers = w->next;
+    }
+    if (w->next) {
+        w->next->prev = w->prev;
+    }
+    pthread_mutex_unlock(&core->mu);
+    braid_ip_worker_gone(core);
+    PyThreadState_Clear(w->main_ts);
+    PyThreadState_DeleteCurrent();
+    tls_worker = NULL;
+    PyMem_RawFree(w);
+}
+
+#endif /* BRAID_HAVE_INTERPRETERS */
