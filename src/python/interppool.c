@@ -29,6 +29,7 @@
 #ifdef BRAID_HAVE_INTERPRETERS
 
 #define MAX_WORKERS_LIMIT 4096
+#define FN_CACHE_MAX 256 /* functions whose pickle a pool keeps */
 
 typedef struct {
     PyObject_HEAD
@@ -56,7 +57,6 @@ void braid_ip_task_free(itask_t *t)
     }
     Py_DECREF(t->fut);
     Py_DECREF(t->payload);
-    Py_XDECREF(t->keep);
     PyMem_RawFree(t->reply);
     PyMem_RawFree(t);
 }
@@ -89,7 +89,22 @@ void braid_ip_settle(itask_t *t)
     PyObject *obj = NULL, *exc = NULL;
     switch (t->status) {
     case IT_OK:
-        obj = loads_reply(st, t);
+        switch (t->value_kind) {
+        case IV_NONE:
+            obj = Py_NewRef(Py_None);
+            break;
+        case IV_BOOL:
+            obj = PyBool_FromLong((long)t->value.i);
+            break;
+        case IV_INT:
+            obj = PyLong_FromLongLong(t->value.i);
+            break;
+        case IV_FLOAT:
+            obj = PyFloat_FromDouble(t->value.d);
+            break;
+        default:
+            obj = loads_reply(st, t);
+        }
         break;
     case IT_ERROR:
         if (t->reply == NULL) {
@@ -199,6 +214,7 @@ static void core_release(interp_core_t *core)
     core_unlink(core);
     Py_CLEAR(core->setup);
     Py_CLEAR(core->broken);
+    Py_CLEAR(core->fn_cache);
     if (st != NULL && st->ip_exit_waiter != NULL) {
         br_event_set(st->ip_exit_waiter);
     }
@@ -215,6 +231,7 @@ void braid_ip_worker_gone(interp_core_t *core)
 static void core_destroy(interp_core_t *core)
 {
     br_threadpool_destroy(&core->tp);
+    braid_ipd_destroy(core);
     pthread_mutex_destroy(&core->mu);
     PyMem_RawFree(core);
 }
@@ -229,6 +246,7 @@ static void core_free(interp_core_t *core)
     core_unlink(core);
     Py_CLEAR(core->setup);
     Py_CLEAR(core->broken);
+    Py_CLEAR(core->fn_cache);
     core_destroy(core);
 }
 
@@ -380,17 +398,47 @@ static int hold_views(itask_t *t, PyObject *list)
     return 0;
 }
 
-static PyObject *dumps_task(braid_state *st, itask_t *t, PyObject *fn, PyObject *args,
+/* A plain task's function, pickled once per pool: the payload then carries
+ * these bytes, and a worker unpickles each function once (interpworker.c). */
+static PyObject *fn_pickle(interp_core_t *core, PyObject *fn)
+{
+    if (core->fn_cache == NULL && (core->fn_cache = PyDict_New()) == NULL) {
+        return NULL;
+    }
+    PyObject *data = PyDict_GetItemWithError(core->fn_cache, fn);
+    if (data != NULL || PyErr_Occurred()) {
+        return Py_XNewRef(data);
+    }
+    data = PyObject_CallFunction(core->st->pickle_dumps, "Oi", fn, 5);
+    if (data == NULL) {
+        return NULL;
+    }
+    if (PyDict_GET_SIZE(core->fn_cache) >= FN_CACHE_MAX) {
+        PyDict_Clear(core->fn_cache);
+    }
+    if (PyDict_SetItem(core->fn_cache, fn, data) < 0) {
+        Py_CLEAR(data);
+    }
+    return data;
+}
+
+static PyObject *dumps_task(interp_core_t *core, itask_t *t, PyObject *fn, PyObject *args,
                             PyObject *kwargs)
 {
+    braid_state *st = core->st;
     if (braid_task_is_plain(st, fn, args, kwargs)) {
-        PyObject *out = PyObject_CallFunction(st->pickle_dumps, "Oi", t->keep, 5);
+        PyObject *fnb = fn_pickle(core, fn);
+        PyObject *call = fnb ? PyTuple_Pack(3, fnb, args, kwargs ? kwargs : Py_None) : NULL;
+        PyObject *out = call ? PyObject_CallFunction(st->pickle_dumps, "Oi", call, 5) : NULL;
+        Py_XDECREF(call);
+        Py_XDECREF(fnb);
         if (out != NULL) {
             return out;
         }
-        PyErr_Clear();
+        PyErr_Clear(); /* e.g. a function pickle cannot find by name: the general path */
     }
-    PyObject *out = PyObject_Call(st->ip_dumps_task, t->keep, NULL);
+    PyObject *out = PyObject_CallFunctionObjArgs(st->ip_dumps_task, fn, args,
+                                                 kwargs ? kwargs : Py_None, NULL);
     if (out != NULL && PyTuple_CheckExact(out) && PyTuple_GET_SIZE(out) == 2 &&
         PyList_CheckExact(PyTuple_GET_ITEM(out, 1))) {
         PyObject *data = Py_NewRef(PyTuple_GET_ITEM(out, 0));
@@ -425,6 +473,9 @@ static PyObject *ip_submit(PyObject *self, PyObject *const *args, Py_ssize_t nar
         PyErr_SetString(PyExc_RuntimeError, "cannot schedule new futures after shutdown");
         return NULL;
     }
+    if (__atomic_load_n(&core->done_head, __ATOMIC_RELAXED) != NULL) {
+        braid_ipd_drain(core); /* we hold the GIL the workers' results wait for */
+    }
     PyObject *fn, *tuple, *kwargs;
     if (braid_unpack_submit(args, nargs, kwnames, &fn, &tuple, &kwargs) < 0) {
         return NULL;
@@ -439,8 +490,9 @@ static PyObject *ip_submit(PyObject *self, PyObject *const *args, Py_ssize_t nar
     }
     t->core = core;
     t->fut = (FutureObject *)Py_NewRef(fut);
-    t->keep = Py_BuildValue("(ONN)", fn, tuple, kwargs ? kwargs : Py_NewRef(Py_None));
-    t->payload = t->keep ? dumps_task(st, t, fn, PyTuple_GET_ITEM(t->keep, 1), kwargs) : NULL;
+    t->payload = dumps_task(core, t, fn, tuple, kwargs);
+    Py_DECREF(tuple);
+    Py_XDECREF(kwargs);
     if (t->payload == NULL) {
         /* an argument that cannot be pickled fails this task alone */
         PyObject *exc = PyErr_GetRaisedException();
@@ -563,6 +615,12 @@ static int ip_init(PyObject *self, PyObject *args, PyObject *kwds)
         PyErr_NoMemory();
         return -1;
     }
+    if (braid_ipd_init(core) < 0) {
+        pthread_mutex_destroy(&core->mu);
+        PyMem_RawFree(core);
+        PyErr_NoMemory();
+        return -1;
+    }
     core->st = st;
     core->interp = PyInterpreterState_Get();
     core->setup = Py_NewRef(setup);
@@ -578,6 +636,7 @@ static int ip_init(PyObject *self, PyObject *args, PyObject *kwds)
     int rc = br_threadpool_init(&core->tp, &opts);
     if (rc < 0) {
         Py_DECREF(core->setup);
+        braid_ipd_destroy(core);
         pthread_mutex_destroy(&core->mu);
         PyMem_RawFree(core);
         braid_raise_oserror(rc, "creating the interpreter pool");

@@ -27,9 +27,13 @@ enum itask_status {
     IT_CANCELLED    /* taken off the queue before it started */
 };
 
+/* The common results cross without pickle. */
+enum itask_value { IV_PICKLE = 0, IV_NONE, IV_BOOL, IV_INT, IV_FLOAT };
+
 /* One task: allocated by submit (raw memory: both interpreters' threads
- * touch it), freed by the completion in the main interpreter. The Python
- * objects are the main interpreter's; a worker reads only the bytes of
+ * touch it), freed by the completion in the main interpreter. The payload
+ * is self-contained (what it does not carry, out-of-band buffers, `views`
+ * holds). The Python objects are the main interpreter's; a worker reads only the bytes of
  * `payload` and the memory of `views`, which cannot change or go away
  * before the task is settled. */
 typedef struct itask_s {
@@ -37,7 +41,6 @@ typedef struct itask_s {
     interp_core_t *core;
     FutureObject *fut;         /* strong */
     PyObject *payload;         /* bytes: the pickled (fn, args, kwargs) */
-    PyObject *keep;            /* (fn, args, kwargs), or NULL */
     Py_buffer *views;          /* out-of-band buffers, held until settled */
     int nviews;
     int by_future;             /* being cancelled by Future.cancel() */
@@ -45,7 +48,12 @@ typedef struct itask_s {
     int status;                /* enum itask_status, written by the worker */
     char *reply;               /* raw malloc, written by the worker */
     size_t len;
-    struct itask_s *next;      /* in a worker's batch of finished tasks */
+    int value_kind;            /* IT_OK without a pickle: enum itask_value */
+    union {
+        long long i;
+        double d;
+    } value;
+    struct itask_s *next;      /* on the pool's list of finished tasks */
 } itask_t;
 
 struct interp_core_s {
@@ -54,6 +62,7 @@ struct interp_core_s {
     PyInterpreterState *interp; /* the main interpreter */
     PyObject *setup;           /* bytes: pickled (sys.path, initializer, initargs) */
     PyObject *broken;          /* str: why the pool is broken (main GIL) */
+    PyObject *fn_cache;        /* dict: plain task function -> its pickle (main GIL) */
     int broken_flag;           /* atomic copy of broken != NULL, read by workers */
     int64_t timeout_ns;        /* task_timeout, 0: none */
     unsigned threads_exited;   /* workers past on_thread_exit (main GIL) */
@@ -61,6 +70,13 @@ struct interp_core_s {
     unsigned stuck;            /* workers abandoned to a task stuck in C */
     int closed, joined, orphaned, detached;
     pthread_mutex_t mu;        /* the worker list; a worker's current task */
+    /* finished tasks on their way to the main interpreter (interpdeliver.c) */
+    pthread_mutex_t dmu;
+    pthread_cond_t dcv;        /* wakes the deliverer */
+    itask_t *done_head, *done_tail;
+    int delivering;            /* a thread is draining the list, or waiting for the GIL to */
+    int deliverer_started, deliverer_failed, deliverer_idle, deliverer_stop;
+    pthread_t deliverer;
     iworker_t *workers;
     interp_core_t *next, *prev; /* st->interp_cores (main GIL) */
 };
@@ -73,6 +89,14 @@ void braid_iw_done(br_work_t *w, int status);
 /* The worker thread running a task of `core` now, or NULL (a task calling
  * shutdown(wait=True) on its own pool would wait for itself). */
 int braid_iw_on_worker_of(interp_core_t *core);
+
+/* interpdeliver.c */
+int braid_ipd_init(interp_core_t *core);
+void braid_ipd_destroy(interp_core_t *core);
+void braid_ipd_push(interp_core_t *core, itask_t *t, int busy); /* no GIL needed */
+void braid_ipd_deliver(interp_core_t *core, PyThreadState *main_ts); /* no GIL held */
+void braid_ipd_drain(interp_core_t *core);  /* main GIL */
+void braid_ipd_stop(interp_core_t *core);   /* main GIL: the last worker leaves */
 
 /* interppool.c: with the main interpreter's GIL held. */
 void braid_ip_complete(itask_t *t);      /* settles the task (once) and frees it */

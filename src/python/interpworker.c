@@ -8,27 +8,19 @@
  *
  * A worker thread has two thread states: one of the sub-interpreter, in
  * which it unpickles and runs tasks and pickles their outcome, and one of
- * the main interpreter, in which it unpickles results and finishes the
- * futures. It never holds both GILs: it lets the sub-interpreter's go
- * before it takes the main one.
- *
- * Why the worker itself hops to the main interpreter, rather than handing
- * results to a completion thread of the main interpreter: a round trip is
- * then exactly the thread pool's (the submitter wakes once, when its future
- * is set) with no third thread to wake, and on a machine with few cores a
- * completion thread competes with the workers for them. The cost is that a
- * worker waits for the main GIL while it delivers; it makes up for it by
- * batching: it takes every task queued (br_threadpool_try_take) while it
- * holds its own GIL, and delivers the results of up to BATCH_MAX of them,
- * or of those finished within BATCH_NS, in one hold of the main GIL.
+ * the main interpreter, in which it may deliver results (interpdeliver.c
+ * says who finishes the futures, and why). It never holds both GILs: it
+ * lets the sub-interpreter's go before it takes the main one. A worker that
+ * wakes takes its own GIL once and runs every task it finds queued
+ * (br_threadpool_try_take) before it lets it go.
  *
  * Worker life cycle (one per engine thread):
  *
  *   on_thread_start: main tstate --Py_NewInterpreterFromConfig--> READY
  *        |                 (fails: the worker fails every task it takes)
  *        +-- initializer raises: the pool is marked broken
- *   READY --task--> RUNNING (sub GIL) --queue empty / batch full--> deliver
- *   (main GIL) --> READY ... --pool closed, queue empty--> on_thread_exit:
+ *   READY --task--> RUNNING (sub GIL) --queue empty--> delivers (main GIL)
+ *   --> READY ... --pool closed, queue empty--> on_thread_exit:
  *   the watchdog joined, Py_EndInterpreter, main tstate deleted
  *
  * task_timeout: each worker then has a watchdog thread. Past a task's
@@ -50,8 +42,6 @@
 #include <string.h>
 #include <time.h>
 
-#define BATCH_MAX 64              /* results delivered per hold of the main GIL */
-#define BATCH_NS 200000           /* ... or those finished within this time */
 #define STUCK_GRACE_NS 1000000000 /* after the interrupt: then written off */
 
 struct iworker_s {
@@ -61,10 +51,8 @@ struct iworker_s {
     unsigned long ident;       /* this thread, as PyThreadState_SetAsyncExc knows it */
     PyObject *loads, *dumps;   /* the sub-interpreter's _pickle functions */
     PyObject *helper;          /* braid._interpworker there, on first need */
+    PyObject *fns;             /* dict: a function's pickle -> the function */
     PyObject *interrupt;       /* the exception task_timeout throws in */
-    itask_t *batch, *batch_tail;
-    unsigned nbatch;
-    int64_t batch_t0;
     struct pinned_s {          /* main buffers still viewed from the sub-interpreter */
         Py_buffer *views;
         int n;
@@ -83,7 +71,7 @@ struct iworker_s {
 
 static _Thread_local iworker_t *tls_worker;
 static _Thread_local int tls_in_sub;   /* this thread holds its sub-interpreter's GIL */
-static _Thread_local int tls_looping;  /* inside the batch loop of braid_iw_done */
+static _Thread_local int tls_looping;  /* inside the loop of braid_iw_done */
 
 int braid_iw_on_worker_of(interp_core_t *core)
 {
@@ -189,6 +177,60 @@ static void release_views(iworker_t *w, itask_t *t, PyObject *views)
     t->nviews = 0;
 }
 
+/* None, a bool, an int of 64 bits or a float: stored in the task as it is
+ * (1), or 0 to pickle the result. */
+static int reply_value(itask_t *t, PyObject *res)
+{
+    if (res == Py_None) {
+        t->value_kind = IV_NONE;
+    } else if (PyBool_Check(res)) {
+        t->value_kind = IV_BOOL;
+        t->value.i = res == Py_True;
+    } else if (PyLong_CheckExact(res)) {
+        int overflow;
+        long long v = PyLong_AsLongLongAndOverflow(res, &overflow);
+        if (overflow || (v == -1 && PyErr_Occurred())) {
+            PyErr_Clear();
+            return 0;
+        }
+        t->value_kind = IV_INT;
+        t->value.i = v;
+    } else if (PyFloat_CheckExact(res)) {
+        t->value_kind = IV_FLOAT;
+        t->value.d = PyFloat_AS_DOUBLE(res);
+    } else {
+        return 0;
+    }
+    return 1;
+}
+
+/* A plain task names its function by the function's pickle, unpickled
+ * here once (an import and a lookup saved on every later task). New ref. */
+static PyObject *function_of(iworker_t *w, PyObject *fn)
+{
+    if (!PyBytes_CheckExact(fn)) {
+        return Py_NewRef(fn);
+    }
+    if (w->fns == NULL && (w->fns = PyDict_New()) == NULL) {
+        return NULL;
+    }
+    PyObject *f = PyDict_GetItemWithError(w->fns, fn);
+    if (f != NULL || PyErr_Occurred()) {
+        return Py_XNewRef(f);
+    }
+    f = PyObject_CallOneArg(w->loads, fn);
+    if (f == NULL) {
+        return NULL;
+    }
+    if (PyDict_GET_SIZE(w->fns) >= 256) {
+        PyDict_Clear(w->fns);
+    }
+    if (PyDict_SetItem(w->fns, fn, f) < 0) {
+        Py_CLEAR(f);
+    }
+    return f;
+}
+
 /* With the sub-interpreter's GIL: unpickle, call, pickle the outcome. */
 static void run_task(iworker_t *w, itask_t *t)
 {
@@ -221,12 +263,14 @@ static void run_task(iworker_t *w, itask_t *t)
             call = PyObject_CallOneArg(w->loads, data);
         }
     }
-    if (call != NULL && PyTuple_Check(call) && PyTuple_GET_SIZE(call) == 3) {
+    PyObject *fn = NULL;
+    if (call != NULL && PyTuple_Check(call) && PyTuple_GET_SIZE(call) == 3 &&
+        (fn = function_of(w, PyTuple_GET_ITEM(call, 0))) != NULL) {
         loaded = 1;
         PyObject *kwargs = PyTuple_GET_ITEM(call, 2);
-        res = PyObject_Call(PyTuple_GET_ITEM(call, 0), PyTuple_GET_ITEM(call, 1),
-                            kwargs == Py_None ? NULL : kwargs);
-    } else if (call != NULL) {
+        res = PyObject_Call(fn, PyTuple_GET_ITEM(call, 1), kwargs == Py_None ? NULL : kwargs);
+        Py_DECREF(fn);
+    } else if (call != NULL && !PyErr_Occurred()) {
         PyErr_SetString(PyExc_TypeError, "braid: a task payload is not (fn, args, kwargs)");
     }
     if (res == NULL) {
@@ -246,6 +290,9 @@ static void run_task(iworker_t *w, itask_t *t)
     if (interrupted && res == NULL) {
         t->status = IT_TIMEOUT;
         Py_XDECREF(exc);
+    } else if (res != NULL && reply_value(t, res)) {
+        t->status = IT_OK;
+        Py_DECREF(res);
     } else if (res != NULL) {
         PyObject *out = braid_is_plain(res, 0) ? PyObject_CallFunction(w->dumps, "Oi", res, 5)
                                                : call_helper(w, "dumps_result", res);
@@ -283,45 +330,7 @@ static void run_task(iworker_t *w, itask_t *t)
     }
 }
 
-/* --------------------------------------------------------- delivery */
-
-static void batch_push(iworker_t *w, itask_t *t)
-{
-    t->next = NULL;
-    if (w->batch_tail) {
-        w->batch_tail->next = t;
-    } else {
-        w->batch = t;
-        w->batch_t0 = br_now_ns();
-    }
-    w->batch_tail = t;
-    w->nbatch++;
-}
-
-/* Hands the finished tasks to the main interpreter. Called with the
- * sub-interpreter's GIL held if tls_in_sub, which it holds again after. */
-static void deliver(iworker_t *w)
-{
-    itask_t *t = w->batch;
-    w->batch = w->batch_tail = NULL;
-    w->nbatch = 0;
-    if (t == NULL) {
-        return;
-    }
-    if (tls_in_sub) {
-        PyEval_SaveThread();
-    }
-    PyEval_RestoreThread(w->main_ts);
-    while (t != NULL) {
-        itask_t *next = t->next;
-        braid_ip_complete(t);
-        t = next;
-    }
-    PyEval_SaveThread();
-    if (tls_in_sub) {
-        PyEval_RestoreThread(w->sub_ts);
-    }
-}
+/* --------------------------------------------------------- the engine's callbacks */
 
 void braid_iw_work(br_work_t *wk)
 {
@@ -351,24 +360,22 @@ void braid_iw_done(br_work_t *wk, int status)
         return;
     }
     iworker_t *w = tls_worker;
-    batch_push(w, t);
+    interp_core_t *core = w->core;
+    braid_ipd_push(core, t, br_threadpool_queued(&core->tp) > 0);
     if (tls_looping) {
         return;
     }
     tls_looping = 1;
     br_work_t *next;
-    while ((next = br_threadpool_try_take(&w->core->tp)) != NULL) {
+    while ((next = br_threadpool_try_take(&core->tp)) != NULL) {
         br_threadpool_run_taken(next);
-        if (w->nbatch >= BATCH_MAX || br_now_ns() - w->batch_t0 > BATCH_NS) {
-            deliver(w);
-        }
     }
     tls_looping = 0;
     if (tls_in_sub) {
         PyEval_SaveThread();
         tls_in_sub = 0;
     }
-    deliver(w);
+    braid_ipd_deliver(core, w->main_ts);
 }
 
 /* --------------------------------------------------------- task_timeout */
@@ -624,6 +631,7 @@ void braid_iw_thread_exit(br_threadpool_t *tp, void *arg)
         Py_CLEAR(w->loads);
         Py_CLEAR(w->dumps);
         Py_CLEAR(w->helper);
+        Py_CLEAR(w->fns);
         Py_CLEAR(w->interrupt);
         Py_EndInterpreter(w->sub_ts); /* returns with no thread state and no GIL */
         w->sub_ts = NULL;
@@ -643,6 +651,9 @@ void braid_iw_thread_exit(br_threadpool_t *tp, void *arg)
         w->next->prev = w->prev;
     }
     pthread_mutex_unlock(&core->mu);
+    if (core->closed && core->threads_exited + 1 == br_threadpool_threads(&core->tp)) {
+        braid_ipd_stop(core); /* the last worker: no result comes after this */
+    }
     braid_ip_worker_gone(core);
     PyThreadState_Clear(w->main_ts);
     PyThreadState_DeleteCurrent();
