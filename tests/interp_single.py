@@ -6,3 +6,11 @@ import _testsinglephase  # noqa: F401
 
 def task(x):
     return x + 1
+
+
+def slow(x):
+    """About ten milliseconds of pure Python: CPU-bound enough for braid.map to want workers."""
+    n = 0
+    for i in range(200_000):
+        n += i
+    return x

@@ -88,3 +88,11 @@ def raise_unpicklable():
     err = Local("local exception")
     err.lock = __import__("threading").Lock()
     raise err
+
+
+def burn(x):
+    """About ten milliseconds of pure Python: CPU-bound enough for braid.map to want workers."""
+    n = 0
+    for i in range(200_000):
+        n += i
+    return x

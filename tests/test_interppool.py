@@ -288,3 +288,25 @@ def test_parallel_speedup_is_real():
         elapsed = time.monotonic() - t0
     if os.cpu_count() and os.cpu_count() >= 2:
         assert elapsed < 0.75
+
+
+@needs_312
+def test_map_mode_interpreter(capsys):
+    assert braid.map(tasks.square, range(100), mode="interpreter", explain=True) == [i * i for i in range(100)]
+    assert "mode 'interpreter' as given" in capsys.readouterr().err
+
+
+@needs_312
+def test_map_auto_prefers_interpreters_when_the_module_imports_there(capsys):
+    assert braid.map(tasks.burn, range(100), explain=True) == list(range(100))
+    out = capsys.readouterr().err
+    assert "→ interpreter" in out and "imports in a sub-interpreter" in out, out
+
+
+@needs_312
+def test_map_auto_falls_back_to_processes_for_a_module_that_cannot(capsys):
+    import interp_single
+
+    assert braid.map(interp_single.slow, range(100), explain=True) == list(range(100))
+    out = capsys.readouterr().err
+    assert "→ process" in out and "_testsinglephase" in out, out

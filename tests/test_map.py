@@ -472,7 +472,7 @@ def test_sequential_mode_for_coroutines_awaits_one_at_a_time(braid, caplog):
 
 
 def test_unknown_mode_lists_the_modes(braid):
-    with pytest.raises(ValueError, match="'auto', 'sequential', 'thread', 'process', 'async', 'dask'"):
+    with pytest.raises(ValueError, match="'auto', 'sequential', 'thread', 'process', 'interpreter', 'async', 'dask'"):
         braid.map(tasks.square, [1], mode="threads")
 
 

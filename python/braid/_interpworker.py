@@ -54,7 +54,7 @@ def dumps_task(fn, args, kwargs):
     obj = (fn, args, kwargs)
     try:
         data = _pickle_dumps(obj, PROTOCOL, buffer_callback=callback)
-        cause = "it names __main__" if b"__main__" in data else None
+        cause = "it names __main__" if b"__main__" in data or b"__mp_main__" in data else None
     except Exception as exc:
         cause = exc
     if cause is not None:
@@ -70,7 +70,7 @@ def dumps_setup(path, initializer, initargs):
         call = (initializer, tuple(initargs))
         try:
             init = _pickle_dumps(call, PROTOCOL)
-            if b"__main__" in init:
+            if b"__main__" in init or b"__mp_main__" in init:
                 raise TypeError("it names __main__")
         except Exception as exc:
             init = _by_value(call, exc).dumps(call, PROTOCOL)
@@ -114,12 +114,34 @@ def describe(exc):
 
 
 def import_failed(exc):
-    """The ImportError of a task that could not be unpickled here: it names the module and
-    says where the task can run instead."""
-    name = getattr(exc, "name", None) or "?"
+    """The ImportError of a task that could not be unpickled here because a module it needs
+    cannot load in a sub-interpreter: it names the module and says where the task can run
+    instead. Other import errors (a module that does not exist) are left as they are."""
+    text = str(exc)
+    if "subinterpreter" not in text:
+        return exc
+    name = getattr(exc, "name", None)
+    if not name:  # "module X does not support loading in subinterpreters"
+        words = text.split()
+        name = words[1] if len(words) > 2 and words[0] == "module" else "?"
     err = ImportError(
         f"{exc} -- the task needs the module {name!r}, which cannot be imported in a "
         "sub-interpreter (an extension module without multi-phase init or per-interpreter GIL "
         "support); run this task with braid.ProcessPool instead", name=name)
     err.__cause__ = exc
     return err
+
+
+def probe_load(payload, name):
+    """In a worker: None if the pickled (fn, args, kwargs) ``payload`` loads here, else why
+    not, naming the module ``name`` it comes from (braid.map's auto mode asks before it sends
+    CPU-bound work to sub-interpreters)."""
+    from _pickle import loads
+
+    try:
+        loads(payload)
+    except ImportError as exc:
+        return f"module {name} cannot be imported in a sub-interpreter ({exc})"
+    except Exception as exc:  # noqa: BLE001 -- loading it raised something else here
+        return f"module {name} does not load in a sub-interpreter ({type(exc).__name__}: {exc})"
+    return None

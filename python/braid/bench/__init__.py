@@ -32,6 +32,11 @@ BENCHMARKS = {
         "braid.Loop vs asyncio's loop and uvloop (echo servers against a C floor, "
         "call_soon and sleep(0) scheduling, aiohttp under wrk)",
     ),
+    "interpreters": (
+        "braid.bench.interpreters",
+        "braid.InterpreterPool vs braid.ThreadPool and braid.ProcessPool (round trip, 10,000 in "
+        "flight, primes with the pool's start, start to first result, memory per worker)",
+    ),
     "map": (
         "braid.bench.map",
         "braid.map (auto and each fixed mode) vs the plain Python a user writes "

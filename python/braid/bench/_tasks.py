@@ -1,0 +1,7 @@
+"""Trivial task functions for the pool benchmarks, in a module that imports nothing: a worker
+that unpickles them by reference (a process, or a sub-interpreter of braid.InterpreterPool)
+imports no more than braid.bench itself."""
+
+
+def noop():
+    return None
