@@ -71,6 +71,9 @@ void br_event_init(br_event_t *ev);
 void br_event_set(br_event_t *ev);
 /* 1 if set, 0 if not. Acquire ordering: data written before set is visible. */
 int br_event_is_set(const br_event_t *ev);
+/* 1 if unset with a waiter asleep in br_event_wait (or about to sleep), 0
+ * otherwise. A hint: a waiter may announce itself just after it answers 0. */
+int br_event_has_sleepers(const br_event_t *ev);
 /* Waits until set. timeout_ns < 0 waits forever. Returns 0 once set,
  * -ETIMEDOUT when the time ran out, -EINTR when a signal handler ran (the
  * caller decides whether to wait again; the event may still be unset). */

@@ -100,6 +100,13 @@ typedef struct FutureObject_s {
      * started (0); phase 1 tells that the future is now CANCELLED. */
     int (*cancel_hook)(struct FutureObject_s *fut, int phase);
     void *hook_ctx;
+    /* Set by a pool that may wake a waiter before the future is finished
+     * (the interpreter pool sets done_ev of a future whose result is ready,
+     * so that the waiter finishes it rather than a worker that would wait
+     * for the GIL): a waiter that finds done_ev set and the future not done
+     * calls it, with the GIL, to finish what is ready. */
+    void (*drain_hook)(void *ctx);
+    void *drain_ctx;
 } FutureObject;
 
 /* module.c */

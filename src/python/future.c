@@ -23,6 +23,7 @@
 #include "compat.h"
 
 #include <errno.h>
+#include <unistd.h>
 
 #define IS_DONE(s) ((s) >= FUT_CANCELLED)
 #define IS_CANCELLED(s) ((s) == FUT_CANCELLED || (s) == FUT_CANCELLED_AND_NOTIFIED)
@@ -242,9 +243,29 @@ int braid_future_cancel(FutureObject *f)
 
 /* --------------------------------------------------------- waiting */
 
+/* done_ev set early by the pool (drain_hook's comment): finish what is
+ * ready. 1 if the future was in that state. */
+static int drain_early(FutureObject *f)
+{
+    if (f->drain_hook == NULL || IS_DONE(f->state) || !br_event_is_set(&f->done_ev)) {
+        return 0;
+    }
+    f->drain_hook(f->drain_ctx);
+    if (!IS_DONE(f->state)) {
+        /* not on the pool's list yet after all: let its thread get there */
+        Py_BEGIN_ALLOW_THREADS
+        usleep(50);
+        Py_END_ALLOW_THREADS
+    }
+    return 1;
+}
+
 int braid_future_wait(FutureObject *f, int64_t deadline_ns)
 {
     while (!IS_DONE(f->state)) {
+        if (drain_early(f)) {
+            continue;
+        }
         int64_t left = -1;
         if (deadline_ns >= 0) {
             left = deadline_ns - br_now_ns();
@@ -258,6 +279,9 @@ int braid_future_wait(FutureObject *f, int64_t deadline_ns)
         rc = br_event_wait(&f->done_ev, left);
         Py_END_ALLOW_THREADS
         if (rc == -EINTR && PyErr_CheckSignals() < 0) {
+            PyObject *exc = PyErr_GetRaisedException();
+            drain_early(f); /* a result made ready meanwhile is not left behind */
+            PyErr_SetRaisedException(exc);
             return -1;
         }
         /* -ETIMEDOUT is judged by the deadline at the top of the loop. */

@@ -95,8 +95,11 @@ static void *deliverer_main(void *arg)
 }
 
 /* No GIL needed. `busy`: the worker has more tasks to run (it will not
- * deliver itself soon), so the deliverer is woken (started on first need). */
-void braid_ipd_push(interp_core_t *core, itask_t *t, int busy)
+ * deliver itself soon), so the deliverer is woken (started on first need).
+ * Returns 1 when a thread waits on the task's future (result()): it has
+ * been woken to finish the future itself (FutureObject.drain_hook), with no
+ * hand-over of the main GIL on the way; 0 when someone must deliver. */
+int braid_ipd_push(interp_core_t *core, itask_t *t, int busy)
 {
     t->next = NULL;
     pthread_mutex_lock(&core->dmu);
@@ -117,7 +120,21 @@ void braid_ipd_push(interp_core_t *core, itask_t *t, int busy)
             pthread_cond_signal(&core->dcv);
         }
     }
+    /* under dmu, which a drain needs to take the task (and free it with
+     * its reference to the future): the future is alive here */
+    br_event_t *ev = &t->fut->done_ev;
+    int waited = br_event_has_sleepers(ev);
+    if (waited) {
+        br_event_set(ev);
+    }
     pthread_mutex_unlock(&core->dmu);
+    return waited;
+}
+
+/* With the main GIL: a waiter's drain_hook. */
+void braid_ipd_drain_hook(void *core)
+{
+    braid_ipd_drain(core);
 }
 
 /* A worker with nothing queued: delivers itself unless someone is at it.

@@ -508,10 +508,13 @@ static PyObject *ip_submit(PyObject *self, PyObject *const *args, Py_ssize_t nar
     t->work.data = t;
     fut->cancel_hook = cancel_hook;
     fut->hook_ctx = t;
+    fut->drain_hook = braid_ipd_drain_hook;
+    fut->drain_ctx = core;
     int rc = br_threadpool_submit(&core->tp, &t->work);
     if (rc < 0) {
         braid_ip_task_free(t);
         fut->cancel_hook = NULL;
+        fut->drain_hook = NULL;
         Py_DECREF(fut);
         if (rc == -ESHUTDOWN) {
             PyErr_SetString(PyExc_RuntimeError, "cannot schedule new futures after shutdown");

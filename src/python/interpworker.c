@@ -72,6 +72,7 @@ struct iworker_s {
 static _Thread_local iworker_t *tls_worker;
 static _Thread_local int tls_in_sub;   /* this thread holds its sub-interpreter's GIL */
 static _Thread_local int tls_looping;  /* inside the loop of braid_iw_done */
+static _Thread_local int tls_undelivered; /* a result no waiter was woken for */
 
 int braid_iw_on_worker_of(interp_core_t *core)
 {
@@ -361,7 +362,9 @@ void braid_iw_done(br_work_t *wk, int status)
     }
     iworker_t *w = tls_worker;
     interp_core_t *core = w->core;
-    braid_ipd_push(core, t, br_threadpool_queued(&core->tp) > 0);
+    if (!braid_ipd_push(core, t, br_threadpool_queued(&core->tp) > 0)) {
+        tls_undelivered = 1; /* nobody was woken to finish it */
+    }
     if (tls_looping) {
         return;
     }
@@ -375,7 +378,10 @@ void braid_iw_done(br_work_t *wk, int status)
         PyEval_SaveThread();
         tls_in_sub = 0;
     }
-    braid_ipd_deliver(core, w->main_ts);
+    if (tls_undelivered) {
+        tls_undelivered = 0;
+        braid_ipd_deliver(core, w->main_ts);
+    }
 }
 
 /* --------------------------------------------------------- task_timeout */
