@@ -96,3 +96,9 @@ def burn(x):
     for i in range(200_000):
         n += i
     return x
+
+
+def sum_in_c(n):
+    """sum(range(n)): a loop in C that holds its interpreter's GIL and never reaches the eval
+    loop, so an interrupt cannot land until it returns."""
+    return sum(range(n))

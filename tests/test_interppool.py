@@ -310,3 +310,19 @@ def test_map_auto_falls_back_to_processes_for_a_module_that_cannot(capsys):
     assert braid.map(interp_single.slow, range(100), explain=True) == list(range(100))
     out = capsys.readouterr().err
     assert "→ process" in out and "_testsinglephase" in out, out
+
+
+@needs_312
+def test_task_timeout_reports_a_task_stuck_in_c_holding_the_gil():
+    t0 = time.perf_counter()
+    tasks.sum_in_c(2_000_000)
+    per_item = (time.perf_counter() - t0) / 2_000_000
+    n = int(2.5 / max(per_item, 1e-9))  # about 2.5 s in C, GIL held throughout
+    with braid.InterpreterPool(2, task_timeout=0.2) as pool:
+        pool.submit(tasks.square, 1).result(TIMEOUT)
+        t0 = time.monotonic()
+        f = pool.submit(tasks.sum_in_c, n)
+        with pytest.raises(braid.TaskTimeout, match="stuck in C"):
+            f.result(TIMEOUT)
+        assert time.monotonic() - t0 < 2.0
+        assert pool.submit(tasks.square, 7).result(TIMEOUT) == 49

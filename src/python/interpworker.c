@@ -24,10 +24,11 @@
  *   the watchdog joined, Py_EndInterpreter, main tstate deleted
  *
  * task_timeout: each worker then has a watchdog thread. Past a task's
- * deadline it takes the sub-interpreter's GIL with a thread state of its
- * own and throws an exception into the worker's thread state (as
- * PyThreadState_SetAsyncExc does), which pure-Python code sees at once; the
- * worker reports the task as timed out. A task still running STUCK_GRACE_NS
+ * deadline it starts an interrupter thread, which takes the
+ * sub-interpreter's GIL with a thread state of its own and throws an
+ * exception into the worker's thread state (PyThreadState_SetAsyncExc),
+ * which pure-Python code sees at once; the worker reports the task as timed
+ * out. A task still running STUCK_GRACE_NS
  * later is in C code that does not come back to the interpreter: the
  * watchdog fails its future itself (in the main interpreter) and the worker
  * is written off until the call returns (its thread and sub-interpreter
@@ -62,6 +63,10 @@ struct iworker_s {
     itask_t *current;
     int64_t deadline;
     int interrupted;           /* the watchdog threw into current */
+    unsigned long seq;         /* tasks started: names the current one */
+    unsigned long interrupting; /* the seq of the task the interrupter is after */
+    int has_interrupter;
+    pthread_t interrupter;
     int exiting;
     int has_watchdog;
     pthread_cond_t cv;         /* wakes the watchdog (CLOCK_MONOTONIC) */
@@ -243,6 +248,7 @@ static void run_task(iworker_t *w, itask_t *t)
     if (core->timeout_ns > 0) {
         pthread_mutex_lock(&core->mu);
         w->current = t;
+        w->seq++;
         w->interrupted = 0;
         w->deadline = br_now_ns() + core->timeout_ns;
         pthread_cond_signal(&w->cv);
@@ -282,6 +288,9 @@ static void run_task(iworker_t *w, itask_t *t)
         pthread_mutex_lock(&core->mu);
         interrupted = w->interrupted;
         w->current = NULL;
+        if (interrupted) {
+            pthread_cond_signal(&w->cv); /* the watchdog may wait for this task's end */
+        }
         pthread_mutex_unlock(&core->mu);
         /* an interrupt thrown in just as the task returned must not hit the next one */
         PyThreadState_SetAsyncExc(w->ident, NULL);
@@ -407,11 +416,43 @@ static void report_stuck(iworker_t *w, itask_t *t, PyThreadState **main_ts)
     PyEval_SaveThread();
 }
 
+/* Throws the interrupt into the worker's interpreter: takes its GIL with a
+ * thread state of its own, which waits for the worker to let the GIL go (a
+ * switch interval for Python code; never, for C code that holds it). Its
+ * own thread, so that the watchdog can report a task stuck in C either way. */
+static void *interrupter_main(void *arg)
+{
+    iworker_t *w = arg;
+    interp_core_t *core = w->core;
+    PyThreadState *ts = PyThreadState_New(w->sub_ts->interp);
+    PyEval_RestoreThread(ts);
+    pthread_mutex_lock(&core->mu);
+    if (w->current != NULL && w->seq == w->interrupting) {
+        PyThreadState_SetAsyncExc(w->ident, w->interrupt);
+    }
+    pthread_mutex_unlock(&core->mu);
+    PyThreadState_Clear(ts);
+    PyThreadState_DeleteCurrent();
+    return NULL;
+}
+
+/* With core->mu: the interrupter of an earlier task is done (that task
+ * ended, so its GIL was let go): reaps it. */
+static void reap_interrupter(iworker_t *w, pthread_mutex_t *mu)
+{
+    if (w->has_interrupter) {
+        w->has_interrupter = 0;
+        pthread_mutex_unlock(mu);
+        pthread_join(w->interrupter, NULL);
+        pthread_mutex_lock(mu);
+    }
+}
+
 static void *watchdog_main(void *arg)
 {
     iworker_t *w = arg;
     interp_core_t *core = w->core;
-    PyThreadState *sub_ts = NULL, *main_ts = NULL;
+    PyThreadState *main_ts = NULL;
     pthread_mutex_lock(&core->mu);
     while (!w->exiting) {
         itask_t *t = w->current;
@@ -424,19 +465,14 @@ static void *watchdog_main(void *arg)
             continue;
         }
         w->interrupted = 1;
-        pthread_mutex_unlock(&core->mu);
-        if (sub_ts == NULL) {
-            sub_ts = PyThreadState_New(w->sub_ts->interp);
+        reap_interrupter(w, &core->mu);
+        if (w->current != t) {
+            continue; /* it ended meanwhile */
         }
-        /* waits for the worker to let its GIL go (the switch interval) */
-        PyEval_RestoreThread(sub_ts);
-        pthread_mutex_lock(&core->mu);
-        if (w->current == t) {
-            PyThreadState_SetAsyncExc(w->ident, w->interrupt);
+        w->interrupting = w->seq;
+        if (pthread_create(&w->interrupter, NULL, interrupter_main, w) == 0) {
+            w->has_interrupter = 1;
         }
-        pthread_mutex_unlock(&core->mu);
-        PyEval_SaveThread();
-        pthread_mutex_lock(&core->mu);
         int64_t give_up = br_now_ns() + STUCK_GRACE_NS;
         while (!w->exiting && w->current == t && br_now_ns() < give_up) {
             cond_deadline(&w->cv, &core->mu, give_up);
@@ -451,12 +487,8 @@ static void *watchdog_main(void *arg)
             __atomic_sub_fetch(&core->stuck, 1, __ATOMIC_RELAXED);
         }
     }
+    reap_interrupter(w, &core->mu);
     pthread_mutex_unlock(&core->mu);
-    if (sub_ts != NULL) {
-        PyEval_RestoreThread(sub_ts);
-        PyThreadState_Clear(sub_ts);
-        PyThreadState_DeleteCurrent();
-    }
     if (main_ts != NULL) {
         PyEval_RestoreThread(main_ts);
         PyThreadState_Clear(main_ts);
