@@ -326,8 +326,8 @@ static void run_task(iworker_t *w, itask_t *t)
             }
         }
         if (exc == NULL) {
-            exc = PyObject_CallOneArg(PyExc_SystemError,
-                                      PyUnicode_FromString("braid: a task failed without an exception"));
+            PyErr_SetString(PyExc_SystemError, "braid: a task failed without an exception");
+            exc = PyErr_GetRaisedException();
         }
         reply_error(w, t, exc);
     }
