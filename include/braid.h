@@ -187,6 +187,7 @@ struct br_threadpool_s {
     unsigned live_;              /* threads not yet exited */
     unsigned idle_;              /* threads waiting for work */
     unsigned spinning_;          /* threads polling the queue (spin_ns) */
+    unsigned retire_;            /* workers asked to exit (br_threadpool_retire_thread) */
     int state_;
     pthread_t *threads_;
     br_pool_cb on_detached_;
@@ -212,6 +213,15 @@ br_work_t *br_threadpool_try_take(br_threadpool_t *pool);
 void br_threadpool_run_taken(br_work_t *work);
 /* Items queued and not yet taken. */
 size_t br_threadpool_queued(br_threadpool_t *pool);
+/* Writes off a worker that will not be back for a long while (its work()
+ * is stuck): one more thread may start, and starts now if items are queued
+ * with no worker free for them. 0, -ESHUTDOWN (closed), -ENOMEM, or -errno
+ * from pthread_create. Thread-safe; never from a work callback's own item. */
+int br_threadpool_add_thread(br_threadpool_t *pool);
+/* Undoes one br_threadpool_add_thread once the written-off worker is back:
+ * the next worker to look for an item (an idle one is woken) exits
+ * instead, through on_thread_exit as at close. Thread-safe. */
+void br_threadpool_retire_thread(br_threadpool_t *pool);
 /* Number of worker threads started so far. */
 unsigned br_threadpool_threads(br_threadpool_t *pool);
 /* Number of worker threads that have not yet exited. After close, 0 means

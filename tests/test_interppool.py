@@ -216,14 +216,23 @@ def test_task_timeout_interrupts_pure_python():
 
 @needs_312
 def test_task_timeout_reports_a_task_stuck_in_c():
-    with braid.InterpreterPool(2, task_timeout=0.2) as pool:
+    with braid.InterpreterPool(1, task_timeout=0.2) as pool:
         t0 = time.monotonic()
         f = pool.submit(tasks.sleep_in_c, 3)
         with pytest.raises(braid.TaskTimeout, match="stuck in C"):
             f.result(TIMEOUT)
         assert time.monotonic() - t0 < 2.5
         assert pool.stuck == 1
+        # its one worker is written off: a new one runs the next task, long before the
+        # stuck call returns
         assert pool.submit(tasks.square, 6).result(TIMEOUT) == 36
+        assert time.monotonic() - t0 < 2.8
+        assert pool.threads == 2
+        deadline = time.monotonic() + TIMEOUT
+        while pool.stuck and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pool.stuck == 0  # the call came back; one of the two workers retires
+        assert pool.submit(tasks.square, 8).result(TIMEOUT) == 64
 
 
 @needs_312

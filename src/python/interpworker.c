@@ -31,8 +31,12 @@
  * out. A task still running STUCK_GRACE_NS
  * later is in C code that does not come back to the interpreter: the
  * watchdog fails its future itself (in the main interpreter) and the worker
- * is written off until the call returns (its thread and sub-interpreter
- * stay, busy; the pool's capacity is one lower meanwhile).
+ * is written off until the call returns: the engine starts a thread more
+ * (br_threadpool_add_thread), with a sub-interpreter of its own, so the
+ * pool keeps its size, and retires one when the stuck call comes back. What
+ * that leaks until then: the stuck thread, its sub-interpreter and whatever
+ * the call holds; shutdown(wait=True) and the exit of the program still
+ * wait for it (interruptibly), as they would for a thread-pool task.
  */
 #include "interppool.h"
 
@@ -480,11 +484,16 @@ static void *watchdog_main(void *arg)
         if (!w->exiting && w->current == t) {
             pthread_mutex_unlock(&core->mu);
             report_stuck(w, t, &main_ts);
+            /* a worker more meanwhile, so the pool keeps its size */
+            int replaced = br_threadpool_add_thread(&core->tp) == 0;
             pthread_mutex_lock(&core->mu);
             while (!w->exiting && w->current == t) {
                 pthread_cond_wait(&w->cv, &core->mu);
             }
             __atomic_sub_fetch(&core->stuck, 1, __ATOMIC_RELAXED);
+            if (replaced) {
+                br_threadpool_retire_thread(&core->tp); /* back: one worker too many */
+            }
         }
     }
     reap_interrupter(w, &core->mu);
