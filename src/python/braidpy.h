@@ -107,6 +107,7 @@ typedef struct FutureObject_s {
      * calls it, with the GIL, to finish what is ready. */
     void (*drain_hook)(void *ctx);
     void *drain_ctx;
+    int waiting;              /* atomic: a thread is in braid_future_wait on it (hooked futures) */
 } FutureObject;
 
 /* module.c */

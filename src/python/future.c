@@ -260,6 +260,30 @@ static int drain_early(FutureObject *f)
     return 1;
 }
 
+#define HOOKED_SPIN_NS 20000
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+/* Without the GIL: polls the event for up to HOOKED_SPIN_NS (or `left`). */
+static void spin_for(br_event_t *ev, int64_t left)
+{
+    int64_t span = left >= 0 && left < HOOKED_SPIN_NS ? left : HOOKED_SPIN_NS;
+    int64_t end = br_now_ns() + span;
+    for (unsigned i = 1; !br_event_is_set(ev); i++) {
+        if (i % 64 == 0 && br_now_ns() >= end) {
+            return;
+        }
+        cpu_relax();
+    }
+}
+
 int braid_future_wait(FutureObject *f, int64_t deadline_ns)
 {
     while (!IS_DONE(f->state)) {
@@ -275,9 +299,22 @@ int braid_future_wait(FutureObject *f, int64_t deadline_ns)
             }
         }
         int rc;
+        if (f->drain_hook != NULL) {
+            /* the pool's worker sees this and wakes us rather than finishing
+             * the future itself (it would wait for the GIL we are about to
+             * take back); we spin a moment first: its results often come
+             * within microseconds, and a futex sleep costs more than that */
+            __atomic_store_n(&f->waiting, 1, __ATOMIC_SEQ_CST);
+        }
         Py_BEGIN_ALLOW_THREADS
+        if (f->drain_hook != NULL) {
+            spin_for(&f->done_ev, left);
+        }
         rc = br_event_wait(&f->done_ev, left);
         Py_END_ALLOW_THREADS
+        if (f->drain_hook != NULL) {
+            __atomic_store_n(&f->waiting, 0, __ATOMIC_SEQ_CST);
+        }
         if (rc == -EINTR && PyErr_CheckSignals() < 0) {
             PyObject *exc = PyErr_GetRaisedException();
             drain_early(f); /* a result made ready meanwhile is not left behind */

@@ -123,7 +123,7 @@ int braid_ipd_push(interp_core_t *core, itask_t *t, int busy)
     /* under dmu, which a drain needs to take the task (and free it with
      * its reference to the future): the future is alive here */
     br_event_t *ev = &t->fut->done_ev;
-    int waited = br_event_has_sleepers(ev);
+    int waited = __atomic_load_n(&t->fut->waiting, __ATOMIC_SEQ_CST) || br_event_has_sleepers(ev);
     if (waited) {
         br_event_set(ev);
     }
