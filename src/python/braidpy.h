@@ -104,8 +104,10 @@ typedef struct FutureObject_s {
      * (the interpreter pool sets done_ev of a future whose result is ready,
      * so that the waiter finishes it rather than a worker that would wait
      * for the GIL): a waiter that finds done_ev set and the future not done
-     * calls it, with the GIL, to finish what is ready. */
-    void (*drain_hook)(void *ctx);
+     * calls drain_hook(ctx, 0), with the GIL, to finish what is ready;
+     * drain_hook(ctx, 1) says whether a waiter should spin a moment before
+     * it sleeps (the result is likely to come within microseconds). */
+    int (*drain_hook)(void *ctx, int ask_spin);
     void *drain_ctx;
     int waiting;              /* atomic: a thread is in braid_future_wait on it (hooked futures) */
 } FutureObject;

@@ -250,7 +250,7 @@ static int drain_early(FutureObject *f)
     if (f->drain_hook == NULL || IS_DONE(f->state) || !br_event_is_set(&f->done_ev)) {
         return 0;
     }
-    f->drain_hook(f->drain_ctx);
+    (void)f->drain_hook(f->drain_ctx, 0);
     if (!IS_DONE(f->state)) {
         /* not on the pool's list yet after all: let its thread get there */
         Py_BEGIN_ALLOW_THREADS
@@ -299,15 +299,17 @@ int braid_future_wait(FutureObject *f, int64_t deadline_ns)
             }
         }
         int rc;
+        int spin = f->drain_hook != NULL && f->drain_hook(f->drain_ctx, 1);
         if (f->drain_hook != NULL) {
             /* the pool's worker sees this and wakes us rather than finishing
              * the future itself (it would wait for the GIL we are about to
-             * take back); we spin a moment first: its results often come
-             * within microseconds, and a futex sleep costs more than that */
+             * take back); when the pool says so we spin a moment first: a
+             * lone task's result comes within microseconds, and a futex
+             * sleep and wakeup cost more than that */
             __atomic_store_n(&f->waiting, 1, __ATOMIC_SEQ_CST);
         }
         Py_BEGIN_ALLOW_THREADS
-        if (f->drain_hook != NULL) {
+        if (spin) {
             spin_for(&f->done_ev, left);
         }
         rc = br_event_wait(&f->done_ev, left);

@@ -131,10 +131,18 @@ int braid_ipd_push(interp_core_t *core, itask_t *t, int busy)
     return waited;
 }
 
-/* With the main GIL: a waiter's drain_hook. */
-void braid_ipd_drain_hook(void *core)
+/* With the main GIL: a waiter's drain_hook. Spinning pays when at most the
+ * awaited task is queued (a round trip: a spinning worker takes it at once
+ * and the result is microseconds away); behind a longer queue the waiter's
+ * CPU is better left to the workers. */
+int braid_ipd_drain_hook(void *ctx, int ask_spin)
 {
+    interp_core_t *core = ctx;
+    if (ask_spin) {
+        return br_threadpool_queued(&core->tp) <= 1;
+    }
     braid_ipd_drain(core);
+    return 0;
 }
 
 /* A worker with nothing queued: delivers itself unless someone is at it.

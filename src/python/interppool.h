@@ -94,7 +94,7 @@ int braid_iw_on_worker_of(interp_core_t *core);
 int braid_ipd_init(interp_core_t *core);
 void braid_ipd_destroy(interp_core_t *core);
 int braid_ipd_push(interp_core_t *core, itask_t *t, int busy); /* no GIL needed */
-void braid_ipd_drain_hook(void *core); /* FutureObject.drain_hook */
+int braid_ipd_drain_hook(void *core, int ask_spin); /* FutureObject.drain_hook */
 void braid_ipd_deliver(interp_core_t *core, PyThreadState *main_ts); /* no GIL held */
 void braid_ipd_drain(interp_core_t *core);  /* main GIL */
 void braid_ipd_stop(interp_core_t *core);   /* main GIL: the last worker leaves */
