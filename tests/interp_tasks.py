@@ -102,3 +102,7 @@ def sum_in_c(n):
     """sum(range(n)): a loop in C that holds its interpreter's GIL and never reaches the eval
     loop, so an interrupt cannot land until it returns."""
     return sum(range(n))
+
+
+def identity(x, key=None):
+    return x, key

@@ -335,3 +335,15 @@ def test_task_timeout_reports_a_task_stuck_in_c_holding_the_gil():
             f.result(TIMEOUT)
         assert time.monotonic() - t0 < 2.0
         assert pool.submit(tasks.square, 7).result(TIMEOUT) == 49
+
+
+@needs_312
+def test_plain_values_cross_exactly(pool):
+    # plain arguments and results cross in marshal's format, the rest as pickles: both ways
+    # must give back equal values of the same types
+    values = [None, True, False, 0, -1, 2 ** 63 - 1, -2 ** 63, 2 ** 64, 1.5, float("inf"), 1 + 2j,
+              "", "é中", b"", b"\x00\xff", (), (1, "a", (2.0, None)), ("x",) * 16,
+              [1, 2], {"a": 1}, {1, 2}, frozenset({3}), bytearray(b"ab"), range(3)]
+    for v in values:
+        got = pool.submit(tasks.identity, v, key=v).result(TIMEOUT)
+        assert got == (v, v) and type(got[0]) is type(v) and type(got[1]) is type(v), (v, got)

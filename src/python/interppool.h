@@ -27,6 +27,10 @@ enum itask_status {
     IT_CANCELLED    /* taken off the queue before it started */
 };
 
+/* First byte of a payload or reply in marshal's format (plain values) rather
+ * than pickle's (which starts with 0x80). */
+#define IP_MARSHAL_TAG 'M'
+
 /* The common results cross without pickle. */
 enum itask_value { IV_PICKLE = 0, IV_NONE, IV_BOOL, IV_INT, IV_FLOAT };
 

@@ -43,7 +43,10 @@
 #ifdef BRAID_HAVE_INTERPRETERS
 #include "compat.h"
 
+#include <marshal.h>
+
 #include <errno.h>
+#include <stdint.h>
 #include <string.h>
 #include <time.h>
 
@@ -54,7 +57,7 @@ struct iworker_s {
     PyThreadState *main_ts;
     PyThreadState *sub_ts;     /* NULL: the interpreter could not be made */
     unsigned long ident;       /* this thread, as PyThreadState_SetAsyncExc knows it */
-    PyObject *loads, *dumps;   /* the sub-interpreter's _pickle functions */
+    PyObject *loads;           /* the sub-interpreter's _pickle.loads */
     PyObject *helper;          /* braid._interpworker there, on first need */
     PyObject *fns;             /* dict: a function's pickle -> the function */
     PyObject *interrupt;       /* the exception task_timeout throws in */
@@ -241,6 +244,44 @@ static PyObject *function_of(iworker_t *w, PyObject *fn)
     return f;
 }
 
+/* A plain payload (interppool.c, plain_payload): (fn pickle, args, kwargs). */
+static PyObject *load_plain(const char *p, Py_ssize_t len)
+{
+    uint32_t fl;
+    memcpy(&fl, p + 1, 4);
+    if ((Py_ssize_t)fl > len - 5) {
+        PyErr_SetString(PyExc_ValueError, "braid: a truncated task payload");
+        return NULL;
+    }
+    PyObject *fnb = PyBytes_FromStringAndSize(p + 5, fl);
+    PyObject *pair = fnb ? PyMarshal_ReadObjectFromString(p + 5 + fl, len - 5 - fl) : NULL;
+    PyObject *call = NULL;
+    if (pair != NULL && PyTuple_Check(pair) && PyTuple_GET_SIZE(pair) == 2) {
+        call = PyTuple_Pack(3, fnb, PyTuple_GET_ITEM(pair, 0), PyTuple_GET_ITEM(pair, 1));
+    } else if (pair != NULL) {
+        PyErr_SetString(PyExc_ValueError, "braid: a malformed task payload");
+    }
+    Py_XDECREF(pair);
+    Py_XDECREF(fnb);
+    return call;
+}
+
+/* A plain result in marshal's format, tagged. New bytes, or NULL. */
+static PyObject *dump_plain(PyObject *res)
+{
+    PyObject *m = PyMarshal_WriteObjectToString(res, Py_MARSHAL_VERSION);
+    if (m == NULL) {
+        return NULL;
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, PyBytes_GET_SIZE(m) + 1);
+    if (out != NULL) {
+        PyBytes_AS_STRING(out)[0] = IP_MARSHAL_TAG;
+        memcpy(PyBytes_AS_STRING(out) + 1, PyBytes_AS_STRING(m), (size_t)PyBytes_GET_SIZE(m));
+    }
+    Py_DECREF(m);
+    return out;
+}
+
 /* With the sub-interpreter's GIL: unpickle, call, pickle the outcome. */
 static void run_task(iworker_t *w, itask_t *t)
 {
@@ -259,11 +300,14 @@ static void run_task(iworker_t *w, itask_t *t)
         pthread_mutex_unlock(&core->mu);
     }
     PyObject *views = t->nviews > 0 ? make_views(t) : NULL;
-    PyObject *data = PyMemoryView_FromMemory(PyBytes_AS_STRING(t->payload),
-                                             PyBytes_GET_SIZE(t->payload), PyBUF_READ);
-    PyObject *call = NULL, *res = NULL, *exc = NULL;
+    const char *p = PyBytes_AS_STRING(t->payload);
+    Py_ssize_t len = PyBytes_GET_SIZE(t->payload);
+    PyObject *data = NULL, *call = NULL, *res = NULL, *exc = NULL;
     int loaded = 0;
-    if (data != NULL && (t->nviews == 0 || views != NULL)) {
+    if (len >= 5 && p[0] == IP_MARSHAL_TAG) {
+        call = load_plain(p, len);
+    } else if ((data = PyMemoryView_FromMemory((char *)p, len, PyBUF_READ)) != NULL &&
+               (t->nviews == 0 || views != NULL)) {
         if (views != NULL) {
             PyObject *args = PyTuple_Pack(1, data);
             PyObject *kw = args ? Py_BuildValue("{s:O}", "buffers", views) : NULL;
@@ -308,8 +352,7 @@ static void run_task(iworker_t *w, itask_t *t)
         t->status = IT_OK;
         Py_DECREF(res);
     } else if (res != NULL) {
-        PyObject *out = braid_is_plain(res, 0) ? PyObject_CallFunction(w->dumps, "Oi", res, 5)
-                                               : call_helper(w, "dumps_result", res);
+        PyObject *out = braid_is_plain(res, 0) ? dump_plain(res) : call_helper(w, "dumps_result", res);
         Py_DECREF(res);
         t->status = IT_OK;
         if (take_reply(t, out) < 0) {
@@ -536,11 +579,10 @@ static char *setup_sub(iworker_t *w)
     PyObject *m = PyImport_ImportModule("_pickle");
     if (m != NULL) {
         w->loads = PyObject_GetAttrString(m, "loads");
-        w->dumps = PyObject_GetAttrString(m, "dumps");
         Py_DECREF(m);
     }
     char *why = NULL;
-    if (w->loads == NULL || w->dumps == NULL) {
+    if (w->loads == NULL) {
         goto fail;
     }
     PyObject *setup = w->core->setup;
@@ -676,7 +718,6 @@ void braid_iw_thread_exit(br_threadpool_t *tp, void *arg)
     if (w->sub_ts != NULL) {
         PyEval_RestoreThread(w->sub_ts);
         Py_CLEAR(w->loads);
-        Py_CLEAR(w->dumps);
         Py_CLEAR(w->helper);
         Py_CLEAR(w->fns);
         Py_CLEAR(w->interrupt);
