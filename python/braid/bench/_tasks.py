@@ -5,3 +5,10 @@ imports no more than braid.bench itself."""
 
 def noop():
     return None
+
+
+def pause(seconds):
+    """Sleeps: ``workers`` of these at once make a lazily growing pool start every worker."""
+    import time
+
+    time.sleep(seconds)
