@@ -11,6 +11,7 @@ import pickle
 import sys
 import threading
 import time
+import warnings
 
 import pytest
 
@@ -347,3 +348,83 @@ def test_plain_values_cross_exactly(pool):
     for v in values:
         got = pool.submit(tasks.identity, v, key=v).result(TIMEOUT)
         assert got == (v, v) and type(got[0]) is type(v) and type(got[1]) is type(v), (v, got)
+
+
+def _script(body, timeout=60, send_sigint_after=None):
+    """Runs ``body`` in a fresh interpreter with tests/ on sys.path: (returncode, stdout, stderr)."""
+    import signal
+    import subprocess
+    import textwrap
+
+    code = "import sys; sys.path.insert(0, %r)\n" % TESTS_DIR + textwrap.dedent(body)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        if send_sigint_after is not None:
+            ready = proc.stdout.readline()  # the script prints a line when it is waiting
+            assert ready.strip() == "waiting", ready
+            time.sleep(send_sigint_after)
+            proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=timeout)
+    except BaseException:
+        proc.kill()
+        proc.communicate()
+        raise
+    return proc.returncode, out, err
+
+
+@needs_312
+def test_exit_with_a_pool_never_shut_down():
+    # at exit the pool's queued work finishes and every sub-interpreter ends before the main one
+    rc, out, err = _script("""
+        import braid, interp_tasks
+        pool = braid.InterpreterPool(2)
+        futures = [pool.submit(interp_tasks.spin, 0.05) for _ in range(6)]
+        print("submitted", flush=True)
+    """)
+    assert rc == 0, err
+    assert "submitted" in out and "Fatal" not in err and "Traceback" not in err, err
+
+
+@needs_312
+def test_ctrl_c_while_waiting_for_a_result():
+    rc, out, err = _script("""
+        import braid, interp_tasks
+        with braid.InterpreterPool(1) as pool:
+            f = pool.submit(interp_tasks.spin, 0.5)
+            print("waiting", flush=True)
+            try:
+                f.result()
+            except KeyboardInterrupt:
+                print("interrupted", flush=True)
+                raise
+    """, send_sigint_after=0.1)
+    assert "interrupted" in out, (out, err)
+    assert rc != 0 and "KeyboardInterrupt" in err and "Fatal" not in err, err
+
+
+@needs_312
+def test_many_pools_come_and_go():
+    # each pool makes and ends its sub-interpreters; nothing piles up
+    for i in range(15):
+        with braid.InterpreterPool(2) as pool:
+            assert pool.submit(tasks.square, i).result(TIMEOUT) == i * i
+    dropped = [braid.InterpreterPool(1) for _ in range(3)]
+    futures = [p.submit(tasks.square, 3) for p in dropped]
+    del dropped
+    assert [f.result(TIMEOUT) for f in futures] == [9, 9, 9]
+
+
+@needs_312
+def test_fork_with_live_workers_warns():
+    # CPython cannot fork a process that has own-GIL sub-interpreters (3.12 hangs the child,
+    # 3.13 aborts it): the before-fork hook says so, naming the pools' workers
+    from braid import _interppool
+
+    with braid.InterpreterPool(1) as pool:
+        pool.submit(tasks.square, 2).result(TIMEOUT)
+        with pytest.warns(RuntimeWarning, match="sub-interpreter"):
+            _interppool._before_fork()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _interppool._before_fork()  # every worker has ended: nothing to say

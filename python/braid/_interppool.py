@@ -117,8 +117,25 @@ class InterpreterPool(_Core, concurrent.futures.Executor):
         return _procpool._ordered(futures, refill, deadline)
 
 
+def _before_fork():
+    # CPython cannot fork a process with own-GIL sub-interpreters: 3.12's child hangs in
+    # PyOS_AfterFork_Child, 3.13's aborts ("PyThreadState_Get: ... the GIL is released").
+    # A before-fork hook cannot stop the fork; it can say why the child is about to fail.
+    workers = _braid._interppool_workers()
+    if workers:
+        import warnings
+
+        warnings.warn(
+            f"os.fork() while {workers} braid.InterpreterPool worker(s) (each a sub-interpreter "
+            "with its own GIL) are alive: CPython cannot fork such a process (3.12 hangs the "
+            "child, 3.13 aborts it). Shut the pools down first, or start processes without "
+            "fork (braid.ProcessPool, multiprocessing's 'spawn' or 'forkserver').",
+            RuntimeWarning, stacklevel=2)
+
+
 if SUPPORTED:
     _braid._set_interp_hooks(_interpworker.dumps_task, BrokenInterpreterPool)
+    os.register_at_fork(before=_before_fork)
     # TaskTimeout reaches the C half through the process pool's hooks
     from . import _procpool  # noqa: E402,F401  (sets them)
 

@@ -238,6 +238,7 @@ PyObject *braid_close_unused_templates(PyObject *module, PyObject *unused);
 /* interppool.c: the type exists on 3.12+ only (0 on 3.11). */
 int braid_interppool_init_types(PyObject *module, braid_state *st);
 PyObject *braid_interppool_at_exit(braid_state *st);
+unsigned braid_interppool_workers(braid_state *st); /* started and not yet ended */
 void braid_interppool_clear_state(braid_state *st);
 void braid_interppool_after_fork_child(braid_state *st);
 int braid_interppool_traverse(braid_state *st, visitproc visit, void *arg);

@@ -347,6 +347,15 @@ PyObject *braid_interppool_at_exit(braid_state *st)
     Py_RETURN_NONE;
 }
 
+unsigned braid_interppool_workers(braid_state *st)
+{
+    unsigned n = 0;
+    for (interp_core_t *core = st->interp_cores; core != NULL; core = core->next) {
+        n += br_threadpool_threads(&core->tp) - core->threads_exited;
+    }
+    return n;
+}
+
 void braid_interppool_after_fork_child(braid_state *st)
 {
     /* no worker thread exists in the child and the engine's lock may be
@@ -757,6 +766,7 @@ int braid_interppool_init_types(PyObject *module, braid_state *st)
 
 #else /* Python 3.11: no interpreter with its own GIL */
 
+unsigned braid_interppool_workers(braid_state *st) { return 0; }
 int braid_interppool_init_types(PyObject *module, braid_state *st) { return 0; }
 PyObject *braid_interppool_at_exit(braid_state *st) { Py_RETURN_NONE; }
 void braid_interppool_clear_state(braid_state *st) {}

@@ -207,6 +207,11 @@ static PyObject *mod_interppool_at_exit(PyObject *module, PyObject *unused)
     return braid_interppool_at_exit(braid_get_state(module));
 }
 
+static PyObject *mod_interppool_workers(PyObject *module, PyObject *unused)
+{
+    return PyLong_FromUnsignedLong(braid_interppool_workers(braid_get_state(module)));
+}
+
 static PyObject *mod_set_interp_hooks(PyObject *module, PyObject *args)
 {
     PyObject *dumps, *broken;
@@ -295,6 +300,8 @@ static PyMethodDef braid_methods[] = {
      "Closes and joins every thread pool; registered with threading._register_atexit."},
     {"_interppool_at_exit", mod_interppool_at_exit, METH_NOARGS,
      "Closes and joins every interpreter pool (their sub-interpreters end)."},
+    {"_interppool_workers", mod_interppool_workers, METH_NOARGS,
+     "_interppool_workers(): interpreter-pool workers (sub-interpreters) not yet ended."},
     {"_set_interp_hooks", mod_set_interp_hooks, METH_VARARGS,
      "_set_interp_hooks(dumps_task, BrokenInterpreterPool)"},
     {"_threadpool_cores", mod_threadpool_cores, METH_NOARGS,
