@@ -71,6 +71,9 @@ void br_event_init(br_event_t *ev);
 void br_event_set(br_event_t *ev);
 /* 1 if set, 0 if not. Acquire ordering: data written before set is visible. */
 int br_event_is_set(const br_event_t *ev);
+/* 1 if unset with a waiter asleep in br_event_wait (or about to sleep), 0
+ * otherwise. A hint: a waiter may announce itself just after it answers 0. */
+int br_event_has_sleepers(const br_event_t *ev);
 /* Waits until set. timeout_ns < 0 waits forever. Returns 0 once set,
  * -ETIMEDOUT when the time ran out, -EINTR when a signal handler ran (the
  * caller decides whether to wait again; the event may still be unset). */
@@ -184,6 +187,7 @@ struct br_threadpool_s {
     unsigned live_;              /* threads not yet exited */
     unsigned idle_;              /* threads waiting for work */
     unsigned spinning_;          /* threads polling the queue (spin_ns) */
+    unsigned retire_;            /* workers asked to exit (br_threadpool_retire_thread) */
     int state_;
     pthread_t *threads_;
     br_pool_cb on_detached_;
@@ -209,6 +213,15 @@ br_work_t *br_threadpool_try_take(br_threadpool_t *pool);
 void br_threadpool_run_taken(br_work_t *work);
 /* Items queued and not yet taken. */
 size_t br_threadpool_queued(br_threadpool_t *pool);
+/* Writes off a worker that will not be back for a long while (its work()
+ * is stuck): one more thread may start, and starts now if items are queued
+ * with no worker free for them. 0, -ESHUTDOWN (closed), -ENOMEM, or -errno
+ * from pthread_create. Thread-safe; never from a work callback's own item. */
+int br_threadpool_add_thread(br_threadpool_t *pool);
+/* Undoes one br_threadpool_add_thread once the written-off worker is back:
+ * the next worker to look for an item (an idle one is woken) exits
+ * instead, through on_thread_exit as at close. Thread-safe. */
+void br_threadpool_retire_thread(br_threadpool_t *pool);
 /* Number of worker threads started so far. */
 unsigned br_threadpool_threads(br_threadpool_t *pool);
 /* Number of worker threads that have not yet exited. After close, 0 means

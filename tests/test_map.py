@@ -80,7 +80,8 @@ def test_each_item_runs_once_when_auto_goes_to_processes(braid, tmp_path, caplog
         result = braid.map(tasks.Recorder(path, 0.01, busy=True), list(range(80)))
     assert result == [x + 1 for x in range(80)]
     assert counts(path) == {x: 1 for x in range(80)}
-    assert "→ process" in caplog.text
+    # processes; on 3.12+ sub-interpreters when the module loads in one (it does on 3.13)
+    assert "→ process" in caplog.text or "→ interpreter" in caplog.text
 
 
 @pytest.mark.parametrize("mode", ["thread", "process"])
@@ -143,11 +144,14 @@ def test_auto_waiting_items_go_to_many_threads(braid, caplog):
 
 
 def test_auto_cpu_bound_items_go_to_processes(braid):
+    # to worker processes; on 3.12+ to sub-interpreters (worker threads of this process)
+    # instead when the function's module loads in one, as map_tasks does on 3.13
     out = braid.map(functools.partial(tasks.busy_where, seconds=0.01), range(100))
     assert [x for x, _, _ in out] == list(range(100))
-    assert len({pid for _, pid, _ in out} - {os.getpid()}) >= 1
+    here = (os.getpid(), threading.get_ident())
+    assert any((pid, tid) != here for _, pid, tid in out)
     # calibration ran the first items here, the rest ran in workers
-    assert sum(pid == os.getpid() for _, pid, _ in out) < 20
+    assert sum((pid, tid) == here for _, pid, tid in out) < 20
 
 
 def test_auto_coroutine_function_runs_on_a_braid_loop(braid):
@@ -472,7 +476,7 @@ def test_sequential_mode_for_coroutines_awaits_one_at_a_time(braid, caplog):
 
 
 def test_unknown_mode_lists_the_modes(braid):
-    with pytest.raises(ValueError, match="'auto', 'sequential', 'thread', 'process', 'async', 'dask'"):
+    with pytest.raises(ValueError, match="'auto', 'sequential', 'thread', 'process', 'interpreter', 'async', 'dask'"):
         braid.map(tasks.square, [1], mode="threads")
 
 

@@ -1,7 +1,8 @@
 """braid: concurrency for Python with its engine in C.
 
 Public API: ``braid.ThreadPool``, ``braid.ProcessPool`` and its errors
-``braid.WorkerCrashed`` and ``braid.TaskTimeout``, ``braid.shared_array``;
+``braid.WorkerCrashed`` and ``braid.TaskTimeout``, ``braid.InterpreterPool`` (3.12+),
+``braid.shared_array``;
 ``braid.Loop`` with ``braid.install``, ``braid.run`` and
 ``braid.new_event_loop`` (its scheduling core is C; its transports are still
 asyncio's); ``braid.map``, ``braid.imap`` and ``braid.amap``, which run a function over
@@ -19,6 +20,7 @@ _LAZY = {
     "Future": "._braid",
     "ThreadPool": "._threadpool",
     "ProcessPool": "._procpool",
+    "InterpreterPool": "._interppool",
     "shared_array": "._shared",
     "EventLoopPolicy": "._loop", "Loop": "._loop", "install": "._loop",
     "new_event_loop": "._loop", "run": "._loop",
@@ -26,7 +28,7 @@ _LAZY = {
     "TaskTimeout": "._errors", "WorkerCrashed": "._errors",  # WorkerCrashed is a BrokenProcessPool
 }
 
-__all__ = ["EventLoopPolicy", "Future", "Loop", "ProcessPool", "TaskTimeout", "ThreadPool",
+__all__ = ["EventLoopPolicy", "Future", "InterpreterPool", "Loop", "ProcessPool", "TaskTimeout", "ThreadPool",
            "WorkerCrashed", "__version__", "amap", "imap", "install", "map", "new_event_loop", "run",
            "shared_array"]
 

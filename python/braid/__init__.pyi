@@ -18,6 +18,7 @@ from typing_extensions import ParamSpec, TypeAlias
 __all__ = [
     "EventLoopPolicy",
     "Future",
+    "InterpreterPool",
     "Loop",
     "ProcessPool",
     "TaskTimeout",
@@ -133,6 +134,32 @@ class ProcessPool(concurrent.futures.Executor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None: ...
     def terminate(self) -> None: ...
 
+class InterpreterPool(concurrent.futures.Executor):
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        *,
+        initializer: Callable[..., object] | None = None,
+        initargs: Iterable[Any] = (),
+        task_timeout: float | None = None,
+    ) -> None: ...
+    @property
+    def max_workers(self) -> int: ...
+    @property
+    def threads(self) -> int: ...
+    @property
+    def stuck(self) -> int: ...
+    def submit(self, fn: Callable[_P, _R], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_R]: ...
+    def map(
+        self,
+        fn: Callable[..., _R],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+        buffersize: int | None = None,
+    ) -> _ClosingIterator[_R]: ...
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None: ...
+
 def shared_array(shape: int | Iterable[SupportsIndex], dtype: DTypeLike = ...) -> NDArray[Any]: ...
 
 # ---- the event loop -------------------------------------------------------------------------
@@ -149,7 +176,7 @@ def run(main: Coroutine[Any, Any, _T], *, debug: bool | None = None) -> _T: ...
 
 # ---- braid.map, imap, amap ------------------------------------------------------------------
 
-_Mode: TypeAlias = Literal["auto", "sequential", "thread", "process", "async", "dask"]
+_Mode: TypeAlias = Literal["auto", "sequential", "thread", "process", "interpreter", "async", "dask"]
 
 # progress= may be a tqdm bar of the caller's: braid.map calls update(n) as results come and
 # refresh() at the end, and sets its total when that is None.

@@ -13,18 +13,17 @@ import collections.abc
 import concurrent.futures
 import itertools
 import logging
-import operator
-import reprlib
 import sys
 import threading
 import time
 
 from . import _mappolicy as policy
+from ._mapchunk import _note, run_chunk  # noqa: F401 (_note: for _mapasync)
 from ._progress import make_progress
 
 __all__ = ["map", "imap", "amap"]
 
-MODES = ("auto", "sequential", "thread", "process", "async", "dask")
+MODES = ("auto", "sequential", "thread", "process", "interpreter", "async", "dask")
 ASYNC_LIMIT = 1000
 SEQUENTIAL_BATCH = 8192  # at most, items between checks of the deadline and progress (and
 # cache-friendly: a comprehension over 64 Ki items runs 1.4x slower per item than over 8 Ki)
@@ -34,29 +33,6 @@ _builtin_map = map
 
 
 # ---- what runs the items ----------------------------------------------------------------
-
-def _note(exc, index, item):
-    """Names the failing item on its exception, once."""
-    if not any(str(n).startswith("braid.map:") for n in getattr(exc, "__notes__", ())):
-        try:
-            exc.add_note(f"braid.map: raised by item {index:,} of the input: {reprlib.repr(item)}")
-        except Exception:  # an exception type that refuses attributes keeps its own words
-            pass
-
-
-def run_chunk(fn, batch, start):
-    """[fn(x) for x in batch], the batch being the input's items from index ``start``; the
-    first exception is noted with the index of its item. A list comprehension, which calls
-    a Python function faster than map() does (3.11+), and the iterator's length hint says
-    how far it got. Runs in pool workers too, so it lives at module level."""
-    it = iter(batch)
-    try:
-        return [fn(x) for x in it]
-    except Exception as exc:
-        index = len(batch) - operator.length_hint(it) - 1
-        _note(exc, start + index, batch[index])
-        raise
-
 
 def _chunks(items, size, start):
     """(start index, chunk) pairs of an iterator's items, the first at index ``start``;
@@ -250,7 +226,7 @@ class _Call:
         if mode == "async" and not coro:
             raise TypeError(f"mode='async' needs a coroutine function (async def); {_name(fn)} is a "
                             "plain function: make it async def, or use mode='thread'")
-        if coro and mode in ("thread", "process", "dask", "executor"):
+        if coro and mode in ("thread", "process", "interpreter", "dask", "executor"):
             raise TypeError(f"{_name(fn)} is a coroutine function: use mode='async' (or 'auto'), "
                             f"not {mode!r}")
         if coro and mode == "sequential":  # one coroutine at a time, each awaited
@@ -323,10 +299,17 @@ def _sequential(call, chunks, progress, pace):
 
 def _pool_run(call, plan, chunks, progress):
     """The chunks on a pool made for this call."""
-    if plan.mode == "thread":
-        from ._threadpool import ThreadPool
+    if plan.mode in ("thread", "interpreter"):
+        if plan.pool is not None:  # the interpreter pool auto mode probed the module with
+            pool = plan.pool
+        elif plan.mode == "interpreter":
+            from ._interppool import InterpreterPool
 
-        pool = ThreadPool(plan.workers, thread_name_prefix="braid.map")
+            pool = InterpreterPool(plan.workers)
+        else:
+            from ._threadpool import ThreadPool
+
+            pool = ThreadPool(plan.workers, thread_name_prefix="braid.map")
 
         def abort():
             pool.shutdown(wait=False, cancel_futures=True)
@@ -372,7 +355,7 @@ def _fixed_plan(call):
     mode = call.mode
     if mode == "thread":
         workers = call.workers or min(32, policy.usable_cpus() + 4)
-    elif mode == "process":
+    elif mode in ("process", "interpreter"):
         workers = call.workers or policy.usable_cpus()
     else:
         return policy.Plan("sequential")
@@ -405,6 +388,58 @@ def _picklable(fn, sample):
                 return f"{what} does not pickle ({type(exc).__name__}: {exc})"
         return None
     return check
+
+
+_interp_modules = {}  # module name -> None (imports in a sub-interpreter) or why not
+
+
+def _probe_module(fn):
+    """The module a callable comes from, through partials and bound methods."""
+    for _ in range(8):
+        inner = getattr(fn, "func", None) or getattr(fn, "__func__", None)
+        if inner is None:
+            break
+        fn = inner
+    name = getattr(fn, "__module__", None)
+    return name if isinstance(name, str) else type(fn).__module__
+
+
+def _prefer_interpreters(fn, plan):
+    """CPU-bound work planned for processes goes to sub-interpreters instead when the
+    function's module imports in one: tried once per module (a worker loads the pickled
+    function, which imports what it needs), on the pool that then runs the map; the answer
+    is kept for the process's lifetime."""
+    from . import _interpworker
+    from ._interppool import InterpreterPool
+
+    name = _probe_module(fn)
+    known = _interp_modules.get(name, "")
+    if known:
+        plan.why += f"; {known}, so processes"
+        return
+    try:
+        payload = _interpworker.dumps_task(fn, (), None)
+    except Exception:
+        return  # it does not pickle: the process pool's own check says so
+    if type(payload) is tuple:
+        payload = payload[0]
+    pool = InterpreterPool(plan.workers)
+    why = None
+    if known is None:
+        pass
+    else:
+        try:
+            why = pool.submit(_interpworker.probe_load, payload, name).result()
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        _interp_modules[name] = why
+    if why is not None:
+        pool.shutdown(wait=False)
+        plan.why += f"; {why}, so processes"
+        return
+    plan.mode, plan.pool = "interpreter", pool
+    plan.why += f"; module {name} imports in a sub-interpreter, so interpreters rather than processes"
 
 
 def _results(call, progress):
@@ -440,6 +475,8 @@ def _results(call, progress):
                              picklable=_picklable(call.fn, sample[0] if sample else None))
         if call.chunksize is not None:
             plan.chunksize = call.chunksize
+        if plan.mode == "process" and policy.interpreters_available():
+            _prefer_interpreters(call.fn, plan)
     _report(call, policy.explain_line(call.total, profile, plan))
     if exhausted:
         for _, results in blocks:
@@ -531,9 +568,11 @@ def map(fn, iterable, *, mode="auto", workers=None, chunksize=None, timeout=None
 
     ``mode`` is "auto" (the default: coroutine functions go to the event loop; otherwise the
     first items run here, timed, and the rest go where they finish soonest -- this thread,
-    threads sized by how much the items wait, or processes), "sequential", "thread",
-    "process", "async" (at most ``limit`` coroutines in flight, 1,000 by default) or "dask"
-    (on a Dask distributed cluster: ``client=`` or ``address=``). ``executor=`` runs it on
+    threads sized by how much the items wait, or processes -- on Python 3.12+ sub-interpreters
+    instead of processes when the function's module imports in one), "sequential", "thread",
+    "process", "interpreter" (braid.InterpreterPool, 3.12+), "async" (at most ``limit``
+    coroutines in flight, 1,000 by default) or "dask" (on a Dask distributed cluster:
+    ``client=`` or ``address=``). ``executor=`` runs it on
     any concurrent.futures.Executor. ``workers`` caps the pool; ``chunksize`` fixes the
     items per task. ``timeout`` (seconds, for the whole map) raises TimeoutError and
     cancels the rest. ``progress=True`` draws a tqdm bar; a tqdm instance or a callable

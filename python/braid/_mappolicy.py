@@ -33,6 +33,10 @@ measures instead of guessing:
    crossover, sequential has no start-up to lose.
 3. A function or first item that does not pickle cannot go to processes; threads take
    the work instead, and the explanation says so.
+4. On Python 3.12+ CPU-bound work planned for processes goes to sub-interpreters
+   (braid.InterpreterPool: no process start, no pipe) when the function's module imports
+   in one -- tried once per module and remembered; else to processes, and the explanation
+   says which module could not be imported and why.
 
 The start-up costs are constants measured on a 2-core Linux machine (docs/BENCHMARKS.md).
 """
@@ -67,6 +71,16 @@ def usable_cpus():
         return len(os.sched_getaffinity(0)) or 1
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+def interpreters_available():
+    """Sub-interpreters with their own GIL (3.12+), with the GIL on: then CPU-bound work
+    that auto mode would send to processes goes to braid.InterpreterPool when it can."""
+    if sys.version_info < (3, 12) or not gil_enabled():
+        return False
+    from . import _interppool
+
+    return _interppool.SUPPORTED
 
 
 def gil_enabled():
@@ -137,6 +151,7 @@ class Plan:
     workers: int = 1
     chunksize: int = 1
     why: str = ""
+    pool: object = None  # made while planning (the interpreter pool that probed the module)
 
 
 def calibrate(fn, items, total, run_block, deadline=None):
@@ -313,7 +328,7 @@ def explain_line(total, profile, plan, given=False):
                 f"{_us(profile.wall_each)} wall each{warm} ({plan.why})")
     if plan.mode == "sequential":
         tail = "sequential, in the calling thread"
-    elif plan.mode in ("thread", "process"):
+    elif plan.mode in ("thread", "process", "interpreter"):
         tail = f"{plan.mode}, {plan.workers} workers, chunks of {plan.chunksize:,}"
     else:
         tail = plan.mode + (f", {plan.why}" if given and plan.why else "")

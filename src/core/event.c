@@ -51,6 +51,11 @@ int br_event_is_set(const br_event_t *ev)
     return __atomic_load_n(&ev->word_, __ATOMIC_ACQUIRE) == SET;
 }
 
+int br_event_has_sleepers(const br_event_t *ev)
+{
+    return __atomic_load_n(&ev->word_, __ATOMIC_ACQUIRE) == SLEEPERS;
+}
+
 int br_event_wait(br_event_t *ev, int64_t timeout_ns)
 {
     int64_t deadline = -1; /* -1: no deadline */

@@ -167,6 +167,10 @@ static void *worker_main(void *arg)
 
     br__mutex_lock(&pool->mu_);
     for (;;) {
+        if (pool->retire_ > 0) { /* one worker too many since a written-off one came back */
+            pool->retire_--;
+            break;
+        }
         br_work_t *w = take_head(pool);
         if (w != NULL) {
             br__mutex_unlock(&pool->mu_);
@@ -388,6 +392,35 @@ int br_threadpool_cancel(br_threadpool_t *pool, br_work_t *work)
     if (done != NULL)
         done(work, -ECANCELED);
     return 0;
+}
+
+int br_threadpool_add_thread(br_threadpool_t *pool)
+{
+    int err = 0;
+    br__mutex_lock(&pool->mu_);
+    if (pool->state_ != POOL_OPEN) {
+        err = -ESHUTDOWN;
+    } else {
+        pthread_t *grown = realloc(pool->threads_, (pool->max_threads_ + 1) * sizeof *grown);
+        if (grown == NULL) {
+            err = -ENOMEM;
+        } else {
+            pool->threads_ = grown;
+            pool->max_threads_++;
+            if (pool->queued_ > pool->idle_ + pool->spinning_)
+                err = spawn_locked(pool);
+        }
+    }
+    br__mutex_unlock(&pool->mu_);
+    return err;
+}
+
+void br_threadpool_retire_thread(br_threadpool_t *pool)
+{
+    br__mutex_lock(&pool->mu_);
+    pool->retire_++;
+    br__cond_signal(&pool->work_cv_);
+    br__mutex_unlock(&pool->mu_);
 }
 
 br_work_t *br_threadpool_try_take(br_threadpool_t *pool)

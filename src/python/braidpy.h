@@ -16,6 +16,7 @@
 typedef struct pool_core_s pool_core_t;
 typedef struct proc_core_s proc_core_t;
 typedef struct braid_pool_link_s braid_pool_link_t;
+typedef struct interp_core_s interp_core_t;
 
 typedef struct {
     /* types */
@@ -61,6 +62,10 @@ typedef struct {
      * of every kind (pools.c) */
     braid_pool_link_t *pools;
     br_event_t *exit_waiter;        /* set when a dropped pool's last worker leaves */
+    /* interpreter pools (interppool.c, 3.12+) */
+    PyTypeObject *interppool_core_type;
+    PyObject *ip_dumps_task;        /* braid._interpworker.dumps_task */
+    PyObject *BrokenInterpreterPool;
     unsigned long pool_counter;
 } braid_state;
 
@@ -97,6 +102,16 @@ typedef struct FutureObject_s {
      * started (0); phase 1 tells that the future is now CANCELLED. */
     int (*cancel_hook)(struct FutureObject_s *fut, int phase);
     void *hook_ctx;
+    /* Set by a pool that may wake a waiter before the future is finished
+     * (the interpreter pool sets done_ev of a future whose result is ready,
+     * so that the waiter finishes it rather than a worker that would wait
+     * for the GIL): a waiter that finds done_ev set and the future not done
+     * calls drain_hook(ctx, 0), with the GIL, to finish what is ready;
+     * drain_hook(ctx, 1) says whether a waiter should spin a moment before
+     * it sleeps (the result is likely to come within microseconds). */
+    int (*drain_hook)(void *ctx, int ask_spin);
+    void *drain_ctx;
+    int waiting;              /* atomic: a thread is in braid_future_wait on it (hooked futures) */
 } FutureObject;
 
 /* module.c */
@@ -122,6 +137,9 @@ int braid_unpack_submit(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnam
 
 /* plain.c: pickling of plain tasks and results straight through pickle */
 int braid_is_plain(PyObject *o, int depth);
+/* fn(*args, **kwargs) pickles by the plain path: fn a function found by name
+ * outside __main__, the arguments plain values (kwargs may be NULL). */
+int braid_task_is_plain(braid_state *st, PyObject *fn, PyObject *args, PyObject *kwargs);
 /* The payload of a task; bytes, or (bytes, memfds to keep) from the
  * general path. keep is the (fn, args, kwargs) tuple. */
 PyObject *braid_dumps_task(braid_state *st, PyObject *fn, PyObject *args, PyObject *kwargs,
@@ -262,6 +280,12 @@ size_t braid_pools_count(braid_state *st, const braid_pool_ops_t *ops);
 PyObject *braid_pools_at_exit(braid_state *st, int interrupted);
 void braid_pools_after_fork_child(braid_state *st);
 void braid_pools_clear(braid_state *st);
+
+/* interppool.c: the type exists on 3.12+ only (0 on 3.11). */
+int braid_interppool_init_types(PyObject *module, braid_state *st);
+unsigned braid_interppool_workers(braid_state *st); /* started and not yet ended */
+int braid_interppool_traverse(braid_state *st, visitproc visit, void *arg);
+void braid_interppool_clear(braid_state *st);
 
 /* mapiter.c */
 int braid_mapiter_init_types(PyObject *module, braid_state *st);

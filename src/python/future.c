@@ -23,6 +23,7 @@
 #include "compat.h"
 
 #include <errno.h>
+#include <unistd.h>
 
 #define IS_DONE(s) ((s) >= FUT_CANCELLED)
 #define IS_CANCELLED(s) ((s) == FUT_CANCELLED || (s) == FUT_CANCELLED_AND_NOTIFIED)
@@ -242,9 +243,53 @@ int braid_future_cancel(FutureObject *f)
 
 /* --------------------------------------------------------- waiting */
 
+/* done_ev set early by the pool (drain_hook's comment): finish what is
+ * ready. 1 if the future was in that state. */
+static int drain_early(FutureObject *f)
+{
+    if (f->drain_hook == NULL || IS_DONE(f->state) || !br_event_is_set(&f->done_ev)) {
+        return 0;
+    }
+    (void)f->drain_hook(f->drain_ctx, 0);
+    if (!IS_DONE(f->state)) {
+        /* not on the pool's list yet after all: let its thread get there */
+        Py_BEGIN_ALLOW_THREADS
+        usleep(50);
+        Py_END_ALLOW_THREADS
+    }
+    return 1;
+}
+
+#define HOOKED_SPIN_NS 20000
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+/* Without the GIL: polls the event for up to HOOKED_SPIN_NS (or `left`). */
+static void spin_for(br_event_t *ev, int64_t left)
+{
+    int64_t span = left >= 0 && left < HOOKED_SPIN_NS ? left : HOOKED_SPIN_NS;
+    int64_t end = br_now_ns() + span;
+    for (unsigned i = 1; !br_event_is_set(ev); i++) {
+        if (i % 64 == 0 && br_now_ns() >= end) {
+            return;
+        }
+        cpu_relax();
+    }
+}
+
 int braid_future_wait(FutureObject *f, int64_t deadline_ns)
 {
     while (!IS_DONE(f->state)) {
+        if (drain_early(f)) {
+            continue;
+        }
         int64_t left = -1;
         if (deadline_ns >= 0) {
             left = deadline_ns - br_now_ns();
@@ -254,10 +299,28 @@ int braid_future_wait(FutureObject *f, int64_t deadline_ns)
             }
         }
         int rc;
+        int spin = f->drain_hook != NULL && f->drain_hook(f->drain_ctx, 1);
+        if (f->drain_hook != NULL) {
+            /* the pool's worker sees this and wakes us rather than finishing
+             * the future itself (it would wait for the GIL we are about to
+             * take back); when the pool says so we spin a moment first: a
+             * lone task's result comes within microseconds, and a futex
+             * sleep and wakeup cost more than that */
+            __atomic_store_n(&f->waiting, 1, __ATOMIC_SEQ_CST);
+        }
         Py_BEGIN_ALLOW_THREADS
+        if (spin) {
+            spin_for(&f->done_ev, left);
+        }
         rc = br_event_wait(&f->done_ev, left);
         Py_END_ALLOW_THREADS
+        if (f->drain_hook != NULL) {
+            __atomic_store_n(&f->waiting, 0, __ATOMIC_SEQ_CST);
+        }
         if (rc == -EINTR && PyErr_CheckSignals() < 0) {
+            PyObject *exc = PyErr_GetRaisedException();
+            drain_early(f); /* a result made ready meanwhile is not left behind */
+            PyErr_SetRaisedException(exc);
             return -1;
         }
         /* -ETIMEDOUT is judged by the deadline at the top of the loop. */

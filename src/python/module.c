@@ -146,7 +146,8 @@ static int braid_exec(PyObject *module)
     braid_state *st = braid_get_state(module);
     if (load_worker_objects(st) < 0 || braid_future_init_core_type(module, st) < 0 ||
         braid_threadpool_init_types(module, st) < 0 || braid_mapiter_init_types(module, st) < 0 ||
-        braid_procpool_init_types(module, st) < 0 || braid_loop_init_types(module, st) < 0) {
+        braid_procpool_init_types(module, st) < 0 || braid_loop_init_types(module, st) < 0 ||
+        braid_interppool_init_types(module, st) < 0) {
         return -1;
     }
     /* The process-pool protocol's message types (braid.h), for _procworker.py. */
@@ -204,6 +205,23 @@ static PyObject *mod_at_exit(PyObject *module, PyObject *arg)
         return NULL;
     }
     return braid_pools_at_exit(braid_get_state(module), interrupted);
+}
+
+static PyObject *mod_interppool_workers(PyObject *module, PyObject *unused)
+{
+    return PyLong_FromUnsignedLong(braid_interppool_workers(braid_get_state(module)));
+}
+
+static PyObject *mod_set_interp_hooks(PyObject *module, PyObject *args)
+{
+    PyObject *dumps, *broken;
+    if (!PyArg_ParseTuple(args, "OO:_set_interp_hooks", &dumps, &broken)) {
+        return NULL;
+    }
+    braid_state *st = braid_get_state(module);
+    Py_XSETREF(st->ip_dumps_task, Py_NewRef(dumps));
+    Py_XSETREF(st->BrokenInterpreterPool, Py_NewRef(broken));
+    Py_RETURN_NONE;
 }
 
 static PyObject *mod_threadpool_cores(PyObject *module, PyObject *unused)
@@ -265,6 +283,10 @@ static PyMethodDef braid_methods[] = {
     {"_at_exit", mod_at_exit, METH_O,
      "_at_exit(interrupted): closes every pool and waits for its workers; after Ctrl-C (interrupted) "
      "queued work is cancelled and process workers are killed soon."},
+    {"_interppool_workers", mod_interppool_workers, METH_NOARGS,
+     "_interppool_workers(): interpreter-pool workers (sub-interpreters) not yet ended."},
+    {"_set_interp_hooks", mod_set_interp_hooks, METH_VARARGS,
+     "_set_interp_hooks(dumps_task, BrokenInterpreterPool)"},
     {"_threadpool_cores", mod_threadpool_cores, METH_NOARGS,
      "_threadpool_cores(): thread-pool cores not yet freed (for tests of pool lifetimes)."},
     {"_after_fork_child", mod_after_fork_child, METH_NOARGS,
@@ -331,6 +353,7 @@ static int braid_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->TaskTimeout);
     Py_VISIT(st->BrokenProcessPool);
     int r = braid_loop_traverse(st, visit, arg);
+    r = r ? r : braid_interppool_traverse(st, visit, arg);
     return r;
 }
 
@@ -368,6 +391,7 @@ static int braid_clear(PyObject *module)
     Py_CLEAR(st->TaskTimeout);
     Py_CLEAR(st->BrokenProcessPool);
     braid_loop_clear(st);
+    braid_interppool_clear(st);
     return 0;
 }
 
@@ -381,9 +405,13 @@ static void braid_free(void *module)
 static PyModuleDef_Slot braid_slots[] = {
     {Py_mod_exec, braid_exec},
 #if PY_VERSION_HEX >= 0x030C0000
-    /* worker threads get a thread state of the importing interpreter; the
-     * GIL is shared, so only that mode is declared */
-    {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_SUPPORTED},
+    /* Every Python object is in the module state or on a pool of one
+     * interpreter; what is process-wide is plain C under its own lock (the
+     * process-pool templates) or per process by nature (a process-pool
+     * worker's loop, refused outside the main interpreter). So the module
+     * loads in interpreters with their own GIL: InterpreterPool's workers
+     * import it there. */
+    {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
 #endif
     {0, NULL}};
 

@@ -49,8 +49,7 @@ static int plain_callable(braid_state *st, PyObject *fn)
     return ok;
 }
 
-PyObject *braid_dumps_task(braid_state *st, PyObject *fn, PyObject *args, PyObject *kwargs,
-                           PyObject *keep)
+int braid_task_is_plain(braid_state *st, PyObject *fn, PyObject *args, PyObject *kwargs)
 {
     int plain = plain_callable(st, fn) && braid_is_plain(args, 0);
     if (plain && kwargs != NULL) {
@@ -60,7 +59,13 @@ PyObject *braid_dumps_task(braid_state *st, PyObject *fn, PyObject *args, PyObje
             plain = braid_is_plain(value, 0);
         }
     }
-    if (plain) {
+    return plain;
+}
+
+PyObject *braid_dumps_task(braid_state *st, PyObject *fn, PyObject *args, PyObject *kwargs,
+                           PyObject *keep)
+{
+    if (braid_task_is_plain(st, fn, args, kwargs)) {
         PyObject *out = PyObject_CallFunction(st->pickle_dumps, "Oi", keep, 5);
         if (out != NULL) {
             return out;

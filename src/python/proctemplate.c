@@ -608,6 +608,10 @@ void braid_templates_after_fork_child(void)
  * callbacks, random's reseeding in the child, the runtime's lock resets. */
 PyObject *braid_template_serve(PyObject *module, PyObject *unused)
 {
+    if (PyInterpreterState_Get() != PyInterpreterState_Main()) {
+        PyErr_SetString(PyExc_RuntimeError, "a process-pool template runs in the main interpreter only");
+        return NULL;
+    }
     for (;;) {
         br_template_request_t req;
         int rc;

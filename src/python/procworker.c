@@ -236,6 +236,11 @@ out:
 
 PyObject *braid_worker_loop(PyObject *module, PyObject *args)
 {
+    if (PyInterpreterState_Get() != PyInterpreterState_Main()) {
+        /* `worker` above is the process's one end of its pool */
+        PyErr_SetString(PyExc_RuntimeError, "a process-pool worker loop runs in the main interpreter only");
+        return NULL;
+    }
     worker_hooks_t h = {.st = braid_get_state(module)};
     if (!PyArg_ParseTuple(args, "OOOO:_worker_loop", &h.handler, &h.pack_result, &h.pack_error, &h.release)) {
         return NULL;

@@ -750,4 +750,54 @@ TEST(try_take_batching)
     free(batch);
 }
 
+/* A worker stuck in an item is written off: another thread takes the
+ * queue meanwhile, and once the stuck one is back one worker retires, so
+ * the pool has its size again. */
+TEST(add_thread_replaces_a_stuck_worker_and_retire_undoes_it)
+{
+    pool_init(&pool, 1);
+    item_t *stuck = make_items(1);
+    stuck[0].block = 1;
+    CHECK_EQ(br_threadpool_submit(&pool, &stuck[0].w), 0);
+    wait_blocked(1);
+    item_t *more = make_items(50);
+    for (unsigned i = 0; i < 50; i++)
+        CHECK_EQ(br_threadpool_submit(&pool, &more[i].w), 0);
+    CHECK_EQ(br_threadpool_add_thread(&pool), 0);
+    int64_t t0 = bt_now_ms();
+    while (__atomic_load_n(&remaining, SEQ) > 1) { /* all but the stuck item */
+        CHECK(bt_now_ms() - t0 < 10000);
+        bt_sleep_ms(1);
+    }
+    CHECK_EQ(br_threadpool_threads(&pool), 2);
+    br_event_set(&gate);
+    wait_all_done();
+    br_threadpool_retire_thread(&pool);
+    t0 = bt_now_ms();
+    while (br_threadpool_live(&pool) > 1) {
+        CHECK(bt_now_ms() - t0 < 10000);
+        bt_sleep_ms(1);
+    }
+    /* the one left still works */
+    br_event_init(&all_done);
+    item_t *last = make_items(5);
+    for (unsigned i = 0; i < 5; i++)
+        CHECK_EQ(br_threadpool_submit(&pool, &last[i].w), 0);
+    wait_all_done();
+    CHECK_EQ(br_threadpool_live(&pool), 1);
+    pool_finish(&pool);
+    free(stuck);
+    free(more);
+    free(last);
+}
+
+TEST(add_thread_after_close_is_eshutdown)
+{
+    pool_init(&pool, 1);
+    CHECK_EQ(br_threadpool_close(&pool, BR_CLOSE_DRAIN), 0);
+    CHECK_EQ(br_threadpool_add_thread(&pool), -ESHUTDOWN);
+    CHECK_EQ(br_threadpool_join(&pool), 0);
+    br_threadpool_destroy(&pool);
+}
+
 BT_MAIN()

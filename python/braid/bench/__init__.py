@@ -33,6 +33,11 @@ BENCHMARKS = {
         "call_soon and sleep(0) scheduling, aiohttp under wrk with and without keep-alive, "
         "10k+ idle connections)",
     ),
+    "interpreters": (
+        "braid.bench.interpreters",
+        "braid.InterpreterPool vs braid.ThreadPool and braid.ProcessPool (round trip, 10,000 in "
+        "flight, primes with the pool's start, start to first result, memory per worker)",
+    ),
     "map": (
         "braid.bench.map",
         "braid.map (auto and each fixed mode) vs the plain Python a user writes "

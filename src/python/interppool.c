@@ -1,0 +1,751 @@
+/*
+ * interppool.c — _InterpreterPoolCore, the C half of braid.InterpreterPool:
+ * submit, shutdown, and the completions, in the main interpreter. The
+ * workers (one sub-interpreter each) are in interpworker.c, which also says
+ * why a worker delivers its own results.
+ *
+ * A task crosses as bytes: the pickled (fn, args, kwargs), made here with
+ * the C pickler for plain calls (plain.c's rules) and by
+ * braid._interpworker.dumps_task otherwise (cloudpickle for lambdas and
+ * __main__, large buffers out of band: the worker sees them through
+ * read-only views of this interpreter's memory, held here until the task
+ * is settled). The outcome comes back the same way, an exception inside
+ * braid._procworker's envelope (the worker's traceback as __cause__).
+ *
+ * Core life cycle (flags change with the main GIL):
+ *
+ *   open --shutdown()/at-exit--> closed --join--> joined --object gone--> freed
+ *     |
+ *     +--object dropped, not joined--> detached: closed, queued work still
+ *          runs; the last worker to leave unlinks it and drops its Python
+ *          objects (braid_ip_worker_gone), the engine's on_detached frees it
+ */
+#include "interppool.h"
+#include "compat.h"
+
+#include <marshal.h>
+
+#include <errno.h>
+#include <stdint.h>
+#include <string.h>
+#include <unistd.h>
+
+#ifdef BRAID_HAVE_INTERPRETERS
+
+#define MAX_WORKERS_LIMIT 4096
+#define FN_CACHE_MAX 256 /* functions whose pickle a pool keeps */
+
+typedef struct {
+    PyObject_HEAD
+    interp_core_t *core;
+    unsigned max_workers;
+} IPoolObject;
+
+/* --------------------------------------------------------- tasks */
+
+void braid_ip_release_views(Py_buffer *views, int n)
+{
+    for (int i = 0; i < n; i++) {
+        PyBuffer_Release(&views[i]);
+    }
+    PyMem_RawFree(views);
+}
+
+void braid_ip_task_free(itask_t *t)
+{
+    if (t->fut->hook_ctx == t) {
+        t->fut->hook_ctx = NULL; /* the hook stays: it still notifies a cancel */
+    }
+    if (t->views != NULL) {
+        braid_ip_release_views(t->views, t->nviews);
+    }
+    Py_DECREF(t->fut);
+    Py_DECREF(t->payload);
+    PyMem_RawFree(t->reply);
+    PyMem_RawFree(t);
+}
+
+static PyObject *loads_reply(braid_state *st, itask_t *t)
+{
+    if (t->len > 0 && t->reply[0] == IP_MARSHAL_TAG) {
+        return PyMarshal_ReadObjectFromString(t->reply + 1, (Py_ssize_t)t->len - 1);
+    }
+    PyObject *view = PyMemoryView_FromMemory(t->reply, (Py_ssize_t)t->len, PyBUF_READ);
+    PyObject *obj = view ? PyObject_CallOneArg(st->pickle_loads, view) : NULL;
+    Py_XDECREF(view);
+    return obj;
+}
+
+static PyObject *broken_exc(interp_core_t *core)
+{
+    braid_state *st = core->st;
+    PyObject *type = st->BrokenInterpreterPool ? st->BrokenInterpreterPool : st->BrokenThreadPool;
+    PyObject *msg = core->broken && core->broken != Py_None
+                        ? Py_NewRef(core->broken)
+                        : PyUnicode_FromString("the interpreter pool is not usable anymore");
+    PyObject *exc = msg ? PyObject_CallOneArg(type, msg) : NULL;
+    Py_XDECREF(msg);
+    return exc;
+}
+
+void braid_ip_settle(itask_t *t)
+{
+    interp_core_t *core = t->core;
+    braid_state *st = core->st;
+    FutureObject *f = t->fut;
+    PyObject *obj = NULL, *exc = NULL;
+    switch (t->status) {
+    case IT_OK:
+        switch (t->value_kind) {
+        case IV_NONE:
+            obj = Py_NewRef(Py_None);
+            break;
+        case IV_BOOL:
+            obj = PyBool_FromLong((long)t->value.i);
+            break;
+        case IV_INT:
+            obj = PyLong_FromLongLong(t->value.i);
+            break;
+        case IV_FLOAT:
+            obj = PyFloat_FromDouble(t->value.d);
+            break;
+        default:
+            obj = loads_reply(st, t);
+        }
+        break;
+    case IT_ERROR:
+        if (t->reply == NULL) {
+            exc = PyObject_CallFunction(PyExc_RuntimeError, "s",
+                                        "the task raised an exception that could not be sent back");
+        } else {
+            exc = loads_reply(st, t);
+        }
+        break;
+    case IT_TIMEOUT:
+        exc = PyObject_CallFunction(st->TaskTimeout, "s",
+                                    "the task ran past task_timeout and was interrupted");
+        break;
+    case IT_STUCK:
+        exc = PyObject_CallFunction(st->TaskTimeout, "s",
+                                    "the task ran past task_timeout and did not return to the interpreter "
+                                    "(stuck in C code); its worker is written off until the call returns");
+        break;
+    case IT_BROKEN:
+        exc = broken_exc(core);
+        break;
+    default: /* IT_CANCELLED */
+        if (t->by_future) {
+            return; /* Future.cancel() is cancelling it */
+        }
+        f->cancel_hook = NULL;
+        if (f->state == FUT_PENDING && braid_future_cancel(f) < 0) {
+            PyErr_WriteUnraisable((PyObject *)f);
+        }
+        braid_future_notify_cancel(f);
+        return;
+    }
+    if (obj == NULL && exc == NULL) {
+        exc = PyErr_GetRaisedException(); /* the reply did not unpickle */
+    }
+    if (f->state == FUT_PENDING || f->state == FUT_RUNNING) {
+        f->state = FUT_RUNNING;
+        if (braid_future_finish(f, obj, exc) < 0) {
+            PyErr_WriteUnraisable((PyObject *)f);
+        }
+    }
+    Py_XDECREF(obj);
+    Py_XDECREF(exc);
+}
+
+void braid_ip_complete(itask_t *t)
+{
+    if (!__atomic_exchange_n(&t->settled, 1, __ATOMIC_ACQ_REL)) {
+        braid_ip_settle(t);
+    }
+    braid_ip_task_free(t);
+}
+
+void braid_ip_mark_broken(interp_core_t *core, PyObject *why)
+{
+    if (core->broken == NULL) {
+        core->broken = why;
+        __atomic_store_n(&core->broken_flag, 1, __ATOMIC_RELEASE);
+    } else {
+        Py_DECREF(why);
+    }
+}
+
+/* Future.cancel(): phase 0 takes the task off the queue if no worker has
+ * it (1) or says it started (0); phase 1 tells waiters it is cancelled. */
+static int cancel_hook(FutureObject *f, int phase)
+{
+    itask_t *t = f->hook_ctx;
+    if (phase == 1) {
+        braid_future_notify_cancel(f);
+        return 1;
+    }
+    if (t == NULL) {
+        return 1;
+    }
+    t->by_future = 1;
+    /* 0: done(-ECANCELED) ran here and freed t */
+    if (br_threadpool_cancel(&t->core->tp, &t->work) == 0) {
+        return 1;
+    }
+    t->by_future = 0;
+    return 0;
+}
+
+/* --------------------------------------------------------- core life cycle */
+
+static void core_release(interp_core_t *core)
+{
+    braid_state *st = core->st;
+    braid_pools_unlink(&core->link);
+    Py_CLEAR(core->setup);
+    Py_CLEAR(core->broken);
+    Py_CLEAR(core->fn_cache);
+    if (st != NULL && st->exit_waiter != NULL) {
+        br_event_set(st->exit_waiter);
+    }
+}
+
+void braid_ip_worker_gone(interp_core_t *core)
+{
+    core->threads_exited++;
+    if (core->detached && core->threads_exited == br_threadpool_threads(&core->tp)) {
+        core_release(core); /* the engine frees the core when this thread ends */
+    }
+}
+
+static void core_destroy(interp_core_t *core)
+{
+    br_threadpool_destroy(&core->tp);
+    braid_ipd_destroy(core);
+    pthread_mutex_destroy(&core->mu);
+    PyMem_RawFree(core);
+}
+
+static void core_detached(br_threadpool_t *tp)
+{
+    core_destroy((interp_core_t *)tp);
+}
+
+static void core_free(interp_core_t *core)
+{
+    braid_pools_unlink(&core->link);
+    Py_CLEAR(core->setup);
+    Py_CLEAR(core->broken);
+    Py_CLEAR(core->fn_cache);
+    core_destroy(core);
+}
+
+static void core_close(interp_core_t *core, int cancel)
+{
+    core->closed = 1;
+    (void)br_threadpool_close(&core->tp, cancel ? BR_CLOSE_CANCEL : BR_CLOSE_DRAIN);
+}
+
+/* With the GIL; waits without it, interruptibly. 0 or -1. */
+static int core_join(interp_core_t *core)
+{
+    if (core->joined) {
+        return 0;
+    }
+    if (braid_iw_on_worker_of(core)) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "shutdown(wait=True) called from a completion callback of the same pool would "
+                        "wait for itself");
+        return -1;
+    }
+    core->joiners++;
+    int rc;
+    for (;;) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = br_threadpool_wait_exited(&core->tp, -1);
+        Py_END_ALLOW_THREADS
+        if (rc != -EINTR || PyErr_CheckSignals() < 0) {
+            break;
+        }
+    }
+    if (rc == 0 && !core->joined) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = br_threadpool_join(&core->tp);
+        Py_END_ALLOW_THREADS
+        if (rc == 0) {
+            core->joined = 1;
+        }
+    }
+    core->joiners--;
+    if (rc == -EINTR) {
+        return -1;
+    }
+    if (rc < 0) {
+        braid_raise_oserror(rc, "waiting for the interpreter pool's workers");
+        return -1;
+    }
+    if (core->orphaned && core->joiners == 0) {
+        core_free(core);
+    }
+    return 0;
+}
+
+#define LINKED_CORE(l) ((interp_core_t *)((char *)(l) - offsetof(interp_core_t, link)))
+
+/* At interpreter exit, as the thread pool's: queued work of every pool
+ * finishes and the workers (and their sub-interpreters) end, dropped
+ * pools' too; after Ctrl-C queued work is cancelled. */
+static void ops_close(braid_pool_link_t *l, int interrupted)
+{
+    interp_core_t *core = LINKED_CORE(l);
+    if (!core->closed) {
+        core_close(core, interrupted);
+    }
+}
+
+static int ops_busy(braid_pool_link_t *l)
+{
+    interp_core_t *core = LINKED_CORE(l);
+    return core->detached || (!core->joined && core->joiners == 0);
+}
+
+static int ops_wait(braid_pool_link_t *l)
+{
+    interp_core_t *core = LINKED_CORE(l);
+    if (!core->detached) {
+        return core_join(core);
+    }
+    /* a dropped pool: its last worker unlinks it (core_release); a bounded
+     * wait, as a worker stuck in C code may never come back */
+    br_event_t left;
+    br_event_init(&left);
+    braid_state *st = core->st;
+    st->exit_waiter = &left;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = br_event_wait(&left, 100000000);
+    Py_END_ALLOW_THREADS
+    st->exit_waiter = NULL;
+    return rc == -EINTR && PyErr_CheckSignals() < 0 ? -1 : 0;
+}
+
+static void ops_forked(braid_pool_link_t *l)
+{
+    /* no worker thread exists in the child and the engine's lock may be
+     * held for ever: every pool is left broken, its memory untouched */
+    interp_core_t *core = LINKED_CORE(l);
+    braid_pools_unlink(l);
+    core->st = NULL;
+}
+
+static void ops_clear(braid_pool_link_t *l)
+{
+    interp_core_t *core = LINKED_CORE(l);
+    braid_pools_unlink(l);
+    core->st = NULL; /* its workers (at-exit was interrupted) outlive the module */
+}
+
+static const braid_pool_ops_t interp_pool_ops = {
+    .close = ops_close, .busy = ops_busy, .wait = ops_wait, .forked = ops_forked, .clear = ops_clear};
+
+unsigned braid_interppool_workers(braid_state *st)
+{
+    unsigned n = 0;
+    for (braid_pool_link_t *l = st->pools; l != NULL; l = l->next) {
+        if (l->ops == &interp_pool_ops) {
+            interp_core_t *core = LINKED_CORE(l);
+            n += br_threadpool_threads(&core->tp) - core->threads_exited;
+        }
+    }
+    return n;
+}
+
+int braid_interppool_traverse(braid_state *st, visitproc visit, void *arg)
+{
+    Py_VISIT(st->interppool_core_type);
+    Py_VISIT(st->ip_dumps_task);
+    Py_VISIT(st->BrokenInterpreterPool);
+    return 0;
+}
+
+void braid_interppool_clear(braid_state *st)
+{
+    Py_CLEAR(st->interppool_core_type);
+    Py_CLEAR(st->ip_dumps_task);
+    Py_CLEAR(st->BrokenInterpreterPool);
+}
+
+/* --------------------------------------------------------- submit */
+
+/* Out-of-band buffers (a list of PickleBuffer) held for the worker. */
+static int hold_views(itask_t *t, PyObject *list)
+{
+    Py_ssize_t n = PyList_GET_SIZE(list);
+    t->views = PyMem_RawCalloc((size_t)n, sizeof(Py_buffer));
+    if (t->views == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (PyObject_GetBuffer(PyList_GET_ITEM(list, i), &t->views[i], PyBUF_C_CONTIGUOUS) < 0) {
+            return -1;
+        }
+        t->nviews = (int)i + 1;
+    }
+    return 0;
+}
+
+/* A plain task's function, pickled once per pool: the payload then carries
+ * these bytes, and a worker unpickles each function once (interpworker.c). */
+static PyObject *fn_pickle(interp_core_t *core, PyObject *fn)
+{
+    if (core->fn_cache == NULL && (core->fn_cache = PyDict_New()) == NULL) {
+        return NULL;
+    }
+    PyObject *data = PyDict_GetItemWithError(core->fn_cache, fn);
+    if (data != NULL || PyErr_Occurred()) {
+        return Py_XNewRef(data);
+    }
+    data = PyObject_CallFunction(core->st->pickle_dumps, "Oi", fn, 5);
+    if (data == NULL) {
+        return NULL;
+    }
+    if (PyDict_GET_SIZE(core->fn_cache) >= FN_CACHE_MAX) {
+        PyDict_Clear(core->fn_cache);
+    }
+    if (PyDict_SetItem(core->fn_cache, fn, data) < 0) {
+        Py_CLEAR(data);
+    }
+    return data;
+}
+
+/* A plain task's payload: IP_MARSHAL_TAG, the length of the function's
+ * pickle (4 bytes, native order: one process), that pickle, then
+ * marshal((args, kwargs or None)). Plain values are what marshal writes,
+ * and it writes and reads them several times faster than pickle. */
+static PyObject *plain_payload(PyObject *fnb, PyObject *args, PyObject *kwargs)
+{
+    PyObject *pair = PyTuple_Pack(2, args, kwargs ? kwargs : Py_None);
+    PyObject *m = pair ? PyMarshal_WriteObjectToString(pair, Py_MARSHAL_VERSION) : NULL;
+    Py_XDECREF(pair);
+    if (m == NULL) {
+        return NULL;
+    }
+    Py_ssize_t fl = PyBytes_GET_SIZE(fnb), ml = PyBytes_GET_SIZE(m);
+    PyObject *out = fl <= UINT32_MAX ? PyBytes_FromStringAndSize(NULL, 5 + fl + ml) : NULL;
+    if (out != NULL) {
+        char *p = PyBytes_AS_STRING(out);
+        uint32_t n = (uint32_t)fl;
+        p[0] = IP_MARSHAL_TAG;
+        memcpy(p + 1, &n, 4);
+        memcpy(p + 5, PyBytes_AS_STRING(fnb), (size_t)fl);
+        memcpy(p + 5 + fl, PyBytes_AS_STRING(m), (size_t)ml);
+    }
+    Py_DECREF(m);
+    return out;
+}
+
+static PyObject *dumps_task(interp_core_t *core, itask_t *t, PyObject *fn, PyObject *args,
+                            PyObject *kwargs)
+{
+    braid_state *st = core->st;
+    if (braid_task_is_plain(st, fn, args, kwargs)) {
+        PyObject *fnb = fn_pickle(core, fn);
+        PyObject *out = fnb ? plain_payload(fnb, args, kwargs) : NULL;
+        Py_XDECREF(fnb);
+        if (out != NULL) {
+            return out;
+        }
+        PyErr_Clear(); /* e.g. a function pickle cannot find by name: the general path */
+    }
+    PyObject *out = PyObject_CallFunctionObjArgs(st->ip_dumps_task, fn, args,
+                                                 kwargs ? kwargs : Py_None, NULL);
+    if (out != NULL && PyTuple_CheckExact(out) && PyTuple_GET_SIZE(out) == 2 &&
+        PyList_CheckExact(PyTuple_GET_ITEM(out, 1))) {
+        PyObject *data = Py_NewRef(PyTuple_GET_ITEM(out, 0));
+        int rc = hold_views(t, PyTuple_GET_ITEM(out, 1));
+        Py_DECREF(out);
+        if (rc < 0) {
+            Py_DECREF(data);
+            return NULL;
+        }
+        out = data;
+    }
+    if (out != NULL && !PyBytes_Check(out)) {
+        Py_DECREF(out);
+        PyErr_SetString(PyExc_TypeError, "the task serializer did not return bytes");
+        return NULL;
+    }
+    return out;
+}
+
+static PyObject *ip_submit(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    interp_core_t *core = ((IPoolObject *)self)->core;
+    braid_state *st = core->st;
+    if (core->broken != NULL) {
+        PyObject *exc = broken_exc(core);
+        if (exc != NULL) {
+            PyErr_SetRaisedException(exc);
+        }
+        return NULL;
+    }
+    if (core->closed) {
+        PyErr_SetString(PyExc_RuntimeError, "cannot schedule new futures after shutdown");
+        return NULL;
+    }
+    if (__atomic_load_n(&core->done_head, __ATOMIC_RELAXED) != NULL) {
+        braid_ipd_drain(core); /* we hold the GIL the workers' results wait for */
+    }
+    PyObject *fn, *tuple, *kwargs;
+    if (braid_unpack_submit(args, nargs, kwnames, &fn, &tuple, &kwargs) < 0) {
+        return NULL;
+    }
+    FutureObject *fut = braid_future_new(st);
+    itask_t *t = fut ? PyMem_RawCalloc(1, sizeof *t) : NULL;
+    if (t == NULL) {
+        Py_DECREF(tuple);
+        Py_XDECREF(kwargs);
+        Py_XDECREF(fut);
+        return fut ? PyErr_NoMemory() : NULL;
+    }
+    t->core = core;
+    t->fut = (FutureObject *)Py_NewRef(fut);
+    t->payload = dumps_task(core, t, fn, tuple, kwargs);
+    Py_DECREF(tuple);
+    Py_XDECREF(kwargs);
+    if (t->payload == NULL) {
+        /* an argument that cannot be pickled fails this task alone */
+        PyObject *exc = PyErr_GetRaisedException();
+        t->payload = Py_NewRef(Py_None);
+        braid_ip_task_free(t);
+        fut->state = FUT_RUNNING;
+        (void)braid_future_finish(fut, NULL, exc);
+        Py_XDECREF(exc);
+        return (PyObject *)fut;
+    }
+    t->work.work = braid_iw_work;
+    t->work.done = braid_iw_done;
+    t->work.data = t;
+    fut->cancel_hook = cancel_hook;
+    fut->hook_ctx = t;
+    fut->drain_hook = braid_ipd_drain_hook;
+    fut->drain_ctx = core;
+    int rc = br_threadpool_submit(&core->tp, &t->work);
+    if (rc < 0) {
+        braid_ip_task_free(t);
+        fut->cancel_hook = NULL;
+        fut->drain_hook = NULL;
+        Py_DECREF(fut);
+        if (rc == -ESHUTDOWN) {
+            PyErr_SetString(PyExc_RuntimeError, "cannot schedule new futures after shutdown");
+        } else {
+            braid_raise_oserror(rc, "submitting to the interpreter pool");
+        }
+        return NULL;
+    }
+    return (PyObject *)fut;
+}
+
+static PyObject *ip_shutdown(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"wait", "cancel_futures", NULL};
+    int wait = 1, cancel = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|p$p:shutdown", kwlist, &wait, &cancel)) {
+        return NULL;
+    }
+    interp_core_t *core = ((IPoolObject *)self)->core;
+    if (core->st == NULL) {
+        Py_RETURN_NONE; /* a fork's child: nothing here to wait for */
+    }
+    if (!core->closed || cancel) {
+        core_close(core, cancel);
+    }
+    if (wait && core_join(core) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *ip_get_max_workers(PyObject *self, void *c)
+{
+    return PyLong_FromUnsignedLong(((IPoolObject *)self)->max_workers);
+}
+
+static PyObject *ip_get_threads(PyObject *self, void *c)
+{
+    interp_core_t *core = ((IPoolObject *)self)->core;
+    return PyLong_FromUnsignedLong(core->st ? br_threadpool_threads(&core->tp) : 0);
+}
+
+static PyObject *ip_get_stuck(PyObject *self, void *c)
+{
+    interp_core_t *core = ((IPoolObject *)self)->core;
+    return PyLong_FromUnsignedLong(__atomic_load_n(&core->stuck, __ATOMIC_RELAXED));
+}
+
+/* --------------------------------------------------------- object life cycle */
+
+static int ip_init(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"max_workers", "setup", "task_timeout", NULL};
+    unsigned max_workers;
+    PyObject *setup;
+    double timeout = 0.0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "IO!|d:_InterpreterPoolCore", kwlist, &max_workers,
+                                     &PyBytes_Type, &setup, &timeout)) {
+        return -1;
+    }
+    IPoolObject *p = (IPoolObject *)self;
+    if (p->core != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "InterpreterPool.__init__ called twice");
+        return -1;
+    }
+    if (max_workers < 1 || max_workers > MAX_WORKERS_LIMIT) {
+        PyErr_Format(PyExc_ValueError, "max_workers must be between 1 and %d", MAX_WORKERS_LIMIT);
+        return -1;
+    }
+    PyObject *module = braid_module_from_type(Py_TYPE(self));
+    if (module == NULL || braid_load_pools(module) < 0) {
+        return -1;
+    }
+    braid_state *st = braid_get_state(module);
+    if (st->ip_dumps_task == NULL || st->TaskTimeout == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "braid._interppool must be imported first");
+        return -1;
+    }
+#if PY_VERSION_HEX < 0x030D0000
+    /* 3.12 builds an extension function's keyword parser (a tuple) in the
+     * first interpreter that passes it keywords, and the main interpreter
+     * frees it at exit: had a worker been first (loads(..., buffers=)), a
+     * tuple of the worker's allocator would be freed by the main one's. */
+    PyObject *warm = Py_BuildValue("(y)", "N.");
+    PyObject *kw = warm ? Py_BuildValue("{s:()}", "buffers") : NULL;
+    PyObject *none = kw ? PyObject_Call(st->pickle_loads, warm, kw) : NULL;
+    Py_XDECREF(warm);
+    Py_XDECREF(kw);
+    if (none == NULL) {
+        return -1;
+    }
+    Py_DECREF(none);
+#endif
+    interp_core_t *core = PyMem_RawCalloc(1, sizeof *core);
+    if (core == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (pthread_mutex_init(&core->mu, NULL) != 0) {
+        PyMem_RawFree(core);
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (braid_ipd_init(core) < 0) {
+        pthread_mutex_destroy(&core->mu);
+        PyMem_RawFree(core);
+        PyErr_NoMemory();
+        return -1;
+    }
+    core->st = st;
+    core->interp = PyInterpreterState_Get();
+    core->setup = Py_NewRef(setup);
+    core->timeout_ns = timeout > 0 ? (int64_t)(timeout * 1e9) : 0;
+    br_threadpool_options_t opts = {
+        .max_threads = max_workers,
+        .name_prefix = "braid-interp",
+        .spin_ns = 50000,
+        .on_thread_start = braid_iw_thread_start,
+        .on_thread_exit = braid_iw_thread_exit,
+        .hook_arg = core,
+    };
+    int rc = br_threadpool_init(&core->tp, &opts);
+    if (rc < 0) {
+        Py_DECREF(core->setup);
+        braid_ipd_destroy(core);
+        pthread_mutex_destroy(&core->mu);
+        PyMem_RawFree(core);
+        braid_raise_oserror(rc, "creating the interpreter pool");
+        return -1;
+    }
+    braid_pools_link(st, &core->link, &interp_pool_ops);
+    p->core = core;
+    p->max_workers = max_workers;
+    return 0;
+}
+
+static void ip_dealloc(PyObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    IPoolObject *p = (IPoolObject *)self;
+    interp_core_t *core = p->core;
+    if (core != NULL) {
+        p->core = NULL;
+        core->orphaned = 1;
+        if (core->st == NULL) {
+            /* a fork's child (or the module went first): its memory is not ours */
+        } else if (core->joined) {
+            core_free(core);
+        } else if (core->joiners == 0) {
+            if (!core->closed) {
+                core_close(core, 0);
+            }
+            core->detached = 1;
+            if (core->threads_exited == br_threadpool_threads(&core->tp)) {
+                core_release(core);
+            }
+            if (br_threadpool_detach(&core->tp, core_detached) < 0) {
+                PyErr_SetString(PyExc_SystemError, "braid: detaching a dropped interpreter pool failed");
+                PyErr_WriteUnraisable(NULL);
+            }
+        }
+    }
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef ip_methods[] = {
+    {"submit", (PyCFunction)(void (*)(void))ip_submit, METH_FASTCALL | METH_KEYWORDS,
+     "submit(fn, /, *args, **kwargs) -> Future: runs fn(*args, **kwargs) in a sub-interpreter."},
+    {"shutdown", (PyCFunction)(void (*)(void))ip_shutdown, METH_VARARGS | METH_KEYWORDS,
+     "shutdown(wait=True, *, cancel_futures=False)"},
+    {NULL}};
+
+static PyGetSetDef ip_getset[] = {
+    {"max_workers", ip_get_max_workers, NULL, "the most workers (sub-interpreters) this pool starts", NULL},
+    {"_max_workers", ip_get_max_workers, NULL, "as ThreadPoolExecutor._max_workers", NULL},
+    {"threads", ip_get_threads, NULL, "worker threads started so far", NULL},
+    {"stuck", ip_get_stuck, NULL, "workers written off to a task stuck in C past task_timeout", NULL},
+    {NULL}};
+
+static PyType_Slot ip_slots[] = {
+    {Py_tp_dealloc, ip_dealloc},
+    {Py_tp_init, ip_init},
+    {Py_tp_new, PyType_GenericNew},
+    {Py_tp_methods, ip_methods},
+    {Py_tp_getset, ip_getset},
+    {Py_tp_doc, "The C half of braid.InterpreterPool."},
+    {0, NULL}};
+
+static PyType_Spec ip_spec = {
+    .name = "braid._braid._InterpreterPoolCore",
+    .basicsize = sizeof(IPoolObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .slots = ip_slots,
+};
+
+int braid_interppool_init_types(PyObject *module, braid_state *st)
+{
+    st->interppool_core_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &ip_spec, NULL);
+    if (st->interppool_core_type == NULL) {
+        return -1;
+    }
+    return PyModule_AddObjectRef(module, "_InterpreterPoolCore", (PyObject *)st->interppool_core_type);
+}
+
+#else /* Python 3.11: no interpreter with its own GIL */
+
+unsigned braid_interppool_workers(braid_state *st) { return 0; }
+int braid_interppool_init_types(PyObject *module, braid_state *st) { return 0; }
+int braid_interppool_traverse(braid_state *st, visitproc visit, void *arg) { return 0; }
+void braid_interppool_clear(braid_state *st) {}
+
+#endif

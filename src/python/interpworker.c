@@ -1,0 +1,752 @@
+/*
+ * interpworker.c — the worker side of braid.InterpreterPool: engine threads
+ * that each own a sub-interpreter with its own GIL (PEP 684).
+ *
+ * The pool is the engine's br_threadpool_t (no scheduler of its own): its
+ * on_thread_start hook makes the thread's sub-interpreter, on_thread_exit
+ * ends it. A task is bytes (the pickled call) plus the future it completes.
+ *
+ * A worker thread has two thread states: one of the sub-interpreter, in
+ * which it unpickles and runs tasks and pickles their outcome, and one of
+ * the main interpreter, in which it may deliver results (interpdeliver.c
+ * says who finishes the futures, and why). It never holds both GILs: it
+ * lets the sub-interpreter's go before it takes the main one. A worker that
+ * wakes takes its own GIL once and runs every task it finds queued
+ * (br_threadpool_try_take) before it lets it go.
+ *
+ * Worker life cycle (one per engine thread):
+ *
+ *   on_thread_start: main tstate --Py_NewInterpreterFromConfig--> READY
+ *        |                 (fails: the worker fails every task it takes)
+ *        +-- initializer raises: the pool is marked broken
+ *   READY --task--> RUNNING (sub GIL) --queue empty--> delivers (main GIL)
+ *   --> READY ... --pool closed, queue empty--> on_thread_exit:
+ *   the watchdog joined, Py_EndInterpreter, main tstate deleted
+ *
+ * task_timeout: each worker then has a watchdog thread. Past a task's
+ * deadline it starts an interrupter thread, which takes the
+ * sub-interpreter's GIL with a thread state of its own and throws an
+ * exception into the worker's thread state (PyThreadState_SetAsyncExc),
+ * which pure-Python code sees at once; the worker reports the task as timed
+ * out. A task still running STUCK_GRACE_NS
+ * later is in C code that does not come back to the interpreter: the
+ * watchdog fails its future itself (in the main interpreter) and the worker
+ * is written off until the call returns: the engine starts a thread more
+ * (br_threadpool_add_thread), with a sub-interpreter of its own, so the
+ * pool keeps its size, and retires one when the stuck call comes back. What
+ * that leaks until then: the stuck thread, its sub-interpreter and whatever
+ * the call holds; shutdown(wait=True) and the exit of the program still
+ * wait for it (interruptibly), as they would for a thread-pool task.
+ */
+#include "interppool.h"
+
+#ifdef BRAID_HAVE_INTERPRETERS
+#include "compat.h"
+
+#include <marshal.h>
+
+#include <errno.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+
+#define STUCK_GRACE_NS 1000000000 /* after the interrupt: then written off */
+
+struct iworker_s {
+    interp_core_t *core;
+    PyThreadState *main_ts;
+    PyThreadState *sub_ts;     /* NULL: the interpreter could not be made */
+    unsigned long ident;       /* this thread, as PyThreadState_SetAsyncExc knows it */
+    PyObject *loads;           /* the sub-interpreter's _pickle.loads */
+    PyObject *helper;          /* braid._interpworker there, on first need */
+    PyObject *fns;             /* dict: a function's pickle -> the function */
+    PyObject *interrupt;       /* the exception task_timeout throws in */
+    struct pinned_s {          /* main buffers still viewed from the sub-interpreter */
+        Py_buffer *views;
+        int n;
+    } *pinned;
+    size_t npinned;
+    /* under core->mu */
+    itask_t *current;
+    int64_t deadline;
+    int interrupted;           /* the watchdog threw into current */
+    unsigned long seq;         /* tasks started: names the current one */
+    unsigned long interrupting; /* the seq of the task the interrupter is after */
+    int has_interrupter;
+    pthread_t interrupter;
+    int exiting;
+    int has_watchdog;
+    pthread_cond_t cv;         /* wakes the watchdog (CLOCK_MONOTONIC) */
+    pthread_t watchdog;
+    iworker_t *next, *prev;
+};
+
+static _Thread_local iworker_t *tls_worker;
+static _Thread_local int tls_in_sub;   /* this thread holds its sub-interpreter's GIL */
+static _Thread_local int tls_looping;  /* inside the loop of braid_iw_done */
+static _Thread_local int tls_undelivered; /* a result no waiter was woken for */
+
+int braid_iw_on_worker_of(interp_core_t *core)
+{
+    return tls_worker != NULL && tls_worker->core == core;
+}
+
+/* --------------------------------------------------------- in the sub-interpreter */
+
+/* braid._interpworker's function `name`, importing it on first use. New ref. */
+static PyObject *helper_fn(iworker_t *w, const char *name)
+{
+    if (w->helper == NULL && (w->helper = PyImport_ImportModule("braid._interpworker")) == NULL) {
+        return NULL;
+    }
+    return PyObject_GetAttrString(w->helper, name);
+}
+
+static PyObject *call_helper(iworker_t *w, const char *name, PyObject *arg)
+{
+    PyObject *fn = helper_fn(w, name);
+    PyObject *r = fn ? PyObject_CallOneArg(fn, arg) : NULL;
+    Py_XDECREF(fn);
+    return r;
+}
+
+/* Copies a bytes object into raw memory the main interpreter frees. */
+static int take_reply(itask_t *t, PyObject *data)
+{
+    if (data == NULL || !PyBytes_Check(data)) {
+        return -1;
+    }
+    size_t n = (size_t)PyBytes_GET_SIZE(data);
+    t->reply = PyMem_RawMalloc(n ? n : 1);
+    if (t->reply == NULL) {
+        return -1;
+    }
+    memcpy(t->reply, PyBytes_AS_STRING(data), n);
+    t->len = n;
+    return 0;
+}
+
+/* The envelope of `exc` (steals it) as the task's reply; status IT_ERROR.
+ * When even that fails the reply stays empty and the main interpreter
+ * raises a RuntimeError in its place. */
+static void reply_error(iworker_t *w, itask_t *t, PyObject *exc)
+{
+    t->status = IT_ERROR;
+    PyObject *data = call_helper(w, "dump_exception", exc);
+    if (take_reply(t, data) < 0) {
+        PyErr_Clear();
+        t->reply = NULL;
+        t->len = 0;
+    }
+    Py_XDECREF(data);
+    Py_DECREF(exc);
+}
+
+/* Views of the task's out-of-band buffers, read-only, over the main
+ * interpreter's memory. */
+static PyObject *make_views(itask_t *t)
+{
+    PyObject *list = PyList_New(t->nviews);
+    for (int i = 0; list != NULL && i < t->nviews; i++) {
+        PyObject *v = PyMemoryView_FromMemory(t->views[i].buf, t->views[i].len, PyBUF_READ);
+        if (v == NULL) {
+            Py_CLEAR(list);
+            break;
+        }
+        PyList_SET_ITEM(list, i, v);
+    }
+    return list;
+}
+
+/* After the task: its views must not outlive it. One the task kept (stored
+ * away, or exported to a further view) cannot be released: then the main
+ * buffers stay held until this worker's interpreter ends. */
+static void release_views(iworker_t *w, itask_t *t, PyObject *views)
+{
+    int kept = 0;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(views); i++) {
+        PyObject *v = PyList_GET_ITEM(views, i);
+        if (Py_REFCNT(v) > 1) {
+            kept = 1;
+        }
+        PyObject *r = PyObject_CallMethod(v, "release", NULL);
+        if (r == NULL) {
+            PyErr_Clear();
+            kept = 1;
+        }
+        Py_XDECREF(r);
+    }
+    if (!kept) {
+        return;
+    }
+    struct pinned_s *grown = PyMem_RawRealloc(w->pinned, (w->npinned + 1) * sizeof *grown);
+    if (grown == NULL) {
+        return; /* left with the task: released at completion, the risk taken */
+    }
+    w->pinned = grown;
+    w->pinned[w->npinned].views = t->views;
+    w->pinned[w->npinned++].n = t->nviews;
+    t->views = NULL;
+    t->nviews = 0;
+}
+
+/* None, a bool, an int of 64 bits or a float: stored in the task as it is
+ * (1), or 0 to pickle the result. */
+static int reply_value(itask_t *t, PyObject *res)
+{
+    if (res == Py_None) {
+        t->value_kind = IV_NONE;
+    } else if (PyBool_Check(res)) {
+        t->value_kind = IV_BOOL;
+        t->value.i = res == Py_True;
+    } else if (PyLong_CheckExact(res)) {
+        int overflow;
+        long long v = PyLong_AsLongLongAndOverflow(res, &overflow);
+        if (overflow || (v == -1 && PyErr_Occurred())) {
+            PyErr_Clear();
+            return 0;
+        }
+        t->value_kind = IV_INT;
+        t->value.i = v;
+    } else if (PyFloat_CheckExact(res)) {
+        t->value_kind = IV_FLOAT;
+        t->value.d = PyFloat_AS_DOUBLE(res);
+    } else {
+        return 0;
+    }
+    return 1;
+}
+
+/* A plain task names its function by the function's pickle, unpickled
+ * here once (an import and a lookup saved on every later task). New ref. */
+static PyObject *function_of(iworker_t *w, PyObject *fn)
+{
+    if (!PyBytes_CheckExact(fn)) {
+        return Py_NewRef(fn);
+    }
+    if (w->fns == NULL && (w->fns = PyDict_New()) == NULL) {
+        return NULL;
+    }
+    PyObject *f = PyDict_GetItemWithError(w->fns, fn);
+    if (f != NULL || PyErr_Occurred()) {
+        return Py_XNewRef(f);
+    }
+    f = PyObject_CallOneArg(w->loads, fn);
+    if (f == NULL) {
+        return NULL;
+    }
+    if (PyDict_GET_SIZE(w->fns) >= 256) {
+        PyDict_Clear(w->fns);
+    }
+    if (PyDict_SetItem(w->fns, fn, f) < 0) {
+        Py_CLEAR(f);
+    }
+    return f;
+}
+
+/* A plain payload (interppool.c, plain_payload): (fn pickle, args, kwargs). */
+static PyObject *load_plain(const char *p, Py_ssize_t len)
+{
+    uint32_t fl;
+    memcpy(&fl, p + 1, 4);
+    if ((Py_ssize_t)fl > len - 5) {
+        PyErr_SetString(PyExc_ValueError, "braid: a truncated task payload");
+        return NULL;
+    }
+    PyObject *fnb = PyBytes_FromStringAndSize(p + 5, fl);
+    PyObject *pair = fnb ? PyMarshal_ReadObjectFromString(p + 5 + fl, len - 5 - fl) : NULL;
+    PyObject *call = NULL;
+    if (pair != NULL && PyTuple_Check(pair) && PyTuple_GET_SIZE(pair) == 2) {
+        call = PyTuple_Pack(3, fnb, PyTuple_GET_ITEM(pair, 0), PyTuple_GET_ITEM(pair, 1));
+    } else if (pair != NULL) {
+        PyErr_SetString(PyExc_ValueError, "braid: a malformed task payload");
+    }
+    Py_XDECREF(pair);
+    Py_XDECREF(fnb);
+    return call;
+}
+
+/* A plain result in marshal's format, tagged. New bytes, or NULL. */
+static PyObject *dump_plain(PyObject *res)
+{
+    PyObject *m = PyMarshal_WriteObjectToString(res, Py_MARSHAL_VERSION);
+    if (m == NULL) {
+        return NULL;
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, PyBytes_GET_SIZE(m) + 1);
+    if (out != NULL) {
+        PyBytes_AS_STRING(out)[0] = IP_MARSHAL_TAG;
+        memcpy(PyBytes_AS_STRING(out) + 1, PyBytes_AS_STRING(m), (size_t)PyBytes_GET_SIZE(m));
+    }
+    Py_DECREF(m);
+    return out;
+}
+
+/* With the sub-interpreter's GIL: unpickle, call, pickle the outcome. */
+static void run_task(iworker_t *w, itask_t *t)
+{
+    interp_core_t *core = w->core;
+    if (__atomic_load_n(&core->broken_flag, __ATOMIC_ACQUIRE)) {
+        t->status = IT_BROKEN;
+        return;
+    }
+    if (core->timeout_ns > 0) {
+        pthread_mutex_lock(&core->mu);
+        w->current = t;
+        w->seq++;
+        w->interrupted = 0;
+        w->deadline = br_now_ns() + core->timeout_ns;
+        pthread_cond_signal(&w->cv);
+        pthread_mutex_unlock(&core->mu);
+    }
+    PyObject *views = t->nviews > 0 ? make_views(t) : NULL;
+    const char *p = PyBytes_AS_STRING(t->payload);
+    Py_ssize_t len = PyBytes_GET_SIZE(t->payload);
+    PyObject *data = NULL, *call = NULL, *res = NULL, *exc = NULL;
+    int loaded = 0;
+    if (len >= 5 && p[0] == IP_MARSHAL_TAG) {
+        call = load_plain(p, len);
+    } else if ((data = PyMemoryView_FromMemory((char *)p, len, PyBUF_READ)) != NULL &&
+               (t->nviews == 0 || views != NULL)) {
+        if (views != NULL) {
+            PyObject *args = PyTuple_Pack(1, data);
+            PyObject *kw = args ? Py_BuildValue("{s:O}", "buffers", views) : NULL;
+            call = kw ? PyObject_Call(w->loads, args, kw) : NULL;
+            Py_XDECREF(args);
+            Py_XDECREF(kw);
+        } else {
+            call = PyObject_CallOneArg(w->loads, data);
+        }
+    }
+    PyObject *fn = NULL;
+    if (call != NULL && PyTuple_Check(call) && PyTuple_GET_SIZE(call) == 3 &&
+        (fn = function_of(w, PyTuple_GET_ITEM(call, 0))) != NULL) {
+        loaded = 1;
+        PyObject *kwargs = PyTuple_GET_ITEM(call, 2);
+        res = PyObject_Call(fn, PyTuple_GET_ITEM(call, 1), kwargs == Py_None ? NULL : kwargs);
+        Py_DECREF(fn);
+    } else if (call != NULL && !PyErr_Occurred()) {
+        PyErr_SetString(PyExc_TypeError, "braid: a task payload is not (fn, args, kwargs)");
+    }
+    if (res == NULL) {
+        exc = PyErr_GetRaisedException();
+    }
+    int interrupted = 0;
+    if (core->timeout_ns > 0) {
+        pthread_mutex_lock(&core->mu);
+        interrupted = w->interrupted;
+        w->current = NULL;
+        if (interrupted) {
+            pthread_cond_signal(&w->cv); /* the watchdog may wait for this task's end */
+        }
+        pthread_mutex_unlock(&core->mu);
+        /* an interrupt thrown in just as the task returned must not hit the next one */
+        PyThreadState_SetAsyncExc(w->ident, NULL);
+    }
+    Py_XDECREF(call);
+    Py_XDECREF(data);
+    if (interrupted && res == NULL) {
+        t->status = IT_TIMEOUT;
+        Py_XDECREF(exc);
+    } else if (res != NULL && reply_value(t, res)) {
+        t->status = IT_OK;
+        Py_DECREF(res);
+    } else if (res != NULL) {
+        PyObject *out = braid_is_plain(res, 0) ? dump_plain(res) : call_helper(w, "dumps_result", res);
+        Py_DECREF(res);
+        t->status = IT_OK;
+        if (take_reply(t, out) < 0) {
+            Py_XDECREF(out);
+            reply_error(w, t, PyErr_Occurred() ? PyErr_GetRaisedException()
+                                               : PyObject_CallNoArgs(PyExc_MemoryError));
+        } else {
+            Py_DECREF(out);
+        }
+    } else {
+        if (!loaded && exc != NULL && PyErr_GivenExceptionMatches(exc, PyExc_ImportError)) {
+            /* the function's module (or an argument's) cannot load here */
+            PyObject *wrapped = call_helper(w, "import_failed", exc);
+            if (wrapped != NULL) {
+                Py_SETREF(exc, wrapped);
+            } else {
+                PyErr_Clear();
+            }
+        }
+        if (exc == NULL) {
+            PyErr_SetString(PyExc_SystemError, "braid: a task failed without an exception");
+            exc = PyErr_GetRaisedException();
+        }
+        reply_error(w, t, exc);
+    }
+    if (views != NULL) {
+        release_views(w, t, views);
+        Py_DECREF(views);
+    }
+    if (PyErr_Occurred()) {
+        PyErr_WriteUnraisable(NULL);
+    }
+}
+
+/* --------------------------------------------------------- the engine's callbacks */
+
+void braid_iw_work(br_work_t *wk)
+{
+    iworker_t *w = tls_worker;
+    itask_t *t = wk->data;
+    if (w->sub_ts == NULL) {
+        t->status = IT_BROKEN;
+        return;
+    }
+    if (!tls_in_sub) {
+        PyEval_RestoreThread(w->sub_ts);
+        tls_in_sub = 1;
+    }
+    run_task(w, t);
+}
+
+/* The engine's done callback. status 0: on the worker, after braid_iw_work;
+ * the outermost call keeps taking queued tasks while it holds the
+ * sub-interpreter's GIL, then delivers. -ECANCELED: on the thread that
+ * cancelled, with the main GIL. */
+void braid_iw_done(br_work_t *wk, int status)
+{
+    itask_t *t = wk->data;
+    if (status != 0) {
+        t->status = IT_CANCELLED;
+        braid_ip_complete(t);
+        return;
+    }
+    iworker_t *w = tls_worker;
+    interp_core_t *core = w->core;
+    if (!braid_ipd_push(core, t, br_threadpool_queued(&core->tp) > 0)) {
+        tls_undelivered = 1; /* nobody was woken to finish it */
+    }
+    if (tls_looping) {
+        return;
+    }
+    tls_looping = 1;
+    br_work_t *next;
+    while ((next = br_threadpool_try_take(&core->tp)) != NULL) {
+        br_threadpool_run_taken(next);
+    }
+    tls_looping = 0;
+    if (tls_in_sub) {
+        PyEval_SaveThread();
+        tls_in_sub = 0;
+    }
+    if (tls_undelivered) {
+        tls_undelivered = 0;
+        braid_ipd_deliver(core, w->main_ts);
+    }
+}
+
+/* --------------------------------------------------------- task_timeout */
+
+static void cond_deadline(pthread_cond_t *cv, pthread_mutex_t *mu, int64_t deadline_ns)
+{
+    struct timespec ts = {.tv_sec = deadline_ns / 1000000000, .tv_nsec = deadline_ns % 1000000000};
+    pthread_cond_timedwait(cv, mu, &ts);
+}
+
+/* A task stuck past its interrupt: its future fails now, from here. */
+static void report_stuck(iworker_t *w, itask_t *t, PyThreadState **main_ts)
+{
+    if (*main_ts == NULL) {
+        *main_ts = PyThreadState_New(w->core->interp);
+    }
+    PyEval_RestoreThread(*main_ts);
+    if (!__atomic_exchange_n(&t->settled, 1, __ATOMIC_ACQ_REL)) {
+        t->status = IT_STUCK;
+        braid_ip_settle(t);
+    }
+    __atomic_add_fetch(&w->core->stuck, 1, __ATOMIC_RELAXED);
+    PyEval_SaveThread();
+}
+
+/* Throws the interrupt into the worker's interpreter: takes its GIL with a
+ * thread state of its own, which waits for the worker to let the GIL go (a
+ * switch interval for Python code; never, for C code that holds it). Its
+ * own thread, so that the watchdog can report a task stuck in C either way. */
+static void *interrupter_main(void *arg)
+{
+    iworker_t *w = arg;
+    interp_core_t *core = w->core;
+    PyThreadState *ts = PyThreadState_New(w->sub_ts->interp);
+    PyEval_RestoreThread(ts);
+    pthread_mutex_lock(&core->mu);
+    if (w->current != NULL && w->seq == w->interrupting) {
+        PyThreadState_SetAsyncExc(w->ident, w->interrupt);
+    }
+    pthread_mutex_unlock(&core->mu);
+    PyThreadState_Clear(ts);
+    PyThreadState_DeleteCurrent();
+    return NULL;
+}
+
+/* With core->mu: the interrupter of an earlier task is done (that task
+ * ended, so its GIL was let go): reaps it. */
+static void reap_interrupter(iworker_t *w, pthread_mutex_t *mu)
+{
+    if (w->has_interrupter) {
+        w->has_interrupter = 0;
+        pthread_mutex_unlock(mu);
+        pthread_join(w->interrupter, NULL);
+        pthread_mutex_lock(mu);
+    }
+}
+
+static void *watchdog_main(void *arg)
+{
+    iworker_t *w = arg;
+    interp_core_t *core = w->core;
+    PyThreadState *main_ts = NULL;
+    pthread_mutex_lock(&core->mu);
+    while (!w->exiting) {
+        itask_t *t = w->current;
+        if (t == NULL || w->interrupted) {
+            pthread_cond_wait(&w->cv, &core->mu);
+            continue;
+        }
+        if (br_now_ns() < w->deadline) {
+            cond_deadline(&w->cv, &core->mu, w->deadline);
+            continue;
+        }
+        w->interrupted = 1;
+        reap_interrupter(w, &core->mu);
+        if (w->current != t) {
+            continue; /* it ended meanwhile */
+        }
+        w->interrupting = w->seq;
+        if (pthread_create(&w->interrupter, NULL, interrupter_main, w) == 0) {
+            w->has_interrupter = 1;
+        }
+        int64_t give_up = br_now_ns() + STUCK_GRACE_NS;
+        while (!w->exiting && w->current == t && br_now_ns() < give_up) {
+            cond_deadline(&w->cv, &core->mu, give_up);
+        }
+        if (!w->exiting && w->current == t) {
+            pthread_mutex_unlock(&core->mu);
+            report_stuck(w, t, &main_ts);
+            /* a worker more meanwhile, so the pool keeps its size */
+            int replaced = br_threadpool_add_thread(&core->tp) == 0;
+            pthread_mutex_lock(&core->mu);
+            while (!w->exiting && w->current == t) {
+                pthread_cond_wait(&w->cv, &core->mu);
+            }
+            __atomic_sub_fetch(&core->stuck, 1, __ATOMIC_RELAXED);
+            if (replaced) {
+                br_threadpool_retire_thread(&core->tp); /* back: one worker too many */
+            }
+        }
+    }
+    reap_interrupter(w, &core->mu);
+    pthread_mutex_unlock(&core->mu);
+    if (main_ts != NULL) {
+        PyEval_RestoreThread(main_ts);
+        PyThreadState_Clear(main_ts);
+        PyThreadState_DeleteCurrent();
+    }
+    return NULL;
+}
+
+static int start_watchdog(iworker_t *w)
+{
+    pthread_condattr_t a;
+    if (pthread_condattr_init(&a) != 0) {
+        return -1;
+    }
+    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+    int err = pthread_cond_init(&w->cv, &a);
+    pthread_condattr_destroy(&a);
+    if (err != 0) {
+        return -1;
+    }
+    if (pthread_create(&w->watchdog, NULL, watchdog_main, w) != 0) {
+        pthread_cond_destroy(&w->cv);
+        return -1;
+    }
+    w->has_watchdog = 1;
+    return 0;
+}
+
+/* --------------------------------------------------------- worker life cycle */
+
+/* In the new sub-interpreter: sys.path and the pickler, then the
+ * initializer. NULL, or a message (raw memory) saying why the pool cannot
+ * be used. */
+static char *setup_sub(iworker_t *w)
+{
+    PyObject *m = PyImport_ImportModule("_pickle");
+    if (m != NULL) {
+        w->loads = PyObject_GetAttrString(m, "loads");
+        Py_DECREF(m);
+    }
+    char *why = NULL;
+    if (w->loads == NULL) {
+        goto fail;
+    }
+    PyObject *setup = w->core->setup;
+    PyObject *data = PyMemoryView_FromMemory(PyBytes_AS_STRING(setup), PyBytes_GET_SIZE(setup),
+                                             PyBUF_READ);
+    /* the path first: the initializer's module may need it */
+    PyObject *path_and_rest = data ? PyObject_CallOneArg(w->loads, data) : NULL;
+    Py_XDECREF(data);
+    if (path_and_rest == NULL || !PyTuple_Check(path_and_rest) || PyTuple_GET_SIZE(path_and_rest) != 2 ||
+        PySys_SetObject("path", PyTuple_GET_ITEM(path_and_rest, 0)) < 0) {
+        Py_XDECREF(path_and_rest);
+        goto fail;
+    }
+    PyObject *init = PyTuple_GET_ITEM(path_and_rest, 1);
+    if (init != Py_None) {
+        PyObject *r = call_helper(w, "run_initializer", init);
+        if (r == NULL) {
+            Py_DECREF(path_and_rest);
+            goto fail;
+        }
+        Py_DECREF(r);
+    }
+    Py_DECREF(path_and_rest);
+    if (w->core->timeout_ns > 0) {
+        w->interrupt = PyErr_NewExceptionWithDoc(
+            "braid._interpworker.TaskInterrupted",
+            "Thrown into a task that ran past the pool's task_timeout.", PyExc_BaseException, NULL);
+        if (w->interrupt == NULL) {
+            goto fail;
+        }
+    }
+    return NULL;
+fail:;
+    PyObject *exc = PyErr_GetRaisedException();
+    PyObject *text = exc ? call_helper(w, "describe", exc) : NULL;
+    const char *s = text && PyUnicode_Check(text) ? PyUnicode_AsUTF8(text) : NULL;
+    if (s == NULL) {
+        PyErr_Clear();
+        s = "a worker's set-up failed";
+    }
+    why = PyMem_RawMalloc(strlen(s) + 1);
+    if (why != NULL) {
+        strcpy(why, s);
+    }
+    Py_XDECREF(text);
+    Py_XDECREF(exc);
+    return why ? why : (char *)"";
+}
+
+void braid_iw_thread_start(br_threadpool_t *tp, void *arg)
+{
+    interp_core_t *core = arg;
+    iworker_t *w = PyMem_RawCalloc(1, sizeof *w);
+    if (w == NULL) {
+        abort(); /* the engine gives a hook no way to fail */
+    }
+    w->core = core;
+    tls_worker = w;
+    w->main_ts = PyThreadState_New(core->interp);
+    PyEval_RestoreThread(w->main_ts);
+    pthread_mutex_lock(&core->mu);
+    w->next = core->workers;
+    if (core->workers) {
+        core->workers->prev = w;
+    }
+    core->workers = w;
+    pthread_mutex_unlock(&core->mu);
+
+    const PyInterpreterConfig config = {
+        .use_main_obmalloc = 0,
+        .allow_fork = 0,
+        .allow_exec = 0,
+        .allow_threads = 1,
+        .allow_daemon_threads = 0,
+        .check_multi_interp_extensions = 1,
+        .gil = PyInterpreterConfig_OWN_GIL,
+    };
+    PyThreadState *sub = NULL;
+    /* with the main GIL held; returns with the new interpreter's held and
+     * the main one released */
+    PyStatus status = Py_NewInterpreterFromConfig(&sub, &config);
+    char *why = NULL;
+    if (PyStatus_Exception(status) || sub == NULL) {
+        /* back in the main interpreter, its GIL held */
+        PyObject *msg = PyUnicode_FromFormat("could not create a sub-interpreter: %s",
+                                             status.err_msg ? status.err_msg : "unknown error");
+        if (msg == NULL) {
+            PyErr_Clear();
+            msg = Py_NewRef(Py_None);
+        }
+        braid_ip_mark_broken(core, msg);
+        PyEval_SaveThread();
+        return;
+    }
+    w->sub_ts = sub;
+    w->ident = PyThread_get_thread_ident();
+    why = setup_sub(w);
+    if (why == NULL && core->timeout_ns > 0 && start_watchdog(w) < 0) {
+        why = PyMem_RawMalloc(64);
+        if (why != NULL) {
+            strcpy(why, "could not start a worker's watchdog thread");
+        }
+    }
+    PyEval_SaveThread();
+    if (why != NULL) {
+        PyEval_RestoreThread(w->main_ts);
+        PyObject *msg = PyUnicode_FromFormat("A worker's initializer failed (%s); the interpreter pool "
+                                             "is not usable anymore", why);
+        if (msg == NULL) {
+            PyErr_Clear();
+            msg = Py_NewRef(Py_None);
+        }
+        braid_ip_mark_broken(core, msg);
+        PyEval_SaveThread();
+        if (*why) {
+            PyMem_RawFree(why);
+        }
+    }
+}
+
+void braid_iw_thread_exit(br_threadpool_t *tp, void *arg)
+{
+    interp_core_t *core = arg;
+    iworker_t *w = tls_worker;
+    if (w->has_watchdog) {
+        pthread_mutex_lock(&core->mu);
+        w->exiting = 1;
+        pthread_cond_signal(&w->cv);
+        pthread_mutex_unlock(&core->mu);
+        pthread_join(w->watchdog, NULL);
+        pthread_cond_destroy(&w->cv);
+    }
+    if (w->sub_ts != NULL) {
+        PyEval_RestoreThread(w->sub_ts);
+        Py_CLEAR(w->loads);
+        Py_CLEAR(w->helper);
+        Py_CLEAR(w->fns);
+        Py_CLEAR(w->interrupt);
+        Py_EndInterpreter(w->sub_ts); /* returns with no thread state and no GIL */
+        w->sub_ts = NULL;
+    }
+    PyEval_RestoreThread(w->main_ts);
+    for (size_t i = 0; i < w->npinned; i++) {
+        braid_ip_release_views(w->pinned[i].views, w->pinned[i].n);
+    }
+    PyMem_RawFree(w->pinned);
+    pthread_mutex_lock(&core->mu);
+    if (w->prev) {
+        w->prev->next = w->next;
+    } else {
+        core->workers = w->next;
+    }
+    if (w->next) {
+        w->next->prev = w->prev;
+    }
+    pthread_mutex_unlock(&core->mu);
+    if (core->closed && core->threads_exited + 1 == br_threadpool_threads(&core->tp)) {
+        braid_ipd_stop(core); /* the last worker: no result comes after this */
+    }
+    braid_ip_worker_gone(core);
+    PyThreadState_Clear(w->main_ts);
+    PyThreadState_DeleteCurrent();
+    tls_worker = NULL;
+    PyMem_RawFree(w);
+}
+
+#endif /* BRAID_HAVE_INTERPRETERS */
