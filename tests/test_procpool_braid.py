@@ -944,3 +944,41 @@ def test_max_worker_memory_as_a_string_names_the_cap(braid, pools):
     exc = pool.submit(tasks.hold_memory, 400, 30).exception(TIMEOUT)
     assert isinstance(exc, braid.WorkerCrashed) and str(200 << 20) in str(exc), repr(exc)
     assert pool.submit(tasks.square, 7).result(TIMEOUT) == 49
+
+
+def test_a_waiting_thread_finishes_its_own_future(braid):
+    # A result for a future some thread waits on is handed to that thread (it finishes the
+    # future itself; the loop thread does not take the GIL for it): done callbacks run there.
+    import threading
+
+    with braid.ProcessPool(1) as pool:
+        for _ in range(50):
+            pool.submit(pow, 2, 2).result()
+        main = threading.get_ident()
+        where = []
+        for i in range(100):
+            f = pool.submit(pow, 2, i)
+            f.add_done_callback(lambda f: where.append(threading.get_ident() == main))
+            assert f.result() == 2 ** i
+        assert len(where) == 100
+        assert sum(where) > 0  # at least some were (a busy machine may let the loop thread win)
+
+
+def test_a_result_handed_to_a_waiter_that_left_is_not_lost(braid):
+    # The waiter gives up (timeout) just as its result arrives: the result reaches the future
+    # anyway, without anyone calling result() again.
+    import concurrent.futures
+    import time
+
+    with braid.ProcessPool(1) as pool:
+        for delay in (0.02, 0.03, 0.05) * 5:
+            f = pool.submit(time.sleep, delay)
+            try:
+                f.result(timeout=delay * 0.99)
+            except concurrent.futures.TimeoutError:
+                pass
+            deadline = time.monotonic() + 10
+            while not f.done():
+                assert time.monotonic() < deadline, "a finished task's future never became done"
+                time.sleep(0.001)
+            assert f.result() is None

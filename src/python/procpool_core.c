@@ -29,6 +29,18 @@
  * Task memory (task_t) belongs to the engine from submit until its
  * on_done, which frees it; the future, the payload and what the payload
  * only names (keep, held) stay alive until then.
+ *
+ * Hand-off. A thread blocked in result() on a future has let the GIL go;
+ * for the loop thread to finish that future it must take the GIL, and the
+ * waiter, woken, must take it back: two hand-overs of the GIL and two
+ * thread wakeups per round trip. So when a result arrives for a future a
+ * thread is waiting on (FutureObject.waiting) and the loop thread does not
+ * hold the GIL already, it copies the reply, puts the task on the core's
+ * ready list and sets the future's event: the waiter finishes the future
+ * itself, in its own thread (drain_hook), and the loop thread never takes
+ * the GIL. A waiter that left meanwhile (a timeout, a signal) is covered by
+ * the ready timer: READY_GRACE_NS later, the loop thread finishes whatever
+ * is still on the list itself.
  */
 #include "procpool_core.h"
 #include "compat.h"
@@ -39,6 +51,7 @@
 #include <string.h>
 
 #define SPIN_NS 30000           /* the loop thread's poll before it sleeps */
+#define READY_GRACE_NS 2000000  /* a handed-off result nobody finished: the loop thread does */
 
 /* --------------------------------------------------------- the loop thread */
 
@@ -66,6 +79,9 @@ static void task_free(task_t *t)
     }
     t->fut->cancel_hook = NULL;
     t->fut->hook_ctx = NULL;
+    t->fut->drain_hook = NULL;
+    t->fut->drain_ctx = NULL;
+    PyMem_RawFree(t->reply);
     Py_DECREF(t->fut);
     Py_DECREF(t->payload);
     Py_XDECREF(t->keep);
@@ -102,11 +118,93 @@ static PyObject *new_exc(PyObject *type, PyObject *message)
     return message ? PyObject_CallOneArg(type, message) : NULL;
 }
 
+static void finish(proc_core_t *c, task_t *t, int status, const void *reply, size_t len);
+
+/* With the GIL: finishes every handed-off result still on the list. */
+static void drain_ready(proc_core_t *c)
+{
+    pthread_mutex_lock(&c->ready_mu);
+    task_t *t = c->ready_head;
+    c->ready_head = c->ready_tail = NULL;
+    pthread_mutex_unlock(&c->ready_mu);
+    while (t != NULL) {
+        task_t *next = t->ready_next;
+        finish(c, t, t->reply_status, t->reply, t->reply_len);
+        t = next;
+    }
+}
+
+/* A waiter's hook (FutureObject.drain_hook), with the GIL: ask_spin says
+ * whether to spin a moment before sleeping -- when at most one task is in
+ * flight the result comes within a round trip's microseconds. */
+static int drain_hook(void *ctx, int ask_spin)
+{
+    proc_core_t *c = ctx;
+    if (ask_spin) {
+        return c->live != NULL && c->live->next == NULL;
+    }
+    drain_ready(c);
+    return 0;
+}
+
+static void ready_timer_cb(br_timer_t *timer)
+{
+    proc_core_t *c = timer->handle.data;
+    pthread_mutex_lock(&c->ready_mu);
+    int any = c->ready_head != NULL;
+    pthread_mutex_unlock(&c->ready_mu);
+    if (any) {
+        take_gil(c);
+        drain_ready(c);
+    }
+}
+
+/* Loop thread, GIL not held: hands the result to the thread waiting on the
+ * future. 1 if it did. */
+static int hand_off(proc_core_t *c, task_t *t, int status, const void *reply, size_t len)
+{
+    if (c->gil || (status != BR_PPTASK_OK && status != BR_PPTASK_ERROR) ||
+        !__atomic_load_n(&t->fut->waiting, __ATOMIC_SEQ_CST)) {
+        return 0;
+    }
+    char *copy = PyMem_RawMalloc(len > 0 ? len : 1);
+    if (copy == NULL) {
+        return 0;
+    }
+    memcpy(copy, reply, len);
+    t->reply = copy;
+    t->reply_len = len;
+    t->reply_status = status;
+    t->ready_next = NULL;
+    pthread_mutex_lock(&c->ready_mu);
+    if (c->ready_tail != NULL) {
+        c->ready_tail->ready_next = t;
+    } else {
+        c->ready_head = t;
+    }
+    c->ready_tail = t;
+    pthread_mutex_unlock(&c->ready_mu);
+    br_event_set(&t->fut->done_ev);
+    if (!br_is_active(&c->ready_timer.handle)) {
+        (void)br_timer_start(&c->ready_timer, ready_timer_cb, READY_GRACE_NS, 0);
+    }
+    return 1;
+}
+
 static void on_done(br_pptask_t *bt, int status, const void *reply, size_t len)
 {
     task_t *t = bt->data;
     proc_core_t *c = t->core;
+    if (hand_off(c, t, status, reply, len)) {
+        return;
+    }
     take_gil(c);
+    finish(c, t, status, reply, len);
+}
+
+/* With the GIL: the future gets the task's outcome; the task is freed. */
+static void finish(proc_core_t *c, task_t *t, int status, const void *reply, size_t len)
+{
     FutureObject *f = t->fut;
     PyObject *obj = NULL, *exc = NULL, *msg = NULL;
     switch (status) {
@@ -226,7 +324,9 @@ static void on_started(br_procpool_t *pool, int err)
 
 static void on_closed(br_procpool_t *pool)
 {
-    br_event_set(&((proc_core_t *)pool->data)->closed_ev);
+    proc_core_t *c = pool->data;
+    (void)br_close(&c->ready_timer.handle, NULL); /* the loop can end now */
+    br_event_set(&c->closed_ev);
 }
 
 static void core_unlink_free(proc_core_t *c);
@@ -255,6 +355,7 @@ static void *loop_main(void *arg)
     c->spawner = NULL;
     PyThreadState *ts = c->ts;
     PyEval_RestoreThread(ts);
+    drain_ready(c); /* handed off, never finished: the futures outlive the core */
     c->thread_done = 1;
     if (c->orphaned) {
         /* Dropped while it ran: nobody will join this thread. */
@@ -303,6 +404,7 @@ static char **strv_from_list(PyObject *list)
 static void core_unlink_free(proc_core_t *c)
 {
     braid_pools_unlink(&c->link);
+    pthread_mutex_destroy(&c->ready_mu);
     Py_CLEAR(c->broken);
     free_strv(c->argv);
     free_strv(c->envp);
@@ -488,6 +590,10 @@ proc_core_t *braid_proc_core_new(braid_state *st, const proc_config_t *cfg)
         (void)br_loop_close(&c->loop);
         goto fail;
     }
+    /* closed by on_closed, which ends the loop */
+    (void)br_timer_init(&c->loop, &c->ready_timer);
+    c->ready_timer.handle.data = c;
+    pthread_mutex_init(&c->ready_mu, NULL);
     what = "starting the process pool's loop thread";
     c->ts = PyThreadState_New(c->interp);
     if (c->ts == NULL || (err = -pthread_create(&c->thread, NULL, loop_main, c)) < 0) {
@@ -572,6 +678,8 @@ PyObject *braid_proc_core_submit(proc_core_t *c, FutureObject *fut, PyObject *pa
     c->live = t;
     fut->cancel_hook = task_cancel_hook;
     fut->hook_ctx = t;
+    fut->drain_hook = drain_hook;
+    fut->drain_ctx = c;
     int err = br_procpool_submit(&c->pool, &t->t);
     if (err < 0) {
         task_free(t);

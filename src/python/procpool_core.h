@@ -18,6 +18,10 @@ typedef struct task_s {
     PyObject *payload;          /* bytes: the engine sends it (again on a retry) */
     PyObject *held;             /* memfds of the payload's out-of-band buffers, or NULL */
     PyObject *keep;             /* (fn, args, kwargs): what the payload only names */
+    char *reply;                /* a result handed to the waiting thread: a copy */
+    size_t reply_len;
+    int reply_status;
+    struct task_s *ready_next;  /* on the core's hand-off list */
 } task_t;
 
 struct proc_core_s {
@@ -45,6 +49,12 @@ struct proc_core_s {
     br_event_t started_ev;
     br_event_t closed_ev;       /* set by on_closed */
     braid_pool_link_t link;     /* on st->pools (pools.c) */
+    /* results handed to the threads waiting on their futures (see
+     * procpool_core.c, "hand-off"): the loop thread appends without the
+     * GIL, a waiter or the loop thread's timer finishes them with it */
+    pthread_mutex_t ready_mu;
+    task_t *ready_head, *ready_tail;
+    br_timer_t ready_timer;
 };
 
 /* What a pool is made with; argv and envp are Python lists of str. */
