@@ -59,6 +59,30 @@ class LoopMixin:
 
         self.run(loop, main())
 
+    def test_keyboard_interrupt_from_connection_lost_after_a_flush_leaves_the_loop(self, loop):
+        # close() with data still queued: connection_lost runs once the queue has drained, from
+        # the write path; a KeyboardInterrupt there leaves run_until_complete, as any callback's.
+        class Raising(asyncio.Protocol):
+            def connection_lost(self, exc):
+                raise KeyboardInterrupt
+
+        async def main():
+            a, b = socket.socketpair()
+            a.setblocking(False)
+            transport, _ = await loop.create_connection(Raising, sock=a)
+            transport.write(b"x" * (4 << 20))  # more than the socket buffers take at once
+            transport.close()
+            while True:  # the peer reads; the queue drains; connection_lost raises
+                await asyncio.sleep(0)
+                try:
+                    b.setblocking(False)
+                    b.recv(1 << 20)
+                except BlockingIOError:
+                    pass
+
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_until_complete(main())
+
     def test_call_soon_runs_in_order_with_args(self, loop):
         seen = []
         for i in range(5):

@@ -185,6 +185,22 @@ static PyObject *call_exception_handler(PyObject *self, const char *message, PyO
 
 static int force_close(PyObject *self, PyObject *exc);
 static void on_empty(br_stream_t *s);
+
+/* KeyboardInterrupt or SystemExit out of a protocol callback the engine
+ * ran: the loop raises it from run_forever, as asyncio's does. (After
+ * connection_lost the transport has forgotten its loop, but its stream's
+ * loop stays until the stream's close callback.) Steals exc. */
+static void raise_from_loop(PyObject *self, PyObject *exc)
+{
+    tail_t *t = TAIL(self);
+    PyObject *loop = t->loop ? t->loop : t->stream_loop;
+    if (loop != NULL) {
+        braid_loop_raise_later(loop, exc);
+        return;
+    }
+    PyErr_SetRaisedException(exc);
+    PyErr_WriteUnraisable(self);
+}
 static void fail_empty_waiter(PyObject *self, PyObject *exc);
 
 /* asyncio's _fatal_error: an OSError is only logged in debug mode, anything
@@ -222,7 +238,7 @@ static void callback_failed(PyObject *self, const char *message)
     PyObject *exc = PyErr_GetRaisedException();
     if (PyErr_GivenExceptionMatches(exc, PyExc_KeyboardInterrupt) ||
         PyErr_GivenExceptionMatches(exc, PyExc_SystemExit)) {
-        braid_loop_raise_later(TAIL(self)->loop, exc);
+        raise_from_loop(self, exc);
         return;
     }
     if (fatal_error(self, exc, message) < 0) {
@@ -501,7 +517,7 @@ static void flow_call(PyObject *self, const char *method)
     PyObject *exc = PyErr_GetRaisedException();
     if (PyErr_GivenExceptionMatches(exc, PyExc_KeyboardInterrupt) ||
         PyErr_GivenExceptionMatches(exc, PyExc_SystemExit)) {
-        braid_loop_raise_later(t->loop, exc);
+        raise_from_loop(self, exc);
         return;
     }
     char message[64];
