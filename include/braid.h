@@ -549,7 +549,9 @@ enum br_handle_type {
     BR_HANDLE_IO = 1,
     BR_HANDLE_TIMER = 2,
     BR_HANDLE_ASYNC = 3,
-    BR_HANDLE_SIGNAL = 4
+    BR_HANDLE_SIGNAL = 4,
+    BR_HANDLE_STREAM = 5,
+    BR_HANDLE_UDP = 6
 };
 
 #define BR_READABLE 0x1u
@@ -651,6 +653,9 @@ struct br_loop_s {
     br_async_t *async_cursor_;  /* the next one a wakeup scan visits */
     br_wakeup_t wakeup_;        /* what br_async_send signals */
     br_io_t wakeup_io_;
+    void (*block_cb_)(br_loop_t *loop, int blocking);
+    char *read_buf_;            /* what streams and datagram sockets read into */
+    size_t read_buf_size_;
     int stop_;
     int running_;
 };
@@ -672,6 +677,11 @@ int br_loop_alive(const br_loop_t *loop);
 int br_loop_close(br_loop_t *loop);
 /* The monotonic time in ns cached by the current iteration. */
 int64_t br_loop_now(const br_loop_t *loop);
+/* cb(loop, 1) right before a poll that may block, cb(loop, 0) as soon as it
+ * returns, before any callback: an embedder that runs the loop holding a
+ * lock its callbacks need (the Python binding: the GIL) lets it go only
+ * while the loop sleeps. NULL: none. Not while the loop runs. */
+void br_loop_set_block_cb(br_loop_t *loop, void (*cb)(br_loop_t *loop, int blocking));
 /* Refreshes the cached time (e.g. before starting timers after a long
  * computation outside the loop). */
 void br_loop_update_time(br_loop_t *loop);
@@ -680,6 +690,9 @@ void br_loop_update_time(br_loop_t *loop);
  * of the current or next iteration, never from inside br_close. Returns 0,
  * or -EINVAL if the handle is already closing or closed. */
 int br_close(br_handle_t *handle, br_close_cb close_cb);
+/* Calls cb for every handle of the loop not yet CLOSED (the closing ones
+ * too); cb must not close handles other than the one it is given. */
+void br_loop_walk(br_loop_t *loop, void (*cb)(br_handle_t *handle, void *arg), void *arg);
 /* 1 from br_close until the close callback has run, and after. */
 int br_is_closing(const br_handle_t *handle);
 /* 1 if the handle is ACTIVE (started, not stopped or closed). */
@@ -1090,25 +1103,29 @@ int br_procpool_pids(br_procpool_t *pool, int *pids, int n);
 
 /* ---------------------------------------------------------------- streams
  * br_stream_t: a byte stream over a non-blocking fd on a br_loop_t -- a TCP
- * or Unix socket, a pipe end, a pty master. Reads go to a callback from one
- * buffer the stream reuses; writes are tried at once and what the kernel
- * does not take is copied into a write queue that drains as the fd becomes
- * writable. The queue has a high and a low watermark: crossing high calls
- * the drain callback with paused=1 (from inside br_stream_write), falling
- * back to low calls it with paused=0 -- asyncio's pause_writing and
- * resume_writing.
+ * or Unix socket, a pipe end, a pty master. Reads go to a callback from the
+ * loop's read buffer (one for all its streams: an idle stream holds no
+ * buffer); writes are tried at once and what the kernel does not take is
+ * copied into a write queue that drains as the fd becomes writable. The
+ * queue has a high and a low watermark: crossing high calls the drain
+ * callback with paused=1 (from inside br_stream_write), falling back to low
+ * calls it with paused=0 -- asyncio's pause_writing and resume_writing.
+ *
+ * A stream is a handle (its life cycle is every handle's, above): ACTIVE
+ * while it reads or has writes queued; br_close(&s->handle, cb) drops the
+ * queue and closes the fd at once; cb runs from a later step of the loop.
  *
  *   init --> OPEN --read_start/stop, write, set_limits--> OPEN
  *              |  shutdown: SHUT_WR once the queue is empty (sockets)
  *              |  a write error: on_error(-errno), queue dropped,
  *              |                 later writes refused (-EPIPE)
- *              +--br_stream_close(s, cb)--> CLOSING --(next iteration)-->
- *                  queue freed, fd closed, cb(s): the memory is the caller's
+ *              +--br_close(&s->handle, cb): fd closed--> CLOSING --(step 5)-->
+ *                  cb(&s->handle): the memory is the caller's
  *
  * Ownership: the caller allocates the stream; it must stay valid until the
  * close callback has run. From br_stream_init on, the fd is the stream's:
- * br_stream_close closes it. Callbacks run on the loop thread; each may
- * call any br_stream_* function on its stream, br_stream_close included.
+ * closing the stream closes it. Callbacks run on the loop thread; each may
+ * call any br_stream_* function on its stream, and br_close.
  */
 typedef struct br_stream_s br_stream_t;
 typedef struct br__chunk_s br__chunk_t;
@@ -1122,23 +1139,27 @@ typedef void (*br_stream_read_cb)(br_stream_t *s, const char *buf, ssize_t nread
 typedef void (*br_stream_drain_cb)(br_stream_t *s, int paused);
 /* A queued write failed (-EPIPE, -ECONNRESET, ...): the queue was dropped. */
 typedef void (*br_stream_error_cb)(br_stream_t *s, int err);
-typedef void (*br_stream_close_cb)(br_stream_t *s);
+/* Where the next read goes, instead of the loop's buffer: *buf and *len
+ * (> 0) set, 0; or -errno, which stops reading and reaches the read
+ * callback as nread. The read callback then gets that same buf. */
+typedef int (*br_stream_alloc_cb)(br_stream_t *s, char **buf, size_t *len);
+/* The write queue has just become empty (all queued bytes are written). */
+typedef void (*br_stream_empty_cb)(br_stream_t *s);
 
 struct br_stream_s {
-    void *data;                 /* the caller's */
-    br_loop_t *loop;            /* read-only */
+    br_handle_t handle;         /* handle.data is the caller's */
     int fd;                     /* read-only */
     br_stream_read_cb on_read_; /* private from here on */
     br_stream_drain_cb on_drain_;
     br_stream_error_cb on_error_;
-    br_stream_close_cb on_close_;
+    br_stream_alloc_cb on_alloc_;
+    br_stream_empty_cb on_empty_;
     br__chunk_t *head_;
     br__chunk_t *tail_;
     size_t queued_;
     size_t high_;
     size_t low_;
-    char *rbuf_;
-    size_t rbuf_size_;
+    size_t read_size_;
     unsigned state_;
     br_io_t io_;
 };
@@ -1148,10 +1169,13 @@ struct br_stream_s {
 int br_stream_init(br_loop_t *loop, br_stream_t *s, int fd);
 /* Both callbacks may be NULL. */
 void br_stream_set_callbacks(br_stream_t *s, br_stream_drain_cb on_drain, br_stream_error_cb on_error);
+/* Either may be NULL (the default: reads go to the loop's buffer; nothing
+ * said when the queue empties). */
+void br_stream_set_more_callbacks(br_stream_t *s, br_stream_alloc_cb on_alloc, br_stream_empty_cb on_empty);
 /* high >= low; 0 or -EINVAL. The drain callback may run from here. */
 int br_stream_set_limits(br_stream_t *s, size_t high, size_t low);
-/* Reads up to read_size bytes per callback (0: 64 KiB). 0, -EINVAL, -ENOMEM,
- * -EBUSY (closing), or -errno from watching the fd. */
+/* Reads up to read_size bytes per callback (0: 64 KiB). 0, -EINVAL, -EBUSY
+ * (closing), or -errno from watching the fd. */
 int br_stream_read_start(br_stream_t *s, br_stream_read_cb cb, size_t read_size);
 /* Idempotent; 0. */
 int br_stream_read_stop(br_stream_t *s);
@@ -1161,22 +1185,22 @@ int br_stream_read_stop(br_stream_t *s);
 int br_stream_write(br_stream_t *s, const void *buf, size_t len);
 /* Bytes in the write queue. */
 size_t br_stream_queued(const br_stream_t *s);
+/* Drops the write queue unwritten (an abort), without a drain callback;
+ * later writes are tried again. */
+void br_stream_discard(br_stream_t *s);
 /* Half-close once the queue has drained: SHUT_WR. 0, -ENOTSOCK (not a
  * socket: close the stream instead), -EBUSY closing; idempotent. */
 int br_stream_shutdown(br_stream_t *s);
-/* Drops the queue, stops everything; cb (may be NULL) runs from a later
- * step of the loop, after the fd is closed. 0 or -EINVAL (already closing). */
-int br_stream_close(br_stream_t *s, br_stream_close_cb cb);
 
 
 /* ---------------------------------------------------------------- datagrams
  * br_udp_t: a datagram socket (UDP, or a Unix SOCK_DGRAM) on a br_loop_t.
  * Each datagram reaches the receive callback whole with its sender's
- * address; a send goes out at once, or, when the socket buffer is full, is
- * copied into a queue sent in order as the socket becomes writable. Same
- * life cycle and ownership as br_stream_t: the fd is the handle's from init,
- * br_udp_close closes it and the memory is the caller's after the close
- * callback.
+ * address (from the loop's read buffer); a send goes out at once, or, when
+ * the socket buffer is full, is copied into a queue sent in order as the
+ * socket becomes writable. A handle, like br_stream_t: the fd is the
+ * handle's from init, br_close(&u->handle, cb) closes it and the memory is
+ * the caller's after the close callback.
  */
 typedef struct br_udp_s br_udp_t;
 typedef struct br__dgram_s br__dgram_t;
@@ -1189,19 +1213,15 @@ typedef void (*br_udp_recv_cb)(br_udp_t *u, const char *buf, ssize_t n, const st
                                socklen_t addrlen);
 /* A queued datagram could not be sent: -errno; the others stay queued. */
 typedef void (*br_udp_error_cb)(br_udp_t *u, int err);
-typedef void (*br_udp_close_cb)(br_udp_t *u);
 
 struct br_udp_s {
-    void *data;                 /* the caller's */
-    br_loop_t *loop;            /* read-only */
+    br_handle_t handle;         /* handle.data is the caller's */
     int fd;                     /* read-only */
     br_udp_recv_cb on_recv_;    /* private from here on */
     br_udp_error_cb on_error_;
-    br_udp_close_cb on_close_;
     br__dgram_t *head_;
     br__dgram_t *tail_;
     size_t queued_;             /* bytes */
-    char *rbuf_;
     int receiving_;
     int closing_;
     br_io_t io_;
@@ -1211,7 +1231,7 @@ struct br_udp_s {
  * -EPROTOTYPE (not a datagram socket), -errno. */
 int br_udp_init(br_loop_t *loop, br_udp_t *u, int fd);
 void br_udp_set_error_cb(br_udp_t *u, br_udp_error_cb on_error);
-/* 0, -EINVAL (NULL cb), -ENOMEM, -EBUSY (closing), -errno from watching. */
+/* 0, -EINVAL (NULL cb), -EBUSY (closing), -errno from watching. */
 int br_udp_recv_start(br_udp_t *u, br_udp_recv_cb cb);
 int br_udp_recv_stop(br_udp_t *u);
 /* Sends buf to addr (NULL on a connected socket). 0 sent or queued;
@@ -1220,8 +1240,6 @@ int br_udp_recv_stop(br_udp_t *u);
 int br_udp_send(br_udp_t *u, const void *buf, size_t len, const struct sockaddr *addr, socklen_t addrlen);
 /* Bytes waiting in the send queue. */
 size_t br_udp_queued(const br_udp_t *u);
-/* As br_stream_close. 0 or -EINVAL (already closing). */
-int br_udp_close(br_udp_t *u, br_udp_close_cb cb);
 
 #ifdef __cplusplus
 }

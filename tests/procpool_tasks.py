@@ -115,6 +115,11 @@ def touch(path):
         pass
 
 
+def sleep_then_append(path, text, seconds):
+    time.sleep(seconds)
+    append_line(path, text)
+
+
 def append_line(path, text):
     """Append one line atomically (O_APPEND, one write), safe from several processes."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

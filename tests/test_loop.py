@@ -6,6 +6,7 @@ what issue 3 names as bad input and faults, and the core that braid.Loop impleme
 
 import asyncio
 import contextvars
+import functools
 import gc
 import os
 import signal
@@ -42,6 +43,22 @@ class LoopMixin:
 
     # ---- scheduling -------------------------------------------------------------------
 
+    def test_a_transports_fd_refuses_add_reader_until_it_closes(self, loop):
+        async def main():
+            server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+            port = server.sockets[0].getsockname()[1]
+            transport, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+            fd = transport.get_extra_info("socket").fileno()
+            with pytest.raises(RuntimeError, match="is used by transport"):
+                loop.add_reader(fd, lambda: None)
+            transport.close()  # closing: asyncio lets the fd be watched again
+            loop.add_reader(fd, lambda: None)
+            loop.remove_reader(fd)
+            server.close()
+            await server.wait_closed()
+
+        self.run(loop, main())
+
     def test_call_soon_runs_in_order_with_args(self, loop):
         seen = []
         for i in range(5):
@@ -49,6 +66,25 @@ class LoopMixin:
         loop.call_soon(loop.stop)
         loop.run_forever()
         assert seen == [0, 1, 2, 3, 4]
+
+    def test_a_callback_may_cancel_its_own_handle_while_it_runs(self, loop):
+        # reduce() is C code that goes on using its arguments after calling back into Python;
+        # the callback cancels the handle running it, which drops the handle's references to
+        # the callable and the arguments mid-call. asyncio holds them for the call; so must we.
+        box, seen = {}, []
+
+        def step(a, b):
+            box["handle"].cancel()
+            return a + b
+
+        box["handle"] = loop.call_soon(lambda *a: seen.append(functools.reduce(*a)),
+                                       step, [1, 2, 3, 4], 0)
+        timer = loop.call_later(0, functools.reduce, lambda a, b: (box["timer"].cancel(), a * b)[1],
+                                [1, 2, 3, 4], 1)
+        box["timer"] = timer
+        loop.call_later(0.01, loop.stop)
+        loop.run_forever()
+        assert seen == [10] and box["handle"].cancelled() and timer.cancelled()
 
     def test_callbacks_scheduled_by_callbacks_wait_an_iteration(self, loop):
         seen = []
@@ -687,7 +723,9 @@ def test_braid_loop_default_executor_is_a_braid_thread_pool():
     assert name.startswith("asyncio")
 
 
-def test_braid_transports_are_asyncio_transports_with_c_hot_paths():
+def test_braid_transports_are_asyncio_transports_in_c():
+    # One C object per connection (no __dict__, no per-connection buffers or handles), still an
+    # asyncio.Transport for isinstance checks and asyncio's own helpers.
     braid = import_braid()
     from braid import _braid
 
@@ -698,8 +736,8 @@ def test_braid_transports_are_asyncio_transports_with_c_hot_paths():
         transport, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
         try:
             return (isinstance(transport, asyncio.Transport),
-                    isinstance(transport, _braid._StreamTransportFast),
-                    type(transport).write is _braid._StreamTransportFast.write,
+                    type(transport) is _braid.SocketTransport,
+                    not hasattr(transport, "__dict__"),
                     transport.get_extra_info("peername")[1] == port)
         finally:
             transport.close()
@@ -717,3 +755,99 @@ def test_asyncio_run_with_loop_factory():
         return type(asyncio.get_running_loop())
 
     assert asyncio.run(main(), loop_factory=braid.Loop) is braid.Loop
+
+
+def test_socket_transport_refuses_bad_input_clearly():
+    braid = import_braid()
+    from braid import _braid
+
+    loop = braid.Loop()
+    try:
+        loop.run_until_complete(asyncio.sleep(0))  # makes the transport type
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        a, b = socket.socketpair()
+        try:
+            with pytest.raises(ValueError, match="stream socket"):
+                _braid.SocketTransport(loop, udp, asyncio.Protocol())
+            other = asyncio.new_event_loop()
+            try:
+                with pytest.raises(TypeError, match="braid.Loop"):
+                    _braid.SocketTransport(other, a, asyncio.Protocol())
+            finally:
+                other.close()
+            with pytest.raises(TypeError, match="extra"):
+                _braid.SocketTransport(loop, a, asyncio.Protocol(), None, [("peername", 1)])
+            assert a.fileno() >= 0  # refused before it took the descriptor
+        finally:
+            udp.close()
+            a.close()
+            b.close()
+    finally:
+        loop.close()
+
+
+def test_socket_transport_made_then_refused_lets_go_of_its_descriptor_quietly():
+    # A failure after the engine took the fd (here: a server without _attach) closes it, with
+    # no ResourceWarning for an "unclosed transport" that never existed for the caller.
+    import warnings
+
+    braid = import_braid()
+    from braid import _braid
+
+    loop = braid.Loop()
+    try:
+        loop.run_until_complete(asyncio.sleep(0))
+        a, b = socket.socketpair()
+        fd = a.fileno()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ResourceWarning)
+            with pytest.raises(AttributeError, match="_attach"):
+                _braid.SocketTransport(loop, a, asyncio.Protocol(), None, None, object())
+            gc.collect()
+            loop.run_until_complete(asyncio.sleep(0))  # the engine closes it in its next iteration
+        assert a.fileno() == -1
+        with pytest.raises(OSError):
+            os.fstat(fd)
+        b.close()
+    finally:
+        loop.close()
+
+
+def test_an_accepted_connection_gets_its_socket_object_on_demand():
+    # Accepted in C, a connection has no socket.socket until asked for; then it is the
+    # connection's, non-blocking like asyncio's accepted sockets, and it is detached (fileno
+    # -1) once the transport has closed.
+    braid = import_braid()
+    got = {}
+
+    class Server(asyncio.Protocol):
+        def connection_made(self, transport):
+            got["transport"] = transport
+            sock = transport.get_extra_info("socket")
+            got["same"] = transport.get_extra_info("socket") is sock
+            got["timeout"] = sock.gettimeout()
+            got["peer"] = transport.get_extra_info("peername")
+            got["raw"] = transport._sock
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Server, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await asyncio.wait_for(_until(lambda: "raw" in got), 10)
+        local = writer.get_extra_info("sockname")
+        got["transport"].close()
+        assert await reader.read() == b""  # the server side closed: the client sees EOF
+        writer.close()
+        server.close()
+        await server.wait_closed()
+        return local
+
+    local = braid.run(main())
+    assert got["same"] and got["timeout"] == 0.0 and got["peer"] == local
+    assert got["raw"].fileno() == -1  # detached: the engine closed the descriptor
+
+
+async def _until(predicate):
+    while not predicate():
+        await asyncio.sleep(0.01)

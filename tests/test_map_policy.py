@@ -5,6 +5,8 @@ on profiles that cannot be produced on demand on a 2-core machine with the GIL: 
 free-threaded build, thousands of waiting items, a function that does not pickle.
 """
 
+import sys
+
 import pytest
 
 from pool_helpers import import_braid
@@ -32,6 +34,64 @@ def test_cpu_bound_without_the_gil_goes_to_threads(policy, monkeypatch):
     monkeypatch.setattr(policy, "usable_cpus", lambda: 4)
     plan = policy.choose(profile(policy, 1000, 1e-5, 1e-5), 1_000_000)
     assert plan.mode == "thread" and plan.workers >= 4
+
+
+class FreeThreadedBuild:
+    """sys._is_gil_enabled of a free-threaded build whose GIL is off until ``load()`` runs
+    and, with ``reenables``, on after it: what importing an extension module that does not
+    declare Py_mod_gil does (with PYTHON_GIL=0, or once braid declares it, it stays off)."""
+
+    def __init__(self, reenables):
+        self.gil = False
+        self.reenables = reenables
+        self.loads = 0
+
+    def is_gil_enabled(self):
+        return self.gil
+
+    def load(self):
+        self.loads += 1
+        self.gil = self.gil or self.reenables
+
+
+@pytest.fixture
+def free_threaded(policy, monkeypatch):
+    def install(reenables):
+        build = FreeThreadedBuild(reenables)
+        monkeypatch.setattr(sys, "_is_gil_enabled", build.is_gil_enabled, raising=False)
+        monkeypatch.setattr(policy, "_load_extension", build.load)
+        return build
+    return install
+
+
+def test_the_gil_is_judged_after_braids_extension_is_loaded(policy, free_threaded):
+    # braid._braid declares no Py_mod_gil slot: on a free-threaded build its import turns the
+    # GIL on, so a plan made before it would put CPU-bound work on threads that then take turns
+    build = free_threaded(reenables=True)
+    assert policy.gil_enabled() is True
+    assert build.loads == 1
+    plan = policy.choose(profile(policy, 1000, 1e-5, 1e-5), 1_000_000)
+    assert plan.mode == "process"
+
+
+def test_a_gil_that_stays_off_sends_cpu_bound_work_to_threads(policy, free_threaded, monkeypatch):
+    build = free_threaded(reenables=False)  # PYTHON_GIL=0, or an extension that declares it
+    monkeypatch.setattr(policy, "usable_cpus", lambda: 4)
+    assert policy.gil_enabled() is False
+    assert build.loads == 1
+    plan = policy.choose(profile(policy, 1000, 1e-5, 1e-5), 1_000_000)
+    assert plan.mode == "thread" and plan.workers >= 4
+
+
+def test_with_the_gil_on_nothing_is_loaded(policy, monkeypatch):
+    def refuse():
+        raise AssertionError("the extension was loaded to answer a question the GIL answers")
+
+    monkeypatch.setattr(policy, "_load_extension", refuse)
+    monkeypatch.setattr(sys, "_is_gil_enabled", lambda: True, raising=False)
+    assert policy.gil_enabled() is True
+    monkeypatch.delattr(sys, "_is_gil_enabled", raising=False)  # 3.11 and 3.12 have none
+    assert policy.gil_enabled() is True
 
 
 def test_waiting_items_get_threads_by_littles_law(policy):

@@ -70,12 +70,12 @@ typedef struct sconn_s {
 } sconn_t;
 
 static void sconn_closed(sconn_t *c) { if (--c->open == 0) free(c); }
-static void stream_closed(br_stream_t *s) { sconn_closed(s->data); }
+static void stream_closed(br_handle_t *h) { sconn_closed(h->data); }
 static void timer_closed(br_handle_t *h) { sconn_closed(h->data); }
 
 static void sconn_close(sconn_t *c)
 {
-    if (br_stream_close(&c->s, stream_closed) == 0)
+    if (br_close(&c->s.handle, stream_closed) == 0)
         br_close(&c->delay.handle, timer_closed);
 }
 
@@ -92,7 +92,7 @@ static void on_delay(br_timer_t *t)
 
 static void on_request(br_stream_t *s, const char *buf, ssize_t n)
 {
-    sconn_t *c = s->data;
+    sconn_t *c = s->handle.data;
     if (n <= 0 || c->len + (size_t)n >= sizeof c->req) { /* end, error, or not a request of ours */
         sconn_close(c);
         return;
@@ -116,7 +116,7 @@ static void on_accept(br_io_t *io, unsigned revents)
         if (err != 0)
             die("server", err);
         br_timer_init(&loop, &c->delay);
-        c->s.data = c->delay.handle.data = c;
+        c->s.handle.data = c->delay.handle.data = c;
         c->open = 2;
         if (br_stream_read_start(&c->s, on_request, 1024) != 0)
             sconn_close(c);
@@ -152,11 +152,11 @@ static void finished(void)
     start_next();
 }
 
-static void client_closed(br_stream_t *s) { finished(); }
+static void client_closed(br_handle_t *h) { finished(); }
 
 static void on_response(br_stream_t *s, const char *buf, ssize_t n)
 {
-    client_t *c = s->data;
+    client_t *c = s->handle.data;
     char want[RESP_MAX];
     if (n > 0 && c->len + (size_t)n <= RESP_MAX) {
         memcpy(c->resp + c->len, buf, (size_t)n);
@@ -165,7 +165,7 @@ static void on_response(br_stream_t *s, const char *buf, ssize_t n)
     }
     /* n == 0: the server closed its end, the response is all in. */
     c->ok = n == 0 && c->len == response(c->index, want) && memcmp(c->resp, want, c->len) == 0;
-    br_stream_close(s, client_closed);
+    br_close(&s->handle, client_closed);
 }
 
 static void connected(client_t *c, int fd)
@@ -176,9 +176,9 @@ static void connected(client_t *c, int fd)
     int err = br_stream_init(&loop, &c->s, fd);
     if (err != 0)
         die("client", err);
-    c->s.data = c;
+    c->s.handle.data = c;
     if (br_stream_read_start(&c->s, on_response, 4096) != 0 || br_stream_write(&c->s, req, (size_t)rl) != 0)
-        br_stream_close(&c->s, client_closed);
+        br_close(&c->s.handle, client_closed);
 }
 
 /* A non-blocking connect is done when the socket turns writable; SO_ERROR

@@ -5,7 +5,6 @@ import concurrent.futures
 import concurrent.futures.thread
 import os
 import sys
-import threading
 
 from . import _braid, _interpworker, _procworker
 from ._errors import TaskTimeout
@@ -93,6 +92,10 @@ class InterpreterPool(_Core, concurrent.futures.Executor):
         # tasks already running; a second Ctrl-C ends that wait. Otherwise, as the stdlib's
         # executors: everything submitted finishes.
         interrupted = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
+        if interrupted:
+            from . import _pools
+
+            _pools.note_interrupt()
         self.shutdown(wait=True, cancel_futures=interrupted)
         return False
 
@@ -139,8 +142,8 @@ if SUPPORTED:
     # TaskTimeout reaches the C half through the process pool's hooks
     from . import _procpool  # noqa: E402,F401  (sets them)
 
-    # Before threading joins its own threads at exit, as the thread pool's hook: queued work
-    # finishes, then every worker ends its sub-interpreter (the main one must outlive them).
-    threading._register_atexit(_braid._interppool_at_exit)
+    # Interpreter exit is braid._pools' (registered on import): queued work finishes (after
+    # Ctrl-C it is cancelled), then every worker ends its sub-interpreter, before the main one.
+    from . import _pools  # noqa: E402,F401
 
 del TaskTimeout, _procworker

@@ -1,35 +1,20 @@
 """braid.Loop: an asyncio event loop whose scheduling core is C (src/python/loop.c).
 
 The hot core is C, on braid's reactor (src/core/loop.c): the ready queue, the timers, the
-poll and the fd watchers that asyncio's transports use. Transports,
-servers, subprocesses, signal handlers and the rest are asyncio's own code running on that
-core, through the same internal methods asyncio's selector loop uses (_add_reader, ...).
+poll and the fd watchers, and the TCP and Unix socket transports (src/python/socktransport.c,
+on the engine's streams), with plain connections accepted without a task each. Servers'
+set-up, TLS, pipes, datagrams, subprocesses, signal handlers and the rest are asyncio's own
+code running on that core, through the internal methods asyncio's selector loop uses
+(_add_reader, _make_socket_transport, ...).
 """
 
 import asyncio
+import socket
 from asyncio import selector_events, unix_events
 
 from . import _braid
 
 __all__ = ["Loop", "new_event_loop", "install", "run", "EventLoopPolicy"]
-
-
-class _SocketTransport(_braid._StreamTransportFast, selector_events._SelectorSocketTransport):
-    """asyncio's socket transport (TCP and Unix streams) with its per-message paths in C.
-
-    _read_ready and write come from _braid._StreamTransportFast (src/python/transport.c):
-    recv() into one reusable buffer and an exact-size bytes object for the protocol, and
-    send() at once when nothing is buffered. Everything else -- buffering, backpressure,
-    flow control, close/abort, sendfile, BufferedProtocol reads -- is asyncio's code, fed
-    by the same attributes.
-    """
-
-    _braid_write_slow = selector_events._SelectorSocketTransport.write
-    _braid_buffered = False
-
-    def set_protocol(self, protocol):
-        super().set_protocol(protocol)
-        self._braid_buffered = isinstance(protocol, asyncio.BufferedProtocol)
 
 
 class Loop(_braid._LoopCore, unix_events._UnixSelectorEventLoop):
@@ -48,8 +33,28 @@ class Loop(_braid._LoopCore, unix_events._UnixSelectorEventLoop):
             self._default_executor = ThreadPool(thread_name_prefix="asyncio")
         return super().run_in_executor(executor, func, *args)
 
-    def _make_socket_transport(self, sock, protocol, waiter=None, **kwargs):
-        return _SocketTransport(self, sock, protocol, waiter, **kwargs)
+    def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
+        if not issubclass(type(sock), socket.socket):
+            # a socket-like object (a test's mock, a wrapper): only asyncio's transport can
+            # drive it, through its methods; the C transport owns a real descriptor
+            return selector_events._SelectorSocketTransport(self, sock, protocol, waiter, extra, server)
+        return _braid.SocketTransport(self, sock, protocol, waiter, extra, server)
+
+    def _accept_connection(self, protocol_factory, sock, sslcontext=None, server=None, backlog=100, *args):
+        # asyncio accepts through socket.accept() and makes a task (a coroutine and a waiter
+        # future) per connection, to call the protocol factory and make the transport one
+        # iteration later; for a plain connection braid does both in C, in the batch of
+        # accepts (src/python/sockaccept.c). TLS, debug mode (asyncio's log lines), a
+        # socket-like object that is not a socket, and a subclass with transports of its own
+        # take asyncio's way, and so does an accept error
+        # (out of descriptors: asyncio reports it, pauses accepting and tries again).
+        if (sslcontext is not None or self._debug or not issubclass(type(sock), socket.socket)
+                or type(self)._make_socket_transport is not Loop._make_socket_transport):
+            return super()._accept_connection(protocol_factory, sock, sslcontext, server, backlog, *args)
+        try:
+            return _braid._accept_plain(self, sock.fileno(), sock.family, protocol_factory, server, backlog)
+        except OSError:
+            return super()._accept_connection(protocol_factory, sock, sslcontext, server, backlog, *args)
 
     def _make_self_pipe(self):
         super()._make_self_pipe()

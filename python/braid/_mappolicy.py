@@ -27,9 +27,10 @@ measures instead of guessing:
 
    ``k`` threads follow Little's law: to keep one core busy while each item waits
    ``w - c``, about ``w / c`` items must be in flight (capped at THREAD_CAP). ``P`` is the
-   number of usable CPUs. On a free-threaded build (no GIL) threads run ``c`` in parallel
-   too, so CPU-bound work goes to threads. A pool must win by PAYOFF to be picked: near
-   the crossover, sequential has no start-up to lose.
+   number of usable CPUs. When the GIL is truly off (a free-threaded build that stays so
+   once braid's extension is loaded: ``gil_enabled``) threads run ``c`` in parallel too,
+   so CPU-bound work goes to threads. A pool must win by PAYOFF to be picked: near the
+   crossover, sequential has no start-up to lose.
 3. A function or first item that does not pickle cannot go to processes; threads take
    the work instead, and the explanation says so.
 4. On Python 3.12+ CPU-bound work planned for processes goes to sub-interpreters
@@ -83,8 +84,22 @@ def interpreters_available():
 
 
 def gil_enabled():
+    """Whether this process's threads run Python code one at a time, as braid's pools will
+    see it. On a free-threaded build the answer can change: importing an extension module
+    that does not declare ``Py_mod_gil`` turns the GIL on (with a RuntimeWarning), and
+    braid's pools stand on braid._braid, which declares nothing of the kind yet
+    (docs/FREE_THREADING.md). So while the GIL is off the extension is loaded first and the
+    question asked again: the plan is made for the GIL the pool will run under, not for the
+    one before its import. With the GIL on, or before 3.13, nothing is loaded."""
     check = getattr(sys, "_is_gil_enabled", None)
-    return True if check is None else bool(check())
+    if check is None or check():
+        return True
+    _load_extension()
+    return bool(check())
+
+
+def _load_extension():
+    from . import _braid  # noqa: F401  (its import is what may turn the GIL on)
 
 
 def _runnable_seconds():

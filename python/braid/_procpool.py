@@ -6,10 +6,9 @@ import itertools
 import math
 import os
 import sys
-import threading
 import time
 
-from . import _braid, _procworker
+from . import _braid, _pools, _procworker
 from . import _errors
 from ._errors import TaskTimeout
 
@@ -19,8 +18,6 @@ __all__ = ["ProcessPool"]
 # pass; larger ones stream through in fragments.
 RING_BYTES = 1 << 20
 CHUNKS_PER_WORKER = 16
-
-_interrupted = False
 
 
 def _default_workers():
@@ -137,7 +134,7 @@ class ProcessPool(_braid._ProcessPoolCore, concurrent.futures.Executor):
             # launcher, not a home for task functions; workers do not re-run it
             main_path = ""
         env = dict(os.environ)
-        env.update(BRAID_WORKER_PPID=str(os.getpid()), BRAID_WORKER_RING=str(RING_BYTES),
+        env.update(BRAID_WORKER_PPID=str(os.getpid()),
                    # Manager proxies and multiprocessing connections passed to a task
                    # authenticate with this process's key, as spawn's children do
                    BRAID_WORKER_AUTHKEY=_procworker.authkey().hex(),
@@ -157,8 +154,7 @@ class ProcessPool(_braid._ProcessPoolCore, concurrent.futures.Executor):
         # whatever the tasks were doing. Otherwise, as ProcessPoolExecutor: everything
         # submitted finishes.
         if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
-            global _interrupted
-            _interrupted = True
+            _pools.note_interrupt()
             self.terminate()
         else:
             self.shutdown(wait=True)
@@ -271,14 +267,13 @@ def _chunk_values(future, timeout):
 
 
 def _ordered(futures, refill, deadline):
-    global _interrupted
     try:
         while futures:
             refill(1)  # 3.14: one more chunk submitted before the oldest one is waited for
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             yield from _chunk_values(futures.popleft(), timeout)
     except KeyboardInterrupt:
-        _interrupted = True
+        _pools.note_interrupt()
         raise
     finally:
         for future in futures:
@@ -286,7 +281,6 @@ def _ordered(futures, refill, deadline):
 
 
 def _unordered(futures, refill):
-    global _interrupted
     pending = set(futures)
     futures.clear()
     try:
@@ -298,23 +292,12 @@ def _unordered(futures, refill):
             pending |= set(futures)
             futures.clear()
     except KeyboardInterrupt:
-        _interrupted = True
+        _pools.note_interrupt()
         raise
     finally:
         for future in pending:
             future.cancel()
 
 
-def _at_exit():
-    # After Ctrl-C (an interrupted map, or a KeyboardInterrupt that ended the program) queued
-    # work is cancelled and workers get a short grace before SIGKILL; otherwise queued work
-    # finishes first, as with ProcessPoolExecutor.
-    last = getattr(sys, "last_value", None)
-    _braid._procpool_at_exit(_interrupted or isinstance(last, KeyboardInterrupt))
-
-
 _braid._set_process_hooks(_procworker.dumps_task, _procworker.loads, _errors.new_worker_crashed, TaskTimeout,
                           _procworker._Envelope)
-threading._register_atexit(_at_exit)
-# A forked child has neither the parent's workers nor its templates.
-os.register_at_fork(after_in_child=_braid._procpool_after_fork_child)

@@ -521,7 +521,6 @@ def main():
     env = os.environ
     template = env.pop("BRAID_WORKER_TEMPLATE", "") == "1"
     ppid = int(env.pop("BRAID_WORKER_PPID"))
-    ring_bytes = int(env.pop("BRAID_WORKER_RING"))
     syspath = env.pop("BRAID_WORKER_SYSPATH", "")
     main_path = env.pop("BRAID_WORKER_MAIN", "")
     _braid._worker_bind_parent(ppid)  # die with the parent, even if it is SIGKILLed
@@ -570,7 +569,7 @@ def main():
         _reseed_after_fork()
         if blas is not None:
             _restore_blas(blas)
-    status = _braid._worker_loop(ring_bytes, _handle, pack_result, pack_error, release_acknowledged)
+    status = _braid._worker_loop(_handle, pack_result, pack_error, release_acknowledged)
     if template:
         _exit_forked(status or 0)
     sys.exit(status or 0)

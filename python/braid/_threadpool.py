@@ -1,10 +1,9 @@
 """braid.ThreadPool: the Python face of the C thread pool (src/python/threadpool.c)."""
 
 import concurrent.futures
-import os
 import threading
 
-from . import _braid
+from . import _braid, _pools
 
 __all__ = ["ThreadPool"]
 
@@ -40,6 +39,8 @@ class ThreadPool(_braid._ThreadPoolCore, concurrent.futures.Executor):
         # tasks already running (threads cannot be stopped); a second Ctrl-C ends that wait.
         # Otherwise, as ThreadPoolExecutor: everything submitted finishes.
         interrupted = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
+        if interrupted:
+            _pools.note_interrupt()
         self.shutdown(wait=True, cancel_futures=interrupted)
         return False
 
@@ -58,9 +59,3 @@ def _worker_exiting():
 
 
 _braid._set_worker_hooks(_worker_started, _worker_exiting)
-# A forked child has none of the parent's worker threads: its pools refuse
-# work with BrokenThreadPool instead of queueing tasks nobody will run.
-os.register_at_fork(after_in_child=_braid._after_fork_child)
-# Runs before threading joins its own threads at interpreter exit, as
-# ThreadPoolExecutor's hook does: queued work finishes, workers are joined.
-threading._register_atexit(_braid._at_exit)

@@ -25,6 +25,7 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* ------------------------------------------------------------ handles */
 
@@ -102,6 +103,12 @@ int br_close(br_handle_t *h, br_close_cb close_cb)
     case BR_HANDLE_SIGNAL:
         br__signal_close((br_signal_t *)h);
         break;
+    case BR_HANDLE_STREAM:
+        br__stream_close((br_stream_t *)h);
+        break;
+    case BR_HANDLE_UDP:
+        br__udp_close((br_udp_t *)h);
+        break;
     default:
         return -EINVAL;
     }
@@ -117,6 +124,16 @@ int br_close(br_handle_t *h, br_close_cb close_cb)
         loop->closing_head_ = h;
     loop->closing_tail_ = h;
     return 0;
+}
+
+void br_loop_walk(br_loop_t *loop, void (*cb)(br_handle_t *handle, void *arg), void *arg)
+{
+    br_handle_t *h = loop->handles_;
+    while (h != NULL) {
+        br_handle_t *next = h->next_; /* read first: closing h leaves it on the list, but be safe */
+        cb(h, arg);
+        h = next;
+    }
 }
 
 static void run_closing(br_loop_t *loop)
@@ -139,6 +156,27 @@ static void run_closing(br_loop_t *loop)
             h->close_cb_(h);
         h = next;
     }
+}
+
+void br__close_fd(int *fd)
+{
+    if (*fd >= 0)
+        (void)close(*fd); /* even on EINTR the fd is gone on Linux: no retry */
+    *fd = -1;
+}
+
+char *br__loop_read_buf(br_loop_t *loop, size_t size)
+{
+    /* Grown only here, just before a read: never while a callback still
+     * looks at what the last read put in it. */
+    if (loop->read_buf_size_ < size) {
+        char *b = realloc(loop->read_buf_, size);
+        if (b == NULL)
+            return NULL;
+        loop->read_buf_ = b;
+        loop->read_buf_size_ = size;
+    }
+    return loop->read_buf_;
 }
 
 /* ------------------------------------------------------------ loop */
@@ -167,6 +205,9 @@ int br_loop_close(br_loop_t *loop)
     br__async_loop_close(loop);
     br__poll_close(loop);
     br__timers_free(loop);
+    free(loop->read_buf_);
+    loop->read_buf_ = NULL;
+    loop->read_buf_size_ = 0;
     free(loop->watchers_);
     loop->watchers_ = NULL;
     loop->nwatchers_ = 0;
@@ -174,6 +215,8 @@ int br_loop_close(br_loop_t *loop)
 }
 
 int64_t br_loop_now(const br_loop_t *loop) { return loop->time_; }
+
+void br_loop_set_block_cb(br_loop_t *loop, void (*cb)(br_loop_t *loop, int blocking)) { loop->block_cb_ = cb; }
 
 void br_loop_update_time(br_loop_t *loop) { loop->time_ = br_now_ns(); }
 

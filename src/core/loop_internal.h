@@ -47,6 +47,16 @@ void br__handle_stop(br_handle_t *h);
 /* A watcher the loop uses itself (the async wakeup, a signalfd): not in
  * the handle list, never counted as keeping the loop alive. */
 void br__io_init_internal(br_loop_t *loop, br_io_t *io, int fd);
+/* The loop's read buffer, at least size bytes (NULL: no memory). Shared by
+ * every stream and datagram socket of the loop: valid until the next call. */
+char *br__loop_read_buf(br_loop_t *loop, size_t size);
+/* close(*fd) once; *fd becomes -1. */
+void br__close_fd(int *fd);
+
+/* ------------------------------------------------------------ stream.c, udp.c */
+/* br_close's part: stop, drop the queue, close the fd. */
+void br__stream_close(br_stream_t *s);
+void br__udp_close(br_udp_t *u);
 
 /* ------------------------------------------------------------ timer.c */
 void br__timers_run(br_loop_t *loop);

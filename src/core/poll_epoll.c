@@ -121,8 +121,13 @@ static unsigned from_epoll(uint32_t e)
 int br__poll_wait(br_loop_t *loop, int timeout_ms)
 {
     struct br__poll_s *p = loop->poll_;
+    int hook = timeout_ms != 0 && loop->block_cb_ != NULL;
+    if (hook)
+        loop->block_cb_(loop, 1);
     int n = epoll_wait(p->epfd, p->events, MAX_EVENTS, timeout_ms);
     int err = n < 0 ? errno : 0;
+    if (hook)
+        loop->block_cb_(loop, 0);
 
     /* After the wait, before any callback: a callback that starts a timer
      * after a long sleep must count from now, not from before the sleep. */

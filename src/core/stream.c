@@ -1,7 +1,9 @@
 /*
  * stream.c — br_stream_t: a byte stream (TCP or Unix socket, pipe, pty) on
  * a br_loop_t, with a write queue and watermarks. See braid.h for the life
- * cycle; this file only uses the public reactor API (a br_io_t inside).
+ * cycle. A stream is a handle of its own (what br_close and the loop's
+ * liveness see) over an internal br_io_t, as a br_signal_t is: one object
+ * per connection for the embedder, no second handle to close.
  *
  * Writes: with nothing queued, br_stream_write tries the kernel at once
  * (most writes end there, with no copy and no epoll_ctl); the rest is copied
@@ -10,11 +12,14 @@
  * Sockets are written with MSG_NOSIGNAL, so a reset peer is -EPIPE, never a
  * SIGPIPE that would kill a C program that did not ignore it.
  *
- * Reads: level-triggered, one read per callback into the reused buffer, so
- * many streams share the loop fairly and a slow consumer can stop reading
- * (read_stop) without the stream buffering behind its back.
+ * Reads: level-triggered, one read per callback into the loop's read
+ * buffer, so many streams share the loop fairly, a slow consumer can stop
+ * reading (read_stop) without the stream buffering behind its back, and an
+ * idle connection costs no buffer (10,000 streams with a 64 KiB buffer
+ * each would hold 640 MB for nothing).
  */
 #include "internal.h"
+#include "loop_internal.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -54,7 +59,12 @@ static int closing(const br_stream_t *s)
 static int update_watch(br_stream_t *s)
 {
     unsigned events = ((s->state_ & S_READING) ? BR_READABLE : 0) | (s->queued_ ? BR_WRITABLE : 0);
-    return events ? br_io_start(&s->io_, events, on_io) : br_io_stop(&s->io_);
+    int rc = events ? br_io_start(&s->io_, events, on_io) : br_io_stop(&s->io_);
+    if (events && rc == 0)
+        br__handle_start(&s->handle);
+    else if (!events)
+        br__handle_stop(&s->handle);
+    return rc;
 }
 
 static void free_queue(br_stream_t *s)
@@ -82,13 +92,11 @@ int br_stream_init(br_loop_t *loop, br_stream_t *s, int fd)
     if (rc < 0) {
         return rc;
     }
-    rc = br_io_init(loop, &s->io_, fd);
-    if (rc < 0) {
-        return rc;
-    }
+    br__handle_init(loop, &s->handle, BR_HANDLE_STREAM);
+    br__io_init_internal(loop, &s->io_, fd);
     s->io_.handle.data = s;
-    s->loop = loop;
     s->fd = fd;
+    s->read_size_ = DEFAULT_READ_SIZE;
     s->high_ = 64 * 1024;
     s->low_ = 16 * 1024;
     s->state_ = S_ISSOCK(st.st_mode) ? S_SOCKET : 0;
@@ -99,6 +107,12 @@ void br_stream_set_callbacks(br_stream_t *s, br_stream_drain_cb on_drain, br_str
 {
     s->on_drain_ = on_drain;
     s->on_error_ = on_error;
+}
+
+void br_stream_set_more_callbacks(br_stream_t *s, br_stream_alloc_cb on_alloc, br_stream_empty_cb on_empty)
+{
+    s->on_alloc_ = on_alloc;
+    s->on_empty_ = on_empty;
 }
 
 /* Tells the drain callback when the queue crossed a watermark. */
@@ -138,17 +152,7 @@ int br_stream_read_start(br_stream_t *s, br_stream_read_cb cb, size_t read_size)
     if (closing(s)) {
         return -EBUSY;
     }
-    if (read_size == 0) {
-        read_size = DEFAULT_READ_SIZE;
-    }
-    if (s->rbuf_size_ != read_size) {
-        char *b = realloc(s->rbuf_, read_size);
-        if (b == NULL) {
-            return -ENOMEM;
-        }
-        s->rbuf_ = b;
-        s->rbuf_size_ = read_size;
-    }
+    s->read_size_ = read_size != 0 ? read_size : DEFAULT_READ_SIZE;
     s->on_read_ = cb;
     unsigned before = s->state_;
     s->state_ |= S_READING;
@@ -261,6 +265,16 @@ size_t br_stream_queued(const br_stream_t *s)
     return s->queued_;
 }
 
+void br_stream_discard(br_stream_t *s)
+{
+    if (closing(s) || s->queued_ == 0) {
+        return;
+    }
+    free_queue(s);
+    s->state_ &= ~S_PAUSED;
+    (void)update_watch(s); /* only narrows the watch */
+}
+
 int br_stream_shutdown(br_stream_t *s)
 {
     if (closing(s)) {
@@ -316,23 +330,47 @@ static void flush(br_stream_t *s)
         do_shutdown(s);
     }
     check_marks(s);
+    if (s->queued_ == 0 && !closing(s) && s->on_empty_ != NULL) {
+        s->on_empty_(s);
+    }
 }
 
 static void read_once(br_stream_t *s)
 {
+    char *buf = NULL;
+    size_t size = s->read_size_;
     ssize_t n;
+    if (s->on_alloc_ != NULL) {
+        int rc = s->on_alloc_(s, &buf, &size);
+        if (closing(s) || !(s->state_ & S_READING)) {
+            return; /* the callback closed the stream or stopped reading */
+        }
+        if (rc < 0 || buf == NULL || size == 0) {
+            n = rc < 0 ? rc : -EINVAL;
+            buf = NULL;
+            goto stop;
+        }
+    } else if ((buf = br__loop_read_buf(s->handle.loop, size)) == NULL) {
+        n = -ENOMEM;
+        goto stop;
+    }
     do {
-        n = read(s->fd, s->rbuf_, s->rbuf_size_);
+        n = read(s->fd, buf, size);
     } while (n < 0 && errno == EINTR);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
         return;
     }
-    if (n <= 0) {
-        n = n < 0 ? -errno : 0;
-        s->state_ &= ~S_READING;
-        (void)update_watch(s); /* stopping never fails in a way worth more than the report below */
+    if (n > 0) {
+        s->on_read_(s, buf, n);
+        return;
     }
-    s->on_read_(s, s->rbuf_, n);
+    if (n < 0) {
+        n = -errno;
+    }
+stop:
+    s->state_ &= ~S_READING;
+    (void)update_watch(s); /* stopping never fails in a way worth more than the report below */
+    s->on_read_(s, buf, n);
 }
 
 static void on_io(br_io_t *io, unsigned revents)
@@ -347,27 +385,17 @@ static void on_io(br_io_t *io, unsigned revents)
     }
 }
 
-static void io_closed(br_handle_t *h)
+void br__stream_close(br_stream_t *s)
 {
-    br_stream_t *s = h->data;
-    (void)close(s->fd); /* even on EINTR the fd is gone on Linux: no retry */
-    s->fd = -1;
-    if (s->on_close_ != NULL) {
-        s->on_close_(s);
-    }
-}
-
-int br_stream_close(br_stream_t *s, br_stream_close_cb cb)
-{
-    if (closing(s)) {
-        return -EINVAL;
-    }
     s->state_ |= S_CLOSING;
     s->state_ &= ~S_READING;
-    s->on_close_ = cb;
     free_queue(s);
-    free(s->rbuf_);
-    s->rbuf_ = NULL;
-    s->rbuf_size_ = 0;
-    return br_close(&s->io_.handle, io_closed);
+    (void)br_io_stop(&s->io_); /* the table entry goes whatever the kernel says */
+    /* The fd closes now, as libuv's uv_close does and as a program closing
+     * a socket expects (the peer sees it at once, not at the loop's next
+     * iteration). An event the current poll already returned for its
+     * number finds no watcher (the table entry is gone) or, if a new fd
+     * took the number meanwhile, a spurious readiness its handler meets
+     * with EAGAIN, as readiness is only ever a hint. */
+    br__close_fd(&s->fd);
 }

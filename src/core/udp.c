@@ -1,15 +1,17 @@
 /*
  * udp.c — br_udp_t: datagram sockets on a br_loop_t (see braid.h).
  *
- * Receives: one recvfrom per readable callback into a buffer of the largest
- * datagram size (64 KiB), so a datagram is never truncated and several
- * sockets share the loop fairly. Sends: at once when nothing is queued;
+ * Receives: one recvfrom per readable callback into the loop's read buffer
+ * (shared with its streams), at the largest datagram size (64 KiB), so a
+ * datagram is never truncated and several sockets share the loop fairly.
+ * A handle of its own over an internal br_io_t, as br_stream_t. Sends: at once when nothing is queued;
  * EAGAIN (full socket buffer) queues a copy with its address, and the
  * queue drains in order when the socket becomes writable. A datagram the
  * kernel refuses for good (EMSGSIZE, EHOSTUNREACH, ...) is dropped and
  * reported, and the ones behind it still go.
  */
 #include "internal.h"
+#include "loop_internal.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -32,7 +34,12 @@ static void on_io(br_io_t *io, unsigned revents);
 static int update_watch(br_udp_t *u)
 {
     unsigned events = (u->receiving_ ? BR_READABLE : 0) | (u->head_ ? BR_WRITABLE : 0);
-    return events ? br_io_start(&u->io_, events, on_io) : br_io_stop(&u->io_);
+    int rc = events ? br_io_start(&u->io_, events, on_io) : br_io_stop(&u->io_);
+    if (events && rc == 0)
+        br__handle_start(&u->handle);
+    else if (!events)
+        br__handle_stop(&u->handle);
+    return rc;
 }
 
 int br_udp_init(br_loop_t *loop, br_udp_t *u, int fd)
@@ -53,12 +60,9 @@ int br_udp_init(br_loop_t *loop, br_udp_t *u, int fd)
     if (rc < 0) {
         return rc;
     }
-    rc = br_io_init(loop, &u->io_, fd);
-    if (rc < 0) {
-        return rc;
-    }
+    br__handle_init(loop, &u->handle, BR_HANDLE_UDP);
+    br__io_init_internal(loop, &u->io_, fd);
     u->io_.handle.data = u;
-    u->loop = loop;
     u->fd = fd;
     return 0;
 }
@@ -75,9 +79,6 @@ int br_udp_recv_start(br_udp_t *u, br_udp_recv_cb cb)
     }
     if (u->closing_) {
         return -EBUSY;
-    }
-    if (u->rbuf_ == NULL && (u->rbuf_ = malloc(MAX_DATAGRAM)) == NULL) {
-        return -ENOMEM;
     }
     u->on_recv_ = cb;
     int was = u->receiving_;
@@ -190,12 +191,14 @@ static void on_io(br_io_t *io, unsigned revents)
     if ((revents & (BR_READABLE | BR_ERROR)) && u->receiving_) {
         struct sockaddr_storage from;
         socklen_t fl = sizeof from;
-        ssize_t n;
-        do {
-            n = recvfrom(u->fd, u->rbuf_, MAX_DATAGRAM, 0, (struct sockaddr *)&from, &fl);
-        } while (n < 0 && errno == EINTR);
+        char *buf = br__loop_read_buf(u->handle.loop, MAX_DATAGRAM);
+        ssize_t n = -1;
+        errno = ENOMEM;
+        while (buf != NULL && (n = recvfrom(u->fd, buf, MAX_DATAGRAM, 0, (struct sockaddr *)&from, &fl)) < 0 &&
+               errno == EINTR) {
+        }
         if (n >= 0) {
-            u->on_recv_(u, u->rbuf_, n, (struct sockaddr *)&from, fl);
+            u->on_recv_(u, buf, n, (struct sockaddr *)&from, fl);
         } else if (errno != EAGAIN && errno != EWOULDBLOCK) {
             u->on_recv_(u, NULL, -errno, NULL, 0);
         }
@@ -205,24 +208,10 @@ static void on_io(br_io_t *io, unsigned revents)
     }
 }
 
-static void io_closed(br_handle_t *h)
+void br__udp_close(br_udp_t *u)
 {
-    br_udp_t *u = h->data;
-    (void)close(u->fd); /* even on EINTR the fd is gone on Linux: no retry */
-    u->fd = -1;
-    if (u->on_close_ != NULL) {
-        u->on_close_(u);
-    }
-}
-
-int br_udp_close(br_udp_t *u, br_udp_close_cb cb)
-{
-    if (u->closing_) {
-        return -EINVAL;
-    }
     u->closing_ = 1;
     u->receiving_ = 0;
-    u->on_close_ = cb;
     while (u->head_ != NULL) {
         br__dgram_t *d = u->head_;
         u->head_ = d->next;
@@ -230,7 +219,12 @@ int br_udp_close(br_udp_t *u, br_udp_close_cb cb)
     }
     u->tail_ = NULL;
     u->queued_ = 0;
-    free(u->rbuf_);
-    u->rbuf_ = NULL;
-    return br_close(&u->io_.handle, io_closed);
+    (void)br_io_stop(&u->io_); /* the table entry goes whatever the kernel says */
+    /* The fd closes now, as libuv's uv_close does and as a program closing
+     * a socket expects (the peer sees it at once, not at the loop's next
+     * iteration). An event the current poll already returned for its
+     * number finds no watcher (the table entry is gone) or, if a new fd
+     * took the number meanwhile, a spurious readiness its handler meets
+     * with EAGAIN, as readiness is only ever a hint. */
+    br__close_fd(&u->fd);
 }

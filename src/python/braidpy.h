@@ -16,6 +16,7 @@
 typedef struct pool_core_s pool_core_t;
 typedef struct proc_core_s proc_core_t;
 typedef struct interp_core_s interp_core_t;
+typedef struct braid_pool_link_s braid_pool_link_t;
 
 typedef struct {
     /* types */
@@ -27,13 +28,17 @@ typedef struct {
     PyTypeObject *loop_core_type;   /* _LoopCore */
     PyTypeObject *loop_handle_type; /* LoopHandle, an asyncio.Handle (made by the first Loop) */
     PyTypeObject *loop_timer_type;  /* LoopTimerHandle, an asyncio.TimerHandle */
-    PyTypeObject *stream_fast_type; /* _StreamTransportFast */
+    PyTypeObject *socket_transport_type; /* SocketTransport (made by the first Loop) */
+    PyObject *BufferedProtocol;     /* asyncio.BufferedProtocol (with it) */
+    PyObject *str_data_received;    /* interned "data_received" */
+    PyObject *StreamReaderProtocol; /* asyncio's, for the transport's streams fast path */
+    PyObject *StreamReader;
+    PyObject *stream_methods[3];    /* asyncio's data_received, feed_data, _wakeup_waiter */
+#define BRAID_STREAM_NAMES 17
+    PyObject *stream_names[BRAID_STREAM_NAMES]; /* interned attribute names (socktransport.c) */
 #define BRAID_LOOP_NAMES 6
     PyObject *loop_names[BRAID_LOOP_NAMES]; /* interned attribute names (loop.c) */
     PyObject *kwnames_loop;         /* ("loop",): create_future's keyword names */
-#define BRAID_TRANSPORT_NAMES 12
-    PyObject *transport_names[BRAID_TRANSPORT_NAMES]; /* interned attribute names */
-    char *read_buf;                 /* the socket transports' reusable read buffer */
     /* exceptions and helpers borrowed from the stdlib */
     PyObject *CancelledError;
     PyObject *InvalidStateError;
@@ -53,17 +58,14 @@ typedef struct {
     PyObject *WorkerCrashed;
     PyObject *TaskTimeout;
     PyObject *BrokenProcessPool;
-    proc_core_t *proc_cores;
-    /* every thread-pool core whose workers may still run Python code, so
-     * that interpreter exit can wait for them (threadpool.c) */
-    pool_core_t *cores;
+    /* every pool core that interpreter exit may have to close or wait for,
+     * of every kind (pools.c) */
+    braid_pool_link_t *pools;
     br_event_t *exit_waiter;        /* set when a dropped pool's last worker leaves */
     /* interpreter pools (interppool.c, 3.12+) */
     PyTypeObject *interppool_core_type;
     PyObject *ip_dumps_task;        /* braid._interpworker.dumps_task */
     PyObject *BrokenInterpreterPool;
-    interp_core_t *interp_cores;    /* whose workers may still run (at-exit joins them) */
-    br_event_t *ip_exit_waiter;
     unsigned long pool_counter;
 } braid_state;
 
@@ -148,7 +150,8 @@ PyObject *braid_loads(braid_state *st, PyObject *data);
 /* errors.c: the one map from an engine -errno to a Python exception:
  * OSError(errno, "what: strerror") as its errno subclass, MemoryError for
  * ENOMEM. Returns NULL. EINVAL, ESHUTDOWN and the like are the call
- * site's to raise (ValueError, RuntimeError) in its own words. */
+ * site's to raise (ValueError, RuntimeError) in its own words. what may be
+ * NULL: the message is then strerror alone, as the socket module's. */
 PyObject *braid_raise_oserror(int err, const char *what);
 
 /* future.c: _FutureCore at import; Future (on concurrent.futures.Future)
@@ -183,31 +186,40 @@ int braid_threadpool_init_types(PyObject *module, braid_state *st);
 FutureObject *braid_pool_submit(PyObject *pool, PyObject *fn, PyObject *args,
                                 PyObject *kwargs, int chunked);
 unsigned braid_pool_max_workers(PyObject *pool);
-/* Interpreter exit: close and join every pool. */
-PyObject *braid_threadpool_at_exit(braid_state *st);
 /* Thread-pool cores on the module's list (not yet released). */
 size_t braid_threadpool_cores(braid_state *st);
-void braid_threadpool_clear_state(braid_state *st);
-/* os.register_at_fork(after_in_child=...): pools become unusable, safely. */
-PyObject *braid_threadpool_after_fork_child(braid_state *st);
 /* Removes a queued work item of this pool (no-op if a worker has it). */
 void braid_pool_cancel_work(pool_core_t *core, br_work_t *work);
 
 /* loop.c */
 int braid_loop_init_types(PyObject *module, braid_state *st);
 PyObject *braid_module_from_type(PyTypeObject *tp); /* borrowed; NULL with an error if not ours */
+/* The engine loop of a braid.Loop (TypeError / closed: RuntimeError). */
+br_loop_t *braid_loop_core(PyObject *loop);
+/* Steals exc (KeyboardInterrupt, SystemExit from an engine callback): the
+ * loop stops the iteration and _run_once raises it. */
+void braid_loop_raise_later(PyObject *loop, PyObject *exc);
+/* A transport's stream opened (+1) or its close callback ran (-1): the loop
+ * then polls on every iteration, as it does for any watched fd. */
+void braid_loop_count_stream(PyObject *loop, int delta);
 int braid_loop_traverse(braid_state *st, visitproc visit, void *arg);
 void braid_loop_clear(braid_state *st);
 
-/* transport.c */
-int braid_transport_init_types(PyObject *module, braid_state *st);
-int braid_transport_traverse(braid_state *st, visitproc visit, void *arg);
-void braid_transport_clear(braid_state *st);
+/* socktransport.c */
+int braid_socktransport_make_type(braid_state *st, PyObject *module);
+/* br_loop_walk's callback when a braid.Loop closes: closes the streams of
+ * transports still open. */
+void braid_socktransport_loop_closing(br_handle_t *h, void *unused);
+/* A transport for a connection accepted in C (fd non-blocking, family its
+ * socket's): a new reference, or NULL with an exception and fd closed. */
+PyObject *braid_socktransport_accepted(braid_state *st, PyObject *loop, int fd, int family, PyObject *protocol,
+                                       PyObject *server);
+/* sockaccept.c: _accept_plain(loop, fd, family, protocol_factory, server, backlog) */
+PyObject *braid_accept_plain(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+
 
 /* procpool.c, procworker.c */
 int braid_procpool_init_types(PyObject *module, braid_state *st);
-PyObject *braid_procpool_at_exit(braid_state *st, int interrupted);
-void braid_procpool_after_fork_child(braid_state *st);
 PyObject *braid_worker_loop(PyObject *module, PyObject *args);
 PyObject *braid_worker_bind_parent(PyObject *module, PyObject *arg);
 PyObject *braid_worker_acked(PyObject *module, PyObject *unused);
@@ -235,12 +247,44 @@ void braid_templates_after_fork_child(void);
 PyObject *braid_template_serve(PyObject *module, PyObject *unused);
 PyObject *braid_close_unused_templates(PyObject *module, PyObject *unused);
 
-/* interppool.c: the type exists on 3.12+ only (0 on 3.11). */
+/* pools.c: the lifetimes all pool kinds share. A pool core embeds a link
+ * and is on st->pools while interpreter exit may have to close it or wait
+ * for it. The ops run with the GIL held. */
+typedef struct braid_pool_ops_s {
+    /* At exit, for every pool first: stop taking work; `interrupted`
+     * (Ctrl-C ended the program) also cancels queued work. */
+    void (*close)(braid_pool_link_t *link, int interrupted);
+    /* Then: whether the pool still has workers to wait for ... */
+    int (*busy)(braid_pool_link_t *link);
+    /* ... and the wait, signal handlers run: 0, or -1 with an exception.
+     * It may unlink and free the pool. */
+    int (*wait)(braid_pool_link_t *link);
+    /* In a fork's child: the pool is the parent's. It may unlink it. */
+    void (*forked)(braid_pool_link_t *link);
+    /* The module is being freed (after at-exit): unlinks it, and frees
+     * what nothing else will. */
+    void (*clear)(braid_pool_link_t *link);
+} braid_pool_ops_t;
+
+struct braid_pool_link_s {
+    const braid_pool_ops_t *ops;
+    braid_state *st;               /* NULL when not on a list */
+    braid_pool_link_t *next, *prev;
+};
+
+/* After Ctrl-C, at exit: running tasks of process pools get this long. */
+#define BRAID_EXIT_GRACE_NS 300000000
+void braid_pools_link(braid_state *st, braid_pool_link_t *link, const braid_pool_ops_t *ops);
+void braid_pools_unlink(braid_pool_link_t *link); /* no-op when not linked */
+size_t braid_pools_count(braid_state *st, const braid_pool_ops_t *ops);
+PyObject *braid_pools_at_exit(braid_state *st, int interrupted);
+void braid_pools_after_fork_child(braid_state *st);
+void braid_pools_clear(braid_state *st);
+
+/* interppool.c: the type exists on 3.12+ only (0 on 3.11). Its cores are
+ * on st->pools (pools.c) like the other pools'. */
 int braid_interppool_init_types(PyObject *module, braid_state *st);
-PyObject *braid_interppool_at_exit(braid_state *st);
 unsigned braid_interppool_workers(braid_state *st); /* started and not yet ended */
-void braid_interppool_clear_state(braid_state *st);
-void braid_interppool_after_fork_child(braid_state *st);
 int braid_interppool_traverse(braid_state *st, visitproc visit, void *arg);
 void braid_interppool_clear(braid_state *st);
 

@@ -34,4 +34,15 @@ static inline void PyErr_SetRaisedException(PyObject *exc)
 }
 #endif
 
+#if PY_VERSION_HEX < 0x030D0000
+/* 3.13's PyWeakref_GetRef: 1 and a new reference, 0 (dead, *obj NULL), or
+ * -1 with an exception. */
+static inline int PyWeakref_GetRef(PyObject *ref, PyObject **obj)
+{
+    PyObject *o = PyWeakref_GetObject(ref);
+    *obj = o == NULL || o == Py_None ? NULL : Py_NewRef(o);
+    return o == NULL ? -1 : o != Py_None;
+}
+#endif
+
 #endif /* BRAID_COMPAT_H */

@@ -20,7 +20,8 @@ PyObject *braid_raise_oserror(int err, const char *what)
     if (err == -ENOMEM) {
         return PyErr_NoMemory();
     }
-    PyObject *message = PyUnicode_FromFormat("%s: %s", what, br_strerror(err));
+    PyObject *message = what ? PyUnicode_FromFormat("%s: %s", what, br_strerror(err))
+                             : PyUnicode_FromString(br_strerror(err)); /* as the socket module's */
     if (message == NULL) {
         return NULL;
     }

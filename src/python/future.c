@@ -513,9 +513,19 @@ static PyObject *get_state(FutureObject *f, void *c)
 static PyObject *get_condition(FutureObject *f, void *c)
 {
     if (f->condition == NULL) {
-        f->condition = PyObject_CallNoArgs(fut_state_of(f)->Condition);
+        /* threading.Condition() runs Python code: another thread may make
+         * one meanwhile, and every waiter must share the first one */
+        PyObject *cond = PyObject_CallNoArgs(fut_state_of(f)->Condition);
+        if (cond == NULL) {
+            return NULL;
+        }
+        if (f->condition == NULL) {
+            f->condition = cond;
+        } else {
+            Py_DECREF(cond);
+        }
     }
-    return Py_XNewRef(f->condition);
+    return Py_NewRef(f->condition);
 }
 
 static PyObject *get_waiters(FutureObject *f, void *c)

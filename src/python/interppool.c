@@ -26,6 +26,7 @@
 #include <marshal.h>
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 #include <unistd.h>
@@ -198,32 +199,19 @@ static int cancel_hook(FutureObject *f, int phase)
 
 /* --------------------------------------------------------- core life cycle */
 
-static void core_unlink(interp_core_t *core)
-{
-    braid_state *st = core->st;
-    if (st == NULL) {
-        return;
-    }
-    if (core->prev) {
-        core->prev->next = core->next;
-    } else if (st->interp_cores == core) {
-        st->interp_cores = core->next;
-    }
-    if (core->next) {
-        core->next->prev = core->prev;
-    }
-    core->next = core->prev = NULL;
-}
+static const braid_pool_ops_t interp_pool_ops;
+
+#define LINKED_CORE(l) ((interp_core_t *)((char *)(l) - offsetof(interp_core_t, link)))
 
 static void core_release(interp_core_t *core)
 {
     braid_state *st = core->st;
-    core_unlink(core);
+    braid_pools_unlink(&core->link);
     Py_CLEAR(core->setup);
     Py_CLEAR(core->broken);
     Py_CLEAR(core->fn_cache);
-    if (st != NULL && st->ip_exit_waiter != NULL) {
-        br_event_set(st->ip_exit_waiter);
+    if (st != NULL && st->exit_waiter != NULL) {
+        br_event_set(st->exit_waiter);
     }
 }
 
@@ -250,7 +238,7 @@ static void core_detached(br_threadpool_t *tp)
 
 static void core_free(interp_core_t *core)
 {
-    core_unlink(core);
+    braid_pools_unlink(&core->link);
     Py_CLEAR(core->setup);
     Py_CLEAR(core->broken);
     Py_CLEAR(core->fn_cache);
@@ -307,76 +295,73 @@ static int core_join(interp_core_t *core)
     return 0;
 }
 
-PyObject *braid_interppool_at_exit(braid_state *st)
+/* pools.c's hooks. At interpreter exit, before the main interpreter goes:
+ * every pool closes (after Ctrl-C its queued work is cancelled), then each
+ * is waited for, so that every sub-interpreter has ended first. */
+static void ops_close(braid_pool_link_t *l, int interrupted)
 {
-    for (;;) {
-        interp_core_t *core = st->interp_cores;
-        while (core != NULL && (core->joined || core->joiners > 0 || core->detached)) {
-            core = core->next;
-        }
-        if (core == NULL) {
-            break;
-        }
-        if (!core->closed) {
-            core_close(core, 0);
-        }
-        if (core_join(core) < 0) {
-            return NULL;
-        }
+    interp_core_t *core = LINKED_CORE(l);
+    if (!core->closed || interrupted) {
+        core_close(core, interrupted);
     }
-    for (;;) {
-        int any = 0;
-        for (interp_core_t *c = st->interp_cores; c != NULL; c = c->next) {
-            any |= c->detached;
-        }
-        if (!any) {
-            break;
-        }
-        br_event_t left;
-        br_event_init(&left);
-        st->ip_exit_waiter = &left;
-        int rc;
-        Py_BEGIN_ALLOW_THREADS
-        rc = br_event_wait(&left, 100000000);
-        Py_END_ALLOW_THREADS
-        st->ip_exit_waiter = NULL;
-        if (rc == -EINTR && PyErr_CheckSignals() < 0) {
-            return NULL;
-        }
-    }
-    Py_RETURN_NONE;
 }
+
+static int ops_busy(braid_pool_link_t *l)
+{
+    interp_core_t *core = LINKED_CORE(l);
+    return core->detached || (!core->joined && core->joiners == 0);
+}
+
+static int ops_wait(braid_pool_link_t *l)
+{
+    interp_core_t *core = LINKED_CORE(l);
+    if (!core->detached) {
+        return core_join(core);
+    }
+    /* a dropped pool: its last worker unlinks it (core_release) */
+    br_event_t left;
+    br_event_init(&left);
+    braid_state *st = core->st;
+    st->exit_waiter = &left;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = br_event_wait(&left, -1);
+    Py_END_ALLOW_THREADS
+    st->exit_waiter = NULL;
+    return rc == -EINTR && PyErr_CheckSignals() < 0 ? -1 : 0;
+}
+
+static void ops_forked(braid_pool_link_t *l)
+{
+    /* no worker thread exists in the child and the engine's lock may be
+     * held for ever: the pool is left a husk, its memory untouched */
+    interp_core_t *core = LINKED_CORE(l);
+    braid_pools_unlink(l);
+    core->st = NULL;
+}
+
+static void ops_clear(braid_pool_link_t *l)
+{
+    /* the module is going away: its workers (at-exit was interrupted)
+     * outlive it */
+    interp_core_t *core = LINKED_CORE(l);
+    braid_pools_unlink(l);
+    core->st = NULL;
+}
+
+static const braid_pool_ops_t interp_pool_ops = {
+    .close = ops_close, .busy = ops_busy, .wait = ops_wait, .forked = ops_forked, .clear = ops_clear};
 
 unsigned braid_interppool_workers(braid_state *st)
 {
     unsigned n = 0;
-    for (interp_core_t *core = st->interp_cores; core != NULL; core = core->next) {
-        n += br_threadpool_threads(&core->tp) - core->threads_exited;
+    for (braid_pool_link_t *l = st->pools; l != NULL; l = l->next) {
+        if (l->ops == &interp_pool_ops) {
+            interp_core_t *core = LINKED_CORE(l);
+            n += br_threadpool_threads(&core->tp) - core->threads_exited;
+        }
     }
     return n;
-}
-
-void braid_interppool_after_fork_child(braid_state *st)
-{
-    /* no worker thread exists in the child and the engine's lock may be
-     * held for ever: every pool is left broken, its memory untouched */
-    interp_core_t *next;
-    for (interp_core_t *core = st->interp_cores; core != NULL; core = next) {
-        next = core->next;
-        core_unlink(core);
-        core->st = NULL;
-    }
-}
-
-void braid_interppool_clear_state(braid_state *st)
-{
-    interp_core_t *core = st->interp_cores;
-    while (core != NULL) {
-        interp_core_t *next = core->next;
-        core_unlink(core);
-        core->st = NULL; /* its workers (at-exit was interrupted) outlive the module */
-        core = next;
-    }
 }
 
 int braid_interppool_traverse(braid_state *st, visitproc visit, void *arg)
@@ -685,11 +670,7 @@ static int ip_init(PyObject *self, PyObject *args, PyObject *kwds)
         braid_raise_oserror(rc, "creating the interpreter pool");
         return -1;
     }
-    core->next = st->interp_cores;
-    if (st->interp_cores) {
-        st->interp_cores->prev = core;
-    }
-    st->interp_cores = core;
+    braid_pools_link(st, &core->link, &interp_pool_ops);
     p->core = core;
     p->max_workers = max_workers;
     return 0;
@@ -768,9 +749,6 @@ int braid_interppool_init_types(PyObject *module, braid_state *st)
 
 unsigned braid_interppool_workers(braid_state *st) { return 0; }
 int braid_interppool_init_types(PyObject *module, braid_state *st) { return 0; }
-PyObject *braid_interppool_at_exit(braid_state *st) { Py_RETURN_NONE; }
-void braid_interppool_clear_state(braid_state *st) {}
-void braid_interppool_after_fork_child(braid_state *st) {}
 int braid_interppool_traverse(braid_state *st, visitproc visit, void *arg) { return 0; }
 void braid_interppool_clear(braid_state *st) {}
 

@@ -82,7 +82,7 @@ struct interp_core_s {
     int deliverer_started, deliverer_failed, deliverer_idle, deliverer_stop;
     pthread_t deliverer;
     iworker_t *workers;
-    interp_core_t *next, *prev; /* st->interp_cores (main GIL) */
+    braid_pool_link_t link;    /* on st->pools (pools.c), main GIL */
 };
 
 /* interpworker.c: the engine's hooks and work callbacks. */

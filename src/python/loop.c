@@ -15,8 +15,9 @@
  *
  *   timeout = 0 if callbacks are ready or stop was asked, else the time to
  *             the next timer, else none
- *   GIL released: br_loop_run(ONCE or NOWAIT) polls; the engine's I/O
- *             callbacks only note which watchers fired (no Python here)
+ *   br_loop_run(ONCE or NOWAIT) polls, the GIL let go only while it may
+ *             sleep (the engine's block hook); the engine's I/O callbacks
+ *             only note which watchers fired
  *   GIL held:  fired watchers queue their reader/writer handles, due timers
  *             queue theirs, then the callbacks ready at this point run
  *             (those they schedule wait for the next iteration)
@@ -58,6 +59,9 @@ typedef struct {
     size_t nactive;      /* watchers with a reader or a writer */
     int internal_fd;     /* asyncio's self-pipe: signals and wakeups only, -1 if none */
     unsigned polls_skipped; /* iterations since the last poll */
+    PyThreadState *blocked_ts; /* while the poll sleeps without the GIL */
+    PyObject *raise_later;  /* KeyboardInterrupt/SystemExit from a stream callback: _run_once raises it */
+    size_t nstreams;        /* transports' streams from init to their close callback */
     int closed;
     int init_done;
     int debug;           /* truth of debug_obj, read on every iteration */
@@ -200,12 +204,22 @@ static int handle_run(HandleObject *h)
     if (handle_is_cancelled(h) || cb == NULL || cb == Py_None) {
         return 0;
     }
+    /* Own references for the call: a callback that cancels its own handle
+     * (or a timer's) drops the slots' references while it runs. */
     PyObject *context = HSLOT(h, context);
-    if (context != NULL && context != Py_None && PyContext_Enter(context) < 0) {
+    context = context != NULL && context != Py_None ? Py_NewRef(context) : NULL;
+    if (context != NULL && PyContext_Enter(context) < 0) {
+        Py_DECREF(context);
         return -1;
     }
-    PyObject *r = PyObject_Call(cb, HSLOT(h, args), NULL);
-    if (context != NULL && context != Py_None && PyContext_Exit(context) < 0) {
+    Py_INCREF(cb);
+    PyObject *args = Py_NewRef(HSLOT(h, args));
+    PyObject *r = PyObject_Call(cb, args, NULL);
+    Py_DECREF(args);
+    Py_DECREF(cb);
+    int exited = context != NULL ? PyContext_Exit(context) : 0;
+    Py_XDECREF(context);
+    if (exited < 0) {
         Py_XDECREF(r);
         return -1;
     }
@@ -359,7 +373,20 @@ done:
     return rc;
 }
 
-/* --------------------------------------------------------- ready queue and timer heap */
+/* --------------------------------------------------------- ready queue and timer heap
+ *
+ * Why a heap of its own, beside the engine's timers (br_timer_t, timer.c):
+ * asyncio's ordering is not the engine's. A due TimerHandle does not run
+ * when it is due: it joins the ready queue behind the callbacks already
+ * there, in (when, creation) order among the timers due at the same
+ * iteration, "due" with asyncio's clock-resolution slack (1 ms early), and
+ * TimerHandle.when() and the debug-mode repr read the float of the
+ * deadline. Engine timers fire from inside the poll, one callback each, in
+ * the engine's own order: to keep asyncio's, every one would have to queue
+ * its handle, which is this heap with a callback per timer added. So the
+ * engine's heap bounds the poll (one br_timer_t, poll_timer) and this one
+ * orders asyncio's handles.
+ */
 
 static int ready_push(LoopObject *L, PyObject *h)
 {
@@ -469,6 +496,39 @@ static void heap_remove(LoopObject *L, Py_ssize_t i)
 }
 
 /* --------------------------------------------------------- scheduling */
+
+br_loop_t *braid_loop_core(PyObject *loop)
+{
+    braid_state *st = braid_state_from_type(Py_TYPE(loop));
+    if (st == NULL || !PyObject_TypeCheck(loop, st->loop_core_type)) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "a braid.Loop was expected, got %R", loop);
+        return NULL;
+    }
+    LoopObject *L = (LoopObject *)loop;
+    if (L->closed || !L->init_done) {
+        PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
+        return NULL;
+    }
+    return L->core;
+}
+
+void braid_loop_count_stream(PyObject *loop, int delta)
+{
+    LoopObject *L = (LoopObject *)loop;
+    L->nstreams += (size_t)(ssize_t)delta;
+}
+
+void braid_loop_raise_later(PyObject *loop, PyObject *exc)
+{
+    LoopObject *L = (LoopObject *)loop;
+    if (L->raise_later == NULL) {
+        L->raise_later = exc;
+        br_loop_stop(L->core); /* no further callback of this iteration */
+    } else {
+        Py_DECREF(exc);
+    }
+}
 
 static int check_open(LoopObject *L)
 {
@@ -591,7 +651,10 @@ static PyObject *loop_call_soon_threadsafe(LoopObject *L, PyObject *const *args,
                                            PyObject *kwnames)
 {
     HandleObject *h = make_handle(L, args, nargs, kwnames, "call_soon_threadsafe", 0, 0);
-    if (h == NULL || ready_push(L, (PyObject *)h) < 0) {
+    /* Asked again: making the handle can run Python code (a collection's
+     * finalizers, or another thread taking the GIL meanwhile) that closes
+     * the loop, and a closed loop's wakeup is gone. */
+    if (h == NULL || check_open(L) < 0 || ready_push(L, (PyObject *)h) < 0) {
         Py_XDECREF(h);
         return NULL;
     }
@@ -914,7 +977,9 @@ static void woken(br_async_t *a)
 static int only_internal_watchers(LoopObject *L)
 {
     int internal = L->internal_fd >= 0 && (size_t)L->internal_fd < L->nwatchers && L->watchers[L->internal_fd];
-    return L->nactive == (size_t)internal;
+    /* a transport's stream is a watcher too, open or closing (its close
+     * callback runs in the engine's iteration) */
+    return L->nactive == (size_t)internal && L->nstreams == 0;
 }
 
 /* asyncio's warning for a callback that held the loop too long, in its
@@ -1038,10 +1103,13 @@ static PyObject *loop_run_once(LoopObject *L, PyObject *unused)
             (void)br_timer_start(&L->poll_timer, nothing, timeout, timeout);
         }
         L->polls_skipped = 0;
-        Py_BEGIN_ALLOW_THREADS
-        rc = br_loop_run(L->core, BR_RUN_ONCE);
-        Py_END_ALLOW_THREADS
+        rc = br_loop_run(L->core, BR_RUN_ONCE); /* the GIL goes while it sleeps: gil_while_blocked */
         (void)br_timer_stop(&L->poll_timer);
+    }
+    if (L->raise_later != NULL) {
+        PyErr_SetRaisedException(L->raise_later); /* as asyncio: it leaves run_forever */
+        L->raise_later = NULL;
+        return NULL;
     }
     if (rc < 0 && rc != -EINTR) {
         return braid_raise_oserror(rc, "polling");
@@ -1193,6 +1261,7 @@ static void loop_release(LoopObject *L)
             (void)br_close(&w->io.handle, watcher_closed);
         }
     }
+    br_loop_walk(L->core, braid_socktransport_loop_closing, NULL);
     (void)br_close(&L->wake.handle, core_closed);
     (void)br_close(&L->poll_timer.handle, core_closed);
     while (br_loop_close(L->core) == -EBUSY) {
@@ -1222,6 +1291,19 @@ static PyObject *loop_core_close(LoopObject *L, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+/* The engine's block hook: the loop runs holding the GIL (its stream
+ * callbacks are Python's), and lets it go only while it sleeps in the poll. */
+static void gil_while_blocked(br_loop_t *core, int blocking)
+{
+    LoopObject *L = core->data;
+    if (blocking) {
+        L->blocked_ts = PyEval_SaveThread();
+    } else {
+        PyEval_RestoreThread(L->blocked_ts);
+        L->blocked_ts = NULL;
+    }
+}
+
 static int loop_init(LoopObject *L, PyObject *args, PyObject *kwds)
 {
     if (L->init_done) {
@@ -1233,6 +1315,10 @@ static int loop_init(LoopObject *L, PyObject *args, PyObject *kwds)
         return -1;
     }
     int rc = br_loop_init(L->core);
+    if (rc == 0) {
+        L->core->data = L;
+        br_loop_set_block_cb(L->core, gil_while_blocked);
+    }
     if (rc == 0 && (rc = br_async_init(L->core, &L->wake, woken)) == 0) {
         rc = br_timer_init(L->core, &L->poll_timer);
     }
@@ -1246,6 +1332,9 @@ static int loop_init(LoopObject *L, PyObject *args, PyObject *kwds)
     PyObject *asyncio = PyImport_ImportModule("asyncio");
     if (asyncio != NULL && st->loop_timer_type == NULL &&
         make_handle_types(st, braid_module_from_type(Py_TYPE(L))) < 0) {
+        Py_CLEAR(asyncio);
+    }
+    if (asyncio != NULL && braid_socktransport_make_type(st, braid_module_from_type(Py_TYPE(L))) < 0) {
         Py_CLEAR(asyncio);
     }
     if (asyncio != NULL) {
@@ -1269,6 +1358,7 @@ static int loop_traverse(LoopObject *L, visitproc visit, void *arg)
     Py_VISIT(L->debug_obj);
     Py_VISIT(L->future_type);
     Py_VISIT(L->task_type);
+    Py_VISIT(L->raise_later);
     for (size_t i = 0; i < L->ready_len; i++) {
         Py_VISIT(L->ready[(L->ready_head + i) % L->ready_cap]);
     }
@@ -1290,6 +1380,7 @@ static int loop_clear(LoopObject *L)
     Py_CLEAR(L->debug_obj);
     Py_CLEAR(L->future_type);
     Py_CLEAR(L->task_type);
+    Py_CLEAR(L->raise_later);
     for (size_t fd = 0; fd < L->nwatchers; fd++) {
         if (L->watchers[fd]) {
             Py_CLEAR(L->watchers[fd]->reader);

@@ -78,7 +78,8 @@ static int load_worker_objects(braid_state *st)
     st->pickle_loads = st->pickle_dumps ? PyObject_GetAttrString(m, "loads") : NULL;
     Py_DECREF(m);
     st->str_module = PyUnicode_InternFromString("__module__");
-    return st->pickle_dumps && st->pickle_loads && st->str_module ? 0 : -1;
+    st->str_data_received = PyUnicode_InternFromString("data_received");
+    return st->pickle_dumps && st->pickle_loads && st->str_module && st->str_data_received ? 0 : -1;
 }
 
 static int load_stdlib_objects(braid_state *st)
@@ -146,7 +147,7 @@ static int braid_exec(PyObject *module)
     if (load_worker_objects(st) < 0 || braid_future_init_core_type(module, st) < 0 ||
         braid_threadpool_init_types(module, st) < 0 || braid_mapiter_init_types(module, st) < 0 ||
         braid_procpool_init_types(module, st) < 0 || braid_loop_init_types(module, st) < 0 ||
-        braid_transport_init_types(module, st) < 0 || braid_interppool_init_types(module, st) < 0) {
+        braid_interppool_init_types(module, st) < 0) {
         return -1;
     }
     /* The process-pool protocol's message types (braid.h), for _procworker.py. */
@@ -197,14 +198,13 @@ static PyObject *mod_getattr(PyObject *module, PyObject *name)
     return NULL;
 }
 
-static PyObject *mod_at_exit(PyObject *module, PyObject *unused)
+static PyObject *mod_at_exit(PyObject *module, PyObject *arg)
 {
-    return braid_threadpool_at_exit(braid_get_state(module));
-}
-
-static PyObject *mod_interppool_at_exit(PyObject *module, PyObject *unused)
-{
-    return braid_interppool_at_exit(braid_get_state(module));
+    int interrupted = PyObject_IsTrue(arg);
+    if (interrupted < 0) {
+        return NULL;
+    }
+    return braid_pools_at_exit(braid_get_state(module), interrupted);
 }
 
 static PyObject *mod_interppool_workers(PyObject *module, PyObject *unused)
@@ -231,24 +231,8 @@ static PyObject *mod_threadpool_cores(PyObject *module, PyObject *unused)
 
 static PyObject *mod_after_fork_child(PyObject *module, PyObject *unused)
 {
-    braid_procpool_after_fork_child(braid_get_state(module));
-    braid_interppool_after_fork_child(braid_get_state(module));
-    return braid_threadpool_after_fork_child(braid_get_state(module));
-}
-
-static PyObject *mod_procpool_after_fork_child(PyObject *module, PyObject *unused)
-{
-    braid_procpool_after_fork_child(braid_get_state(module));
+    braid_pools_after_fork_child(braid_get_state(module));
     Py_RETURN_NONE;
-}
-
-static PyObject *mod_procpool_at_exit(PyObject *module, PyObject *arg)
-{
-    int interrupted = PyObject_IsTrue(arg);
-    if (interrupted < 0) {
-        return NULL;
-    }
-    return braid_procpool_at_exit(braid_get_state(module), interrupted);
 }
 
 static PyObject *mod_set_process_hooks(PyObject *module, PyObject *args)
@@ -296,10 +280,9 @@ static PyObject *mod_strerror(PyObject *module, PyObject *arg)
 }
 
 static PyMethodDef braid_methods[] = {
-    {"_at_exit", mod_at_exit, METH_NOARGS,
-     "Closes and joins every thread pool; registered with threading._register_atexit."},
-    {"_interppool_at_exit", mod_interppool_at_exit, METH_NOARGS,
-     "Closes and joins every interpreter pool (their sub-interpreters end)."},
+    {"_at_exit", mod_at_exit, METH_O,
+     "_at_exit(interrupted): closes every pool and waits for its workers; after Ctrl-C (interrupted) "
+     "queued work is cancelled and process workers are killed soon."},
     {"_interppool_workers", mod_interppool_workers, METH_NOARGS,
      "_interppool_workers(): interpreter-pool workers (sub-interpreters) not yet ended."},
     {"_set_interp_hooks", mod_set_interp_hooks, METH_VARARGS,
@@ -307,12 +290,10 @@ static PyMethodDef braid_methods[] = {
     {"_threadpool_cores", mod_threadpool_cores, METH_NOARGS,
      "_threadpool_cores(): thread-pool cores not yet freed (for tests of pool lifetimes)."},
     {"_after_fork_child", mod_after_fork_child, METH_NOARGS,
-     "Marks every thread pool unusable in a forked child; registered with os.register_at_fork."},
-    {"_procpool_at_exit", mod_procpool_at_exit, METH_O,
-     "_procpool_at_exit(interrupted): closes every process pool; kills workers soon if interrupted."},
+     "Makes every pool unusable in a forked child and forgets the parent's templates."},
     {"_set_process_hooks", mod_set_process_hooks, METH_VARARGS,
      "_set_process_hooks(dumps, loads, WorkerCrashed, TaskTimeout, envelope_type)"},
-    {"_worker_loop", braid_worker_loop, METH_VARARGS, "_worker_loop(ring_bytes, handler): a worker's main loop."},
+    {"_worker_loop", braid_worker_loop, METH_VARARGS, "_worker_loop(handler, pack_result, pack_error, release): a worker's main loop."},
     {"_worker_acked", braid_worker_acked, METH_NOARGS,
      "_worker_acked(): seq of the last result the parent has unpickled."},
     {"_worker_bind_parent", braid_worker_bind_parent, METH_O,
@@ -322,11 +303,11 @@ static PyMethodDef braid_methods[] = {
      "False once the parent has gone."},
     {"_close_unused_templates", braid_close_unused_templates, METH_NOARGS,
      "_close_unused_templates(): ends the process-pool templates no pool uses now."},
-    {"_procpool_after_fork_child", mod_procpool_after_fork_child, METH_NOARGS,
-     "Makes every process pool unusable in a forked child and forgets the parent's templates."},
     {"_set_worker_hooks", mod_set_worker_hooks, METH_VARARGS,
      "_set_worker_hooks(started, exiting): called on each worker thread as it starts and exits."},
     {"strerror", mod_strerror, METH_O, "strerror(-errno): the engine's name for an error code."},
+    {"_accept_plain", (PyCFunction)(void (*)(void))braid_accept_plain, METH_FASTCALL,
+     "_accept_plain(loop, fd, family, protocol_factory, server, backlog): braid.Loop's accept batch."},
     {"__getattr__", mod_getattr, METH_O, NULL},
     {NULL}};
 
@@ -357,12 +338,22 @@ static int braid_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->pickle_dumps);
     Py_VISIT(st->pickle_loads);
     Py_VISIT(st->str_module);
+    Py_VISIT(st->socket_transport_type);
+    Py_VISIT(st->BufferedProtocol);
+    Py_VISIT(st->str_data_received);
+    Py_VISIT(st->StreamReaderProtocol);
+    Py_VISIT(st->StreamReader);
+    for (int i = 0; i < BRAID_STREAM_NAMES; i++) {
+        Py_VISIT(st->stream_names[i]);
+    }
+    for (int i = 0; i < 3; i++) {
+        Py_VISIT(st->stream_methods[i]);
+    }
     Py_VISIT(st->WorkerCrashed);
     Py_VISIT(st->TaskTimeout);
     Py_VISIT(st->BrokenProcessPool);
     int r = braid_loop_traverse(st, visit, arg);
-    r = r ? r : braid_interppool_traverse(st, visit, arg);
-    return r ? r : braid_transport_traverse(st, visit, arg);
+    return r ? r : braid_interppool_traverse(st, visit, arg);
 }
 
 static int braid_clear(PyObject *module)
@@ -384,11 +375,21 @@ static int braid_clear(PyObject *module)
     Py_CLEAR(st->pickle_dumps);
     Py_CLEAR(st->pickle_loads);
     Py_CLEAR(st->str_module);
+    Py_CLEAR(st->socket_transport_type);
+    Py_CLEAR(st->BufferedProtocol);
+    Py_CLEAR(st->str_data_received);
+    Py_CLEAR(st->StreamReaderProtocol);
+    Py_CLEAR(st->StreamReader);
+    for (int i = 0; i < BRAID_STREAM_NAMES; i++) {
+        Py_CLEAR(st->stream_names[i]);
+    }
+    for (int i = 0; i < 3; i++) {
+        Py_CLEAR(st->stream_methods[i]);
+    }
     Py_CLEAR(st->WorkerCrashed);
     Py_CLEAR(st->TaskTimeout);
     Py_CLEAR(st->BrokenProcessPool);
     braid_loop_clear(st);
-    braid_transport_clear(st);
     braid_interppool_clear(st);
     return 0;
 }
@@ -396,8 +397,7 @@ static int braid_clear(PyObject *module)
 static void braid_free(void *module)
 {
     braid_state *st = braid_get_state((PyObject *)module);
-    braid_threadpool_clear_state(st);
-    braid_interppool_clear_state(st);
+    braid_pools_clear(st);
     braid_clear((PyObject *)module);
 }
 

@@ -241,18 +241,16 @@ PyObject *braid_worker_loop(PyObject *module, PyObject *args)
         PyErr_SetString(PyExc_RuntimeError, "a process-pool worker loop runs in the main interpreter only");
         return NULL;
     }
-    long long ring_bytes;
     worker_hooks_t h = {.st = braid_get_state(module)};
-    if (!PyArg_ParseTuple(args, "LOOOO:_worker_loop", &ring_bytes, &h.handler, &h.pack_result, &h.pack_error,
-                          &h.release)) {
+    if (!PyArg_ParseTuple(args, "OOOO:_worker_loop", &h.handler, &h.pack_result, &h.pack_error, &h.release)) {
         return NULL;
     }
-    if (ring_bytes <= 0 || !PyCallable_Check(h.handler) || !PyCallable_Check(h.pack_result) ||
-        !PyCallable_Check(h.pack_error) || !PyCallable_Check(h.release)) {
-        PyErr_SetString(PyExc_ValueError, "_worker_loop(ring_bytes > 0, handler, pack_result, pack_error, release)");
+    if (!PyCallable_Check(h.handler) || !PyCallable_Check(h.pack_result) || !PyCallable_Check(h.pack_error) ||
+        !PyCallable_Check(h.release)) {
+        PyErr_SetString(PyExc_TypeError, "_worker_loop(handler, pack_result, pack_error, release) takes callables");
         return NULL;
     }
-    return worker_loop(&h); /* ring_bytes: the memfd's size says it */
+    return worker_loop(&h); /* the rings' sizes come with their memfds */
 }
 
 PyObject *braid_worker_acked(PyObject *module, PyObject *unused)

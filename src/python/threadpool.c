@@ -19,7 +19,7 @@
  *     v                                              |  already waiting: joined, then freed)
  *   detached: closed, its queued work still runs; the engine owns the threads
  *     |
- *     +-- last worker leaves Python (on_thread_exit): unlinked from st->cores,
+ *     +-- last worker leaves Python (on_thread_exit): unlinked from st->pools,
  *     |   its Python objects released, an at-exit waiter woken
  *     +-- last worker thread ends (engine's on_detached): freed
  *
@@ -56,7 +56,7 @@ struct pool_core_s {
     unsigned joiners;         /* threads inside core_join */
     int closed, joined, orphaned, detached;
     int forked;               /* inherited through os.fork(): no threads here */
-    pool_core_t *next, *prev; /* in st->cores */
+    braid_pool_link_t link;   /* on st->pools (pools.c) */
 };
 
 typedef struct {
@@ -262,40 +262,13 @@ static void pool_work_done(br_work_t *w, int status)
 
 /* --------------------------------------------------------- core life cycle */
 
-static void core_link(braid_state *st, pool_core_t *core)
-{
-    core->next = st->cores;
-    core->prev = NULL;
-    if (st->cores) {
-        st->cores->prev = core;
-    }
-    st->cores = core;
-}
-
-static void core_unlink(pool_core_t *core)
-{
-    braid_state *st = core->st;
-    if (st == NULL) {
-        return; /* the module went first (core_clear_state) */
-    }
-    if (core->prev) {
-        core->prev->next = core->next;
-    } else {
-        st->cores = core->next;
-    }
-    if (core->next) {
-        core->next->prev = core->prev;
-    }
-    core->next = core->prev = NULL;
-}
-
 /* With the GIL: a detached core's last worker has left Python. Takes it off
  * the module's list and drops its Python objects (no thread starts in a
  * closed pool, and none of its work is left); wakes an at-exit wait. */
 static void core_release(pool_core_t *core)
 {
     braid_state *st = core->st;
-    core_unlink(core);
+    braid_pools_unlink(&core->link);
     Py_CLEAR(core->initializer);
     Py_CLEAR(core->initargs);
     Py_CLEAR(core->prefix);
@@ -316,7 +289,7 @@ static void core_detached(br_threadpool_t *tp)
 
 static void core_free(pool_core_t *core)
 {
-    core_unlink(core);
+    braid_pools_unlink(&core->link);
     if (!core->forked) {
         /* after a fork the engine's mutex may be held by a thread that
          * exists only in the parent: leave the engine memory alone */
@@ -387,120 +360,109 @@ static void core_close(pool_core_t *core, int cancel)
     (void)br_threadpool_close(&core->tp, cancel ? BR_CLOSE_CANCEL : BR_CLOSE_DRAIN);
 }
 
+static const braid_pool_ops_t thread_pool_ops;
+
 size_t braid_threadpool_cores(braid_state *st)
 {
-    size_t n = 0;
-    for (pool_core_t *core = st->cores; core != NULL; core = core->next) {
-        n++;
-    }
-    return n;
+    return braid_pools_count(st, &thread_pool_ops);
 }
 
-static int any_detached(braid_state *st)
-{
-    for (pool_core_t *core = st->cores; core != NULL; core = core->next) {
-        if (core->detached) {
-            return 1;
-        }
-    }
-    return 0;
-}
+#define LINKED_CORE(l) ((pool_core_t *)((char *)(l) - offsetof(pool_core_t, link)))
 
 /* At interpreter exit, as ThreadPoolExecutor's hook: queued work of every
- * pool finishes and the workers leave, dropped pools' too. Interruptible. */
-PyObject *braid_threadpool_at_exit(braid_state *st)
+ * pool finishes and the workers leave, dropped pools' too; after Ctrl-C
+ * queued work is cancelled instead (running tasks still end as they will:
+ * a thread cannot be killed). */
+static void ops_close(braid_pool_link_t *l, int interrupted)
 {
-    for (;;) {
-        pool_core_t *core = st->cores;
-        while (core != NULL && (core->joined || core->joiners > 0 || core->detached)) {
-            core = core->next;
-        }
-        if (core == NULL) {
-            break;
-        }
-        if (!core->closed) {
-            core_close(core, 0);
-        }
-        if (core_join(core) < 0) {
-            return NULL;
-        }
+    pool_core_t *core = LINKED_CORE(l);
+    if (!core->closed) {
+        core_close(core, interrupted);
     }
-    while (any_detached(st)) {
-        br_event_t left;
-        br_event_init(&left);
-        st->exit_waiter = &left;
-        int rc;
-        Py_BEGIN_ALLOW_THREADS
-        rc = br_event_wait(&left, -1);
-        Py_END_ALLOW_THREADS
-        st->exit_waiter = NULL;
-        if (rc == -EINTR && PyErr_CheckSignals() < 0) {
-            return NULL;
-        }
-    }
-    Py_RETURN_NONE;
 }
 
-PyObject *braid_threadpool_after_fork_child(braid_state *st)
+static int ops_busy(braid_pool_link_t *l)
+{
+    pool_core_t *core = LINKED_CORE(l);
+    /* a pool some other thread is joining is that thread's to wait for */
+    return core->detached || (!core->joined && core->joiners == 0);
+}
+
+static int ops_wait(braid_pool_link_t *l)
+{
+    pool_core_t *core = LINKED_CORE(l);
+    if (!core->detached) {
+        return core_join(core);
+    }
+    /* a dropped pool: its last worker unlinks it (core_release) */
+    br_event_t left;
+    br_event_init(&left);
+    braid_state *st = core->st;
+    st->exit_waiter = &left;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = br_event_wait(&left, -1);
+    Py_END_ALLOW_THREADS
+    st->exit_waiter = NULL;
+    return rc == -EINTR && PyErr_CheckSignals() < 0 ? -1 : 0;
+}
+
+static void ops_forked(braid_pool_link_t *l)
 {
     /* Only the forking thread lives on in the child: every pool is without
      * workers, and its engine lock may be held for ever. Mark each pool
      * broken and joined so no code path touches the engine again. Tasks
      * still queued belonged to the parent and do not run here. */
-    pool_core_t *next;
-    for (pool_core_t *core = st->cores; core != NULL; core = next) {
-        next = core->next;
-        core->forked = 1;
-        core->closed = 1;
-        core->joined = 1;
-        core->joiners = 0;
-        if (core->detached) {
-            /* dropped in the parent: no pool object here will free it, and
-             * its engine memory is not ours to touch; left as it is */
-            core_unlink(core);
-            continue;
-        }
-        Py_CLEAR(core->broken);
-        mark_broken(core, "the thread pool was created before os.fork() and has no threads in "
-                          "this process; create a new pool in the child");
+    pool_core_t *core = LINKED_CORE(l);
+    core->forked = 1;
+    core->closed = 1;
+    core->joined = 1;
+    core->joiners = 0;
+    if (core->detached) {
+        /* dropped in the parent: no pool object here will free it, and
+         * its engine memory is not ours to touch; left as it is */
+        braid_pools_unlink(l);
+        return;
     }
-    Py_RETURN_NONE;
+    Py_CLEAR(core->broken);
+    mark_broken(core, "the thread pool was created before os.fork() and has no threads in "
+                      "this process; create a new pool in the child");
 }
+
+static void ops_clear(braid_pool_link_t *l)
+{
+    /* The module is going away: at-exit has joined every pool that ran
+     * Python code. A core whose workers are still alive (at-exit never ran)
+     * is left to the process exit rather than waited for without end. */
+    pool_core_t *core = LINKED_CORE(l);
+    if (core->detached) {
+        /* its workers outlived an interrupted at-exit wait: they free
+         * the core themselves, without the module */
+        braid_pools_unlink(l);
+        core->st = NULL;
+        return;
+    }
+    if (!core->closed) {
+        (void)br_threadpool_close(&core->tp, BR_CLOSE_DRAIN);
+    }
+    if (!core->joined && br_threadpool_live(&core->tp) == 0 && br_threadpool_join(&core->tp) == 0) {
+        core->joined = 1;
+    }
+    if (core->joined) {
+        core_free(core);
+    } else {
+        braid_pools_unlink(l);
+    }
+}
+
+static const braid_pool_ops_t thread_pool_ops = {
+    .close = ops_close, .busy = ops_busy, .wait = ops_wait, .forked = ops_forked, .clear = ops_clear};
 
 void braid_pool_cancel_work(pool_core_t *core, br_work_t *work)
 {
     if (!core->forked) {
         /* -EBUSY: a worker took it and will notify when it sees CANCELLED */
         (void)br_threadpool_cancel(&core->tp, work);
-    }
-}
-
-void braid_threadpool_clear_state(braid_state *st)
-{
-    /* The module is going away: at-exit has joined every pool that ran
-     * Python code. A core whose workers are still alive (at-exit never ran)
-     * is left to the process exit rather than waited for without end. */
-    pool_core_t *core = st->cores;
-    while (core != NULL) {
-        pool_core_t *next = core->next;
-        if (core->detached) {
-            /* its workers outlived an interrupted at-exit wait: they free
-             * the core themselves, without the module */
-            core_unlink(core);
-            core->st = NULL;
-        } else {
-            if (!core->closed) {
-                (void)br_threadpool_close(&core->tp, BR_CLOSE_DRAIN);
-            }
-            if (!core->joined && br_threadpool_live(&core->tp) == 0 &&
-                br_threadpool_join(&core->tp) == 0) {
-                core->joined = 1;
-            }
-            if (core->joined) {
-                core_free(core);
-            }
-        }
-        core = next;
     }
 }
 
@@ -775,7 +737,7 @@ static int pool_init(PyObject *self, PyObject *args, PyObject *kwds)
         braid_raise_oserror(rc, "creating the thread pool");
         return -1;
     }
-    core_link(st, core);
+    braid_pools_link(st, &core->link, &thread_pool_ops);
     p->core = core;
     p->max_workers = max_workers;
     return 0;

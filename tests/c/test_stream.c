@@ -39,7 +39,7 @@ typedef struct {
 
 static void sink_read(br_stream_t *s, const char *buf, ssize_t n)
 {
-    sink_t *k = s->data;
+    sink_t *k = s->handle.data;
     if (n <= 0) {
         k->end = n;
         k->ended = 1;
@@ -54,9 +54,9 @@ static void sink_read(br_stream_t *s, const char *buf, ssize_t n)
     k->len += (size_t)n;
 }
 
-static void sink_closed(br_stream_t *s)
+static void sink_closed(br_handle_t *h)
 {
-    sink_t *k = s->data;
+    sink_t *k = h->data;
     k->closed = 1;
     free(k->got);
     k->got = NULL;
@@ -67,7 +67,7 @@ static void sink_open(sink_t *k, int fd)
     memset(k, 0, sizeof *k);
     k->end = 1;
     CHECK_EQ(br_stream_init(&loop, &k->s, fd), 0);
-    k->s.data = k;
+    k->s.handle.data = k;
     CHECK_EQ(br_stream_read_start(&k->s, sink_read, 4096), 0);
 }
 
@@ -90,7 +90,7 @@ static void echo_read(br_stream_t *s, const char *buf, ssize_t n)
     if (n > 0) {
         CHECK_EQ(br_stream_write(s, buf, (size_t)n), 0);
     } else {
-        CHECK_EQ(br_stream_close(s, NULL), 0);
+        CHECK_EQ(br_close(&s->handle, NULL), 0);
     }
 }
 
@@ -113,7 +113,7 @@ TEST(echo_over_a_socket_pair)
     CHECK_EQ(br_stream_shutdown(&client.s), 0);
     run_until(&client.ended); /* the echo side saw EOF and closed */
     CHECK_EQ(client.end, 0);
-    CHECK_EQ(br_stream_close(&client.s, sink_closed), 0);
+    CHECK_EQ(br_close(&client.s.handle, sink_closed), 0);
     finish();
     CHECK(client.closed);
     CHECK(!fd_is_open(sv[0]) && !fd_is_open(sv[1]));
@@ -123,6 +123,8 @@ TEST(echo_over_a_socket_pair)
 
 static int drain_calls[2];
 static void note_drain(br_stream_t *s, int paused) { drain_calls[paused]++; }
+static int empty_calls;
+static void note_empty(br_stream_t *s) { empty_calls++; }
 
 TEST(big_write_pauses_then_resumes_and_delivers_every_byte)
 {
@@ -134,6 +136,7 @@ TEST(big_write_pauses_then_resumes_and_delivers_every_byte)
     br_stream_t w;
     CHECK_EQ(br_stream_init(&loop, &w, sv[0]), 0);
     br_stream_set_callbacks(&w, note_drain, NULL);
+    br_stream_set_more_callbacks(&w, NULL, note_empty);
     size_t total = 4u << 20;
     char *src = patterned(total);
     for (size_t off = 0; off < total; off += 65536) {
@@ -150,15 +153,16 @@ TEST(big_write_pauses_then_resumes_and_delivers_every_byte)
     }
     CHECK_EQ(br_stream_queued(&w), 0);
     CHECK_EQ(drain_calls[0], 1);
+    CHECK_EQ(empty_calls, 1); /* once, when the last queued byte went */
     for (size_t i = 0; i < total; i++) {
         if (r.got[i] != pattern(i)) {
             CHECK(!"byte out of place");
         }
     }
-    CHECK_EQ(br_stream_close(&w, NULL), 0);
+    CHECK_EQ(br_close(&w.handle, NULL), 0);
     run_until(&r.ended);
     CHECK_EQ(r.end, 0);
-    CHECK_EQ(br_stream_close(&r.s, sink_closed), 0);
+    CHECK_EQ(br_close(&r.s.handle, sink_closed), 0);
     finish();
 }
 
@@ -182,8 +186,8 @@ TEST(shutdown_waits_for_the_queue_and_then_gives_eof)
     run_until(&r.ended);
     CHECK_EQ(r.end, 0);
     CHECK_EQ(r.len, total);
-    CHECK_EQ(br_stream_close(&w, NULL), 0);
-    CHECK_EQ(br_stream_close(&r.s, sink_closed), 0);
+    CHECK_EQ(br_close(&w.handle, NULL), 0);
+    CHECK_EQ(br_close(&r.s.handle, sink_closed), 0);
     finish();
 }
 
@@ -215,8 +219,8 @@ TEST(peer_gone_is_an_error_not_a_signal)
     CHECK_EQ(br_stream_queued(&w), 0);
     CHECK_EQ(br_stream_write(&w, src, 10), -EPIPE);
     free(src);
-    CHECK_EQ(br_stream_close(&w, NULL), 0);
-    CHECK_EQ(br_stream_close(&w, NULL), -EINVAL); /* twice */
+    CHECK_EQ(br_close(&w.handle, NULL), 0);
+    CHECK_EQ(br_close(&w.handle, NULL), -EINVAL); /* twice */
     CHECK_EQ(br_stream_write(&w, "x", 1), -EBUSY);
     finish();
 }
@@ -243,7 +247,7 @@ TEST(tcp_reset_reaches_the_reader)
     CHECK_EQ(close(p), 0); /* RST */
     run_until(&r.ended);
     CHECK_EQ(r.end, -ECONNRESET);
-    CHECK_EQ(br_stream_close(&r.s, sink_closed), 0);
+    CHECK_EQ(br_close(&r.s.handle, sink_closed), 0);
     finish();
 }
 
@@ -258,8 +262,8 @@ TEST(close_with_a_queue_frees_it_and_closes_the_fd)
     CHECK_EQ(br_stream_write(&w.s, src, 1u << 20), 0);
     free(src);
     CHECK(br_stream_queued(&w.s) > 0);
-    CHECK_EQ(br_stream_close(&w.s, sink_closed), 0);
-    CHECK(fd_is_open(sv[0])); /* closed by a later step of the loop */
+    CHECK_EQ(br_close(&w.s.handle, sink_closed), 0);
+    CHECK(!fd_is_open(sv[0])); /* closed at once; the callback comes from a later step */
     CHECK_EQ(w.closed, 0);
     finish();
     CHECK_EQ(w.closed, 1);
@@ -281,7 +285,7 @@ TEST(bad_input)
     CHECK_EQ(br_stream_set_limits(&s, 10, 20), -EINVAL);
     CHECK_EQ(br_stream_write(&s, "", 0), 0);
     CHECK_EQ(br_stream_read_stop(&s), 0); /* not reading: fine */
-    CHECK_EQ(br_stream_close(&s, NULL), 0);
+    CHECK_EQ(br_close(&s.handle, NULL), 0);
     CHECK_EQ(br_stream_read_start(&s, sink_read, 0), -EBUSY);
     CHECK_EQ(br_stream_shutdown(&s), -EBUSY);
     finish();
@@ -309,10 +313,10 @@ TEST(pipe_carries_bytes_and_eof)
     for (size_t i = 0; i < total; i += 4093) {
         CHECK_EQ(r.got[i], pattern(i));
     }
-    CHECK_EQ(br_stream_close(&w, NULL), 0);
+    CHECK_EQ(br_close(&w.handle, NULL), 0);
     run_until(&r.ended);
     CHECK_EQ(r.end, 0);
-    CHECK_EQ(br_stream_close(&r.s, sink_closed), 0);
+    CHECK_EQ(br_close(&r.s.handle, sink_closed), 0);
     finish();
 }
 
@@ -335,8 +339,183 @@ TEST(pty_master_reads_what_the_slave_writes)
     CHECK_EQ(close(sl), 0);
     run_until(&r.ended);
     CHECK(r.end == -EIO || r.end == 0); /* Linux says EIO once the slave is gone */
-    CHECK_EQ(br_stream_close(&r.s, sink_closed), 0);
+    CHECK_EQ(br_close(&r.s.handle, sink_closed), 0);
     finish();
+}
+
+/* ------------------------------------------------------------ the handle */
+
+TEST(a_stream_is_a_handle_active_while_it_reads_or_writes)
+{
+    int sv[2];
+    pair(sv);
+    CHECK_EQ(br_loop_init(&loop), 0);
+    br_stream_t s;
+    CHECK_EQ(br_stream_init(&loop, &s, sv[0]), 0);
+    CHECK_EQ(s.handle.type, BR_HANDLE_STREAM);
+    CHECK(!br_is_active(&s.handle) && !br_loop_alive(&loop)); /* idle: nothing keeps the loop */
+    CHECK_EQ(br_stream_read_start(&s, echo_read, 0), 0);
+    CHECK(br_is_active(&s.handle) && br_loop_alive(&loop));
+    CHECK_EQ(br_stream_read_stop(&s), 0);
+    CHECK(!br_is_active(&s.handle) && !br_loop_alive(&loop));
+    br_unref(&s.handle);
+    CHECK_EQ(br_stream_read_start(&s, echo_read, 0), 0);
+    CHECK(br_is_active(&s.handle) && !br_loop_alive(&loop)); /* unreferenced */
+    br_ref(&s.handle);
+    CHECK_EQ(br_loop_close(&loop), -EBUSY); /* an open handle */
+    CHECK_EQ(br_close(&s.handle, NULL), 0);
+    CHECK(!fd_is_open(sv[0]));             /* closed by br_close itself, as a socket's close() */
+    CHECK_EQ(br_close(&s.handle, NULL), -EINVAL);
+    CHECK_EQ(br_stream_write(&s, "x", 1), -EBUSY);
+    CHECK_EQ(br_loop_close(&loop), -EBUSY); /* its close callback has not run */
+    finish();
+    CHECK(!fd_is_open(sv[0]));
+    CHECK_EQ(close(sv[1]), 0);
+}
+
+/* Every stream of a loop reads into the one buffer of the loop: an idle
+ * connection holds none. A stream asking for a bigger read from inside
+ * another's read callback grows it only before the next read. */
+typedef struct {
+    br_stream_t s;
+    br_stream_t *other;
+    const char *seen;
+    char first;
+    int reads;
+} shared_t;
+
+static void shared_read(br_stream_t *s, const char *buf, ssize_t n)
+{
+    shared_t *k = s->handle.data;
+    CHECK(n > 0);
+    k->seen = buf;
+    k->first = buf[0];
+    k->reads++;
+    if (k->other != NULL) {
+        CHECK_EQ(br_stream_read_start(k->other, shared_read, 1 << 20), 0);
+        CHECK_EQ(buf[0], k->first); /* still readable: nothing was reallocated under it */
+    }
+    CHECK_EQ(br_stream_read_stop(s), 0);
+}
+
+TEST(streams_share_the_loops_read_buffer)
+{
+    int a[2], b[2];
+    pair(a);
+    pair(b);
+    CHECK_EQ(br_loop_init(&loop), 0);
+    shared_t ka = {0}, kb = {0};
+    CHECK_EQ(br_stream_init(&loop, &ka.s, a[0]), 0);
+    CHECK_EQ(br_stream_init(&loop, &kb.s, b[0]), 0);
+    ka.s.handle.data = &ka;
+    kb.s.handle.data = &kb;
+    ka.other = &kb.s;
+    CHECK_EQ(br_stream_read_start(&ka.s, shared_read, 4096), 0);
+    CHECK_EQ(write(a[1], "a", 1), 1);
+    CHECK_EQ(write(b[1], "b", 1), 1);
+    while (ka.reads == 0 || kb.reads == 0) {
+        CHECK(br_loop_run(&loop, BR_RUN_ONCE) >= 0);
+    }
+    CHECK_EQ(ka.first, 'a');
+    CHECK_EQ(kb.first, 'b');
+    CHECK(ka.seen != NULL && kb.seen != NULL);
+    CHECK(loop.read_buf_ == kb.seen && loop.read_buf_size_ >= (1u << 20));
+    CHECK_EQ(br_close(&ka.s.handle, NULL), 0);
+    CHECK_EQ(br_close(&kb.s.handle, NULL), 0);
+    finish();
+    CHECK(loop.read_buf_ == NULL);
+    CHECK_EQ(close(a[1]), 0);
+    CHECK_EQ(close(b[1]), 0);
+}
+
+/* ------------------------------------------------------------ caller's buffers */
+
+typedef struct {
+    br_stream_t s;
+    char mine[5];
+    int refuse;
+    ssize_t last;
+    const char *at;
+    int reads;
+} into_t;
+
+static int into_alloc(br_stream_t *s, char **buf, size_t *len)
+{
+    into_t *k = s->handle.data;
+    if (k->refuse) {
+        return -ENOBUFS;
+    }
+    *buf = k->mine;
+    *len = sizeof k->mine;
+    return 0;
+}
+
+static void into_read(br_stream_t *s, const char *buf, ssize_t n)
+{
+    into_t *k = s->handle.data;
+    k->last = n;
+    k->at = buf;
+    k->reads++;
+}
+
+TEST(reads_go_where_the_alloc_callback_says)
+{
+    int sv[2];
+    pair(sv);
+    CHECK_EQ(br_loop_init(&loop), 0);
+    into_t k = {0};
+    CHECK_EQ(br_stream_init(&loop, &k.s, sv[0]), 0);
+    k.s.handle.data = &k;
+    br_stream_set_more_callbacks(&k.s, into_alloc, NULL);
+    CHECK_EQ(br_stream_read_start(&k.s, into_read, 0), 0);
+    CHECK_EQ(write(sv[1], "0123456789", 10), 10);
+    while (k.reads < 1) {
+        CHECK(br_loop_run(&loop, BR_RUN_ONCE) >= 0);
+    }
+    CHECK(k.at == k.mine && k.last == 5 && memcmp(k.mine, "01234", 5) == 0); /* no more than it offered */
+    while (k.reads < 2) {
+        CHECK(br_loop_run(&loop, BR_RUN_ONCE) >= 0);
+    }
+    CHECK(k.last == 5 && memcmp(k.mine, "56789", 5) == 0);
+    CHECK(loop.read_buf_ == NULL); /* the loop's buffer was never needed */
+    k.refuse = 1;
+    CHECK_EQ(write(sv[1], "x", 1), 1);
+    while (k.reads < 3) {
+        CHECK(br_loop_run(&loop, BR_RUN_ONCE) >= 0);
+    }
+    CHECK(k.last == -ENOBUFS && k.at == NULL && !br_is_active(&k.s.handle)); /* reading stopped */
+    CHECK_EQ(br_close(&k.s.handle, NULL), 0);
+    finish();
+    CHECK_EQ(close(sv[1]), 0);
+}
+
+/* ------------------------------------------------------------ the block hook */
+
+static int blocks[2];
+static void note_block(br_loop_t *l, int blocking)
+{
+    CHECK(l == &loop);
+    blocks[blocking]++;
+    CHECK(blocks[1] - blocks[0] == (blocking ? 1 : 0)); /* paired, in order */
+}
+
+TEST(the_block_hook_brackets_only_polls_that_may_sleep)
+{
+    int sv[2];
+    pair(sv);
+    CHECK_EQ(br_loop_init(&loop), 0);
+    br_loop_set_block_cb(&loop, note_block);
+    sink_t r;
+    sink_open(&r, sv[0]);
+    CHECK_EQ(br_loop_run(&loop, BR_RUN_NOWAIT), 1);
+    CHECK(blocks[0] == 0 && blocks[1] == 0);
+    CHECK_EQ(write(sv[1], "z", 1), 1);
+    CHECK_EQ(br_loop_run(&loop, BR_RUN_ONCE), 1);
+    CHECK(blocks[0] == 1 && blocks[1] == 1 && r.len == 1); /* the read ran after the hook said awake */
+    CHECK_EQ(br_close(&r.s.handle, sink_closed), 0);
+    br_loop_set_block_cb(&loop, NULL);
+    finish();
+    CHECK_EQ(close(sv[1]), 0);
 }
 
 BT_MAIN()

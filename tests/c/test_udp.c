@@ -69,8 +69,8 @@ TEST(ping_pong_and_an_empty_datagram)
     while (received < 2) {
         CHECK(br_loop_run(&loop, BR_RUN_ONCE) >= 0);
     }
-    CHECK_EQ(br_udp_close(&ua, NULL), 0);
-    CHECK_EQ(br_udp_close(&ub, NULL), 0);
+    CHECK_EQ(br_close(&ua.handle, NULL), 0);
+    CHECK_EQ(br_close(&ub.handle, NULL), 0);
     finish();
 }
 
@@ -111,8 +111,8 @@ TEST(full_socket_buffer_queues_and_drains_in_order)
     }
     CHECK_EQ(out_of_order, 0);
     CHECK_EQ(br_udp_queued(&w), 0);
-    CHECK_EQ(br_udp_close(&w, NULL), 0);
-    CHECK_EQ(br_udp_close(&r, NULL), 0);
+    CHECK_EQ(br_close(&w.handle, NULL), 0);
+    CHECK_EQ(br_close(&r.handle, NULL), 0);
     finish();
 }
 
@@ -128,7 +128,7 @@ TEST(close_with_a_queue_frees_it)
         CHECK_EQ(br_udp_send(&w, msg, sizeof msg, NULL, 0), 0);
     }
     CHECK_EQ(br_udp_send(&w, msg, sizeof msg, NULL, 0), 0);
-    CHECK_EQ(br_udp_close(&w, NULL), 0);
+    CHECK_EQ(br_close(&w.handle, NULL), 0);
     CHECK_EQ(br_udp_send(&w, msg, 1, NULL, 0), -EBUSY);
     finish(); /* LeakSanitizer checks the queue went */
     CHECK(fcntl(sv[0], F_GETFD) < 0);
@@ -167,7 +167,7 @@ TEST(port_unreachable_reaches_a_connected_socket)
         CHECK(br_loop_run(&loop, BR_RUN_NOWAIT) >= 0);
         bt_sleep_ms(1);
     }
-    CHECK_EQ(br_udp_close(&u, NULL), 0);
+    CHECK_EQ(br_close(&u.handle, NULL), 0);
     finish();
 }
 
@@ -190,8 +190,13 @@ TEST(bad_input)
     static char big[70000];
     CHECK_EQ(br_udp_send(&u, big, sizeof big, (struct sockaddr *)&a, sizeof a), -EMSGSIZE);
     CHECK_EQ(br_udp_send(&u, big, 1, (struct sockaddr *)&a, 0), -EINVAL);
-    CHECK_EQ(br_udp_close(&u, NULL), 0);
-    CHECK_EQ(br_udp_close(&u, NULL), -EINVAL);
+    CHECK_EQ(u.handle.type, BR_HANDLE_UDP);
+    CHECK(!br_is_active(&u.handle));
+    int fd = u.fd;
+    CHECK_EQ(br_close(&u.handle, NULL), 0);
+    CHECK_EQ(br_close(&u.handle, NULL), -EINVAL);
+    CHECK(fcntl(fd, F_GETFD) < 0 && u.fd == -1); /* closed by br_close itself */
+    CHECK_EQ(br_udp_send(&u, big, 1, (struct sockaddr *)&a, sizeof a), -EBUSY);
     finish();
 }
 

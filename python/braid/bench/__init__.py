@@ -30,7 +30,8 @@ BENCHMARKS = {
     "loop": (
         "braid.bench.loop",
         "braid.Loop vs asyncio's loop and uvloop (echo servers against a C floor, "
-        "call_soon and sleep(0) scheduling, aiohttp under wrk)",
+        "call_soon and sleep(0) scheduling, aiohttp under wrk with and without keep-alive, "
+        "10k+ idle connections)",
     ),
     "interpreters": (
         "braid.bench.interpreters",

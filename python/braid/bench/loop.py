@@ -33,6 +33,15 @@ Cases:
              a 1 s warm-up: requests/s and server CPU µs per request. Needs wrk
              (apt-get install wrk) and aiohttp (pip install aiohttp); without
              them the case says what is missing.
+  churn      the same server and wrk with ``-H 'Connection: close'``: every
+             request on a new connection, so accept, transport set-up and close
+             are paid per request.
+  idle       a Protocol server holding 10,000 and 15,000 idle connections
+             (--idle-conns; --quick 500) that a C client (loop_c/idleclient.c)
+             opened in a burst, one byte each: server RSS per connection, the
+             time to accept the burst with the GC on, the time per connection
+             over the first and last thousand, the time spent in the collector.
+             Median of the repeats. Details in braid.bench._loop_idle.
 
 The C programs are compiled at run time with ``cc -O2`` (or $CC) from the
 sources installed next to this module, into a cache directory
@@ -46,9 +55,10 @@ killed on an error or a timeout; every port is an ephemeral one of 127.0.0.1.
 The goals printed with each case are braid.Loop's targets from the event-loop
 issue: Protocol echo at ≤ 1.1x the C floor's server CPU per round trip (uvloop
 ~1.2x there), streams echo ≥ 1.3x uvloop's round trips/s, scheduling ≥ 1.5x
-uvloop's speed, the aiohttp server ≥ 1.15x uvloop's requests/s. Each is
-checked against this run and reported as met, not met, or not checked (braid
-or uvloop missing).
+uvloop's speed, the aiohttp server ≥ 1.15x uvloop's requests/s (≥ 1.3x with a
+new connection per request, churn), the idle case's memory per connection and
+accept time ≤ uvloop's. Each is checked against this run and reported as met,
+not met, or not checked (braid or uvloop missing).
 """
 
 import argparse
@@ -93,7 +103,7 @@ SERVER_START_TIMEOUT = 60.0  # seconds for a server to print its port
 EXIT_TIMEOUT = 5.0  # seconds for a child to exit after SIGTERM before SIGKILL
 SLACK_TIMEOUT = 30.0  # seconds beyond its expected run time before a child is killed
 
-CASES = ("echo", "call_soon", "sleep0", "aiohttp")
+CASES = ("echo", "call_soon", "sleep0", "aiohttp", "churn", "idle")
 LOOPS = ("asyncio", "uvloop", "braid")
 APIS = ("protocol", "streams")
 API_LABELS = {"protocol": "Protocol", "streams": "streams"}
@@ -107,8 +117,10 @@ GOAL_PROTOCOL_FLOOR = 1.1  # braid Protocol echo CPU per round trip / the floor'
 GOAL_STREAMS_UVLOOP = 1.3  # braid streams round trips/s / uvloop's, at least
 GOAL_SCHED_UVLOOP = 1.5  # braid steps/s / uvloop's, at least
 GOAL_AIOHTTP_UVLOOP = 1.15  # braid requests/s / uvloop's, at least
+GOAL_CHURN_UVLOOP = 1.3  # the same with a new connection per request
 
-C_SOURCES = {"loadgen": "loadgen.c", "echo_floor": "echo_floor.c"}
+C_SOURCES = {"loadgen": "loadgen.c", "echo_floor": "echo_floor.c", "idleclient": "idleclient.c"}
+C_CASES = ("echo", "idle")  # the cases that need the C programs
 
 
 class _Failed(Exception):
@@ -279,11 +291,12 @@ def _child_setup(cpu):
     return setup
 
 
-def _spawn(argv, cpu, *, stdin=subprocess.DEVNULL, env=None):
+def _spawn(argv, cpu, *, stdin=subprocess.DEVNULL, env=None, pass_fds=()):
     err = tempfile.TemporaryFile()
     try:
         proc = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE, stderr=err, env=env,
-                                bufsize=0, close_fds=True, preexec_fn=_child_setup(cpu))
+                                bufsize=0, close_fds=True, pass_fds=pass_fds,
+                                preexec_fn=_child_setup(cpu))
     except BaseException:
         err.close()
         raise
@@ -381,9 +394,9 @@ def _child_env():
 class Server:
     """A server process pinned to cpu, listening on 127.0.0.1:port."""
 
-    def __init__(self, label, argv, cpu, env=None):
+    def __init__(self, label, argv, cpu, env=None, pass_fds=()):
         self.label = label
-        self.proc = _spawn(argv, cpu, env=env)
+        self.proc = _spawn(argv, cpu, env=env, pass_fds=pass_fds)
         try:
             try:
                 line = _read_line(self.proc, time.monotonic() + SERVER_START_TIMEOUT)
@@ -435,6 +448,10 @@ def build_programs(cc):
     """{name: path of the executable}, compiled with cc -O2 from loop_c/, cached by source
     and compiler; _NoCompiler says why not."""
     return _cc.build(cc, source_dir(), C_SOURCES, "bench-loop")
+
+
+def _no_programs(name, why):
+    return [{"case": name, "title": name, "skipped": why, "goals": [], "contenders": {}}]
 
 
 # ------------------------------------------------------------------ echo
@@ -751,9 +768,9 @@ def aiohttp_missing():
     return "; ".join(missing) or None
 
 
-def _run_wrk(port, seconds, cpu):
+def _run_wrk(port, seconds, cpu, close=False):
     argv = [shutil.which("wrk"), f"-t{WRK_THREADS}", f"-c{WRK_CONNECTIONS}", f"-d{seconds}s",
-            f"http://127.0.0.1:{port}/"]
+            *(["-H", "Connection: close"] if close else []), f"http://127.0.0.1:{port}/"]
     proc = _spawn(argv, cpu)
     try:
         deadline = time.monotonic() + seconds + SLACK_TIMEOUT
@@ -814,15 +831,15 @@ def _check_hello(port):
         raise _Failed(f"GET / answered {resp.status} {body[:60]!r}, expected 200 {HELLO!r}")
 
 
-def aiohttp_once(kind, *, seconds, cpus, warm):
+def aiohttp_once(kind, *, seconds, cpus, warm, close=False):
     server = Server(kind.key, [sys.executable, "-m", "braid.bench.loop", "--serve",
                                f"{kind.key}:aiohttp"], cpus[0], env=_child_env())
     try:
         _check_hello(server.port)
         if warm:
-            _run_wrk(server.port, WRK_WARMUP_SECONDS, cpus[1])
+            _run_wrk(server.port, WRK_WARMUP_SECONDS, cpus[1], close)
         cpu0 = _proc_cpu_s(server.pid)
-        got = _run_wrk(server.port, seconds, cpus[1])
+        got = _run_wrk(server.port, seconds, cpus[1], close)
         cpu1 = _proc_cpu_s(server.pid)
         server.check_alive()
     finally:
@@ -833,12 +850,17 @@ def aiohttp_once(kind, *, seconds, cpus, warm):
     return got
 
 
-def run_aiohttp(loops, *, repeat, seconds, cpus):
+def run_aiohttp(loops, *, repeat, seconds, cpus, close=False):
+    """The aiohttp case; close: the churn case (wrk sends Connection: close)."""
+    case = "churn" if close else "aiohttp"
     title = f"aiohttp hello world under wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{seconds}s"
-    text = f"{BRAID_NAME} ≥ {GOAL_AIOHTTP_UVLOOP}x uvloop's requests/s"
+    if close:
+        title += " -H 'Connection: close' (a new connection per request)"
+    want = GOAL_CHURN_UVLOOP if close else GOAL_AIOHTTP_UVLOOP
+    text = f"{BRAID_NAME} ≥ {want}x uvloop's requests/s"
     missing = aiohttp_missing()
     if missing:
-        return [{"case": "aiohttp", "title": title, "skipped": missing,
+        return [{"case": case, "title": title, "skipped": missing,
                  "goals": [{"goal": text, "met": None, "result": f"not checked: {missing}"}],
                  "contenders": {}}]
     live = [k for k in loops if k.missing is None]
@@ -850,7 +872,8 @@ def run_aiohttp(loops, *, repeat, seconds, cpus):
             if kind.key in errors:
                 continue
             try:
-                runs[kind.key].append(aiohttp_once(kind, seconds=seconds, cpus=cpus, warm=True))
+                runs[kind.key].append(aiohttp_once(kind, seconds=seconds, cpus=cpus, warm=True,
+                                                   close=close))
             except _MEASURE_ERRORS as exc:
                 errors[kind.key] = _describe(exc)
     cells = {}
@@ -873,9 +896,9 @@ def run_aiohttp(loops, *, repeat, seconds, cpus):
         cells[kind.key] = cell
     _speed_ratios(cells, "req_per_s", lower_is_better=False)
     goal = _goal(text, cells.get("braid"), cells.get("uvloop"), "vs_uvloop",
-                 lambda v: v >= GOAL_AIOHTTP_UVLOOP,
+                 lambda v: v >= want,
                  lambda v: f"{BRAID_NAME} at {v:.2f}x uvloop's requests/s", other="uvloop")
-    return [{"case": "aiohttp", "title": title, "repeats": repeat, "goals": [goal],
+    return [{"case": case, "title": title, "repeats": repeat, "goals": [goal],
              "contenders": cells}]
 
 
@@ -897,20 +920,24 @@ def pick_cpus(server_cpu=None, client_cpu=None):
 
 
 def run_cases(names, *, loops, sizes, repeat, connections, warmup, duration, wrk_seconds, cpus,
-              exes, no_echo=None, on_case=None):
+              exes, no_echo=None, on_case=None, idle_conns=None):
     rows = []
     for name in names:
-        if name == "echo":
-            if exes is None:
-                got = [{"case": "echo", "title": "echo", "skipped": no_echo, "goals": [],
-                        "contenders": {}}]
-            else:
-                got = run_echo(loops, sizes, repeat=repeat, connections=connections,
-                               warmup=warmup, duration=duration, cpus=cpus, exes=exes)
+        if name in C_CASES and exes is None:
+            got = _no_programs(name, no_echo)
+        elif name == "echo":
+            got = run_echo(loops, sizes, repeat=repeat, connections=connections,
+                           warmup=warmup, duration=duration, cpus=cpus, exes=exes)
+        elif name == "idle":
+            from braid.bench import _loop_idle
+
+            got = _loop_idle.run_idle(loops, idle_conns or _loop_idle.DEFAULT_CONNS,
+                                      repeat=repeat, cpus=cpus, exes=exes)
         elif name in SCHED_CASES:
             got = run_sched(name, loops, repeat=repeat, cpu=cpus[0])
         else:
-            got = run_aiohttp(loops, repeat=repeat, seconds=wrk_seconds, cpus=cpus)
+            got = run_aiohttp(loops, repeat=repeat, seconds=wrk_seconds, cpus=cpus,
+                              close=name == "churn")
         rows.extend(got)
         if on_case is not None:
             on_case(got)
@@ -918,7 +945,7 @@ def run_cases(names, *, loops, sizes, repeat, connections, warmup, duration, wrk
 
 
 def environment(command, loops, *, repeat, quick, sizes, connections, warmup, duration,
-                wrk_seconds, cpus, cc_version, exes):
+                wrk_seconds, cpus, cc_version, exes, idle_conns=None):
     return {
         **_bench.machine(),
         "kernel": platform.release(),
@@ -932,6 +959,7 @@ def environment(command, loops, *, repeat, quick, sizes, connections, warmup, du
         "warmup_s": warmup,
         "duration_s": duration,
         "wrk_seconds": wrk_seconds,
+        "idle_conns": list(idle_conns or []),
         "cc": cc_version,
         "c_programs": None if exes is None else exes["cache"],
         "aiohttp": _version_of("aiohttp"),
@@ -1028,6 +1056,12 @@ def format_rows(rows):
             out.append("")
             continue
         case = row["case"]
+        if case == "idle":
+            from braid.bench import _loop_idle
+
+            _loop_idle.format_row(row, out)
+            out.append("")
+            continue
         if case == "echo":
             out.append(f"{row['title']}  [{row['connections']} connections, request-response, "
                        f"{row['duration_s']:g} s after {row['warmup_s']:g} s warm-up, "
@@ -1093,7 +1127,8 @@ def build_parser(prog=None):
     p = argparse.ArgumentParser(
         prog=prog or "python -m braid bench loop",
         description="braid.Loop vs asyncio's loop and uvloop (echo servers against a plain C "
-                    "floor, scheduling, aiohttp under wrk), side by side in one run.")
+                    "floor, scheduling, aiohttp under wrk with and without keep-alive, idle "
+                    "connections), side by side in one run.")
     p.add_argument("--quick", action="store_true",
                    help=f"short run for CI and smoke tests ({DURATION_S[1]:g} s windows after "
                         f"{WARMUP_S[1]:g} s warm-up, wrk -d{WRK_SECONDS[1]}s, {QUICK_REPEAT} "
@@ -1110,6 +1145,9 @@ def build_parser(prog=None):
                         f"echo case always has the C floor too)")
     p.add_argument("--connections", type=int, metavar="N", default=CONNECTIONS,
                    help=f"echo connections (default {CONNECTIONS})")
+    p.add_argument("--idle-conns", metavar="LIST",
+                   help="idle case: comma-separated connection counts (default 10000,15000; "
+                        "--quick 500)")
     p.add_argument("--duration", type=float, metavar="S",
                    help=f"measured seconds per echo run (default {DURATION_S[0]:g}; "
                         f"--quick {DURATION_S[1]:g})")
@@ -1160,6 +1198,16 @@ def _main(argv, command):
         parser.error("--sizes takes whole KiB, e.g. 1,10,100")
     if not sizes or any(s < 1024 for s in sizes):
         parser.error("--sizes must be at least 1 KiB each")
+    from braid.bench import _loop_idle
+
+    try:
+        idle_conns = ([int(n) for n in _csv(args.idle_conns)] if args.idle_conns
+                      else list(_loop_idle.QUICK_CONNS if args.quick
+                                else _loop_idle.DEFAULT_CONNS))
+    except ValueError:
+        parser.error("--idle-conns takes whole numbers, e.g. 10000,15000")
+    if not idle_conns or any(n < 5 for n in idle_conns):
+        parser.error("--idle-conns must be at least 5 each")
     if repeat < 1 or args.connections < 1 or duration <= 0 or warmup < 0:
         parser.error("--repeat and --connections must be at least 1, --duration above 0, "
                      "--warmup not negative")
@@ -1180,19 +1228,20 @@ def _main(argv, command):
     try:
         cc = compiler()
         cc_version = compiler_version(cc)
-        if "echo" in names:
+        if any(c in names for c in C_CASES):
             exes = build_programs(cc)
     except _NoCompiler as exc:
         no_echo = str(exc)
-        if "echo" in names:
+        if any(c in names for c in C_CASES):
             print(f"error: {exc}", file=sys.stderr)
 
     env = environment(command, loops, repeat=repeat, quick=bool(args.quick), sizes=sizes,
                       connections=args.connections, warmup=warmup, duration=duration,
-                      wrk_seconds=wrk_seconds, cpus=cpus, cc_version=cc_version, exes=exes)
+                      wrk_seconds=wrk_seconds, cpus=cpus, cc_version=cc_version, exes=exes,
+                      idle_conns=idle_conns)
     run = dict(loops=loops, sizes=sizes, repeat=repeat, connections=args.connections,
                warmup=warmup, duration=duration, wrk_seconds=wrk_seconds, cpus=cpus, exes=exes,
-               no_echo=no_echo)
+               no_echo=no_echo, idle_conns=idle_conns)
     try:
         if args.json:
             rows = run_cases(names, **run)
@@ -1202,6 +1251,8 @@ def _main(argv, command):
         else:
             print(format_header(env))
             print(FOOTER)
+            if "idle" in names:
+                print(_loop_idle.FOOTER)
             print(flush=True)
             rows = run_cases(names, on_case=lambda rs: print(format_rows(rs), flush=True), **run)
             failed = _failed(rows)
@@ -1211,7 +1262,7 @@ def _main(argv, command):
         _stop_all()
         if exes is not None and exes.get("temporary"):
             shutil.rmtree(exes["cache"], ignore_errors=True)
-    return 1 if (_failed(rows) or ("echo" in names and exes is None)) else 0
+    return 1 if (_failed(rows) or (any(c in names for c in C_CASES) and exes is None)) else 0
 
 
 def _failed(rows):

@@ -1,0 +1,111 @@
+/*
+ * pools.c — what every kind of pool shares about its lifetime: the
+ * module's list of live pool cores, interpreter exit and os.fork().
+ *
+ * A pool core (threadpool.c's pool_core_t, procpool.c's proc_core_t) embeds
+ * a braid_pool_link_t and is on the list from its creation until it is
+ * freed or has nothing left that interpreter exit must wait for. The kinds
+ * differ in how they close and wait; braid_pool_ops_t says how, so exit and
+ * fork are written once here, in the order that makes them safe:
+ *
+ *   interpreter exit (threading's at-exit hooks, before non-daemon threads
+ *   are joined; registered once by braid._pools):
+ *     1. every pool closes at once (their shutdowns overlap: n pools cost
+ *        the slowest one, not the sum); after Ctrl-C queued work is
+ *        cancelled, running tasks of process pools get a short grace and
+ *        then SIGKILL, those of thread pools end as they will
+ *     2. one by one, each pool that still has workers is waited for, with
+ *        the GIL released and signal handlers run: a second Ctrl-C raises
+ *        here and the program ends without waiting further
+ *     3. process-pool templates that no pool uses any more end
+ *
+ *   os.fork() child (os.register_at_fork): only the forking thread lives
+ *   on, so every pool core becomes a husk that raises when used and never
+ *   touches the engine's locks (a thread of the parent may hold them)
+ *
+ * Everything here runs with the GIL held.
+ */
+#include "braidpy.h"
+
+void braid_pools_link(braid_state *st, braid_pool_link_t *link, const braid_pool_ops_t *ops)
+{
+    link->ops = ops;
+    link->st = st;
+    link->prev = NULL;
+    link->next = st->pools;
+    if (st->pools != NULL) {
+        st->pools->prev = link;
+    }
+    st->pools = link;
+}
+
+void braid_pools_unlink(braid_pool_link_t *link)
+{
+    braid_state *st = link->st;
+    if (st == NULL) {
+        return; /* not linked, or the module went first */
+    }
+    if (link->prev != NULL) {
+        link->prev->next = link->next;
+    } else {
+        st->pools = link->next;
+    }
+    if (link->next != NULL) {
+        link->next->prev = link->prev;
+    }
+    link->next = link->prev = NULL;
+    link->st = NULL;
+}
+
+size_t braid_pools_count(braid_state *st, const braid_pool_ops_t *ops)
+{
+    size_t n = 0;
+    for (braid_pool_link_t *l = st->pools; l != NULL; l = l->next) {
+        n += l->ops == ops;
+    }
+    return n;
+}
+
+PyObject *braid_pools_at_exit(braid_state *st, int interrupted)
+{
+    for (braid_pool_link_t *l = st->pools; l != NULL; l = l->next) {
+        l->ops->close(l, interrupted);
+    }
+    for (;;) {
+        /* a wait may free its pool and others may leave meanwhile: start
+         * over from the head after each */
+        braid_pool_link_t *l = st->pools;
+        while (l != NULL && !l->ops->busy(l)) {
+            l = l->next;
+        }
+        if (l == NULL) {
+            break;
+        }
+        if (l->ops->wait(l) < 0) {
+            return NULL;
+        }
+    }
+    Py_BEGIN_ALLOW_THREADS
+    braid_templates_close_unused(BRAID_EXIT_GRACE_NS);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+void braid_pools_after_fork_child(braid_state *st)
+{
+    braid_templates_after_fork_child();
+    braid_pool_link_t *next;
+    for (braid_pool_link_t *l = st->pools; l != NULL; l = next) {
+        next = l->next; /* forked() may unlink it */
+        l->ops->forked(l);
+    }
+}
+
+void braid_pools_clear(braid_state *st)
+{
+    braid_pool_link_t *next;
+    for (braid_pool_link_t *l = st->pools; l != NULL; l = next) {
+        next = l->next; /* clear() unlinks it */
+        l->ops->clear(l);
+    }
+}

@@ -1,0 +1,75 @@
+/*
+ * sockaccept.c — _accept_plain: braid.Loop's accept loop for plain (not
+ * TLS) stream servers, in C.
+ *
+ * asyncio's _accept_connection accepts through socket.accept() (a
+ * socket.socket made by its Python __init__ per connection), then makes a
+ * task per connection whose coroutine calls the protocol factory and makes
+ * the transport one iteration later, with a waiter future. Here a batch of
+ * accept4() calls (SOCK_NONBLOCK | SOCK_CLOEXEC: no setblocking) each get
+ * their protocol and their SocketTransport at once; the transport makes the
+ * socket object only if get_extra_info("socket") asks. Python's side
+ * (Loop._accept_connection) keeps asyncio's way for TLS, debug mode (its
+ * log lines) and a loop whose subclass makes its own transports, and hands
+ * an accept error (EMFILE and the like) to asyncio's handling, which
+ * reports it, pauses accepting and tries again.
+ */
+#include "braidpy.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+PyObject *braid_accept_plain(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "_accept_plain(loop, fd, family, protocol_factory, server, backlog)");
+        return NULL;
+    }
+    PyObject *loop = args[0], *factory = args[3], *server = args[4];
+    long lfd = PyLong_AsLong(args[1]), family = PyLong_AsLong(args[2]), backlog = PyLong_AsLong(args[5]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    if (lfd < 0 || lfd > INT_MAX || family < 0 || family > INT_MAX) {
+        PyErr_SetString(PyExc_ValueError, "_accept_plain: a listening socket's fd and family are needed");
+        return NULL;
+    }
+    braid_state *st = braid_get_state(module);
+    if (st->socket_transport_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "_accept_plain: no braid.Loop has started yet");
+        return NULL;
+    }
+    for (long i = 0; i < backlog; i++) {
+        int fd = accept4((int)lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR) {
+                i--;
+                continue;
+            }
+            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ECONNABORTED) {
+                break; /* as asyncio: an empty queue or an aborted connection ends the batch */
+            }
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        PyObject *protocol = PyObject_CallNoArgs(factory);
+        PyObject *transport = protocol ? braid_socktransport_accepted(st, loop, fd, (int)family, protocol, server)
+                                       : NULL;
+        if (protocol == NULL) {
+            (void)close(fd);
+        }
+        Py_XDECREF(protocol);
+        if (transport == NULL) {
+            /* as asyncio outside debug mode: the connection is dropped
+             * unreported; KeyboardInterrupt and SystemExit go up */
+            if (PyErr_ExceptionMatches(PyExc_KeyboardInterrupt) || PyErr_ExceptionMatches(PyExc_SystemExit)) {
+                return NULL;
+            }
+            PyErr_Clear();
+            continue;
+        }
+        Py_DECREF(transport); /* the loop's ready queue holds it until it reads */
+    }
+    Py_RETURN_NONE;
+}

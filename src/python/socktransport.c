@@ -1,0 +1,1409 @@
+/*
+ * socktransport.c — SocketTransport: braid.Loop's transport for TCP and
+ * Unix stream sockets, a C object over the engine's br_stream_t.
+ *
+ * asyncio's socket transport is a Python object with a __dict__, a deque
+ * of buffers, an _extra dict of three entries, a TransportSocket and, while
+ * it reads, a reader Handle holding a bound method: half a dozen objects
+ * per connection that the cyclic collector walks on every full pass, so
+ * the cost of accepting a connection grows with the number already open.
+ * This one is a single object: the socket's fd belongs to the engine's
+ * stream (its write queue and watermarks are C), the reads arrive through
+ * the engine's callbacks into the loop's one read buffer, and _extra is
+ * filled only when get_extra_info() is first asked. It subclasses
+ * asyncio.Transport, with asyncio's behaviour method by method
+ * (selector_events._SelectorSocketTransport): the same messages to the
+ * exception handler, the same order of protocol calls, the same errors.
+ *
+ * Life cycle (one per transport):
+ *
+ *   __init__ --> OPEN: connection_made and the first read are scheduled
+ *     |  close(): reading stops; once the queue is empty -> connection_lost
+ *     |  abort() / a fatal error: queue dropped -> connection_lost(exc)
+ *     v
+ *   LOST (conn_lost > 0): connection_lost(exc) is scheduled (call_soon) or,
+ *     |  after close() with a queue, runs when the queue empties
+ *     v
+ *   CLOSED: the protocol has been told; the socket object is detached and
+ *     |  the engine closes the fd (br_close, at step 5 of the iteration)
+ *     v
+ *   the stream's close callback: the object may go
+ *
+ * References: the engine's callbacks reach the object through
+ * stream.handle.data, so while the stream may call back (reading, writes
+ * queued, or closing) the object holds a reference to itself (self_ref),
+ * as asyncio's transport is held by its reader and writer handles. An idle
+ * transport nobody holds is collected: its finalizer warns (ResourceWarning,
+ * as asyncio's __del__) and closes the stream, keeping the object alive
+ * until the engine's close callback.
+ */
+#include "braidpy.h"
+#include "compat.h"
+
+#include <structmember.h> /* T_PYSSIZET: the weak reference list's offset */
+
+#include <errno.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define MAX_READ (256 * 1024) /* asyncio's max_size */
+#define LOG_THRESHOLD_FOR_CONNLOST_WRITES 5
+
+typedef struct {
+    br_stream_t stream;
+    PyObject *weakrefs;
+    PyObject *loop;
+    PyObject *stream_loop;   /* the loop the stream is on, held until its close callback */
+    PyObject *protocol;
+    PyObject *sock;          /* socket.socket; detached once the stream closes its fd */
+    PyObject *server;        /* asyncio.Server, or NULL */
+    PyObject *empty_waiter;  /* loop.sendfile(): a future set once the queue is empty */
+    Py_buffer pbuf;          /* BufferedProtocol: get_buffer()'s buffer during a read */
+    unsigned conn_lost;
+    size_t high, low;
+    int fd;
+    int family;              /* for the socket object made on demand (accepted connections) */
+    unsigned sock_gone : 1;  /* connection_lost ran: no socket object any more */
+    unsigned fd_taken : 1;   /* the stream owns the fd */
+    unsigned closing : 1, eof : 1, paused : 1, protocol_paused : 1, buffered : 1, connected : 1,
+        stream_open : 1, self_ref : 1, has_pbuf : 1, tcp : 1;
+} tail_t;
+
+static pthread_mutex_t spec_mu = PTHREAD_MUTEX_INITIALIZER; /* the two offsets and tr_spec */
+static Py_ssize_t tail_offset;   /* asyncio.Transport's basicsize: the same in every interpreter */
+static Py_ssize_t extra_offset;  /* BaseTransport's _extra slot */
+
+#define TAIL(o) ((tail_t *)((char *)(o) + tail_offset))
+#define EXTRA(o) (*(PyObject **)((char *)(o) + extra_offset))
+#define SELF(s) ((PyObject *)((char *)(s) - tail_offset)) /* stream is the tail's first member */
+
+static braid_state *tr_state(PyObject *self) { return braid_state_from_type(Py_TYPE(self)); }
+
+static PyObject *import_attr(const char *module, const char *name)
+{
+    PyObject *m = PyImport_ImportModule(module);
+    PyObject *v = m ? PyObject_GetAttrString(m, name) : NULL;
+    Py_XDECREF(m);
+    return v;
+}
+
+/* The socket object: the caller's, or for a connection accepted in C made
+ * on first use (get_extra_info("socket"), _sock) around the stream's fd.
+ * Borrowed; NULL once the connection is gone (no exception then). */
+static PyObject *get_sock(PyObject *self)
+{
+    tail_t *t = TAIL(self);
+    if (t->sock == NULL && !t->sock_gone && t->stream_open && !br_is_closing(&t->stream.handle)) {
+        PyObject *socket_type = import_attr("socket", "socket");
+        t->sock = socket_type ? PyObject_CallFunction(socket_type, "iiii", t->family, SOCK_STREAM, 0, t->fd) : NULL;
+        Py_XDECREF(socket_type);
+        /* as asyncio's accepted sockets: non-blocking, and the object knows */
+        PyObject *r = t->sock ? PyObject_CallMethod(t->sock, "setblocking", "O", Py_False) : NULL;
+        if (r == NULL && t->sock != NULL) {
+            PyObject *exc = PyErr_GetRaisedException();
+            PyObject *d = PyObject_CallMethod(t->sock, "detach", NULL); /* the fd stays the stream's */
+            Py_XDECREF(d);
+            Py_CLEAR(t->sock);
+            PyErr_SetRaisedException(exc);
+        }
+        Py_XDECREF(r);
+    }
+    return t->sock;
+}
+
+/* --------------------------------------------------------- references */
+
+/* Holds a reference to itself while the engine may call back. */
+static void update_self_ref(PyObject *self)
+{
+    tail_t *t = TAIL(self);
+    int want = t->stream_open && (br_is_active(&t->stream.handle) || br_is_closing(&t->stream.handle));
+    if (want && !t->self_ref) {
+        t->self_ref = 1;
+        Py_INCREF(self);
+    } else if (!want && t->self_ref) {
+        t->self_ref = 0;
+        Py_DECREF(self); /* not the last: the caller has self */
+    }
+}
+
+static void stream_closed(br_handle_t *h)
+{
+    PyObject *self = SELF(h);
+    tail_t *t = TAIL(self);
+    t->stream_open = 0;
+    if (t->stream_loop != NULL) {
+        braid_loop_count_stream(t->stream_loop, -1);
+        Py_CLEAR(t->stream_loop);
+    }
+    if (t->self_ref) {
+        t->self_ref = 0;
+        Py_DECREF(self); /* may be the last */
+    }
+}
+
+/* The socket object lets go of the fd (the engine closes it), then the
+ * stream closes. Idempotent. */
+static void close_stream(PyObject *self)
+{
+    tail_t *t = TAIL(self);
+    if (!t->stream_open || br_is_closing(&t->stream.handle)) {
+        return;
+    }
+    if (t->sock != NULL) {
+        PyObject *r = PyObject_CallMethod(t->sock, "detach", NULL);
+        if (r == NULL) {
+            PyErr_WriteUnraisable(self);
+        }
+        Py_XDECREF(r);
+    }
+    if (t->has_pbuf) {
+        PyBuffer_Release(&t->pbuf);
+        t->has_pbuf = 0;
+    }
+    if (!t->self_ref) {
+        t->self_ref = 1; /* until the close callback */
+        Py_INCREF(self);
+    }
+    (void)br_close(&t->stream.handle, stream_closed);
+}
+
+/* --------------------------------------------------------- asyncio's error paths */
+
+static PyObject *call_exception_handler(PyObject *self, const char *message, PyObject *exc)
+{
+    tail_t *t = TAIL(self);
+    PyObject *ctx = Py_BuildValue("{s:s,s:O,s:O,s:O}", "message", message, "exception", exc, "transport", self,
+                                  "protocol", t->protocol ? t->protocol : Py_None);
+    PyObject *r = ctx ? PyObject_CallMethod(t->loop, "call_exception_handler", "O", ctx) : NULL;
+    Py_XDECREF(ctx);
+    return r;
+}
+
+static int force_close(PyObject *self, PyObject *exc);
+static void on_empty(br_stream_t *s);
+static void fail_empty_waiter(PyObject *self, PyObject *exc);
+
+/* asyncio's _fatal_error: an OSError is only logged in debug mode, anything
+ * else goes to the exception handler; then the connection is forced shut. */
+static int fatal_error(PyObject *self, PyObject *exc, const char *message)
+{
+    tail_t *t = TAIL(self);
+    if (PyErr_GivenExceptionMatches(exc, PyExc_OSError)) {
+        PyObject *debug = t->loop ? PyObject_CallMethod(t->loop, "get_debug", NULL) : NULL;
+        int on = debug ? PyObject_IsTrue(debug) : 0;
+        Py_XDECREF(debug);
+        PyErr_Clear();
+        if (on > 0) {
+            PyObject *logger = import_attr("asyncio.log", "logger");
+            PyObject *r = logger ? PyObject_CallMethod(logger, "debug", "sOs", "%r: %s", self, message) : NULL;
+            Py_XDECREF(r);
+            Py_XDECREF(logger);
+            PyErr_Clear();
+        }
+    } else if (t->loop != NULL) {
+        PyObject *r = call_exception_handler(self, message, exc);
+        if (r == NULL) {
+            return -1;
+        }
+        Py_DECREF(r);
+    }
+    return force_close(self, exc);
+}
+
+/* An exception out of a protocol callback run by the engine: the loop
+ * raises KeyboardInterrupt and SystemExit out of run_forever, as asyncio;
+ * anything else is the transport's fatal error. Consumes the exception. */
+static void callback_failed(PyObject *self, const char *message)
+{
+    PyObject *exc = PyErr_GetRaisedException();
+    if (PyErr_GivenExceptionMatches(exc, PyExc_KeyboardInterrupt) ||
+        PyErr_GivenExceptionMatches(exc, PyExc_SystemExit)) {
+        braid_loop_raise_later(TAIL(self)->loop, exc);
+        return;
+    }
+    if (fatal_error(self, exc, message) < 0) {
+        callback_failed(self, message); /* the handler itself raised */
+    }
+    Py_DECREF(exc);
+}
+
+static int schedule(PyObject *self, PyObject *fn, PyObject *arg)
+{
+    PyObject *r = PyObject_CallMethod(TAIL(self)->loop, "call_soon", "OO", fn, arg);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
+}
+
+/* asyncio's _force_close: the queue goes, reading stops, connection_lost
+ * is scheduled once. */
+static int force_close(PyObject *self, PyObject *exc)
+{
+    tail_t *t = TAIL(self);
+    if (t->conn_lost) {
+        return 0;
+    }
+    if (t->stream_open) {
+        br_stream_discard(&t->stream);
+        (void)br_stream_read_stop(&t->stream);
+        update_self_ref(self);
+    }
+    t->closing = 1;
+    t->conn_lost++;
+    PyObject *lost = PyObject_GetAttrString(self, "_call_connection_lost");
+    int rc = lost ? schedule(self, lost, exc ? exc : Py_None) : -1;
+    Py_XDECREF(lost);
+    return rc;
+}
+
+/* --------------------------------------------------------- reading */
+
+/* asyncio's streams, fed without their Python layer: for a protocol that
+ * is exactly asyncio.StreamReaderProtocol and a reader that is exactly a
+ * StreamReader, what data_received -> feed_data -> _wakeup_waiter do, on
+ * the same attributes: the bytes go straight from the read buffer into the
+ * reader's bytearray (no bytes object), the waiter is woken, and reading
+ * pauses above twice the reader's limit. Anything else (subclasses, a
+ * class whose methods were replaced, a reader at EOF, whose feed_data
+ * asserts) takes the Python path. */
+enum { S_READER_WR, S_EOF, S_BUFFER, S_WAITER, S_TRANSPORT, S_PAUSED, S_LIMIT, S_CANCELLED, S_SET_RESULT,
+       S_PAUSE_READING, S_FEED_DATA, S_WAKEUP_WAITER, S_TRANSPORTS, S_DATA, S_CALL_SOON, S_CONNECTION_MADE,
+       S_START_READING, S_COUNT };
+_Static_assert(S_COUNT == BRAID_STREAM_NAMES, "braidpy.h sizes the names");
+static const char *const stream_name_text[S_COUNT] = {
+    [S_READER_WR] = "_stream_reader_wr", [S_EOF] = "_eof", [S_BUFFER] = "_buffer", [S_WAITER] = "_waiter",
+    [S_TRANSPORT] = "_transport", [S_PAUSED] = "_paused", [S_LIMIT] = "_limit", [S_CANCELLED] = "cancelled",
+    [S_SET_RESULT] = "set_result", [S_PAUSE_READING] = "pause_reading", [S_FEED_DATA] = "feed_data",
+    [S_WAKEUP_WAITER] = "_wakeup_waiter", [S_TRANSPORTS] = "_transports", [S_DATA] = "data",
+    [S_CALL_SOON] = "call_soon", [S_CONNECTION_MADE] = "connection_made", [S_START_READING] = "_start_reading",
+};
+
+/* 1 fed, 0 not this protocol (use data_received), -1 with an exception
+ * (as feed_data would have raised). */
+static int feed_stream_reader(braid_state *st, PyObject *protocol, const char *buf, ssize_t n)
+{
+    PyObject *const *name = st->stream_names;
+    if ((PyObject *)Py_TYPE(protocol) != st->StreamReaderProtocol || st->StreamReader == NULL ||
+        _PyType_Lookup(Py_TYPE(protocol), st->str_data_received) != st->stream_methods[0]) {
+        return 0;
+    }
+    PyObject *wr = PyObject_GetAttr(protocol, name[S_READER_WR]);
+    if (wr == NULL) {
+        return -1;
+    }
+    if (wr == Py_None || !PyWeakref_CheckRef(wr)) {
+        int none = wr == Py_None;
+        Py_DECREF(wr);
+        return none ? 1 : 0; /* no reader: data_received drops the data too */
+    }
+    PyObject *reader;
+    int alive = PyWeakref_GetRef(wr, &reader);
+    Py_DECREF(wr);
+    if (alive <= 0) {
+        return alive < 0 ? -1 : 1; /* the reader is gone: data_received drops the data too */
+    }
+    int rc = 0;
+    PyObject *eof = NULL, *buffer = NULL, *waiter = NULL, *transport = NULL, *paused = NULL, *limit = NULL;
+    if ((PyObject *)Py_TYPE(reader) != st->StreamReader ||
+        _PyType_Lookup(Py_TYPE(reader), name[S_FEED_DATA]) != st->stream_methods[1] ||
+        _PyType_Lookup(Py_TYPE(reader), name[S_WAKEUP_WAITER]) != st->stream_methods[2] ||
+        (eof = PyObject_GetAttr(reader, name[S_EOF])) == NULL ||
+        eof != Py_False || (buffer = PyObject_GetAttr(reader, name[S_BUFFER])) == NULL ||
+        !PyByteArray_CheckExact(buffer)) {
+        rc = PyErr_Occurred() ? -1 : 0;
+        goto done;
+    }
+    rc = -1;
+    Py_ssize_t old = PyByteArray_GET_SIZE(buffer);
+    if (PyByteArray_Resize(buffer, old + n) < 0) { /* BufferError while exported, as extend() */
+        goto done;
+    }
+    memcpy(PyByteArray_AS_STRING(buffer) + old, buf, (size_t)n);
+    if ((waiter = PyObject_GetAttr(reader, name[S_WAITER])) == NULL) {
+        goto done;
+    }
+    if (waiter != Py_None) {
+        if (PyObject_SetAttr(reader, name[S_WAITER], Py_None) < 0) {
+            goto done;
+        }
+        PyObject *c = PyObject_CallMethodNoArgs(waiter, name[S_CANCELLED]);
+        int cancelled = c ? PyObject_IsTrue(c) : -1;
+        Py_XDECREF(c);
+        PyObject *r = cancelled == 0 ? PyObject_CallMethodOneArg(waiter, name[S_SET_RESULT], Py_None) : NULL;
+        Py_XDECREF(r);
+        if (cancelled < 0 || (cancelled == 0 && r == NULL)) {
+            goto done;
+        }
+    }
+    if ((transport = PyObject_GetAttr(reader, name[S_TRANSPORT])) == NULL ||
+        (paused = PyObject_GetAttr(reader, name[S_PAUSED])) == NULL ||
+        (limit = PyObject_GetAttr(reader, name[S_LIMIT])) == NULL) {
+        goto done;
+    }
+    int is_paused = PyObject_IsTrue(paused);
+    Py_ssize_t lim = PyLong_AsSsize_t(limit);
+    if (is_paused < 0 || (lim == -1 && PyErr_Occurred())) {
+        goto done;
+    }
+    if (transport != Py_None && !is_paused && PyByteArray_GET_SIZE(buffer) > 2 * lim) {
+        PyObject *r = PyObject_CallMethodNoArgs(transport, name[S_PAUSE_READING]);
+        if (r == NULL && PyErr_ExceptionMatches(PyExc_NotImplementedError)) {
+            PyErr_Clear();
+            if (PyObject_SetAttr(reader, name[S_TRANSPORT], Py_None) < 0) {
+                goto done;
+            }
+        } else if (r == NULL || PyObject_SetAttr(reader, name[S_PAUSED], Py_True) < 0) {
+            Py_XDECREF(r);
+            goto done;
+        } else {
+            Py_DECREF(r);
+        }
+    }
+    rc = 1;
+done:
+    Py_XDECREF(eof);
+    Py_XDECREF(buffer);
+    Py_XDECREF(waiter);
+    Py_XDECREF(transport);
+    Py_XDECREF(paused);
+    Py_XDECREF(limit);
+    Py_DECREF(reader);
+    return rc;
+}
+
+static void on_eof(PyObject *self)
+{
+    tail_t *t = TAIL(self);
+    PyObject *keep = PyObject_CallMethod(t->protocol, "eof_received", NULL);
+    if (keep == NULL) {
+        callback_failed(self, "Fatal error: protocol.eof_received() call failed.");
+        return;
+    }
+    int open = PyObject_IsTrue(keep);
+    Py_DECREF(keep);
+    if (open < 0) {
+        callback_failed(self, "Fatal error: protocol.eof_received() call failed.");
+    } else if (!open) {
+        PyObject *r = PyObject_CallMethod(self, "close", NULL); /* a subclass may have its own */
+        if (r == NULL) {
+            callback_failed(self, "Fatal error on transport");
+        }
+        Py_XDECREF(r);
+    }
+    /* keep_open: reading has stopped already (the engine stops at EOF) */
+}
+
+static void on_read(br_stream_t *s, const char *buf, ssize_t n)
+{
+    PyObject *self = SELF(s);
+    tail_t *t = TAIL(self);
+    Py_INCREF(self); /* the callbacks below may close it */
+    if (t->conn_lost) {
+        goto out;
+    }
+    if (n > 0 && t->buffered) {
+        if (t->has_pbuf) {
+            PyBuffer_Release(&t->pbuf);
+            t->has_pbuf = 0;
+        }
+        PyObject *r = PyObject_CallMethod(t->protocol, "buffer_updated", "n", (Py_ssize_t)n);
+        if (r == NULL) {
+            callback_failed(self, "Fatal error: protocol.buffer_updated() call failed.");
+        }
+        Py_XDECREF(r);
+    } else if (n > 0) {
+        braid_state *st = tr_state(self);
+        int fed = feed_stream_reader(st, t->protocol, buf, n);
+        PyObject *r = Py_None;
+        if (fed == 0) {
+            PyObject *data = PyBytes_FromStringAndSize(buf, n);
+            r = data ? PyObject_CallMethodOneArg(t->protocol, st->str_data_received, data) : NULL;
+            Py_XDECREF(data);
+            Py_XDECREF(r);
+        }
+        if (fed < 0 || r == NULL) {
+            callback_failed(self, "Fatal error: protocol.data_received() call failed.");
+        }
+    } else if (n == 0) {
+        if (t->has_pbuf) {
+            PyBuffer_Release(&t->pbuf);
+            t->has_pbuf = 0;
+        }
+        on_eof(self);
+    } else if (n != -ECANCELED) { /* ECANCELED: get_buffer() failed and said so already */
+        if (t->has_pbuf) {
+            PyBuffer_Release(&t->pbuf);
+            t->has_pbuf = 0;
+        }
+        braid_raise_oserror((int)n, NULL);
+        callback_failed(self, "Fatal read error on socket transport");
+    }
+out:
+    update_self_ref(self);
+    Py_DECREF(self);
+}
+
+/* BufferedProtocol: the read goes straight into get_buffer()'s buffer. */
+static int on_alloc(br_stream_t *s, char **buf, size_t *len)
+{
+    PyObject *self = SELF(s);
+    tail_t *t = TAIL(self);
+    PyObject *b = PyObject_CallMethod(t->protocol, "get_buffer", "i", -1);
+    if (b != NULL && PyObject_GetBuffer(b, &t->pbuf, PyBUF_WRITABLE) == 0) {
+        t->has_pbuf = 1;
+        if (t->pbuf.len == 0) {
+            PyBuffer_Release(&t->pbuf);
+            t->has_pbuf = 0;
+            PyErr_SetString(PyExc_RuntimeError, "get_buffer() returned an empty buffer");
+        }
+    }
+    Py_XDECREF(b);
+    if (!t->has_pbuf) {
+        Py_INCREF(self);
+        callback_failed(self, "Fatal error: protocol.get_buffer() call failed.");
+        Py_DECREF(self);
+        return -ECANCELED;
+    }
+    *buf = t->pbuf.buf;
+    *len = (size_t)t->pbuf.len;
+    return 0;
+}
+
+static int start_reading(PyObject *self)
+{
+    tail_t *t = TAIL(self);
+    if (t->closing || t->paused || !t->stream_open) {
+        return 0;
+    }
+    br_stream_set_more_callbacks(&t->stream, t->buffered ? on_alloc : NULL, on_empty);
+    int err = br_stream_read_start(&t->stream, on_read, MAX_READ);
+    update_self_ref(self);
+    if (err < 0) {
+        braid_raise_oserror(err, "watching the socket");
+        return -1;
+    }
+    return 0;
+}
+
+/* --------------------------------------------------------- writing */
+
+static void flow_call(PyObject *self, const char *method)
+{
+    tail_t *t = TAIL(self);
+    PyObject *r = PyObject_CallMethod(t->protocol, method, NULL);
+    if (r != NULL) {
+        Py_DECREF(r);
+        return;
+    }
+    PyObject *exc = PyErr_GetRaisedException();
+    if (PyErr_GivenExceptionMatches(exc, PyExc_KeyboardInterrupt) ||
+        PyErr_GivenExceptionMatches(exc, PyExc_SystemExit)) {
+        braid_loop_raise_later(t->loop, exc);
+        return;
+    }
+    char message[64];
+    PyOS_snprintf(message, sizeof message, "protocol.%s() failed", method);
+    PyObject *h = call_exception_handler(self, message, exc);
+    if (h == NULL) {
+        PyErr_WriteUnraisable(self);
+    }
+    Py_XDECREF(h);
+    Py_DECREF(exc);
+}
+
+/* The engine's watermarks, asyncio's pause_writing/resume_writing. */
+static void on_drain(br_stream_t *s, int paused)
+{
+    PyObject *self = SELF(s);
+    tail_t *t = TAIL(self);
+    if (t->protocol == NULL || (int)t->protocol_paused == paused) {
+        return;
+    }
+    t->protocol_paused = paused;
+    Py_INCREF(self);
+    flow_call(self, paused ? "pause_writing" : "resume_writing");
+    Py_DECREF(self);
+}
+
+static void on_write_error(br_stream_t *s, int err)
+{
+    PyObject *self = SELF(s);
+    Py_INCREF(self);
+    braid_raise_oserror(err, NULL);
+    PyObject *exc = PyErr_GetRaisedException();
+    fail_empty_waiter(self, exc);
+    PyErr_SetRaisedException(exc);
+    callback_failed(self, "Fatal write error on socket transport");
+    update_self_ref(self);
+    Py_DECREF(self);
+}
+
+/* The queue drained: a sendfile() waiting for it goes on, a close()
+ * waiting for it completes (a write_eof() shut the socket already: the
+ * engine does). */
+static void on_empty(br_stream_t *s)
+{
+    PyObject *self = SELF(s);
+    tail_t *t = TAIL(self);
+    Py_INCREF(self);
+    if (t->empty_waiter != NULL) {
+        PyObject *r = PyObject_CallMethod(t->empty_waiter, "done", NULL);
+        int done = r ? PyObject_IsTrue(r) : -1;
+        Py_XDECREF(r);
+        r = done == 0 ? PyObject_CallMethod(t->empty_waiter, "set_result", "O", Py_None) : NULL;
+        if (r == NULL && done != 1) {
+            PyErr_WriteUnraisable(self);
+        }
+        Py_XDECREF(r);
+    }
+    if (t->closing && !t->conn_lost) {
+        t->conn_lost++;
+        PyObject *r = PyObject_CallMethod(self, "_call_connection_lost", "O", Py_None);
+        if (r == NULL) {
+            callback_failed(self, "Fatal error on transport");
+        }
+        Py_XDECREF(r);
+    }
+    update_self_ref(self);
+    Py_DECREF(self);
+}
+
+/* A future the empty waiter fails with, if one is set. */
+static void fail_empty_waiter(PyObject *self, PyObject *exc)
+{
+    tail_t *t = TAIL(self);
+    if (t->empty_waiter == NULL) {
+        return;
+    }
+    PyObject *r = PyObject_CallMethod(t->empty_waiter, "done", NULL);
+    int done = r ? PyObject_IsTrue(r) : -1;
+    Py_XDECREF(r);
+    r = done == 0 ? PyObject_CallMethod(t->empty_waiter, "set_exception", "O", exc) : NULL;
+    if (r == NULL && done != 1) {
+        PyErr_WriteUnraisable(self);
+    }
+    Py_XDECREF(r);
+}
+
+/* --------------------------------------------------------- Python methods */
+
+static PyObject *tr_write(PyObject *self, PyObject *data)
+{
+    tail_t *t = TAIL(self);
+    if (!PyBytes_Check(data) && !PyByteArray_Check(data) && !PyMemoryView_Check(data)) {
+        return PyErr_Format(PyExc_TypeError, "data argument must be a bytes-like object, not '%.100s'",
+                            _PyType_Name(Py_TYPE(data)));
+    }
+    if (t->eof) {
+        PyErr_SetString(PyExc_RuntimeError, "Cannot call write() after write_eof()");
+        return NULL;
+    }
+    if (t->empty_waiter != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "unable to write; sendfile is in progress");
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    int err = 0;
+    if (view.len == 0) {
+        goto done;
+    }
+    if (t->conn_lost) {
+        if (t->conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES) {
+            PyObject *logger = import_attr("asyncio.log", "logger");
+            PyObject *r = logger ? PyObject_CallMethod(logger, "warning", "s", "socket.send() raised exception.")
+                                 : NULL;
+            Py_XDECREF(r);
+            Py_XDECREF(logger);
+            if (r == NULL) {
+                PyBuffer_Release(&view);
+                return NULL;
+            }
+        }
+        t->conn_lost++;
+        goto done;
+    }
+    Py_INCREF(self); /* the drain callback may drop the last other reference */
+    err = br_stream_write(&t->stream, view.buf, (size_t)view.len);
+    update_self_ref(self);
+    if (err < 0) {
+        braid_raise_oserror(err, NULL);
+        PyObject *exc = PyErr_GetRaisedException();
+        err = fatal_error(self, exc, "Fatal write error on socket transport");
+        Py_DECREF(exc);
+    }
+    Py_DECREF(self);
+done:
+    PyBuffer_Release(&view);
+    if (err < 0 || PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *tr_writelines(PyObject *self, PyObject *lines)
+{
+    PyObject *empty = PyBytes_FromStringAndSize(NULL, 0);
+    PyObject *data = empty ? PyObject_CallMethod(empty, "join", "O", lines) : NULL;
+    Py_XDECREF(empty);
+    if (data == NULL) {
+        return NULL;
+    }
+    PyObject *r = tr_write(self, data);
+    Py_DECREF(data);
+    return r;
+}
+
+static PyObject *tr_write_eof(PyObject *self, PyObject *unused)
+{
+    tail_t *t = TAIL(self);
+    if (t->closing || t->eof) {
+        Py_RETURN_NONE;
+    }
+    t->eof = 1;
+    int err = t->stream_open ? br_stream_shutdown(&t->stream) : 0;
+    if (err < 0) {
+        return braid_raise_oserror(err, "shutting down the socket for writing");
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *tr_can_write_eof(PyObject *self, PyObject *unused) { Py_RETURN_TRUE; }
+
+static PyObject *tr_close(PyObject *self, PyObject *unused)
+{
+    tail_t *t = TAIL(self);
+    if (t->closing) {
+        Py_RETURN_NONE;
+    }
+    t->closing = 1;
+    if (t->stream_open) {
+        (void)br_stream_read_stop(&t->stream);
+    }
+    if (!t->stream_open || br_stream_queued(&t->stream) == 0) {
+        t->conn_lost++;
+        PyObject *lost = PyObject_GetAttrString(self, "_call_connection_lost");
+        int rc = lost ? schedule(self, lost, Py_None) : -1;
+        Py_XDECREF(lost);
+        if (rc < 0) {
+            return NULL;
+        }
+    } /* else connection_lost once the queue has drained: on_empty */
+    update_self_ref(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *tr_abort(PyObject *self, PyObject *unused)
+{
+    return force_close(self, NULL) < 0 ? NULL : Py_NewRef(Py_None);
+}
+
+/* asyncio's _call_connection_lost: the protocol hears of it, then the
+ * socket goes and the transport forgets the loop's objects. */
+static PyObject *tr_call_connection_lost(PyObject *self, PyObject *exc)
+{
+    tail_t *t = TAIL(self);
+    PyObject *r = Py_NewRef(Py_None);
+    if (t->connected && t->protocol != NULL) {
+        Py_DECREF(r);
+        r = PyObject_CallMethod(t->protocol, "connection_lost", "O", exc);
+    }
+    PyObject *raised = r ? NULL : PyErr_GetRaisedException();
+    if (t->empty_waiter != NULL) {
+        PyObject *err = PyObject_CallFunction(PyExc_ConnectionError, "s", "Connection is closed by peer");
+        if (err != NULL) {
+            fail_empty_waiter(self, err);
+            Py_DECREF(err);
+        }
+        PyErr_Clear();
+    }
+    Py_INCREF(self);
+    close_stream(self);
+    Py_CLEAR(t->sock);
+    t->sock_gone = 1;
+    Py_CLEAR(t->protocol);
+    PyObject *server = t->server;
+    t->server = NULL;
+    if (server != NULL) {
+#if PY_VERSION_HEX >= 0x030D0000
+        PyObject *d = PyObject_CallMethod(server, "_detach", "O", self);
+#else
+        PyObject *d = PyObject_CallMethod(server, "_detach", NULL);
+#endif
+        if (d == NULL && raised == NULL) {
+            raised = PyErr_GetRaisedException();
+        }
+        PyErr_Clear();
+        Py_XDECREF(d);
+        Py_DECREF(server);
+    }
+    Py_CLEAR(t->loop);
+    Py_DECREF(self);
+    if (raised != NULL) {
+        Py_XDECREF(r);
+        PyErr_SetRaisedException(raised);
+        return NULL;
+    }
+    return r;
+}
+
+static PyObject *tr_is_closing(PyObject *self, PyObject *unused) { return PyBool_FromLong(TAIL(self)->closing); }
+
+static PyObject *tr_is_reading(PyObject *self, PyObject *unused)
+{
+    tail_t *t = TAIL(self);
+    return PyBool_FromLong(!t->closing && !t->paused);
+}
+
+static PyObject *tr_pause_reading(PyObject *self, PyObject *unused)
+{
+    tail_t *t = TAIL(self);
+    if (t->closing || t->paused) {
+        Py_RETURN_NONE;
+    }
+    t->paused = 1;
+    if (t->stream_open) {
+        (void)br_stream_read_stop(&t->stream);
+        update_self_ref(self);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *tr_resume_reading(PyObject *self, PyObject *unused)
+{
+    tail_t *t = TAIL(self);
+    if (t->closing || !t->paused) {
+        Py_RETURN_NONE;
+    }
+    t->paused = 0;
+    return start_reading(self) < 0 ? NULL : Py_NewRef(Py_None);
+}
+
+static PyObject *tr_start_reading(PyObject *self, PyObject *unused)
+{
+    return start_reading(self) < 0 ? NULL : Py_NewRef(Py_None);
+}
+
+static PyObject *tr_get_write_buffer_size(PyObject *self, PyObject *unused)
+{
+    tail_t *t = TAIL(self);
+    return PyLong_FromSize_t(t->stream_open ? br_stream_queued(&t->stream) : 0);
+}
+
+static PyObject *tr_get_write_buffer_limits(PyObject *self, PyObject *unused)
+{
+    tail_t *t = TAIL(self);
+    return Py_BuildValue("(nn)", (Py_ssize_t)t->low, (Py_ssize_t)t->high);
+}
+
+static PyObject *tr_set_write_buffer_limits(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"high", "low", NULL};
+    PyObject *high_obj = Py_None, *low_obj = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|OO:set_write_buffer_limits", kwlist, &high_obj, &low_obj)) {
+        return NULL;
+    }
+    Py_ssize_t high, low;
+    if (high_obj == Py_None) {
+        if (low_obj == Py_None) {
+            high = 64 * 1024;
+        } else {
+            if ((low = PyNumber_AsSsize_t(low_obj, PyExc_OverflowError)) == -1 && PyErr_Occurred()) {
+                return NULL;
+            }
+            high = 4 * low;
+        }
+    } else if ((high = PyNumber_AsSsize_t(high_obj, PyExc_OverflowError)) == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (low_obj == Py_None) {
+        low = high / 4;
+    } else if ((low = PyNumber_AsSsize_t(low_obj, PyExc_OverflowError)) == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (!(high >= low && low >= 0)) {
+        return PyErr_Format(PyExc_ValueError, "high (%zd) must be >= low (%zd) must be >= 0", high, low);
+    }
+    tail_t *t = TAIL(self);
+    t->high = (size_t)high;
+    t->low = (size_t)low;
+    if (t->stream_open) {
+        Py_INCREF(self);
+        (void)br_stream_set_limits(&t->stream, t->high, t->low); /* may pause the protocol */
+        Py_DECREF(self);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *tr_get_protocol(PyObject *self, PyObject *unused)
+{
+    PyObject *p = TAIL(self)->protocol;
+    return Py_NewRef(p ? p : Py_None);
+}
+
+static PyObject *tr_set_protocol(PyObject *self, PyObject *protocol)
+{
+    tail_t *t = TAIL(self);
+    braid_state *st = tr_state(self);
+    int buffered = st->BufferedProtocol ? PyObject_IsInstance(protocol, st->BufferedProtocol) : 0;
+    if (buffered < 0) {
+        return NULL;
+    }
+    Py_XSETREF(t->protocol, Py_NewRef(protocol));
+    t->connected = 1;
+    if ((int)t->buffered != buffered) {
+        t->buffered = buffered;
+        if (t->stream_open && br_is_active(&t->stream.handle)) {
+            br_stream_set_more_callbacks(&t->stream, buffered ? on_alloc : NULL, on_empty);
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+/* _extra made on first use: an idle connection holds no dict, no tuples. */
+static PyObject *tr_get_extra_info(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"name", "default", NULL};
+    PyObject *name, *dflt = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O:get_extra_info", kwlist, &name, &dflt)) {
+        return NULL;
+    }
+    PyObject *extra = EXTRA(self);
+    if (extra == NULL || extra == Py_None) {
+        Py_XSETREF(EXTRA(self), PyDict_New());
+        extra = EXTRA(self);
+        if (extra == NULL) {
+            return NULL;
+        }
+    }
+    PyObject *sock = PyDict_GetItemString(extra, "socket") == NULL ? get_sock(self) : NULL;
+    if (sock == NULL && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (sock != NULL) {
+        PyObject *trsock = import_attr("asyncio.trsock", "TransportSocket");
+        PyObject *ts = trsock ? PyObject_CallOneArg(trsock, sock) : NULL;
+        Py_XDECREF(trsock);
+        if (ts == NULL || PyDict_SetItemString(extra, "socket", ts) < 0) {
+            Py_XDECREF(ts);
+            return NULL;
+        }
+        Py_DECREF(ts);
+        const char *keys[2] = {"sockname", "peername"}, *meth[2] = {"getsockname", "getpeername"};
+        for (int i = 0; i < 2; i++) {
+            if (PyDict_GetItemString(extra, keys[i]) != NULL) {
+                continue;
+            }
+            PyObject *v = PyObject_CallMethod(sock, meth[i], NULL);
+            if (v == NULL) {
+                if (!PyErr_ExceptionMatches(PyExc_OSError)) {
+                    return NULL;
+                }
+                PyErr_Clear();
+                v = Py_NewRef(Py_None);
+            }
+            int rc = PyDict_SetItemString(extra, keys[i], v);
+            Py_DECREF(v);
+            if (rc < 0) {
+                return NULL;
+            }
+        }
+    }
+    PyObject *v = PyDict_GetItemWithError(extra, name);
+    if (v == NULL && PyErr_Occurred()) {
+        return NULL;
+    }
+    return Py_NewRef(v ? v : dflt);
+}
+
+static PyObject *tr_repr(PyObject *self)
+{
+    tail_t *t = TAIL(self);
+    const char *name = Py_TYPE(self)->tp_name;
+    if (t->sock_gone) {
+        return PyUnicode_FromFormat("<%s closed>", name);
+    }
+    const char *state = t->closing ? " closing" : "";
+    const char *reading = t->stream_open && br_is_active(&t->stream.handle) && !t->paused && !t->closing
+                              ? "polling" : "idle";
+    size_t queued = t->stream_open ? br_stream_queued(&t->stream) : 0;
+    return PyUnicode_FromFormat("<%s%s fd=%d read=%s write=<%s, bufsize=%zu>>", name, state, t->fd, reading,
+                                queued ? "polling" : "idle", queued);
+}
+
+/* asyncio's _set_nodelay for TCP sockets (a stream socket: checked). */
+static int set_nodelay(int fd, int family)
+{
+    int one = 1;
+    socklen_t len = sizeof family;
+    if (family < 0 && getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &family, &len) < 0) {
+        return 0;
+    }
+    if (family != AF_INET && family != AF_INET6) {
+        return 0;
+    }
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one); /* as asyncio: best effort */
+    return 1;
+}
+
+static int setup(PyObject *self, PyObject *loop, br_loop_t *core, int fd, int family, PyObject *sock,
+                 PyObject *protocol, PyObject *waiter, PyObject *extra, PyObject *server);
+
+/* SocketTransport(loop, sock, protocol, waiter=None, extra=None, server=None) */
+static int tr_init(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"loop", "sock", "protocol", "waiter", "extra", "server", NULL};
+    PyObject *loop, *sock, *protocol, *waiter = Py_None, *extra = Py_None, *server = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|OOO:SocketTransport", kwlist, &loop, &sock, &protocol,
+                                     &waiter, &extra, &server)) {
+        return -1;
+    }
+    tail_t *t = TAIL(self);
+    if (t->loop != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "SocketTransport.__init__ called twice");
+        return -1;
+    }
+    br_loop_t *core = braid_loop_core(loop);
+    if (core == NULL) {
+        return -1;
+    }
+    if (extra != Py_None && !PyDict_Check(extra)) {
+        PyErr_SetString(PyExc_TypeError, "extra must be a dict or None");
+        return -1;
+    }
+    PyObject *fdobj = PyObject_CallMethod(sock, "fileno", NULL);
+    long fdl = fdobj ? PyLong_AsLong(fdobj) : -1;
+    int fd = fdl >= 0 && fdl <= INT_MAX ? (int)fdl : -1;
+    Py_XDECREF(fdobj);
+    if (fd < 0) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_ValueError, "the socket is closed");
+        }
+        return -1;
+    }
+    int type = 0;
+    socklen_t tlen = sizeof type;
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) < 0 || type != SOCK_STREAM) {
+        PyErr_Format(PyExc_ValueError, "SocketTransport needs a stream socket, fd %d is not one", fd);
+        return -1;
+    }
+    return setup(self, loop, core, fd, -1, sock, protocol, waiter, extra, server);
+}
+
+/* The transport's set-up, for __init__ (a socket object) and for a
+ * connection accepted in C (sock NULL, family known). 0, or -1 with an
+ * exception; t->fd_taken says whether the stream took the fd (then it is
+ * closed on failure; else it is still the caller's). */
+static int setup(PyObject *self, PyObject *loop, br_loop_t *core, int fd, int family, PyObject *sock,
+                 PyObject *protocol, PyObject *waiter, PyObject *extra, PyObject *server)
+{
+    tail_t *t = TAIL(self);
+    t->loop = Py_NewRef(loop);
+    t->sock = Py_XNewRef(sock);
+    t->fd = fd;
+    t->family = family;
+    t->high = 64 * 1024;
+    t->low = 16 * 1024;
+    if (extra != Py_None) {
+        Py_XSETREF(EXTRA(self), PyDict_Copy(extra));
+        if (EXTRA(self) == NULL) {
+            return -1;
+        }
+    }
+    PyObject *r = tr_set_protocol(self, protocol);
+    if (r == NULL) {
+        return -1;
+    }
+    Py_DECREF(r);
+    int err = br_stream_init(core, &t->stream, fd);
+    if (err < 0) {
+        braid_raise_oserror(err, "watching the socket");
+        return -1;
+    }
+    t->stream.handle.data = self; /* borrowed: SELF() finds it from the stream anyway */
+    t->stream_open = 1;
+    t->fd_taken = 1;
+    t->stream_loop = Py_NewRef(loop);
+    braid_loop_count_stream(loop, +1);
+    br_stream_set_callbacks(&t->stream, on_drain, on_write_error);
+    br_stream_set_more_callbacks(&t->stream, t->buffered ? on_alloc : NULL, on_empty);
+    t->tcp = set_nodelay(fd, family);
+    if (server != Py_None) {
+#if PY_VERSION_HEX >= 0x030D0000
+        r = PyObject_CallMethod(server, "_attach", "O", self);
+#else
+        r = PyObject_CallMethod(server, "_attach", NULL);
+#endif
+        if (r == NULL) {
+            goto fail;
+        }
+        Py_DECREF(r);
+        t->server = Py_NewRef(server); /* attached: connection_lost detaches it */
+    }
+    /* loop._transports[fd] = self: add_reader() on its fd then says the fd
+     * is a transport's, as with asyncio's transports. The entry goes into
+     * the WeakValueDictionary's own dict as a plain weak reference: every
+     * read of it (get, [], del, iteration) calls the reference and treats a
+     * dead one as absent, and the next transport on the same fd number
+     * replaces it, so without the dictionary's removal callback (and its
+     * Python __setitem__, a KeyedRef per connection) nothing changes but
+     * the cost. Anything else than a WeakValueDictionary gets a plain
+     * assignment. */
+    PyObject *const *name = tr_state(self)->stream_names;
+    PyObject *transports = PyObject_GetAttr(loop, name[S_TRANSPORTS]);
+    PyObject *key = transports ? PyLong_FromLong(fd) : NULL;
+    PyObject *data = key ? PyObject_GetAttr(transports, name[S_DATA]) : NULL;
+    if (data != NULL && PyDict_CheckExact(data)) {
+        PyObject *wr = PyWeakref_NewRef(self, NULL);
+        err = wr ? PyDict_SetItem(data, key, wr) : -1;
+        Py_XDECREF(wr);
+    } else {
+        PyErr_Clear();
+        err = key ? PyObject_SetItem(transports, key, self) : -1;
+    }
+    Py_XDECREF(data);
+    Py_XDECREF(key);
+    Py_XDECREF(transports);
+    if (err < 0) {
+        goto fail;
+    }
+    /* as asyncio: connection_made, then reading, then the waiter */
+    PyObject *made = PyObject_GetAttr(protocol, name[S_CONNECTION_MADE]);
+    PyObject *start = made ? PyObject_GetAttr(self, name[S_START_READING]) : NULL;
+    PyObject *rr = start ? PyObject_CallMethodObjArgs(loop, name[S_CALL_SOON], made, self, NULL) : NULL;
+    Py_XDECREF(rr);
+    rr = rr ? PyObject_CallMethodObjArgs(loop, name[S_CALL_SOON], start, NULL) : NULL;
+    Py_XDECREF(rr);
+    Py_XDECREF(made);
+    Py_XDECREF(start);
+    if (rr == NULL) {
+        goto fail;
+    }
+    if (waiter != Py_None) {
+        PyObject *set = import_attr("asyncio.futures", "_set_result_unless_cancelled");
+        rr = set ? PyObject_CallMethod(loop, "call_soon", "OOO", set, waiter, Py_None) : NULL;
+        Py_XDECREF(set);
+        Py_XDECREF(rr);
+        if (rr == NULL) {
+            goto fail;
+        }
+    }
+    return 0;
+
+fail:
+    /* made, then refused: the engine lets go of the fd (the socket object
+     * is detached from it; its owner's close() is then a no-op) without the
+     * finalizer's warning about an unclosed transport */
+    PyObject *exc = PyErr_GetRaisedException();
+    Py_INCREF(self);
+    close_stream(self);
+    Py_CLEAR(t->sock);
+    t->sock_gone = 1;
+    if (t->server != NULL) {
+#if PY_VERSION_HEX >= 0x030D0000
+        PyObject *d = PyObject_CallMethod(t->server, "_detach", "O", self);
+#else
+        PyObject *d = PyObject_CallMethod(t->server, "_detach", NULL);
+#endif
+        Py_XDECREF(d);
+        PyErr_Clear();
+        Py_CLEAR(t->server);
+    }
+    Py_DECREF(self);
+    PyErr_SetRaisedException(exc);
+    return -1;
+}
+
+PyObject *braid_socktransport_accepted(braid_state *st, PyObject *loop, int fd, int family, PyObject *protocol,
+                                       PyObject *server)
+{
+    br_loop_t *core = braid_loop_core(loop);
+    PyObject *self = core ? st->socket_transport_type->tp_alloc(st->socket_transport_type, 0) : NULL;
+    if (self == NULL || setup(self, loop, core, fd, family, NULL, protocol, Py_None, Py_None, server) < 0) {
+        if (self == NULL || !TAIL(self)->fd_taken) {
+            (void)close(fd); /* still ours: the stream never took it */
+        }
+        Py_XDECREF(self);
+        return NULL;
+    }
+    return self;
+}
+
+/* --------------------------------------------------------- the object's life */
+
+static void tr_finalize(PyObject *self)
+{
+    tail_t *t = TAIL(self);
+    if (t->sock_gone || !t->stream_open) {
+        return;
+    }
+    PyObject *exc = PyErr_GetRaisedException();
+    /* as asyncio's __del__ */
+    if (PyErr_WarnFormat(PyExc_ResourceWarning, 1, "unclosed transport %R", self) < 0) {
+        PyErr_WriteUnraisable(self);
+    }
+    close_stream(self); /* resurrects it until the engine's close callback */
+    Py_CLEAR(t->sock);
+    t->sock_gone = 1;
+    PyErr_SetRaisedException(exc);
+}
+
+static int tr_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    tail_t *t = TAIL(self);
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(EXTRA(self));
+    Py_VISIT(t->loop);
+    Py_VISIT(t->stream_loop);
+    Py_VISIT(t->protocol);
+    Py_VISIT(t->sock);
+    Py_VISIT(t->server);
+    Py_VISIT(t->empty_waiter);
+    return 0;
+}
+
+static int tr_clear(PyObject *self)
+{
+    tail_t *t = TAIL(self);
+    Py_CLEAR(EXTRA(self));
+    Py_CLEAR(t->protocol);
+    Py_CLEAR(t->server);
+    Py_CLEAR(t->empty_waiter);
+    /* loop and sock stay: the stream's close still needs them */
+    return 0;
+}
+
+static void tr_dealloc(PyObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    if (PyObject_CallFinalizerFromDealloc(self) < 0) {
+        return; /* resurrected until its stream has closed */
+    }
+    tail_t *t = TAIL(self);
+    if (t->weakrefs != NULL) {
+        PyObject_ClearWeakRefs(self);
+    }
+    if (t->has_pbuf) {
+        PyBuffer_Release(&t->pbuf);
+    }
+    Py_CLEAR(EXTRA(self));
+    Py_CLEAR(t->loop);
+    Py_CLEAR(t->stream_loop);
+    Py_CLEAR(t->protocol);
+    Py_CLEAR(t->sock);
+    Py_CLEAR(t->server);
+    Py_CLEAR(t->empty_waiter);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+/* The loop is closing with this transport's stream still open: the
+ * engine's handle must close before the loop can (no protocol call: a
+ * closed loop runs nothing more, as with asyncio). */
+void braid_socktransport_loop_closing(br_handle_t *h, void *unused)
+{
+    if (h->type != BR_HANDLE_STREAM || br_is_closing(h)) {
+        return;
+    }
+    PyObject *self = SELF(h);
+    tail_t *t = TAIL(self);
+    t->closing = 1;
+    if (!t->conn_lost) {
+        t->conn_lost++;
+    }
+    Py_INCREF(self);
+    close_stream(self);
+    Py_DECREF(self);
+}
+
+/* loop.sendfile()'s native path (selector_events._sendfile_native): a
+ * future done once everything written before has gone; write() refuses
+ * meanwhile. */
+static PyObject *tr_make_empty_waiter(PyObject *self, PyObject *unused)
+{
+    tail_t *t = TAIL(self);
+    if (t->empty_waiter != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Empty waiter is already set");
+        return NULL;
+    }
+    if (t->loop == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Transport is closed");
+        return NULL;
+    }
+    t->empty_waiter = PyObject_CallMethod(t->loop, "create_future", NULL);
+    if (t->empty_waiter == NULL) {
+        return NULL;
+    }
+    if (!t->stream_open || br_stream_queued(&t->stream) == 0) {
+        PyObject *r = PyObject_CallMethod(t->empty_waiter, "set_result", "O", Py_None);
+        if (r == NULL) {
+            return NULL;
+        }
+        Py_DECREF(r);
+    }
+    return Py_NewRef(t->empty_waiter);
+}
+
+static PyObject *tr_reset_empty_waiter(PyObject *self, PyObject *unused)
+{
+    Py_CLEAR(TAIL(self)->empty_waiter);
+    Py_RETURN_NONE;
+}
+
+static PyObject *tr_get_sock_fd(PyObject *self, void *c) { return PyLong_FromLong(TAIL(self)->fd); }
+
+/* What asyncio's helpers read off a transport (sendfile's fallback
+ * protocol: _loop and _protocol_paused). */
+static PyObject *tr_get_loop(PyObject *self, void *c) { return Py_NewRef(TAIL(self)->loop ? TAIL(self)->loop : Py_None); }
+static PyObject *tr_get_protocol_paused(PyObject *self, void *c) { return PyBool_FromLong(TAIL(self)->protocol_paused); }
+static PyObject *tr_get_sock(PyObject *self, void *c)
+{
+    PyObject *sock = get_sock(self);
+    return sock ? Py_NewRef(sock) : PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+}
+static PyObject *tr_get_closing(PyObject *self, void *c) { return PyBool_FromLong(TAIL(self)->closing); }
+static PyObject *tr_get_conn_lost(PyObject *self, void *c) { return PyLong_FromUnsignedLong(TAIL(self)->conn_lost); }
+
+static PyGetSetDef tr_getset[] = {
+    {"_loop", tr_get_loop, NULL, NULL, NULL},
+    {"_protocol_paused", tr_get_protocol_paused, NULL, NULL, NULL},
+    {"_sock", tr_get_sock, NULL, NULL, NULL},
+    {"_closing", tr_get_closing, NULL, NULL, NULL},
+    {"_conn_lost", tr_get_conn_lost, NULL, NULL, NULL},
+    {"_sock_fd", tr_get_sock_fd, NULL, NULL, NULL},
+    {NULL}};
+
+static PyMethodDef tr_methods[] = {
+    {"write", tr_write, METH_O, NULL},
+    {"writelines", tr_writelines, METH_O, NULL},
+    {"write_eof", tr_write_eof, METH_NOARGS, NULL},
+    {"can_write_eof", tr_can_write_eof, METH_NOARGS, NULL},
+    {"close", tr_close, METH_NOARGS, NULL},
+    {"abort", tr_abort, METH_NOARGS, NULL},
+    {"is_closing", tr_is_closing, METH_NOARGS, NULL},
+    {"is_reading", tr_is_reading, METH_NOARGS, NULL},
+    {"pause_reading", tr_pause_reading, METH_NOARGS, NULL},
+    {"resume_reading", tr_resume_reading, METH_NOARGS, NULL},
+    {"get_write_buffer_size", tr_get_write_buffer_size, METH_NOARGS, NULL},
+    {"get_write_buffer_limits", tr_get_write_buffer_limits, METH_NOARGS, NULL},
+    {"set_write_buffer_limits", (PyCFunction)(void (*)(void))tr_set_write_buffer_limits,
+     METH_VARARGS | METH_KEYWORDS, NULL},
+    {"get_protocol", tr_get_protocol, METH_NOARGS, NULL},
+    {"set_protocol", tr_set_protocol, METH_O, NULL},
+    {"get_extra_info", (PyCFunction)(void (*)(void))tr_get_extra_info, METH_VARARGS | METH_KEYWORDS, NULL},
+    {"_call_connection_lost", tr_call_connection_lost, METH_O, NULL},
+    {"_start_reading", tr_start_reading, METH_NOARGS, NULL},
+    {"_make_empty_waiter", tr_make_empty_waiter, METH_NOARGS, NULL},
+    {"_reset_empty_waiter", tr_reset_empty_waiter, METH_NOARGS, NULL},
+    {NULL}};
+
+static PyMemberDef tr_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, 0, READONLY, NULL}, /* offset set at type creation */
+    {NULL}};
+
+static PyType_Slot tr_slots[] = {
+    {Py_tp_init, tr_init},
+    {Py_tp_new, PyType_GenericNew},
+    {Py_tp_repr, tr_repr},
+    {Py_tp_methods, tr_methods},
+    {Py_tp_members, tr_members},
+    {Py_tp_getset, tr_getset},
+    {Py_tp_traverse, tr_traverse},
+    {Py_tp_clear, tr_clear},
+    {Py_tp_dealloc, tr_dealloc},
+    {Py_tp_finalize, tr_finalize},
+    {Py_tp_doc, "braid.Loop's transport for TCP and Unix stream sockets: an asyncio.Transport in C."},
+    {0, NULL}};
+
+static PyType_Spec tr_spec = {
+    .name = "braid._braid.SocketTransport",
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .slots = tr_slots,
+};
+
+/* Made with the loop's handle types, when the first braid.Loop starts
+ * (asyncio is imported then, not with braid). */
+int braid_socktransport_make_type(braid_state *st, PyObject *module)
+{
+    if (st->socket_transport_type != NULL) {
+        return 0;
+    }
+    /* _FlowControlMixin: what sendfile's fallback insists on (an isinstance
+     * check); its four slots go unused, the C fields hold the same */
+    PyObject *transport = import_attr("asyncio.transports", "_FlowControlMixin");
+    PyObject *base = transport ? import_attr("asyncio.transports", "BaseTransport") : NULL;
+    PyObject *descr = base ? PyObject_GetAttrString(base, "_extra") : NULL;
+    int rc = -1;
+    if (descr == NULL) {
+        goto done;
+    }
+    if (!PyObject_TypeCheck(descr, &PyMemberDescr_Type)) {
+        PyErr_SetString(PyExc_TypeError, "asyncio.BaseTransport._extra is not a slot");
+        goto done;
+    }
+    /* The offsets and the spec are process-wide (the same values in every
+     * interpreter: one asyncio source), and two interpreters with GILs of
+     * their own may make their first loop at once: written and read under
+     * a process-wide lock. */
+    pthread_mutex_lock(&spec_mu);
+    extra_offset = ((PyMemberDescrObject *)descr)->d_member->offset;
+    tail_offset = ((PyTypeObject *)transport)->tp_basicsize;
+    tr_spec.basicsize = (int)(tail_offset + sizeof(tail_t));
+    tr_members[0].offset = tail_offset + offsetof(tail_t, weakrefs);
+    st->socket_transport_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &tr_spec, transport);
+    pthread_mutex_unlock(&spec_mu);
+    rc = st->socket_transport_type ? 0 : -1;
+    if (rc == 0) {
+        /* loop.sendfile() tries os.sendfile first, as on asyncio's own
+         * socket transport; start_tls() wraps it as it does those */
+        PyObject *modes = import_attr("asyncio.constants", "_SendfileMode");
+        PyObject *fallback = modes ? PyObject_GetAttrString(modes, "TRY_NATIVE") : NULL;
+        Py_XDECREF(modes);
+        rc = fallback ? PyObject_SetAttrString((PyObject *)st->socket_transport_type, "_sendfile_compatible",
+                                               fallback) : -1;
+        Py_XDECREF(fallback);
+        if (rc == 0) {
+            rc = PyObject_SetAttrString((PyObject *)st->socket_transport_type, "_start_tls_compatible", Py_True);
+        }
+    }
+    for (int i = 0; rc == 0 && i < S_COUNT; i++) {
+        if (st->stream_names[i] == NULL && (st->stream_names[i] = PyUnicode_InternFromString(stream_name_text[i])) == NULL) {
+            rc = -1;
+        }
+    }
+    if (rc == 0) {
+        Py_XSETREF(st->StreamReaderProtocol, import_attr("asyncio.streams", "StreamReaderProtocol"));
+        Py_XSETREF(st->StreamReader, import_attr("asyncio.streams", "StreamReader"));
+        rc = st->StreamReaderProtocol && st->StreamReader ? 0 : -1;
+        /* the functions the fast path stands in for, as asyncio defines them */
+        PyObject *owner[3] = {st->StreamReaderProtocol, st->StreamReader, st->StreamReader};
+        PyObject *names[3] = {st->str_data_received, st->stream_names[S_FEED_DATA], st->stream_names[S_WAKEUP_WAITER]};
+        for (int i = 0; rc == 0 && i < 3; i++) {
+            PyObject *f = _PyType_Lookup((PyTypeObject *)owner[i], names[i]);
+            if (f == NULL) {
+                PyErr_Format(PyExc_RuntimeError, "asyncio's streams have no %U", names[i]);
+                rc = -1;
+            } else {
+                Py_XSETREF(st->stream_methods[i], Py_NewRef(f));
+            }
+        }
+    }
+    if (rc == 0) {
+        PyObject *bp = import_attr("asyncio.protocols", "BufferedProtocol");
+        Py_XSETREF(st->BufferedProtocol, bp);
+        rc = bp ? PyModule_AddObjectRef(module, "SocketTransport", (PyObject *)st->socket_transport_type) : -1;
+    }
+done:
+    Py_XDECREF(descr);
+    Py_XDECREF(base);
+    Py_XDECREF(transport);
+    return rc;
+}

@@ -1,0 +1,467 @@
+"""More of the transport contract, on asyncio's own loop and on braid.Loop: Unix sockets, read
+and write pipes, datagrams, sendfile and its fallback, start_tls on an open connection, EMFILE
+on accept, and many connections opened and closed with nothing left behind.
+
+The socket transport's flow control, half-close and faults are in test_loop_transports.py.
+"""
+
+import asyncio
+import errno
+import fcntl
+import gc
+import io
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import weakref
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from pool_helpers import TIMEOUT  # noqa: E402
+from transport_helpers import (LoopFixture, Recorder, asyncio_loop, braid_loop,  # noqa: E402
+                               fill_kernel, open_fds, read_exactly, read_to_eof, tcp_pair,
+                               ticks, until)
+
+
+class DatagramRecorder(asyncio.DatagramProtocol):
+    def __init__(self):
+        loop = asyncio.get_running_loop()
+        self.datagrams = asyncio.Queue()
+        self.errors = asyncio.Queue()
+        self.lost = loop.create_future()
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        self.datagrams.put_nowait((data, addr))
+
+    def error_received(self, exc):
+        self.errors.put_nowait(exc)
+
+    def connection_lost(self, exc):
+        self.lost.set_result(exc)
+
+
+def small_pipe():
+    """(read fd, write fd) of a pipe that holds 4 KiB, so a write pipe backs up quickly."""
+    r, w = os.pipe()
+    fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 4096)
+    return r, w
+
+
+class MoreTransportsMixin(LoopFixture):
+
+    # ---- Unix sockets ---------------------------------------------------------------------
+
+    def test_unix_socket_echo_extra_info_and_half_close(self, loop):
+        async def main(path):
+            accepted = loop.create_future()
+
+            class Server(Recorder):
+                def __init__(self):
+                    super().__init__(eof_result=True)
+                    accepted.set_result(self)
+
+            server = await loop.create_unix_server(Server, path)
+            transport, proto = await loop.create_unix_connection(
+                lambda: Recorder(eof_result=True), path)
+            srv = await accepted
+            await srv.made
+            sock = transport.get_extra_info("socket")
+            assert sock.family == socket.AF_UNIX
+            assert transport.get_extra_info("peername") == path
+            assert transport.get_extra_info("sockname") == ""
+            assert srv.transport.get_extra_info("sockname") == path
+            assert transport.can_write_eof()
+            transport.write(b"over unix")
+            transport.write_eof()
+            await srv.eof
+            assert srv.data == b"over unix"
+            srv.transport.write(b"answer")  # the other direction is still open
+            await until(lambda: proto.data == b"answer", "the answer")
+            srv.transport.close()
+            await proto.eof
+            transport.close()
+            assert await proto.lost is None and await srv.lost is None
+            server.close()
+            await server.wait_closed()
+
+        with tempfile.TemporaryDirectory() as d:
+            self.run(loop, main(os.path.join(d, "sock")))
+
+    # ---- pipes ------------------------------------------------------------------------------
+
+    def test_read_pipe_data_pause_and_eof(self, loop):
+        async def main():
+            r, w = os.pipe()
+            pipe = open(r, "rb", buffering=0)
+            transport, proto = await loop.connect_read_pipe(Recorder, pipe)
+            assert transport.get_extra_info("pipe") is pipe
+            os.write(w, b"first")
+            await until(lambda: proto.data == b"first", "the first bytes")
+            transport.pause_reading()
+            assert not transport.is_reading()
+            os.write(w, b" second")
+            os.close(w)
+            await ticks(20)
+            assert proto.data == b"first" and proto.events == ["made"]
+            transport.resume_reading()
+            assert await proto.lost is None
+            assert proto.data == b"first second"
+            assert proto.events == ["made", "eof", "lost"]
+            assert pipe.closed
+
+        self.run(loop, main())
+
+    def test_write_pipe_byte_counts_watermarks_and_flush_on_close(self, loop):
+        async def main():
+            r, w = small_pipe()
+            pipe = open(w, "wb", buffering=0)
+            transport, proto = await loop.connect_write_pipe(Recorder, pipe)
+            assert transport.get_extra_info("pipe") is pipe and transport.can_write_eof()
+            transport.set_write_buffer_limits(high=20_000, low=5_000)
+            total = fill_kernel(transport, chunk=1024)
+            size = transport.get_write_buffer_size()
+            for chunk in (b"a" * 1000, bytearray(b"b" * 10), memoryview(b"c" * 5)):
+                transport.write(chunk)
+                size += len(chunk)
+                total += len(chunk)
+                assert transport.get_write_buffer_size() == size
+            extra = 20_001 - size
+            transport.write(b"d" * extra)  # one byte over the high-water mark
+            total += extra
+            assert proto.events == ["made", ("pause", 20_001)]
+            transport.close()  # flushes what is buffered first
+            assert transport.is_closing()
+            got = bytearray()
+            while True:
+                chunk = await loop.run_in_executor(None, os.read, r, 65536)
+                if not chunk:
+                    break
+                got += chunk
+            os.close(r)
+            assert len(got) == total
+            assert got.endswith(b"a" * 1000 + b"b" * 10 + b"c" * 5 + b"d" * extra)
+            assert await proto.lost is None
+            kind, at = proto.events[2]
+            assert kind == "resume" and at <= 5_000
+            assert proto.events[3:] == ["lost"]
+
+        self.run(loop, main())
+
+    @pytest.mark.parametrize("buffered", [False, True])
+    def test_write_pipe_reader_gone(self, loop, buffered):
+        async def main():
+            r, w = small_pipe()
+            transport, proto = await loop.connect_write_pipe(Recorder, open(w, "wb", 0))
+            transport.write(b"read by nobody")
+            if buffered:
+                fill_kernel(transport, chunk=1024)
+            os.close(r)
+            exc = await proto.lost
+            # asyncio: the reader's end closed with bytes still buffered is a BrokenPipeError
+            # for connection_lost, with nothing buffered a clean end; never the handler's
+            if buffered:
+                assert isinstance(exc, BrokenPipeError)
+            else:
+                assert exc is None
+            assert transport.is_closing()
+
+        self.run(loop, main())
+
+    def test_write_pipe_writes_after_close_warn_from_the_sixth(self, loop, caplog):
+        async def main():
+            r, w = os.pipe()
+            transport, proto = await loop.connect_write_pipe(Recorder, open(w, "wb", 0))
+            transport.close()
+            await proto.lost
+            with caplog.at_level(logging.WARNING, logger="asyncio"):
+                for _ in range(7):
+                    transport.write(b"late")
+            os.close(r)
+            return [rec.getMessage() for rec in caplog.records if rec.name == "asyncio"]
+
+        warnings = self.run(loop, main())
+        assert warnings == ["pipe closed by peer or os.write(pipe, data) raised exception."] * 2
+
+    def test_write_pipe_abort_drops_the_buffer(self, loop):
+        async def main():
+            r, w = small_pipe()
+            transport, proto = await loop.connect_write_pipe(Recorder, open(w, "wb", 0))
+            fill_kernel(transport, chunk=1024)
+            transport.abort()
+            assert transport.get_write_buffer_size() == 0
+            assert await proto.lost is None
+            assert len(os.read(r, 65536)) <= 4096  # what the pipe held, no more
+            assert os.read(r, 10) == b""
+            os.close(r)
+
+        self.run(loop, main())
+
+    # ---- datagrams -------------------------------------------------------------------------
+
+    def test_datagram_round_trip_extra_info_and_boundaries(self, loop):
+        async def main():
+            server, sproto = await loop.create_datagram_endpoint(
+                DatagramRecorder, local_addr=("127.0.0.1", 0))
+            saddr = server.get_extra_info("sockname")
+            client, cproto = await loop.create_datagram_endpoint(
+                DatagramRecorder, remote_addr=saddr)
+            caddr = client.get_extra_info("sockname")
+            assert client.get_extra_info("peername") == saddr
+            assert server.get_extra_info("peername") is None
+            sock = client.get_extra_info("socket")
+            assert sock.family == socket.AF_INET and sock.type == socket.SOCK_DGRAM
+            for msg in (b"a", b"bb" * 1000, bytearray(b"ccc"), memoryview(b"x" * 60_000)):
+                client.sendto(msg)
+            for want in (b"a", b"bb" * 1000, b"ccc", b"x" * 60_000):
+                assert await sproto.datagrams.get() == (want, caddr)
+            server.sendto(b"pong", caddr)
+            assert await cproto.datagrams.get() == (b"pong", saddr)
+            client.sendto(b"to the same address", saddr)  # allowed: it is the peer
+            assert (await sproto.datagrams.get())[0] == b"to the same address"
+            with pytest.raises(ValueError):
+                client.sendto(b"elsewhere", ("127.0.0.1", 9))
+            with pytest.raises(TypeError) as info:
+                client.sendto("text")
+            assert str(info.value) == "data argument must be a bytes-like object, not 'str'"
+            assert client.get_write_buffer_size() == 0
+            client.close()
+            server.abort()
+            assert await cproto.lost is None and await sproto.lost is None
+            assert client.is_closing() and server.is_closing()
+
+        self.run(loop, main())
+
+    def test_datagram_error_received_and_the_transport_lives(self, loop):
+        async def main():
+            closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            closed.bind(("127.0.0.1", 0))
+            nobody = closed.getsockname()
+            closed.close()  # nothing listens there now: the kernel answers ICMP unreachable
+            transport, proto = await loop.create_datagram_endpoint(
+                DatagramRecorder, remote_addr=nobody)
+            transport.sendto(b"anyone?")
+            exc = await proto.errors.get()
+            assert isinstance(exc, ConnectionRefusedError)
+            assert not transport.is_closing() and not proto.lost.done()
+            transport.sendto(b"again?")  # still usable; the error comes again
+            assert isinstance(await proto.errors.get(), ConnectionRefusedError)
+            transport.close()
+            assert await proto.lost is None
+
+        self.run(loop, main())
+
+    def test_datagram_writes_after_close_warn_from_the_fifth(self, loop, caplog):
+        async def main():
+            server, _ = await loop.create_datagram_endpoint(
+                DatagramRecorder, local_addr=("127.0.0.1", 0))
+            client, cproto = await loop.create_datagram_endpoint(
+                DatagramRecorder, remote_addr=server.get_extra_info("sockname"))
+            client.close()
+            await cproto.lost
+            with caplog.at_level(logging.WARNING, logger="asyncio"):
+                for _ in range(7):
+                    client.sendto(b"late")
+            server.close()
+            return [rec.getMessage() for rec in caplog.records if rec.name == "asyncio"]
+
+        assert self.run(loop, main()) == ["socket.send() raised exception."] * 3
+
+    # ---- sendfile ---------------------------------------------------------------------------
+
+    def test_sendfile_native_offset_count_and_no_writes_meanwhile(self, loop):
+        data = bytes(range(256)) * 4096  # 1 MiB
+
+        async def main(f):
+            transport, proto, peer = await tcp_pair(loop, Recorder, peer_rcvbuf=4096,
+                                                    sndbuf=4096)
+            head = fill_kernel(transport)
+            task = loop.create_task(loop.sendfile(transport, f, offset=10, count=500_000))
+            await ticks()
+            assert not task.done()
+            with pytest.raises(RuntimeError, match="sendfile is in progress"):
+                transport.write(b"in the middle")
+            got = await read_exactly(loop, peer, head + 500_000)
+            assert await task == 500_000
+            assert got[head:] == data[10:500_010]
+            assert transport.is_reading()  # sendfile paused reading and resumed it
+            transport.write(b"after")  # writable again
+            assert await read_exactly(loop, peer, 5) == b"after"
+            assert f.tell() == 500_010  # the file position ends after what was sent
+            transport.close()
+            peer.close()
+
+        with tempfile.TemporaryFile() as f:
+            f.write(data)
+            f.seek(0)
+            self.run(loop, main(f))
+
+    def test_sendfile_fallback_for_what_is_not_a_regular_file(self, loop):
+        async def main():
+            transport, proto, peer = await tcp_pair(loop, Recorder)
+            buf = io.BytesIO(b"not a file" * 1000)
+            with pytest.raises(asyncio.SendfileNotAvailableError):
+                await loop.sendfile(transport, buf, fallback=False)
+            assert await loop.sendfile(transport, buf, offset=4) == 9996
+            assert await read_exactly(loop, peer, 9996) == (b"not a file" * 1000)[4:]
+            with tempfile.TemporaryFile("w+") as text:
+                with pytest.raises(ValueError, match="binary mode"):
+                    await loop.sendfile(transport, text)
+            transport.close()
+            peer.close()
+
+        self.run(loop, main())
+
+    # ---- TLS on an open connection -------------------------------------------------------------
+
+    def test_start_tls_upgrades_a_protocol_connection(self, loop):
+        from test.test_asyncio import utils as cpython_test_utils
+
+        server_ctx = cpython_test_utils.simple_server_sslcontext()
+        client_ctx = cpython_test_utils.simple_client_sslcontext()
+
+        async def main():
+            upgraded = loop.create_future()
+
+            class Server(Recorder):
+                def data_received(self, data):
+                    super().data_received(data)
+                    if self.data == b"STARTTLS\n":
+                        self.data.clear()
+                        loop.create_task(self.upgrade())
+
+                async def upgrade(self):
+                    plain = self.transport
+                    plain.write(b"GO\n")  # start_tls stops reading before the peer can answer
+                    tls = await loop.start_tls(plain, self, server_ctx, server_side=True)
+                    self.transport = tls
+                    upgraded.set_result(tls)
+
+            server = await loop.create_server(Server, "127.0.0.1", 0)
+            plain, proto = await loop.create_connection(
+                Recorder, *server.sockets[0].getsockname())
+            plain.write(b"STARTTLS\n")
+            await until(lambda: proto.data == b"GO\n", "GO")
+            proto.data.clear()
+            tls = await loop.start_tls(plain, proto, client_ctx)
+            srv_tls = await upgraded
+            assert plain.get_protocol() is not proto  # TLS sits between them now
+            assert tls.get_extra_info("sslcontext") is client_ctx
+            assert tls.get_extra_info("ssl_object") is not None
+            assert tls.get_extra_info("cipher") is not None
+            assert tls.get_extra_info("peername") == plain.get_extra_info("peername")
+            tls.write(b"secret " * 10_000)
+            srv = srv_tls.get_protocol()
+            await until(lambda: len(srv.data) == 70_000, "the secret")
+            srv_tls.write(b"received")
+            await until(lambda: proto.data == b"received", "the answer")
+            tls.close()
+            assert await proto.lost is None
+            await srv.lost
+            server.close()
+            await server.wait_closed()
+
+        self.run(loop, main())
+
+    # ---- limits ----------------------------------------------------------------------------
+
+    def test_emfile_on_accept_and_the_server_keeps_serving(self, loop):
+        def read_all(sock):
+            got = b""
+            while chunk := sock.recv(10):
+                got += chunk
+            return got
+
+        n, slack = 12, 5
+        child = subprocess.Popen(
+            [sys.executable, os.path.join(os.path.dirname(__file__), "emfile_server.py"),
+             self.loop_name, str(n), str(slack)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        conns = []
+        try:
+            port = int(child.stdout.readline())
+            for _ in range(n):
+                c = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+                c.sendall(b"x")
+                conns.append(c)
+            child.stdin.write("go\n")
+            child.stdin.flush()
+            # every connection is served, those past the limit after asyncio's retry delay
+            replies = [read_all(c) for c in conns]
+            out = json.loads(child.stdout.readline())
+            assert child.wait(timeout=TIMEOUT) == 0
+        finally:
+            for c in conns:
+                c.close()
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        assert replies == [b"ok"] * n
+        assert out["served"] == n
+        assert out["handled"], "accept() never ran out of descriptors"
+        assert all(h == ["socket.accept() out of system resource", errno.EMFILE]
+                   for h in out["handled"]), out["handled"]
+
+    def test_10k_connections_leave_no_fd_task_transport_or_memory(self, loop):
+        live = weakref.WeakSet()
+
+        class Echo(asyncio.Protocol):
+            def connection_made(self, transport):
+                self.transport = transport
+                live.add(self)
+                live.add(transport)
+
+            def data_received(self, data):
+                self.transport.write(data)
+
+        async def batch(port, k):
+            conns = await asyncio.gather(*(loop.create_connection(
+                lambda: Recorder(), "127.0.0.1", port) for _ in range(k)))
+            for transport, proto in conns:
+                live.add(transport)
+                transport.write(b"!")
+            for transport, proto in conns:
+                await until(lambda: proto.data == b"!", "the echo")
+                transport.close()
+            for transport, proto in conns:
+                assert await proto.lost is None
+
+        async def main(n):
+            server = await loop.create_server(Echo, "127.0.0.1", 0, backlog=512)
+            port = server.sockets[0].getsockname()[1]
+            for start in range(0, n, 250):
+                await batch(port, min(250, n - start))
+            server.close()
+            await server.wait_closed()
+            await until(lambda: not any(isinstance(x, Echo) and not x.transport.is_closing()
+                                        for x in list(live)), "the server side to close")
+            await ticks()
+
+        self.run(loop, main(500))  # warm-up: what the loop creates once (executor, caches)
+        gc.collect()
+        fds, tasks, blocks = open_fds(), len(asyncio.all_tasks(loop)), sys.getallocatedblocks()
+        self.run(loop, main(10_000))
+        gc.collect()
+        assert open_fds() == fds
+        assert len(asyncio.all_tasks(loop)) == tasks
+        assert len(live) == 0, f"{len(live)} transports or protocols still alive"
+        # 10,000 connections that each left one object behind would be 10,000 blocks
+        assert sys.getallocatedblocks() - blocks < 2_000
+
+
+class TestAsyncioMoreTransports(MoreTransportsMixin):
+    new_loop = staticmethod(asyncio_loop)
+    loop_name = "asyncio"
+
+
+class TestBraidMoreTransports(MoreTransportsMixin):
+    new_loop = staticmethod(braid_loop)
+    loop_name = "braid"

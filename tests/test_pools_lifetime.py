@@ -1,0 +1,118 @@
+"""Interpreter exit and os.fork() with both pool kinds in one program (src/python/pools.c)."""
+
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def run(code, *args, timeout=60):
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+# Both kinds, neither shut down, one of each dropped: exit runs everything submitted first.
+BOTH_AT_EXIT = """
+import sys, time
+import braid
+from tests.procpool_tasks import sleep_then_append
+
+out = sys.argv[1]
+threads = braid.ThreadPool(1)
+procs = braid.ProcessPool(1)
+for i in range(5):
+    threads.submit(sleep_then_append, out, f"t{i}", 0.05)
+    procs.submit(sleep_then_append, out, f"p{i}", 0.05)
+dropped_t, dropped_p = braid.ThreadPool(1), braid.ProcessPool(1)
+dropped_t.submit(sleep_then_append, out, "dt", 0.2)
+dropped_p.submit(sleep_then_append, out, "dp", 0.2)
+del dropped_t, dropped_p
+"""
+
+
+def test_exit_runs_the_queued_work_of_every_pool(tmp_path):
+    out = tmp_path / "ran"
+    proc = run(BOTH_AT_EXIT, out)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(out.read_text().split()) == sorted(
+        [f"t{i}" for i in range(5)] + [f"p{i}" for i in range(5)] + ["dt", "dp"])
+
+
+# A KeyboardInterrupt ends the program with a minute of work queued in each pool: exit
+# cancels the queued work instead of running it (the running task of the thread pool ends on
+# its own, the process pool's worker is killed after a short grace).
+INTERRUPTED_EXIT = """
+import sys, time
+import braid
+from tests.procpool_tasks import sleep_then_append
+
+out = sys.argv[1]
+threads = braid.ThreadPool(1)
+procs = braid.ProcessPool(1)
+for i in range(30):
+    threads.submit(sleep_then_append, out, f"t{i}", 2.0)
+    procs.submit(sleep_then_append, out, f"p{i}", 2.0)
+time.sleep(0.5)
+raise KeyboardInterrupt
+"""
+
+
+def test_exit_after_ctrl_c_cancels_queued_work_of_every_pool(tmp_path):
+    out = tmp_path / "ran"
+    proc = run(INTERRUPTED_EXIT, out, timeout=30)  # draining would take 60 s per pool
+    assert "KeyboardInterrupt" in proc.stderr
+    ran = out.read_text().split() if out.exists() else []
+    assert [x for x in ran if x.startswith("t")] in ([], ["t0"])  # only the task that was running
+    assert [x for x in ran if x.startswith("p")] == []  # killed before its 2 s were up
+
+
+FORK_BOTH = """
+import os, sys, warnings
+import concurrent.futures
+import braid
+
+warnings.simplefilter("ignore", DeprecationWarning)  # fork of a process with threads: on purpose
+threads = braid.ThreadPool(1)
+procs = braid.ProcessPool(1)
+assert threads.submit(pow, 2, 3).result() == 8 and procs.submit(pow, 2, 4).result() == 16
+pid = os.fork()
+if pid == 0:
+    for pool in (threads, procs):
+        try:
+            pool.submit(pow, 2, 5)
+        except concurrent.futures.BrokenExecutor as exc:
+            print(type(pool).__name__, "broken:", "fork" in str(exc), flush=True)
+        else:
+            print(type(pool).__name__, "accepted work", flush=True)
+    sys.exit(0)  # exit must not wait for the parent's workers
+_, status = os.waitpid(pid, 0)
+print("child status", os.waitstatus_to_exitcode(status), flush=True)
+print("parent still works", threads.submit(pow, 3, 2).result(), procs.submit(pow, 3, 3).result())
+"""
+
+
+def test_fork_child_finds_every_pool_broken_and_exits():
+    proc = run(FORK_BOTH)
+    assert proc.returncode == 0, proc.stderr
+    assert "ThreadPool broken: True" in proc.stdout
+    assert "ProcessPool broken: True" in proc.stdout
+    assert "child status 0" in proc.stdout
+    assert "parent still works 9 27" in proc.stdout
+
+
+def test_at_exit_hook_raises_when_its_flag_has_no_truth():
+    # _at_exit(interrupted) takes the object's truth; one whose truth raises makes it raise
+    # rather than guess.
+    from braid import _braid
+
+    class Bad:
+        def __bool__(self):
+            raise ValueError("no truth")
+
+    with pytest.raises(ValueError, match="no truth"):
+        _braid._at_exit(Bad())
