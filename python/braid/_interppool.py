@@ -61,7 +61,7 @@ class InterpreterPool(_Core, concurrent.futures.Executor):
     ``task_timeout`` (seconds): a task still running then is interrupted (an exception thrown
     into its interpreter) and fails with ``braid.TaskTimeout``; a task stuck in C code that
     does not return to the interpreter within a second more fails the same way, and its
-    worker is written off until the call returns.
+    worker is replaced by a new one (the stuck thread finishes its call, then a worker retires).
 
     Python 3.12 or later: on 3.11 creating one raises RuntimeError.
     """

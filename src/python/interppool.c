@@ -129,7 +129,7 @@ void braid_ip_settle(itask_t *t)
     case IT_STUCK:
         exc = PyObject_CallFunction(st->TaskTimeout, "s",
                                     "the task ran past task_timeout and did not return to the interpreter "
-                                    "(stuck in C code); its worker is written off until the call returns");
+                                    "(stuck in C code): it is left to its thread, and the pool goes on without it");
         break;
     case IT_BROKEN:
         exc = broken_exc(core);
