@@ -93,7 +93,16 @@ def test_dropped_pool_frees_itself_when_its_work_is_done():
     # its last worker -- not at the next pool's creation, and without anyone joining it.
     from braid import _braid
 
+    # a pool dropped by an earlier test may still be releasing itself: its last worker
+    # leaves on its own time, so the baseline is taken once the count holds still
     baseline = _braid._threadpool_cores()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = _braid._threadpool_cores()
+        if now == baseline:
+            break
+        baseline = now
     release = threading.Event()
     pool = braid.ThreadPool(max_workers=3)
     futures = [pool.submit(release.wait, 60) for _ in range(3)]

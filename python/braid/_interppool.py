@@ -6,7 +6,7 @@ import concurrent.futures.thread
 import os
 import sys
 
-from . import _braid, _interpworker, _pools, _procworker
+from . import _braid, _interpworker, _procworker
 from ._errors import TaskTimeout
 
 __all__ = ["InterpreterPool", "BrokenInterpreterPool"]
@@ -61,7 +61,7 @@ class InterpreterPool(_Core, concurrent.futures.Executor):
     ``task_timeout`` (seconds): a task still running then is interrupted (an exception thrown
     into its interpreter) and fails with ``braid.TaskTimeout``; a task stuck in C code that
     does not return to the interpreter within a second more fails the same way, and its
-    worker is written off until the call returns.
+    worker is replaced by a new one (the stuck thread finishes its call, then a worker retires).
 
     Python 3.12 or later: on 3.11 creating one raises RuntimeError.
     """
@@ -93,6 +93,8 @@ class InterpreterPool(_Core, concurrent.futures.Executor):
         # executors: everything submitted finishes.
         interrupted = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
         if interrupted:
+            from . import _pools
+
             _pools.note_interrupt()
         self.shutdown(wait=True, cancel_futures=interrupted)
         return False
@@ -140,7 +142,8 @@ if SUPPORTED:
     # TaskTimeout reaches the C half through the process pool's hooks
     from . import _procpool  # noqa: E402,F401  (sets them)
 
-    # Interpreter exit (braid._pools' hook, for every kind of pool): queued work finishes,
-    # then every worker ends its sub-interpreter (the main one must outlive them).
+    # Interpreter exit is braid._pools' (registered on import): queued work finishes (after
+    # Ctrl-C it is cancelled), then every worker ends its sub-interpreter, before the main one.
+    from . import _pools  # noqa: E402,F401
 
 del TaskTimeout, _procworker

@@ -15,8 +15,8 @@
 
 typedef struct pool_core_s pool_core_t;
 typedef struct proc_core_s proc_core_t;
-typedef struct braid_pool_link_s braid_pool_link_t;
 typedef struct interp_core_s interp_core_t;
+typedef struct braid_pool_link_s braid_pool_link_t;
 
 typedef struct {
     /* types */
@@ -281,7 +281,8 @@ PyObject *braid_pools_at_exit(braid_state *st, int interrupted);
 void braid_pools_after_fork_child(braid_state *st);
 void braid_pools_clear(braid_state *st);
 
-/* interppool.c: the type exists on 3.12+ only (0 on 3.11). */
+/* interppool.c: the type exists on 3.12+ only (0 on 3.11). Its cores are
+ * on st->pools (pools.c) like the other pools'. */
 int braid_interppool_init_types(PyObject *module, braid_state *st);
 unsigned braid_interppool_workers(braid_state *st); /* started and not yet ended */
 int braid_interppool_traverse(braid_state *st, visitproc visit, void *arg);

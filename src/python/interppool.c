@@ -1,15 +1,11 @@
 /*
  * interppool.c — _InterpreterPoolCore, the C half of braid.InterpreterPool:
- * submit, shutdown, and the completions, in the main interpreter. The
- * workers (one sub-interpreter each) are in interpworker.c, which also says
- * why a worker delivers its own results.
- *
- * A task crosses as bytes: the pickled (fn, args, kwargs), made here with
- * the C pickler for plain calls (plain.c's rules) and by
- * braid._interpworker.dumps_task otherwise (cloudpickle for lambdas and
- * __main__, large buffers out of band: the worker sees them through
- * read-only views of this interpreter's memory, held here until the task
- * is settled). The outcome comes back the same way, an exception inside
+ * submit, shutdown, cancellation, the pool's lifetime (on pools.c's list),
+ * and settling a finished task's future, in the main interpreter. The
+ * workers (one sub-interpreter each) are in interpworker.c, task_timeout in
+ * interpwatch.c, who finishes the futures and why in interpdeliver.c, what
+ * crosses between the interpreters in interppayload.c: a task is bytes (the
+ * call), its outcome bytes or a C value, an exception inside
  * braid._procworker's envelope (the worker's traceback as __cause__).
  *
  * Core life cycle (flags change with the main GIL):
@@ -23,9 +19,8 @@
 #include "interppool.h"
 #include "compat.h"
 
-#include <marshal.h>
-
 #include <errno.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 #include <unistd.h>
@@ -33,7 +28,6 @@
 #ifdef BRAID_HAVE_INTERPRETERS
 
 #define MAX_WORKERS_LIMIT 4096
-#define FN_CACHE_MAX 256 /* functions whose pickle a pool keeps */
 
 typedef struct {
     PyObject_HEAD
@@ -63,17 +57,6 @@ void braid_ip_task_free(itask_t *t)
     Py_DECREF(t->payload);
     PyMem_RawFree(t->reply);
     PyMem_RawFree(t);
-}
-
-static PyObject *loads_reply(braid_state *st, itask_t *t)
-{
-    if (t->len > 0 && t->reply[0] == IP_MARSHAL_TAG) {
-        return PyMarshal_ReadObjectFromString(t->reply + 1, (Py_ssize_t)t->len - 1);
-    }
-    PyObject *view = PyMemoryView_FromMemory(t->reply, (Py_ssize_t)t->len, PyBUF_READ);
-    PyObject *obj = view ? PyObject_CallOneArg(st->pickle_loads, view) : NULL;
-    Py_XDECREF(view);
-    return obj;
 }
 
 static PyObject *broken_exc(interp_core_t *core)
@@ -110,7 +93,7 @@ void braid_ip_settle(itask_t *t)
             obj = PyFloat_FromDouble(t->value.d);
             break;
         default:
-            obj = loads_reply(st, t);
+            obj = braid_ip_loads_reply(st, t);
         }
         break;
     case IT_ERROR:
@@ -118,7 +101,7 @@ void braid_ip_settle(itask_t *t)
             exc = PyObject_CallFunction(PyExc_RuntimeError, "s",
                                         "the task raised an exception that could not be sent back");
         } else {
-            exc = loads_reply(st, t);
+            exc = braid_ip_loads_reply(st, t);
         }
         break;
     case IT_TIMEOUT:
@@ -128,7 +111,7 @@ void braid_ip_settle(itask_t *t)
     case IT_STUCK:
         exc = PyObject_CallFunction(st->TaskTimeout, "s",
                                     "the task ran past task_timeout and did not return to the interpreter "
-                                    "(stuck in C code); its worker is written off until the call returns");
+                                    "(stuck in C code): it is left to its thread, and the pool goes on without it");
         break;
     case IT_BROKEN:
         exc = broken_exc(core);
@@ -197,6 +180,10 @@ static int cancel_hook(FutureObject *f, int phase)
 }
 
 /* --------------------------------------------------------- core life cycle */
+
+static const braid_pool_ops_t interp_pool_ops;
+
+#define LINKED_CORE(l) ((interp_core_t *)((char *)(l) - offsetof(interp_core_t, link)))
 
 static void core_release(interp_core_t *core)
 {
@@ -290,15 +277,13 @@ static int core_join(interp_core_t *core)
     return 0;
 }
 
-#define LINKED_CORE(l) ((interp_core_t *)((char *)(l) - offsetof(interp_core_t, link)))
-
-/* At interpreter exit, as the thread pool's: queued work of every pool
- * finishes and the workers (and their sub-interpreters) end, dropped
- * pools' too; after Ctrl-C queued work is cancelled. */
+/* pools.c's hooks. At interpreter exit, before the main interpreter goes:
+ * every pool closes (after Ctrl-C its queued work is cancelled), then each
+ * is waited for, so that every sub-interpreter has ended first. */
 static void ops_close(braid_pool_link_t *l, int interrupted)
 {
     interp_core_t *core = LINKED_CORE(l);
-    if (!core->closed) {
+    if (!core->closed || interrupted) {
         core_close(core, interrupted);
     }
 }
@@ -315,15 +300,14 @@ static int ops_wait(braid_pool_link_t *l)
     if (!core->detached) {
         return core_join(core);
     }
-    /* a dropped pool: its last worker unlinks it (core_release); a bounded
-     * wait, as a worker stuck in C code may never come back */
+    /* a dropped pool: its last worker unlinks it (core_release) */
     br_event_t left;
     br_event_init(&left);
     braid_state *st = core->st;
     st->exit_waiter = &left;
     int rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = br_event_wait(&left, 100000000);
+    rc = br_event_wait(&left, -1);
     Py_END_ALLOW_THREADS
     st->exit_waiter = NULL;
     return rc == -EINTR && PyErr_CheckSignals() < 0 ? -1 : 0;
@@ -332,7 +316,7 @@ static int ops_wait(braid_pool_link_t *l)
 static void ops_forked(braid_pool_link_t *l)
 {
     /* no worker thread exists in the child and the engine's lock may be
-     * held for ever: every pool is left broken, its memory untouched */
+     * held for ever: the pool is left a husk, its memory untouched */
     interp_core_t *core = LINKED_CORE(l);
     braid_pools_unlink(l);
     core->st = NULL;
@@ -340,9 +324,11 @@ static void ops_forked(braid_pool_link_t *l)
 
 static void ops_clear(braid_pool_link_t *l)
 {
+    /* the module is going away: its workers (at-exit was interrupted)
+     * outlive it */
     interp_core_t *core = LINKED_CORE(l);
     braid_pools_unlink(l);
-    core->st = NULL; /* its workers (at-exit was interrupted) outlive the module */
+    core->st = NULL;
 }
 
 static const braid_pool_ops_t interp_pool_ops = {
@@ -377,108 +363,6 @@ void braid_interppool_clear(braid_state *st)
 
 /* --------------------------------------------------------- submit */
 
-/* Out-of-band buffers (a list of PickleBuffer) held for the worker. */
-static int hold_views(itask_t *t, PyObject *list)
-{
-    Py_ssize_t n = PyList_GET_SIZE(list);
-    t->views = PyMem_RawCalloc((size_t)n, sizeof(Py_buffer));
-    if (t->views == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (PyObject_GetBuffer(PyList_GET_ITEM(list, i), &t->views[i], PyBUF_C_CONTIGUOUS) < 0) {
-            return -1;
-        }
-        t->nviews = (int)i + 1;
-    }
-    return 0;
-}
-
-/* A plain task's function, pickled once per pool: the payload then carries
- * these bytes, and a worker unpickles each function once (interpworker.c). */
-static PyObject *fn_pickle(interp_core_t *core, PyObject *fn)
-{
-    if (core->fn_cache == NULL && (core->fn_cache = PyDict_New()) == NULL) {
-        return NULL;
-    }
-    PyObject *data = PyDict_GetItemWithError(core->fn_cache, fn);
-    if (data != NULL || PyErr_Occurred()) {
-        return Py_XNewRef(data);
-    }
-    data = PyObject_CallFunction(core->st->pickle_dumps, "Oi", fn, 5);
-    if (data == NULL) {
-        return NULL;
-    }
-    if (PyDict_GET_SIZE(core->fn_cache) >= FN_CACHE_MAX) {
-        PyDict_Clear(core->fn_cache);
-    }
-    if (PyDict_SetItem(core->fn_cache, fn, data) < 0) {
-        Py_CLEAR(data);
-    }
-    return data;
-}
-
-/* A plain task's payload: IP_MARSHAL_TAG, the length of the function's
- * pickle (4 bytes, native order: one process), that pickle, then
- * marshal((args, kwargs or None)). Plain values are what marshal writes,
- * and it writes and reads them several times faster than pickle. */
-static PyObject *plain_payload(PyObject *fnb, PyObject *args, PyObject *kwargs)
-{
-    PyObject *pair = PyTuple_Pack(2, args, kwargs ? kwargs : Py_None);
-    PyObject *m = pair ? PyMarshal_WriteObjectToString(pair, Py_MARSHAL_VERSION) : NULL;
-    Py_XDECREF(pair);
-    if (m == NULL) {
-        return NULL;
-    }
-    Py_ssize_t fl = PyBytes_GET_SIZE(fnb), ml = PyBytes_GET_SIZE(m);
-    PyObject *out = fl <= UINT32_MAX ? PyBytes_FromStringAndSize(NULL, 5 + fl + ml) : NULL;
-    if (out != NULL) {
-        char *p = PyBytes_AS_STRING(out);
-        uint32_t n = (uint32_t)fl;
-        p[0] = IP_MARSHAL_TAG;
-        memcpy(p + 1, &n, 4);
-        memcpy(p + 5, PyBytes_AS_STRING(fnb), (size_t)fl);
-        memcpy(p + 5 + fl, PyBytes_AS_STRING(m), (size_t)ml);
-    }
-    Py_DECREF(m);
-    return out;
-}
-
-static PyObject *dumps_task(interp_core_t *core, itask_t *t, PyObject *fn, PyObject *args,
-                            PyObject *kwargs)
-{
-    braid_state *st = core->st;
-    if (braid_task_is_plain(st, fn, args, kwargs)) {
-        PyObject *fnb = fn_pickle(core, fn);
-        PyObject *out = fnb ? plain_payload(fnb, args, kwargs) : NULL;
-        Py_XDECREF(fnb);
-        if (out != NULL) {
-            return out;
-        }
-        PyErr_Clear(); /* e.g. a function pickle cannot find by name: the general path */
-    }
-    PyObject *out = PyObject_CallFunctionObjArgs(st->ip_dumps_task, fn, args,
-                                                 kwargs ? kwargs : Py_None, NULL);
-    if (out != NULL && PyTuple_CheckExact(out) && PyTuple_GET_SIZE(out) == 2 &&
-        PyList_CheckExact(PyTuple_GET_ITEM(out, 1))) {
-        PyObject *data = Py_NewRef(PyTuple_GET_ITEM(out, 0));
-        int rc = hold_views(t, PyTuple_GET_ITEM(out, 1));
-        Py_DECREF(out);
-        if (rc < 0) {
-            Py_DECREF(data);
-            return NULL;
-        }
-        out = data;
-    }
-    if (out != NULL && !PyBytes_Check(out)) {
-        Py_DECREF(out);
-        PyErr_SetString(PyExc_TypeError, "the task serializer did not return bytes");
-        return NULL;
-    }
-    return out;
-}
-
 static PyObject *ip_submit(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     interp_core_t *core = ((IPoolObject *)self)->core;
@@ -511,7 +395,7 @@ static PyObject *ip_submit(PyObject *self, PyObject *const *args, Py_ssize_t nar
     }
     t->core = core;
     t->fut = (FutureObject *)Py_NewRef(fut);
-    t->payload = dumps_task(core, t, fn, tuple, kwargs);
+    t->payload = braid_ip_dumps_task(core, t, fn, tuple, kwargs);
     Py_DECREF(tuple);
     Py_XDECREF(kwargs);
     if (t->payload == NULL) {

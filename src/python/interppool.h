@@ -82,8 +82,44 @@ struct interp_core_s {
     int deliverer_started, deliverer_failed, deliverer_idle, deliverer_stop;
     pthread_t deliverer;
     iworker_t *workers;
-    braid_pool_link_t link;     /* on st->pools (pools.c; main GIL) */
+    braid_pool_link_t link;    /* on st->pools (pools.c), main GIL */
 };
+
+/* A worker: one engine thread and its sub-interpreter (interpworker.c);
+ * raw memory, freed by the thread as it leaves. */
+struct iworker_s {
+    interp_core_t *core;
+    PyThreadState *main_ts;
+    PyThreadState *sub_ts;     /* NULL: the interpreter could not be made */
+    unsigned long ident;       /* this thread, as PyThreadState_SetAsyncExc knows it */
+    PyObject *loads;           /* the sub-interpreter's _pickle.loads */
+    PyObject *helper;          /* braid._interpworker there, on first need */
+    PyObject *fns;             /* dict: a function's pickle -> the function */
+    PyObject *interrupt;       /* the exception task_timeout throws in */
+    struct pinned_s {          /* main buffers still viewed from the sub-interpreter */
+        Py_buffer *views;
+        int n;
+    } *pinned;
+    size_t npinned;
+    /* under core->mu */
+    itask_t *current;
+    int64_t deadline;
+    int interrupted;           /* the watchdog threw into current */
+    unsigned long seq;         /* tasks started: names the current one */
+    unsigned long interrupting; /* the seq of the task the interrupter is after */
+    int has_interrupter;
+    pthread_t interrupter;
+    int exiting;
+    int has_watchdog;
+    pthread_cond_t cv;         /* wakes the watchdog (CLOCK_MONOTONIC) */
+    pthread_t watchdog;
+    iworker_t *next, *prev;
+};
+
+
+/* interpwatch.c: task_timeout's watchdog of a worker. */
+int braid_iw_start_watchdog(iworker_t *w); /* 0 or -1 */
+void braid_iw_stop_watchdog(iworker_t *w);
 
 /* interpworker.c: the engine's hooks and work callbacks. */
 void braid_iw_thread_start(br_threadpool_t *tp, void *arg);
@@ -102,6 +138,12 @@ int braid_ipd_drain_hook(void *core, int ask_spin); /* FutureObject.drain_hook *
 void braid_ipd_deliver(interp_core_t *core, PyThreadState *main_ts); /* no GIL held */
 void braid_ipd_drain(interp_core_t *core);  /* main GIL */
 void braid_ipd_stop(interp_core_t *core);   /* main GIL: the last worker leaves */
+
+/* interppayload.c, main GIL: a task's payload (bytes; views filled in),
+ * and a reply's object. New references, or NULL with an exception. */
+PyObject *braid_ip_dumps_task(interp_core_t *core, itask_t *t, PyObject *fn, PyObject *args,
+                              PyObject *kwargs);
+PyObject *braid_ip_loads_reply(braid_state *st, itask_t *t);
 
 /* interppool.c: with the main interpreter's GIL held. */
 void braid_ip_complete(itask_t *t);      /* settles the task (once) and frees it */

@@ -23,20 +23,9 @@
  *   --> READY ... --pool closed, queue empty--> on_thread_exit:
  *   the watchdog joined, Py_EndInterpreter, main tstate deleted
  *
- * task_timeout: each worker then has a watchdog thread. Past a task's
- * deadline it starts an interrupter thread, which takes the
- * sub-interpreter's GIL with a thread state of its own and throws an
- * exception into the worker's thread state (PyThreadState_SetAsyncExc),
- * which pure-Python code sees at once; the worker reports the task as timed
- * out. A task still running STUCK_GRACE_NS
- * later is in C code that does not come back to the interpreter: the
- * watchdog fails its future itself (in the main interpreter) and the worker
- * is written off until the call returns: the engine starts a thread more
- * (br_threadpool_add_thread), with a sub-interpreter of its own, so the
- * pool keeps its size, and retires one when the stuck call comes back. What
- * that leaks until then: the stuck thread, its sub-interpreter and whatever
- * the call holds; shutdown(wait=True) and the exit of the program still
- * wait for it (interruptibly), as they would for a thread-pool task.
+ * task_timeout: each worker then has a watchdog thread (interpwatch.c),
+ * which throws an interrupt into a task past its deadline and replaces a
+ * worker stuck in C code.
  */
 #include "interppool.h"
 
@@ -48,38 +37,6 @@
 #include <errno.h>
 #include <stdint.h>
 #include <string.h>
-#include <time.h>
-
-#define STUCK_GRACE_NS 1000000000 /* after the interrupt: then written off */
-
-struct iworker_s {
-    interp_core_t *core;
-    PyThreadState *main_ts;
-    PyThreadState *sub_ts;     /* NULL: the interpreter could not be made */
-    unsigned long ident;       /* this thread, as PyThreadState_SetAsyncExc knows it */
-    PyObject *loads;           /* the sub-interpreter's _pickle.loads */
-    PyObject *helper;          /* braid._interpworker there, on first need */
-    PyObject *fns;             /* dict: a function's pickle -> the function */
-    PyObject *interrupt;       /* the exception task_timeout throws in */
-    struct pinned_s {          /* main buffers still viewed from the sub-interpreter */
-        Py_buffer *views;
-        int n;
-    } *pinned;
-    size_t npinned;
-    /* under core->mu */
-    itask_t *current;
-    int64_t deadline;
-    int interrupted;           /* the watchdog threw into current */
-    unsigned long seq;         /* tasks started: names the current one */
-    unsigned long interrupting; /* the seq of the task the interrupter is after */
-    int has_interrupter;
-    pthread_t interrupter;
-    int exiting;
-    int has_watchdog;
-    pthread_cond_t cv;         /* wakes the watchdog (CLOCK_MONOTONIC) */
-    pthread_t watchdog;
-    iworker_t *next, *prev;
-};
 
 static _Thread_local iworker_t *tls_worker;
 static _Thread_local int tls_in_sub;   /* this thread holds its sub-interpreter's GIL */
@@ -440,135 +397,6 @@ void braid_iw_done(br_work_t *wk, int status)
     }
 }
 
-/* --------------------------------------------------------- task_timeout */
-
-static void cond_deadline(pthread_cond_t *cv, pthread_mutex_t *mu, int64_t deadline_ns)
-{
-    struct timespec ts = {.tv_sec = deadline_ns / 1000000000, .tv_nsec = deadline_ns % 1000000000};
-    pthread_cond_timedwait(cv, mu, &ts);
-}
-
-/* A task stuck past its interrupt: its future fails now, from here. */
-static void report_stuck(iworker_t *w, itask_t *t, PyThreadState **main_ts)
-{
-    if (*main_ts == NULL) {
-        *main_ts = PyThreadState_New(w->core->interp);
-    }
-    PyEval_RestoreThread(*main_ts);
-    if (!__atomic_exchange_n(&t->settled, 1, __ATOMIC_ACQ_REL)) {
-        t->status = IT_STUCK;
-        braid_ip_settle(t);
-    }
-    __atomic_add_fetch(&w->core->stuck, 1, __ATOMIC_RELAXED);
-    PyEval_SaveThread();
-}
-
-/* Throws the interrupt into the worker's interpreter: takes its GIL with a
- * thread state of its own, which waits for the worker to let the GIL go (a
- * switch interval for Python code; never, for C code that holds it). Its
- * own thread, so that the watchdog can report a task stuck in C either way. */
-static void *interrupter_main(void *arg)
-{
-    iworker_t *w = arg;
-    interp_core_t *core = w->core;
-    PyThreadState *ts = PyThreadState_New(w->sub_ts->interp);
-    PyEval_RestoreThread(ts);
-    pthread_mutex_lock(&core->mu);
-    if (w->current != NULL && w->seq == w->interrupting) {
-        PyThreadState_SetAsyncExc(w->ident, w->interrupt);
-    }
-    pthread_mutex_unlock(&core->mu);
-    PyThreadState_Clear(ts);
-    PyThreadState_DeleteCurrent();
-    return NULL;
-}
-
-/* With core->mu: the interrupter of an earlier task is done (that task
- * ended, so its GIL was let go): reaps it. */
-static void reap_interrupter(iworker_t *w, pthread_mutex_t *mu)
-{
-    if (w->has_interrupter) {
-        w->has_interrupter = 0;
-        pthread_mutex_unlock(mu);
-        pthread_join(w->interrupter, NULL);
-        pthread_mutex_lock(mu);
-    }
-}
-
-static void *watchdog_main(void *arg)
-{
-    iworker_t *w = arg;
-    interp_core_t *core = w->core;
-    PyThreadState *main_ts = NULL;
-    pthread_mutex_lock(&core->mu);
-    while (!w->exiting) {
-        itask_t *t = w->current;
-        if (t == NULL || w->interrupted) {
-            pthread_cond_wait(&w->cv, &core->mu);
-            continue;
-        }
-        if (br_now_ns() < w->deadline) {
-            cond_deadline(&w->cv, &core->mu, w->deadline);
-            continue;
-        }
-        w->interrupted = 1;
-        reap_interrupter(w, &core->mu);
-        if (w->current != t) {
-            continue; /* it ended meanwhile */
-        }
-        w->interrupting = w->seq;
-        if (pthread_create(&w->interrupter, NULL, interrupter_main, w) == 0) {
-            w->has_interrupter = 1;
-        }
-        int64_t give_up = br_now_ns() + STUCK_GRACE_NS;
-        while (!w->exiting && w->current == t && br_now_ns() < give_up) {
-            cond_deadline(&w->cv, &core->mu, give_up);
-        }
-        if (!w->exiting && w->current == t) {
-            pthread_mutex_unlock(&core->mu);
-            report_stuck(w, t, &main_ts);
-            /* a worker more meanwhile, so the pool keeps its size */
-            int replaced = br_threadpool_add_thread(&core->tp) == 0;
-            pthread_mutex_lock(&core->mu);
-            while (!w->exiting && w->current == t) {
-                pthread_cond_wait(&w->cv, &core->mu);
-            }
-            __atomic_sub_fetch(&core->stuck, 1, __ATOMIC_RELAXED);
-            if (replaced) {
-                br_threadpool_retire_thread(&core->tp); /* back: one worker too many */
-            }
-        }
-    }
-    reap_interrupter(w, &core->mu);
-    pthread_mutex_unlock(&core->mu);
-    if (main_ts != NULL) {
-        PyEval_RestoreThread(main_ts);
-        PyThreadState_Clear(main_ts);
-        PyThreadState_DeleteCurrent();
-    }
-    return NULL;
-}
-
-static int start_watchdog(iworker_t *w)
-{
-    pthread_condattr_t a;
-    if (pthread_condattr_init(&a) != 0) {
-        return -1;
-    }
-    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-    int err = pthread_cond_init(&w->cv, &a);
-    pthread_condattr_destroy(&a);
-    if (err != 0) {
-        return -1;
-    }
-    if (pthread_create(&w->watchdog, NULL, watchdog_main, w) != 0) {
-        pthread_cond_destroy(&w->cv);
-        return -1;
-    }
-    w->has_watchdog = 1;
-    return 0;
-}
-
 /* --------------------------------------------------------- worker life cycle */
 
 /* In the new sub-interpreter: sys.path and the pickler, then the
@@ -680,7 +508,7 @@ void braid_iw_thread_start(br_threadpool_t *tp, void *arg)
     w->sub_ts = sub;
     w->ident = PyThread_get_thread_ident();
     why = setup_sub(w);
-    if (why == NULL && core->timeout_ns > 0 && start_watchdog(w) < 0) {
+    if (why == NULL && core->timeout_ns > 0 && braid_iw_start_watchdog(w) < 0) {
         why = PyMem_RawMalloc(64);
         if (why != NULL) {
             strcpy(why, "could not start a worker's watchdog thread");
@@ -707,14 +535,7 @@ void braid_iw_thread_exit(br_threadpool_t *tp, void *arg)
 {
     interp_core_t *core = arg;
     iworker_t *w = tls_worker;
-    if (w->has_watchdog) {
-        pthread_mutex_lock(&core->mu);
-        w->exiting = 1;
-        pthread_cond_signal(&w->cv);
-        pthread_mutex_unlock(&core->mu);
-        pthread_join(w->watchdog, NULL);
-        pthread_cond_destroy(&w->cv);
-    }
+    braid_iw_stop_watchdog(w);
     if (w->sub_ts != NULL) {
         PyEval_RestoreThread(w->sub_ts);
         Py_CLEAR(w->loads);

@@ -353,8 +353,7 @@ static int braid_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->TaskTimeout);
     Py_VISIT(st->BrokenProcessPool);
     int r = braid_loop_traverse(st, visit, arg);
-    r = r ? r : braid_interppool_traverse(st, visit, arg);
-    return r;
+    return r ? r : braid_interppool_traverse(st, visit, arg);
 }
 
 static int braid_clear(PyObject *module)

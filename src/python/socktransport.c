@@ -46,6 +46,7 @@
 #include <limits.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -73,6 +74,7 @@ typedef struct {
         stream_open : 1, self_ref : 1, has_pbuf : 1, tcp : 1;
 } tail_t;
 
+static pthread_mutex_t spec_mu = PTHREAD_MUTEX_INITIALIZER; /* the two offsets and tr_spec */
 static Py_ssize_t tail_offset;   /* asyncio.Transport's basicsize: the same in every interpreter */
 static Py_ssize_t extra_offset;  /* BaseTransport's _extra slot */
 
@@ -1363,11 +1365,17 @@ int braid_socktransport_make_type(braid_state *st, PyObject *module)
         PyErr_SetString(PyExc_TypeError, "asyncio.BaseTransport._extra is not a slot");
         goto done;
     }
+    /* The offsets and the spec are process-wide (the same values in every
+     * interpreter: one asyncio source), and two interpreters with GILs of
+     * their own may make their first loop at once: written and read under
+     * a process-wide lock. */
+    pthread_mutex_lock(&spec_mu);
     extra_offset = ((PyMemberDescrObject *)descr)->d_member->offset;
     tail_offset = ((PyTypeObject *)transport)->tp_basicsize;
     tr_spec.basicsize = (int)(tail_offset + sizeof(tail_t));
     tr_members[0].offset = tail_offset + offsetof(tail_t, weakrefs);
     st->socket_transport_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &tr_spec, transport);
+    pthread_mutex_unlock(&spec_mu);
     rc = st->socket_transport_type ? 0 : -1;
     if (rc == 0) {
         /* loop.sendfile() tries os.sendfile first, as on asyncio's own
