@@ -3,6 +3,7 @@
 braid-only: the stdlib pools copy every array through a pipe.
 """
 
+import concurrent.futures
 import gc
 import os
 import sys
@@ -123,6 +124,10 @@ def test_shutdown_wait_from_a_done_callback_raises(braid, tmp_path):
     future = pool.submit(procpool_tasks.block, str(tmp_path / "started"), str(gate))
     future.add_done_callback(callback)  # the task waits for the gate: not done yet
     procpool_tasks.touch(str(gate))
-    assert future.result(TIMEOUT) == "blocker"
+    # concurrent.futures.wait, not result(): a thread blocked in result() is handed the
+    # result and runs the callbacks itself (where shutdown(wait=True) may wait); here the
+    # pool's loop thread finishes the future and runs the callback
+    done, _ = concurrent.futures.wait([future], TIMEOUT)
+    assert done and future.result() == "blocker"
     pool.shutdown(wait=True)
     assert seen and "wait for itself" in seen[0]
