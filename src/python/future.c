@@ -23,6 +23,7 @@
 #include "compat.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <unistd.h>
 
 #define IS_DONE(s) ((s) >= FUT_CANCELLED)
@@ -277,8 +278,12 @@ static void spin_for(br_event_t *ev, int64_t left)
     int64_t span = left >= 0 && left < HOOKED_SPIN_NS ? left : HOOKED_SPIN_NS;
     int64_t end = br_now_ns() + span;
     for (unsigned i = 1; !br_event_is_set(ev); i++) {
-        if (i % 64 == 0 && br_now_ns() >= end) {
-            return;
+        if (i % 64 == 0) {
+            if (br_now_ns() >= end) {
+                return;
+            }
+            /* on a busy machine the thread we wait for may need this core */
+            sched_yield();
         }
         cpu_relax();
     }

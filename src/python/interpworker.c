@@ -35,6 +35,7 @@
 #include <marshal.h>
 
 #include <errno.h>
+#include <sched.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -361,6 +362,28 @@ void braid_iw_work(br_work_t *wk)
     run_task(w, t);
 }
 
+/* Nothing else to run: gives the submitter a moment to reach result(), so
+ * that the result wakes it (braid_ipd_push) rather than this thread taking
+ * the main GIL the submitter holds until then, and the submitter then
+ * waiting for it back. No one else sees the task yet: its future is alive. */
+#define AWAIT_WAITER_NS 10000
+
+static void await_waiter(itask_t *t)
+{
+    int64_t end = br_now_ns() + AWAIT_WAITER_NS;
+    for (unsigned i = 1; !__atomic_load_n(&t->fut->waiting, __ATOMIC_ACQUIRE); i++) {
+        if (i % 32 == 0) {
+            if (br_now_ns() >= end) {
+                return;
+            }
+            sched_yield(); /* the submitter may need this core to get there */
+        }
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+    }
+}
+
 /* The engine's done callback. status 0: on the worker, after braid_iw_work;
  * the outermost call keeps taking queued tasks while it holds the
  * sub-interpreter's GIL, then delivers. -ECANCELED: on the thread that
@@ -375,7 +398,11 @@ void braid_iw_done(br_work_t *wk, int status)
     }
     iworker_t *w = tls_worker;
     interp_core_t *core = w->core;
-    if (!braid_ipd_push(core, t, br_threadpool_queued(&core->tp) > 0)) {
+    int busy = br_threadpool_queued(&core->tp) > 0;
+    if (!busy) {
+        await_waiter(t);
+    }
+    if (!braid_ipd_push(core, t, busy)) {
         tls_undelivered = 1; /* nobody was woken to finish it */
     }
     if (tls_looping) {
