@@ -53,6 +53,10 @@
 
 #define SPIN_NS 30000           /* the loop thread's poll before it sleeps */
 #define READY_GRACE_NS 2000000  /* a handed-off result nobody finished: the loop thread does */
+/* Larger results are not handed off: the copy off the ring grows with the
+ * result while the wakeup it saves does not (a 64 KiB copy already takes a
+ * few microseconds, about a wakeup's cost on this machine's floor). */
+#define HANDOFF_MAX_BYTES (64 * 1024)
 
 /* --------------------------------------------------------- the loop thread */
 
@@ -166,7 +170,7 @@ static void ready_timer_cb(br_timer_t *timer)
  * future. 1 if it did. */
 static int hand_off(proc_core_t *c, task_t *t, int status, const void *reply, size_t len)
 {
-    if (c->gil || (status != BR_PPTASK_OK && status != BR_PPTASK_ERROR) ||
+    if (c->gil || (status != BR_PPTASK_OK && status != BR_PPTASK_ERROR) || len > HANDOFF_MAX_BYTES ||
         !__atomic_load_n(&t->fut->waiting, __ATOMIC_SEQ_CST)) {
         return 0;
     }
