@@ -17,7 +17,7 @@ received, with the garbage collector on, as a user's server runs. Printed per lo
   in gc s    the time the server spent in the cyclic collector during the burst (gc.callbacks)
   busy s / c the CPU time / wall time of the server and of the client over the burst
 
-The goals are the event-loop issue's: memory per idle connection ≤ uvloop's; the time to
+The goals: memory per idle connection ≤ uvloop's; the time to
 accept the burst ≤ uvloop's, and flat per connection as the count grows (here: the last K's
 CPU per connection at most FLAT_MAX times the first K's). The accept-time goal is judged on the
 server's CPU per connection, with the wall-time ratio beside it: on loopback the client's
