@@ -161,6 +161,9 @@ int braid_future_init_types(PyObject *module, braid_state *st);
 FutureObject *braid_future_new(braid_state *st);
 /* Completion paths used by the pool; they run callbacks. 0 or -1. */
 int braid_future_finish(FutureObject *fut, PyObject *result, PyObject *exc);
+/* A pool's outcome for its future (result, or exc if not NULL): finishes
+ * it unless it is done already; a failure of its callbacks is unraisable. */
+void braid_future_settle(FutureObject *f, PyObject *result, PyObject *exc);
 /* CANCELLED -> CANCELLED_AND_NOTIFIED, telling wait()/as_completed waiters. */
 int braid_future_notify_cancel(FutureObject *fut);
 /* The engine cancelled the future's queued work item (GIL held): cancel

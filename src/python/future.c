@@ -169,6 +169,17 @@ int braid_future_finish(FutureObject *f, PyObject *result, PyObject *exc)
     return run_callbacks(f);
 }
 
+void braid_future_settle(FutureObject *f, PyObject *result, PyObject *exc)
+{
+    /* a future cancelled or finished meanwhile keeps what it has */
+    if (f->state == FUT_PENDING || f->state == FUT_RUNNING) {
+        f->state = FUT_RUNNING;
+        if (braid_future_finish(f, result, exc) < 0) {
+            PyErr_WriteUnraisable((PyObject *)f);
+        }
+    }
+}
+
 /* PENDING -> CANCELLED: 1 done now, 2 was already cancelled, 0 cannot
  * (running or finished). Wakes result() waiters; runs no callback. */
 static int mark_cancelled(FutureObject *f)

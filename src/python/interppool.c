@@ -130,12 +130,7 @@ void braid_ip_settle(itask_t *t)
     if (obj == NULL && exc == NULL) {
         exc = PyErr_GetRaisedException(); /* the reply did not unpickle */
     }
-    if (f->state == FUT_PENDING || f->state == FUT_RUNNING) {
-        f->state = FUT_RUNNING;
-        if (braid_future_finish(f, obj, exc) < 0) {
-            PyErr_WriteUnraisable((PyObject *)f);
-        }
-    }
+    braid_future_settle(f, obj, exc);
     Py_XDECREF(obj);
     Py_XDECREF(exc);
 }

@@ -265,12 +265,7 @@ static void finish(proc_core_t *c, task_t *t, int status, const void *reply, siz
     } else if (exc == NULL) {
         exc = PyErr_GetRaisedException();
     }
-    if (f->state == FUT_PENDING || f->state == FUT_RUNNING) {
-        f->state = FUT_RUNNING;
-        if (braid_future_finish(f, obj, exc) < 0) {
-            PyErr_WriteUnraisable((PyObject *)f);
-        }
-    }
+    braid_future_settle(f, obj, exc);
     Py_XDECREF(obj);
     Py_XDECREF(exc);
     task_free(t);
