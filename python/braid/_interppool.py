@@ -6,7 +6,9 @@ import concurrent.futures.thread
 import os
 import sys
 
-from . import _braid, _interpworker, _procworker
+# braid._pools' hooks (registered on its import) handle interpreter exit: queued work finishes
+# (after Ctrl-C it is cancelled), then every worker ends its sub-interpreter, before the main one.
+from . import _braid, _interpworker, _pools, _procworker
 from ._errors import TaskTimeout
 
 __all__ = ["InterpreterPool", "BrokenInterpreterPool"]
@@ -91,12 +93,7 @@ class InterpreterPool(_Core, concurrent.futures.Executor):
         # Ctrl-C in the with block: queued work is cancelled and the wait is only for the
         # tasks already running; a second Ctrl-C ends that wait. Otherwise, as the stdlib's
         # executors: everything submitted finishes.
-        interrupted = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
-        if interrupted:
-            from . import _pools
-
-            _pools.note_interrupt()
-        self.shutdown(wait=True, cancel_futures=interrupted)
+        self.shutdown(wait=True, cancel_futures=_pools.left_by_ctrl_c(exc_type))
         return False
 
     def map(self, fn, *iterables, timeout=None, chunksize=1, buffersize=None):
@@ -141,9 +138,5 @@ if SUPPORTED:
     os.register_at_fork(before=_before_fork)
     # TaskTimeout reaches the C half through the process pool's hooks
     from . import _procpool  # noqa: E402,F401  (sets them)
-
-    # Interpreter exit is braid._pools' (registered on import): queued work finishes (after
-    # Ctrl-C it is cancelled), then every worker ends its sub-interpreter, before the main one.
-    from . import _pools  # noqa: E402,F401
 
 del TaskTimeout, _procworker

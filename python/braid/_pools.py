@@ -17,6 +17,15 @@ def note_interrupt():
     _interrupted = True
 
 
+def left_by_ctrl_c(exc_type):
+    """Whether a pool's with block is left by a KeyboardInterrupt; if so, exit treats the
+    program as interrupted too (note_interrupt)."""
+    interrupted = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
+    if interrupted:
+        note_interrupt()
+    return interrupted
+
+
 def _at_exit():
     last = getattr(sys, "last_value", None)  # a KeyboardInterrupt that ended the program
     _braid._at_exit(_interrupted or isinstance(last, KeyboardInterrupt))

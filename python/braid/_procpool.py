@@ -153,8 +153,7 @@ class ProcessPool(_braid._ProcessPoolCore, concurrent.futures.Executor):
         # once (terminate), so the KeyboardInterrupt reaches the caller within a second
         # whatever the tasks were doing. Otherwise, as ProcessPoolExecutor: everything
         # submitted finishes.
-        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
-            _pools.note_interrupt()
+        if _pools.left_by_ctrl_c(exc_type):
             self.terminate()
         else:
             self.shutdown(wait=True)

@@ -38,10 +38,7 @@ class ThreadPool(_braid._ThreadPoolCore, concurrent.futures.Executor):
         # Ctrl-C in the with block: queued work is cancelled and the wait is only for the
         # tasks already running (threads cannot be stopped); a second Ctrl-C ends that wait.
         # Otherwise, as ThreadPoolExecutor: everything submitted finishes.
-        interrupted = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
-        if interrupted:
-            _pools.note_interrupt()
-        self.shutdown(wait=True, cancel_futures=interrupted)
+        self.shutdown(wait=True, cancel_futures=_pools.left_by_ctrl_c(exc_type))
         return False
 
 
