@@ -262,17 +262,8 @@ def run_idle(loops, conns, *, repeat, cpus, exes):
     live = [k for k in loops if k.missing is None]
     rows = []
     for n in conns:
-        runs = {k.key: [] for k in live}
-        errors = {}
-        for r in range(repeat):
-            order = live if r % 2 == 0 else live[::-1]
-            for kind in order:
-                if kind.key in errors:
-                    continue
-                try:
-                    runs[kind.key].append(idle_once(kind, n, cpus=cpus, exes=exes))
-                except L._MEASURE_ERRORS as exc:
-                    errors[kind.key] = L._describe(exc)
+        runs, errors = L.interleaved_runs(live, repeat,
+                                          lambda kind, n=n: idle_once(kind, n, cpus=cpus, exes=exes))
         cells = {}
         for kind in loops:
             cell = {"label": kind.label, "status": "ok", "runs": runs.get(kind.key, [])}

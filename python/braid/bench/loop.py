@@ -565,6 +565,23 @@ def run_echo(loops, sizes, *, repeat, connections, warmup, duration, cpus, exes)
     return rows
 
 
+def interleaved_runs(live, repeat, measure):
+    """Each loop's measurements over `repeat` rounds, the order reversed every other round (no
+    loop always runs first, on a fresh or on a warmed-up machine): ({key: [results]},
+    {key: why}); a loop whose measurement fails is described once and left out after."""
+    runs = {k.key: [] for k in live}
+    errors = {}
+    for r in range(repeat):
+        for kind in live if r % 2 == 0 else live[::-1]:
+            if kind.key in errors:
+                continue
+            try:
+                runs[kind.key].append(measure(kind))
+            except _MEASURE_ERRORS as exc:
+                errors[kind.key] = _describe(exc)
+    return runs, errors
+
+
 def _describe(exc):
     if isinstance(exc, _Failed):
         return str(exc)
@@ -864,18 +881,8 @@ def run_aiohttp(loops, *, repeat, seconds, cpus, close=False):
                  "goals": [{"goal": text, "met": None, "result": f"not checked: {missing}"}],
                  "contenders": {}}]
     live = [k for k in loops if k.missing is None]
-    runs = {k.key: [] for k in live}
-    errors = {}
-    for r in range(repeat):
-        order = live if r % 2 == 0 else live[::-1]
-        for kind in order:
-            if kind.key in errors:
-                continue
-            try:
-                runs[kind.key].append(aiohttp_once(kind, seconds=seconds, cpus=cpus, warm=True,
-                                                   close=close))
-            except _MEASURE_ERRORS as exc:
-                errors[kind.key] = _describe(exc)
+    runs, errors = interleaved_runs(
+        live, repeat, lambda kind: aiohttp_once(kind, seconds=seconds, cpus=cpus, warm=True, close=close))
     cells = {}
     for kind in loops:
         cell = {"label": kind.label, "status": "ok", "req_per_s": None, "cpu_us_per_req": None,
