@@ -39,6 +39,20 @@
 #include <stdint.h>
 #include <string.h>
 
+/* One sub-interpreter made or ended at a time in the process. CPython
+ * hands out the version tags of immutable types (its attribute cache's
+ * keys) from one counter shared by every interpreter, bumped without an
+ * atomic in 3.12 and 3.13.0 (CPython gh-116909): two interpreters that
+ * start at once can give two types of one interpreter the same tag, and
+ * a lookup on one then finds the other's attribute ("descriptor 'close'
+ * for '_io.BufferedReader' objects doesn't apply to a '_io.FileIO'
+ * object", seen while two workers of a fresh pool started). A new
+ * interpreter tags most of its types while it starts and imports the
+ * unpickler, so those steps run under this lock; the user's initializer
+ * and tasks do not (README.md says so). A process-wide static: what it
+ * guards is process-wide. */
+static pthread_mutex_t creation_mu = PTHREAD_MUTEX_INITIALIZER;
+
 static _Thread_local iworker_t *tls_worker;
 static _Thread_local int tls_in_sub;   /* this thread holds its sub-interpreter's GIL */
 static _Thread_local int tls_looping;  /* inside the loop of braid_iw_done */
@@ -429,16 +443,18 @@ void braid_iw_done(br_work_t *wk, int status)
 /* In the new sub-interpreter: sys.path and the pickler, then the
  * initializer. NULL, or a message (raw memory) saying why the pool cannot
  * be used. */
-static char *setup_sub(iworker_t *w)
+/* What a worker needs before any task: the C unpickler and sys.path as
+ * the pool's creator saw it. Returns the initializer (or None), new ref;
+ * NULL with an exception set. */
+static PyObject *setup_runtime(iworker_t *w)
 {
     PyObject *m = PyImport_ImportModule("_pickle");
     if (m != NULL) {
         w->loads = PyObject_GetAttrString(m, "loads");
         Py_DECREF(m);
     }
-    char *why = NULL;
     if (w->loads == NULL) {
-        goto fail;
+        return NULL;
     }
     PyObject *setup = w->core->setup;
     PyObject *data = PyMemoryView_FromMemory(PyBytes_AS_STRING(setup), PyBytes_GET_SIZE(setup),
@@ -448,19 +464,32 @@ static char *setup_sub(iworker_t *w)
     Py_XDECREF(data);
     if (path_and_rest == NULL || !PyTuple_Check(path_and_rest) || PyTuple_GET_SIZE(path_and_rest) != 2 ||
         PySys_SetObject("path", PyTuple_GET_ITEM(path_and_rest, 0)) < 0) {
+        if (path_and_rest != NULL && !PyErr_Occurred()) {
+            PyErr_SetString(PyExc_RuntimeError, "the pool's set-up data is not (path, initializer)");
+        }
         Py_XDECREF(path_and_rest);
+        return NULL;
+    }
+    PyObject *init = Py_NewRef(PyTuple_GET_ITEM(path_and_rest, 1));
+    Py_DECREF(path_and_rest);
+    return init;
+}
+
+/* The initializer and the timeout's exception, after setup_runtime. NULL
+ * if all went well, else why (raw memory, "" if even that failed). */
+static char *setup_sub(iworker_t *w, PyObject *init)
+{
+    char *why = NULL;
+    if (init == NULL) {
         goto fail;
     }
-    PyObject *init = PyTuple_GET_ITEM(path_and_rest, 1);
     if (init != Py_None) {
         PyObject *r = call_helper(w, "run_initializer", init);
         if (r == NULL) {
-            Py_DECREF(path_and_rest);
             goto fail;
         }
         Py_DECREF(r);
     }
-    Py_DECREF(path_and_rest);
     if (w->core->timeout_ns > 0) {
         w->interrupt = PyErr_NewExceptionWithDoc(
             "braid._interpworker.TaskInterrupted",
@@ -496,6 +525,8 @@ void braid_iw_thread_start(br_threadpool_t *tp, void *arg)
     }
     w->core = core;
     tls_worker = w;
+    /* Before the main GIL: a thread holding that never waits for this. */
+    pthread_mutex_lock(&creation_mu);
     w->main_ts = PyThreadState_New(core->interp);
     PyEval_RestoreThread(w->main_ts);
     pthread_mutex_lock(&core->mu);
@@ -530,11 +561,15 @@ void braid_iw_thread_start(br_threadpool_t *tp, void *arg)
         }
         braid_ip_mark_broken(core, msg);
         PyEval_SaveThread();
+        pthread_mutex_unlock(&creation_mu);
         return;
     }
     w->sub_ts = sub;
     w->ident = PyThread_get_thread_ident();
-    why = setup_sub(w);
+    PyObject *init = setup_runtime(w);
+    pthread_mutex_unlock(&creation_mu);
+    why = setup_sub(w, init);
+    Py_XDECREF(init);
     if (why == NULL && core->timeout_ns > 0 && braid_iw_start_watchdog(w) < 0) {
         why = PyMem_RawMalloc(64);
         if (why != NULL) {
@@ -564,6 +599,7 @@ void braid_iw_thread_exit(br_threadpool_t *tp, void *arg)
     iworker_t *w = tls_worker;
     braid_iw_stop_watchdog(w);
     if (w->sub_ts != NULL) {
+        pthread_mutex_lock(&creation_mu);
         PyEval_RestoreThread(w->sub_ts);
         Py_CLEAR(w->loads);
         Py_CLEAR(w->helper);
@@ -571,6 +607,7 @@ void braid_iw_thread_exit(br_threadpool_t *tp, void *arg)
         Py_CLEAR(w->interrupt);
         Py_EndInterpreter(w->sub_ts); /* returns with no thread state and no GIL */
         w->sub_ts = NULL;
+        pthread_mutex_unlock(&creation_mu);
     }
     PyEval_RestoreThread(w->main_ts);
     for (size_t i = 0; i < w->npinned; i++) {
