@@ -250,27 +250,28 @@ def _chunks(iterable, size):
     return iter(lambda: list(itertools.islice(items, size)), [])
 
 
-def _chunk_values(future, timeout):
+def _chunk(future, timeout):
+    """The chunk's (results, exception-or-None)."""
     try:
-        results, exc = future.result(timeout)
+        return future.result(timeout)
     except BaseException:
         future.cancel()  # as the stdlib's _result_or_cancel: a failed wait (timeout, Ctrl-C)
         raise            # leaves nothing of this chunk to run
-    del future
-    # as the stdlib's _chain_from_iterable_of_lists: a result handed out is no longer held here
-    results.reverse()
-    while results:
-        yield results.pop()
-    if exc is not None:
-        raise exc
 
 
 def _ordered(futures, refill, deadline):
+    """The results of the chunks' futures, in input order. _braid.ChunkResults hands the items
+    out (as the stdlib's _chain_from_iterable_of_lists: one handed out is no longer held);
+    this generator waits for the chunks and cancels the rest when it ends early."""
+    return _braid.ChunkResults(_ordered_chunks(futures, refill, deadline))
+
+
+def _ordered_chunks(futures, refill, deadline):
     try:
         while futures:
             refill(1)  # 3.14: one more chunk submitted before the oldest one is waited for
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            yield from _chunk_values(futures.popleft(), timeout)
+            yield _chunk(futures.popleft(), timeout)
     except KeyboardInterrupt:
         _pools.note_interrupt()
         raise
@@ -280,13 +281,18 @@ def _ordered(futures, refill, deadline):
 
 
 def _unordered(futures, refill):
+    """The results of the chunks' futures, chunk by chunk as they finish."""
+    return _braid.ChunkResults(_unordered_chunks(futures, refill))
+
+
+def _unordered_chunks(futures, refill):
     pending = set(futures)
     futures.clear()
     try:
         while pending:
             done, pending = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
             for future in done:
-                yield from _chunk_values(future, None)
+                yield _chunk(future, None)
             refill()
             pending |= set(futures)
             futures.clear()

@@ -24,6 +24,7 @@ typedef struct {
     PyTypeObject *future_type;      /* Future(_FutureCore, concurrent.futures.Future) */
     PyTypeObject *pool_core_type;   /* _ThreadPoolCore */
     PyTypeObject *mapiter_type;
+    PyTypeObject *chunkresults_type;
     PyTypeObject *procpool_core_type;
     PyTypeObject *loop_core_type;   /* _LoopCore */
     PyTypeObject *loop_handle_type; /* LoopHandle, an asyncio.Handle (made by the first Loop) */
@@ -290,6 +291,9 @@ int braid_interppool_init_types(PyObject *module, braid_state *st);
 unsigned braid_interppool_workers(braid_state *st); /* started and not yet ended */
 int braid_interppool_traverse(braid_state *st, visitproc visit, void *arg);
 void braid_interppool_clear(braid_state *st);
+
+/* chunkiter.c */
+int braid_chunkiter_init_types(PyObject *module, braid_state *st);
 
 /* mapiter.c */
 int braid_mapiter_init_types(PyObject *module, braid_state *st);

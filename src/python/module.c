@@ -146,6 +146,7 @@ static int braid_exec(PyObject *module)
     braid_state *st = braid_get_state(module);
     if (load_worker_objects(st) < 0 || braid_future_init_core_type(module, st) < 0 ||
         braid_threadpool_init_types(module, st) < 0 || braid_mapiter_init_types(module, st) < 0 ||
+        braid_chunkiter_init_types(module, st) < 0 ||
         braid_procpool_init_types(module, st) < 0 || braid_loop_init_types(module, st) < 0 ||
         braid_interppool_init_types(module, st) < 0) {
         return -1;
@@ -318,6 +319,7 @@ static int braid_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->future_type);
     Py_VISIT(st->pool_core_type);
     Py_VISIT(st->mapiter_type);
+    Py_VISIT(st->chunkresults_type);
     Py_VISIT(st->CancelledError);
     Py_VISIT(st->InvalidStateError);
     Py_VISIT(st->BrokenThreadPool);
@@ -363,6 +365,7 @@ static int braid_clear(PyObject *module)
     clear_pool_objects(st);
     Py_CLEAR(st->pool_core_type);
     Py_CLEAR(st->mapiter_type);
+    Py_CLEAR(st->chunkresults_type);
     Py_CLEAR(st->worker_started);
     Py_CLEAR(st->worker_exiting);
     Py_CLEAR(st->procpool_core_type);
