@@ -333,6 +333,9 @@ int br_ring_wait_space(br_ring_t *r, int64_t timeout_ns);
 /* For a reader that waits in epoll: asks to be woken on data_fd. Returns 1
  * if data is already there (do not sleep), 0 if armed. */
 int br_ring_arm_data(br_ring_t *r);
+/* Takes back a br_ring_arm_data: the writer will not signal data_fd for
+ * what it sends next (a reader that polls instead of sleeping). */
+void br_ring_disarm_data(br_ring_t *r);
 /* Same for a writer waiting for space on space_fd. */
 int br_ring_arm_space(br_ring_t *r);
 
@@ -1098,6 +1101,33 @@ const char *br_procpool_broken(br_procpool_t *pool);
  * (the Python binding: the GIL) and so turns the built-in spin off, to
  * spin without holding it. */
 int br_procpool_results_soon(br_procpool_t *pool, int64_t spin_ns);
+
+/* Taking a result. A thread that waits for one task may take its result
+ * off the worker's ring itself: no loop-thread wakeup and hand-over on the
+ * way (two sleeps and wakes per round trip). Any thread but the loop's,
+ * for a task submitted to this pool and not completed:
+ *
+ * br_procpool_take polls for up to spin_ns. It tries only while tasks take
+ * less than that on average, the task is the only one its worker holds
+ * and the pool has no task timeout and no memory cap (those act on each
+ * result in the loop thread); the result must be one ring fragment of at
+ * most max_len bytes. 1: taken -- the task is DONE, on_done will not be
+ * called for it, out->status is BR_PPTASK_OK or BR_PPTASK_ERROR and
+ * out->reply a malloc'd copy of out->len bytes (the caller frees it); call
+ * br_procpool_take_done once done with the reply (the worker may then let
+ * go of what the reply only names). 0: not taken -- on_done comes as
+ * usual. Never blocks beyond the poll. */
+typedef struct {
+    int status;
+    void *reply;
+    size_t len;
+    void *w_;           /* private: the worker it came from, and its pid */
+    int pid_;
+    unsigned index_;
+    uint64_t tag_;
+} br_pptake_t;
+int br_procpool_take(br_procpool_t *pool, br_pptask_t *task, int64_t spin_ns, size_t max_len, br_pptake_t *out);
+void br_procpool_take_done(br_procpool_t *pool, br_pptake_t *out);
 /* Any thread: the pids of the live workers, up to n of them; how many. */
 int br_procpool_pids(br_procpool_t *pool, int *pids, int n);
 

@@ -456,6 +456,7 @@ static void on_async(br_async_t *async)
             br__ppw_time_head(pool->workers_[i]);
     br__pp_mem_watch(pool);
     br__pp_dispatch(pool);
+    br__pp_announce(pool); /* a task a taker's result left at its worker's head */
     br__pp_maybe_final(pool);
     br__pp_spin(pool);
 }

@@ -61,6 +61,15 @@ static inline void br__pp_set_tstate(br_pptask_t *t, int state)
     __atomic_store_n(&t->state_, state, __ATOMIC_RELAXED);
 }
 
+/* Who reads a worker's result ring (w->rx_owner): nobody, the loop thread
+ * (br__ppw_drain), or a thread taking its own result (procpool_take.c). A
+ * taker holds it for its poll only, never while it sleeps, so the loop
+ * thread waits a taker out (drain, teardown) rather than coordinate: the
+ * taker disarms the ring while it polls, and before it lets go arms it
+ * again and writes the result eventfd itself if more came meanwhile. The
+ * worker's memory is unmapped only once no taker holds the ring. */
+enum { RX_FREE = 0, RX_LOOP, RX_TAKER };
+
 /* Worker states (w->state). */
 enum { W_RUNNING = 1, W_EXITING, W_DEAD };
 
@@ -93,6 +102,7 @@ struct br__ppw_s {
     int init_failed;
     int retiring;             /* takes no more tasks; EXIT once idle */
     int ring_bad;             /* corrupt or out of step: not read again */
+    int rx_owner;             /* atomic: who reads the result ring now (RX_*) */
     unsigned handles_open;
     br_io_t io_result;
     br_io_t io_space;
@@ -148,7 +158,8 @@ int br__ppw_spawn(br_procpool_t *pool, unsigned i);
 int br__ppw_send(br__ppw_t *w, uint32_t type, uint64_t tag, const void *payload, size_t len);
 /* SIGKILL, remembering that the pool did it. */
 void br__ppw_kill(br__ppw_t *w);
-/* Reads every whole message the worker has written. */
+/* Reads every whole message the worker has written (none while a taker
+ * holds the ring: it asks for another drain when it is done). */
 void br__ppw_drain(br__ppw_t *w);
 /* Resident bytes of the worker, or -errno. */
 int64_t br__ppw_rss(br__ppw_t *w);

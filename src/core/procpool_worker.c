@@ -24,6 +24,8 @@
  */
 #include "procpool_internal.h"
 
+#include <sched.h>
+
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -260,21 +262,32 @@ static void handle_message(br__ppw_t *w, const br_ring_frag_t *m)
 
 void br__ppw_drain(br__ppw_t *w)
 {
+    /* A taker holds the ring for at most its poll (it never sleeps with
+     * it): wait it out, then read what it left. */
+    for (;;) {
+        int expect = RX_FREE;
+        if (__atomic_compare_exchange_n(&w->rx_owner, &expect, RX_LOOP, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+            break;
+        sched_yield();
+    }
     while (!w->ring_bad) {
         br_ring_frag_t m;
         int err = br_ring_recv_whole(&w->rx, &w->join, &m);
         if (err == -EAGAIN) {
             if (br_ring_arm_data(&w->rx) == 0)
-                return;
+                break;
             continue;
         }
         if (err < 0) {
             out_of_step(w); /* garbage in its ring, or a message we cannot hold */
-            return;
+            break;
         }
+        /* Its callbacks may submit, cancel or close, never drain this
+         * worker again (this is the loop thread, inside the drain). */
         handle_message(w, &m);
         br_ring_release_whole(&w->rx, &w->join, &m);
     }
+    __atomic_store_n(&w->rx_owner, RX_FREE, __ATOMIC_RELEASE);
 }
 
 static void on_result(br_io_t *io, unsigned revents)
@@ -319,6 +332,10 @@ static void handle_closed(br_handle_t *h)
 /* Releases what the worker holds; its memory goes with its handles. */
 static void teardown(br__ppw_t *w)
 {
+    /* A taker reading the result ring lets go within its poll (it never
+     * sleeps holding it): the mapping must outlive that. */
+    while (__atomic_load_n(&w->rx_owner, __ATOMIC_ACQUIRE) == RX_TAKER)
+        sched_yield();
     w->state = W_DEAD;
     w->handles_open = 4;
     br_close(&w->io_result.handle, handle_closed);

@@ -469,6 +469,13 @@ int br_ring_arm_data(br_ring_t *r)
     return 1;
 }
 
+void br_ring_disarm_data(br_ring_t *r)
+{
+    /* A signal the writer decided on already leaves a stale count, which
+     * waiters tolerate (as in br_ring_arm_data). */
+    __atomic_store_n(&r->shared_->reader_waiting, 0, __ATOMIC_RELAXED);
+}
+
 int br_ring_arm_space(br_ring_t *r)
 {
     br_ring_shared_t *s = r->shared_;

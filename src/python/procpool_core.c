@@ -57,6 +57,9 @@
  * result while the wakeup it saves does not (a 64 KiB copy already takes a
  * few microseconds, about a wakeup's cost on this machine's floor). */
 #define HANDOFF_MAX_BYTES (64 * 1024)
+/* How long a waiter polls its worker's result ring before it sleeps (and
+ * the engine's bar for trying: tasks shorter than this on average). */
+#define TAKE_SPIN_NS 50000
 
 /* --------------------------------------------------------- the loop thread */
 
@@ -139,17 +142,37 @@ static void drain_ready(proc_core_t *c)
     }
 }
 
-/* A waiter's hook (FutureObject.drain_hook), with the GIL. ask_spin: the
- * waiter does not spin here. Measured on this 2-CPU machine (20,000
- * one-at-a-time round trips, 4 runs each): with a 20 us waiter spin the
- * parent spent 31-37 us of CPU per trip against 11-21 without, and its
- * round trips were slower -- the worker and the loop thread spin already,
- * a third spinner leaves the worker no core. The hand-off alone took the
- * parent's voluntary context switches from 2.4-2.6 to 1.6-1.8 per trip. */
+/* A waiter's hook (FutureObject.drain_hook), with the GIL; ctx is the
+ * task. ask_spin 0: finish what the loop thread handed off. ask_spin 1,
+ * before the waiter sleeps: it polls the worker's result ring itself for
+ * a moment (br_procpool_take), so a short task's result reaches it with
+ * no loop-thread wakeup and no hand-over, and the loop thread sleeps
+ * through it; the engine takes only while tasks are that short on
+ * average. (Spinning on the future's event instead, while the loop thread
+ * still read the ring and handed over, was measured slower on this 2-CPU
+ * machine: a third spinner beside the worker and the loop thread.) The
+ * answer is always 0: the waiter itself never spins on the event. */
 static int drain_hook(void *ctx, int ask_spin)
 {
+    task_t *t = ctx;
+    proc_core_t *c = t->core;
     if (!ask_spin) {
-        drain_ready(ctx);
+        drain_ready(c);
+        return 0;
+    }
+    if (pthread_equal(pthread_self(), c->thread)) {
+        return 0; /* a callback of the loop thread: that thread delivers */
+    }
+    br_pptake_t taken;
+    int got;
+    Py_BEGIN_ALLOW_THREADS
+    got = br_procpool_take(&c->pool, &t->t, TAKE_SPIN_NS, HANDOFF_MAX_BYTES, &taken);
+    Py_END_ALLOW_THREADS
+    if (got) {
+        /* the engine let go of the task: it is this thread's to finish */
+        finish(c, t, taken.status, taken.reply, taken.len);
+        br_procpool_take_done(&c->pool, &taken);
+        free(taken.reply);
     }
     return 0;
 }
@@ -681,7 +704,7 @@ PyObject *braid_proc_core_submit(proc_core_t *c, FutureObject *fut, PyObject *pa
     fut->cancel_hook = task_cancel_hook;
     fut->hook_ctx = t;
     fut->drain_hook = drain_hook;
-    fut->drain_ctx = c;
+    fut->drain_ctx = t;
     int err = br_procpool_submit(&c->pool, &t->t);
     if (err < 0) {
         task_free(t);
