@@ -72,6 +72,27 @@ def use_braid_inside():
     return braid._braid.__name__, squares
 
 
+def run_braid_loop(n):
+    """braid.Loop inside a worker's sub-interpreter: timers, tasks and a socket pair."""
+    import asyncio
+    import socket
+
+    import braid
+
+    async def main():
+        a, b = socket.socketpair()
+        reader, writer = await asyncio.open_connection(sock=a)
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(0.001)
+        await loop.sock_sendall(b, b"x" * n)
+        got = await reader.readexactly(n)
+        writer.close()
+        b.close()
+        return type(loop).__name__, len(got)
+
+    return braid.run(main())
+
+
 class Unpicklable:
     def __reduce__(self):
         raise TypeError("no pickling here")

@@ -242,6 +242,13 @@ def test_braid_itself_in_a_sub_interpreter(pool):
 
 
 @needs_312
+def test_braid_loops_in_two_workers_at_once(pool):
+    # each sub-interpreter makes its loop's handle types; the layout they share is the process's
+    futures = [pool.submit(tasks.run_braid_loop, 1000 + k) for k in range(6)]
+    assert [f.result(TIMEOUT) for f in futures] == [("Loop", 1000 + k) for k in range(6)]
+
+
+@needs_312
 def test_worker_imports_stay_light(pool):
     mods = pool.submit(tasks.modules).result(TIMEOUT)
     for heavy in ("asyncio", "multiprocessing", "concurrent.futures", "logging"):

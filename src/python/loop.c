@@ -25,6 +25,7 @@
 #include "braidpy.h"
 #include "compat.h"
 
+#include <pthread.h>
 #include <structmember.h> /* T_OBJECT_EX: how asyncio's __slots__ are stored */
 
 #include <errno.h>
@@ -100,7 +101,8 @@ static braid_state *loop_state(PyObject *o)
  * timer heap needs (the deadline in ns, the order among equal deadlines, the
  * heap position) follows asyncio's layout in a tail. The slots' offsets come
  * from asyncio's member descriptors; they are the same in every interpreter
- * of the process (one build of asyncio), so they are plain statics.
+ * of the process (one build of asyncio), so they are statics, written once
+ * under a lock by the first interpreter that makes a loop.
  *
  * Only cancel() and _run() are C methods here (the hot ones); the rest is
  * asyncio's.
@@ -118,6 +120,9 @@ static struct {
     Py_ssize_t scheduled, when;                                                  /* asyncio.TimerHandle */
     Py_ssize_t tail;       /* handle_tail_t, after TimerHandle's layout in both types */
 } hoff;
+
+static pthread_mutex_t hoff_mu = PTHREAD_MUTEX_INITIALIZER; /* hoff, hoff_set and the two specs */
+static int hoff_set;
 
 #define HSLOT(h, name) (*(PyObject **)((char *)(h) + hoff.name))
 
@@ -346,25 +351,38 @@ static int make_handle_types(braid_state *st, PyObject *module)
     if (timer == NULL) {
         goto done;
     }
+    /* Found into a local copy; the statics are written once per process,
+     * under a lock: interpreters with GILs of their own may make their
+     * first loops at once, and every interpreter's loops read them. */
+    __typeof__(hoff) found;
     const struct { const char *name; PyObject *cls; Py_ssize_t *off; } slots[] = {
-        {"_callback", handle, &hoff.callback}, {"_args", handle, &hoff.args},
-        {"_cancelled", handle, &hoff.cancelled}, {"_loop", handle, &hoff.loop},
-        {"_source_traceback", handle, &hoff.source_traceback}, {"_repr", handle, &hoff.repr},
-        {"_context", handle, &hoff.context}, {"_scheduled", timer, &hoff.scheduled},
-        {"_when", timer, &hoff.when},
+        {"_callback", handle, &found.callback}, {"_args", handle, &found.args},
+        {"_cancelled", handle, &found.cancelled}, {"_loop", handle, &found.loop},
+        {"_source_traceback", handle, &found.source_traceback}, {"_repr", handle, &found.repr},
+        {"_context", handle, &found.context}, {"_scheduled", timer, &found.scheduled},
+        {"_when", timer, &found.when},
     };
     for (size_t i = 0; i < sizeof slots / sizeof slots[0]; i++) {
         if ((*slots[i].off = slot_offset(slots[i].cls, slots[i].name)) < 0) {
             goto done;
         }
     }
-    hoff.tail = ((PyTypeObject *)timer)->tp_basicsize;
-    handle_spec.basicsize = timer_handle_spec.basicsize = (int)(hoff.tail + sizeof(handle_tail_t));
-    st->loop_handle_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &handle_spec, handle);
-    if (st->loop_handle_type == NULL) {
+    found.tail = ((PyTypeObject *)timer)->tp_basicsize;
+    pthread_mutex_lock(&hoff_mu);
+    if (!hoff_set) {
+        hoff = found;
+        handle_spec.basicsize = timer_handle_spec.basicsize = (int)(hoff.tail + sizeof(handle_tail_t));
+        hoff_set = 1;
+    } else if (memcmp(&hoff, &found, sizeof found) != 0) {
+        pthread_mutex_unlock(&hoff_mu);
+        PyErr_SetString(PyExc_RuntimeError, "asyncio's handle layout differs between interpreters of this process");
         goto done;
     }
-    st->loop_timer_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &timer_handle_spec, timer);
+    st->loop_handle_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &handle_spec, handle);
+    st->loop_timer_type = st->loop_handle_type
+                              ? (PyTypeObject *)PyType_FromModuleAndSpec(module, &timer_handle_spec, timer)
+                              : NULL;
+    pthread_mutex_unlock(&hoff_mu);
     rc = st->loop_timer_type ? 0 : -1;
 done:
     Py_XDECREF(timer);
