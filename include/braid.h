@@ -992,6 +992,7 @@ struct br_pptask_s {
     unsigned retries_left_;
     int state_;
     int status_;
+    int announcing_;        /* on_start is being called for it: not to be taken */
 };
 
 /* Copied by br_procpool_init: the strings, argv, envp and init payload
@@ -1046,6 +1047,8 @@ struct br_procpool_s {
     br__ppw_t **workers_;       /* one per slot, NULL while none runs */
     int *pids_;
     unsigned nprocs_;           /* worker processes not yet freed */
+    unsigned takes_out_;        /* results taken (br_procpool_take) not yet done with */
+    int64_t taker_seen_;        /* when a thread last came to take a result */
     br_pptask_t *pend_head_;    /* QUEUED in the pool */
     br_pptask_t *pend_tail_;
     br_pptask_t *cancelled_;    /* CANCELLED in the pool: on_done to call */
@@ -1111,12 +1114,14 @@ int br_procpool_results_soon(br_procpool_t *pool, int64_t spin_ns);
  * less than that on average, the task is the only one its worker holds
  * and the pool has no task timeout and no memory cap (those act on each
  * result in the loop thread); the result must be one ring fragment of at
- * most max_len bytes. 1: taken -- the task is DONE, on_done will not be
+ * most max_len bytes, and accept (if not NULL) must say yes to it (1)
+ * before anything is consumed. 1: taken -- the task is DONE, on_done will not be
  * called for it, out->status is BR_PPTASK_OK or BR_PPTASK_ERROR and
  * out->reply a malloc'd copy of out->len bytes (the caller frees it); call
  * br_procpool_take_done once done with the reply (the worker may then let
- * go of what the reply only names). 0: not taken -- on_done comes as
- * usual. Never blocks beyond the poll. */
+ * go of what the reply only names; the pool does not finish closing
+ * before every take is done). 0: not taken -- on_done comes as usual.
+ * Never blocks beyond the poll. */
 typedef struct {
     int status;
     void *reply;
@@ -1126,7 +1131,9 @@ typedef struct {
     unsigned index_;
     uint64_t tag_;
 } br_pptake_t;
-int br_procpool_take(br_procpool_t *pool, br_pptask_t *task, int64_t spin_ns, size_t max_len, br_pptake_t *out);
+typedef int (*br_pptake_filter_fn)(void *ctx, const void *reply, size_t len);
+int br_procpool_take(br_procpool_t *pool, br_pptask_t *task, int64_t spin_ns, size_t max_len,
+                     br_pptake_filter_fn accept, void *ctx, br_pptake_t *out);
 void br_procpool_take_done(br_procpool_t *pool, br_pptake_t *out);
 /* Any thread: the pids of the live workers, up to n of them; how many. */
 int br_procpool_pids(br_procpool_t *pool, int *pids, int n);

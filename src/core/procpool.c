@@ -37,6 +37,7 @@
 #define DEPTH_LONG 1
 #define DEPTH_UNKNOWN 2         /* before any task has finished */
 #define SPIN_NS 30000           /* the default spin_ns */
+#define TAKER_QUIET_NS (10 * 1000000LL) /* no loop-thread poll this long after a take was tried */
 #define DEFAULT_RING ((size_t)1 << 20)
 /* The memory cap's poll while tasks run. A task that allocates as fast as
  * the kernel can fault pages in (about 2-4 GB/s on one core) overshoots the
@@ -284,12 +285,17 @@ void br__pp_announce(br_procpool_t *pool)
             br__ppw_t *w = pool->workers_[i];
             if (w != NULL && w->head != NULL && w->head->state_ == T_RUNNING && w->announced != w->head->seq_) {
                 w->announced = w->head->seq_;
+                w->head->announcing_ = 1; /* no taker completes it under on_start */
                 started[k++] = w->head;
             }
         }
         br__mutex_unlock(&pool->mu_);
-        for (unsigned j = 0; j < k; j++)
+        for (unsigned j = 0; j < k; j++) {
             pool->opts_.on_start(started[j], 1);
+            br__mutex_lock(&pool->mu_);
+            started[j]->announcing_ = 0;
+            br__mutex_unlock(&pool->mu_);
+        }
     }
 }
 
@@ -329,6 +335,11 @@ int br_procpool_results_soon(br_procpool_t *pool, int64_t spin)
     br__ppw_t *busy_w[64];
     br__mutex_lock(&pool->mu_);
     int64_t avg = pool->avg_task_ns_;
+    /* Threads that take their own results poll the rings themselves: the
+     * loop thread's poll would race them for each result and, once it wins
+     * one, keep winning (it polls again after every result it handles). */
+    if (pool->taker_seen_ != 0 && br_now_ns() - pool->taker_seen_ < TAKER_QUIET_NS)
+        avg = 0;
     for (unsigned i = 0; i < n && busy < 64; i++) {
         br__ppw_t *w = pool->workers_[i];
         if (w != NULL && w->ninflight > 0 && !w->ring_bad)

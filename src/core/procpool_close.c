@@ -84,7 +84,7 @@ void br__pp_maybe_final(br_procpool_t *pool)
 {
     br__mutex_lock(&pool->mu_);
     int final = (pool->state_ == PP_CLOSING || pool->state_ == PP_KILLING) && pool->pend_head_ == NULL &&
-                pool->cancelled_ == NULL && pool->nprocs_ == 0;
+                pool->cancelled_ == NULL && pool->nprocs_ == 0 && pool->takes_out_ == 0;
     if (final)
         br__pp_set_state(pool, PP_FINAL); /* from here on nobody sends to async_ */
     br__mutex_unlock(&pool->mu_);

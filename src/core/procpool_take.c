@@ -22,7 +22,13 @@
  * worker, a task behind this one, a pool closing) it wakes the loop thread
  * through the pool's async. The ack (the worker may let go of what the
  * reply only names) comes after the caller has used the reply, through
- * br_procpool_take_done, which finds the worker again under the mutex.
+ * br_procpool_take_done, which finds the worker again under the mutex;
+ * until then the pool does not finish closing (takes_out_). The ack is
+ * cumulative (the worker lets go of everything up to it), so a caller
+ * whose reply names what the worker holds (out-of-band buffers) refuses
+ * it through the accept filter: the loop thread could ack a later result
+ * first. A task whose on_start is being called (announcing_) is not
+ * taken: the caller's on_start may still be using it.
  *
  * Only while tasks take less than the poll on average (the waiter would
  * spin for nothing), and not with a task timeout or a memory cap: those
@@ -52,7 +58,8 @@ static br__ppw_t *takeable_locked(br_procpool_t *pool, br_pptask_t *t, int64_t s
         return NULL;
     if (pool->avg_task_ns_ <= 0 || pool->avg_task_ns_ > spin_ns)
         return NULL;
-    if ((t->state_ != T_SENT && t->state_ != T_RUNNING) || w == NULL || w->head != t || t->next_ != NULL)
+    if ((t->state_ != T_SENT && t->state_ != T_RUNNING) || t->announcing_ || w == NULL || w->head != t ||
+        t->next_ != NULL)
         return NULL;
     if (w->state != W_RUNNING || !w->ready || w->ring_bad)
         return NULL;
@@ -77,13 +84,16 @@ static void let_go(br_procpool_t *pool, br__ppw_t *w, int poke)
     __atomic_store_n(&w->rx_owner, RX_FREE, __ATOMIC_RELEASE);
 }
 
-int br_procpool_take(br_procpool_t *pool, br_pptask_t *t, int64_t spin_ns, size_t max_len, br_pptake_t *out)
+int br_procpool_take(br_procpool_t *pool, br_pptask_t *t, int64_t spin_ns, size_t max_len,
+                     br_pptake_filter_fn accept, void *ctx, br_pptake_t *out)
 {
     memset(out, 0, sizeof *out);
     if (spin_ns <= 0)
         return 0;
     br__mutex_lock(&pool->mu_);
     br__ppw_t *w = takeable_locked(pool, t, spin_ns);
+    if (w != NULL)
+        pool->taker_seen_ = br_now_ns(); /* the loop thread's own poll stands aside (results_soon) */
     int expect = RX_FREE;
     if (w != NULL &&
         !__atomic_compare_exchange_n(&w->rx_owner, &expect, RX_TAKER, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
@@ -106,7 +116,8 @@ int br_procpool_take(br_procpool_t *pool, br_pptask_t *t, int64_t spin_ns, size_
         cpu_relax();
     }
     int ours = err == 0 && (f.flags & (BR_RING_FIRST | BR_RING_LAST)) == (BR_RING_FIRST | BR_RING_LAST) &&
-               (f.type == BR_PP_MSG_RESULT || f.type == BR_PP_MSG_ERROR) && f.len <= max_len;
+               (f.type == BR_PP_MSG_RESULT || f.type == BR_PP_MSG_ERROR) && f.len <= max_len &&
+               (accept == NULL || accept(ctx, f.data, f.len) == 1);
     void *copy = ours ? malloc(f.len ? f.len : 1) : NULL;
     if (copy == NULL) {
         let_go(pool, w, 0); /* nothing, or not for us: the loop thread's */
@@ -114,7 +125,8 @@ int br_procpool_take(br_procpool_t *pool, br_pptask_t *t, int64_t spin_ns, size_
     }
 
     br__mutex_lock(&pool->mu_);
-    if (t->worker_ != w || w->head != t || f.tag != t->seq_ || (t->state_ != T_SENT && t->state_ != T_RUNNING)) {
+    if (t->worker_ != w || w->head != t || f.tag != t->seq_ || (t->state_ != T_SENT && t->state_ != T_RUNNING) ||
+        t->announcing_) {
         br__mutex_unlock(&pool->mu_); /* cancelled, or no longer ours: as the loop thread decides */
         free(copy);
         let_go(pool, w, 0);
@@ -141,6 +153,7 @@ int br_procpool_take(br_procpool_t *pool, br_pptask_t *t, int64_t spin_ns, size_
     out->w_ = w;
     out->pid_ = w->proc.pid;
     out->index_ = w->index;
+    pool->takes_out_++; /* the pool does not finish closing before take_done */
     br__mutex_unlock(&pool->mu_);
 
     out->status = f.type == BR_PP_MSG_RESULT ? BR_PPTASK_OK : BR_PPTASK_ERROR;
@@ -160,8 +173,13 @@ void br_procpool_take_done(br_procpool_t *pool, br_pptake_t *out)
      * under the mutex): the reply's tag acknowledged. */
     br__mutex_lock(&pool->mu_);
     br__ppw_t *w = out->index_ < pool->opts_.workers ? pool->workers_[out->index_] : NULL;
-    if (w == out->w_ && w->proc.pid == out->pid_ && w->slots != NULL)
+    if (w == out->w_ && w->proc.pid == out->pid_ && w->slots != NULL &&
+        __atomic_load_n(&w->slots[BR_PP_ACK_INDEX], __ATOMIC_RELAXED) < out->tag_)
         __atomic_store_n(&w->slots[BR_PP_ACK_INDEX], out->tag_, __ATOMIC_RELEASE);
+    /* A closing pool may finish now: told under the mutex, before the loop
+     * thread can decide it is final and close the async. */
+    if (--pool->takes_out_ == 0 && pool->state_ != PP_RUNNING)
+        (void)br_async_send(&pool->async_);
     br__mutex_unlock(&pool->mu_);
     out->w_ = NULL;
 }

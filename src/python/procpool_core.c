@@ -76,6 +76,10 @@ static void take_gil(proc_core_t *c)
 
 static void task_free(task_t *t)
 {
+    if (t->pins > 0) {
+        t->free_pending = 1; /* a waiter in drain_hook still reads it */
+        return;
+    }
     proc_core_t *c = t->core;
     if (t->prev) {
         t->prev->next = t->next;
@@ -127,6 +131,7 @@ static PyObject *new_exc(PyObject *type, PyObject *message)
 }
 
 static void finish(proc_core_t *c, task_t *t, int status, const void *reply, size_t len);
+static int plain_reply(void *ctx, const void *reply, size_t len);
 
 /* With the GIL: finishes every handed-off result still on the list. */
 static void drain_ready(proc_core_t *c)
@@ -160,19 +165,27 @@ static int drain_hook(void *ctx, int ask_spin)
         drain_ready(c);
         return 0;
     }
-    if (pthread_equal(pthread_self(), c->thread)) {
-        return 0; /* a callback of the loop thread: that thread delivers */
+    if (c->forked || pthread_equal(pthread_self(), c->thread)) {
+        return 0; /* a fork's child (the rings are the parent's), or a callback of the loop thread */
     }
     br_pptake_t taken;
     int got;
+    /* Pinned while the GIL is away: the loop thread may finish the task
+     * meanwhile (its on_done was waiting for the GIL), and the engine still
+     * reads the task's fields under its mutex. */
+    t->pins++;
     Py_BEGIN_ALLOW_THREADS
-    got = br_procpool_take(&c->pool, &t->t, TAKE_SPIN_NS, HANDOFF_MAX_BYTES, &taken);
+    got = br_procpool_take(&c->pool, &t->t, TAKE_SPIN_NS, HANDOFF_MAX_BYTES, plain_reply, NULL, &taken);
     Py_END_ALLOW_THREADS
+    t->pins--;
     if (got) {
-        /* the engine let go of the task: it is this thread's to finish */
+        /* the engine let go of the task: it is this thread's to finish;
+         * the pool does not finish closing before take_done */
         finish(c, t, taken.status, taken.reply, taken.len);
         br_procpool_take_done(&c->pool, &taken);
         free(taken.reply);
+    } else if (t->pins == 0 && t->free_pending) {
+        task_free(t);
     }
     return 0;
 }
@@ -189,12 +202,23 @@ static void ready_timer_cb(br_timer_t *timer)
     }
 }
 
+/* A reply that names the worker's out-of-band buffers (an _Envelope: the
+ * worker keeps their memfds open until the reply is acknowledged) must be
+ * unpickled before the engine acknowledges it, and the engine does so right
+ * after on_done, or, for a taken one, when it acknowledges a later result
+ * of the same worker: such replies are neither handed off nor taken. */
+static int plain_reply(void *ctx, const void *reply, size_t len)
+{
+    static const char marker[] = "_Envelope";
+    return memmem(reply, len, marker, sizeof marker - 1) == NULL;
+}
+
 /* Loop thread, GIL not held: hands the result to the thread waiting on the
  * future. 1 if it did. */
 static int hand_off(proc_core_t *c, task_t *t, int status, const void *reply, size_t len)
 {
     if (c->gil || (status != BR_PPTASK_OK && status != BR_PPTASK_ERROR) || len > HANDOFF_MAX_BYTES ||
-        !__atomic_load_n(&t->fut->waiting, __ATOMIC_SEQ_CST)) {
+        !__atomic_load_n(&t->fut->waiting, __ATOMIC_SEQ_CST) || !plain_reply(NULL, reply, len)) {
         return 0;
     }
     char *copy = PyMem_RawMalloc(len > 0 ? len : 1);

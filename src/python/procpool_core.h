@@ -21,6 +21,8 @@ typedef struct task_s {
     char *reply;                /* a result handed to the waiting thread: a copy */
     size_t reply_len;
     int reply_status;
+    int pins;                   /* waiters inside a take (GIL released): the memory stays */
+    int free_pending;           /* finished while pinned: the last unpin frees it */
     struct task_s *ready_next;  /* on the core's hand-off list */
 } task_t;
 

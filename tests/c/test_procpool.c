@@ -923,7 +923,7 @@ static void stop_threaded(pthread_t th)
 /* Takes j's result, or waits for its on_done: 1 if taken. */
 static int take_or_wait(job_t *j, int64_t spin, br_pptake_t *tk)
 {
-    if (br_procpool_take(&F.pool, &j->t, spin, 4096, tk) == 1)
+    if (br_procpool_take(&F.pool, &j->t, spin, 4096, NULL, NULL, tk) == 1)
         return 1;
     int64_t end = bt_now_ms() + 10000;
     while (!__atomic_load_n(&j->done, __ATOMIC_ACQUIRE)) {
@@ -976,7 +976,7 @@ TEST(take_refuses_what_the_loop_thread_must_handle)
     /* Not the only task its worker holds. */
     submit(&a, "sleep:30");
     submit(&b, "echo:behind");
-    CHECK_EQ(br_procpool_take(&F.pool, &b.t, 1000000, 4096, &tk), 0);
+    CHECK_EQ(br_procpool_take(&F.pool, &b.t, 1000000, 4096, NULL, NULL, &tk), 0);
     CHECK(tk.reply == NULL);
     CHECK_EQ(take_or_wait(&a, 0, &tk), 0); /* spin 0: never */
     CHECK_EQ(take_or_wait(&b, 0, &tk), 0);
@@ -989,7 +989,7 @@ TEST(take_refuses_what_the_loop_thread_must_handle)
     }
     /* A reply larger than max_len. */
     submit(&slow, "big:8000");
-    CHECK_EQ(br_procpool_take(&F.pool, &slow.t, 50 * 1000000LL, 4096, &tk), 0);
+    CHECK_EQ(br_procpool_take(&F.pool, &slow.t, 50 * 1000000LL, 4096, NULL, NULL, &tk), 0);
     int64_t end = bt_now_ms() + 10000;
     while (!__atomic_load_n(&slow.done, __ATOMIC_ACQUIRE)) {
         CHECK(bt_now_ms() < end);
@@ -1035,6 +1035,67 @@ TEST(take_while_the_worker_dies)
         }
     }
     stop_threaded(th);
+}
+
+static int refuse_secrets(void *ctx, const void *reply, size_t len)
+{
+    (*(int *)ctx)++;
+    return !(len >= 6 && memcmp(reply, "secret", 6) == 0);
+}
+
+TEST(take_leaves_what_the_filter_refuses)
+{
+    br_procpool_options_t o = options(1);
+    pthread_t th = start_threaded(&o);
+    int asked = 0, taken = 0;
+    for (int i = 0; i < 40; i++) {
+        job_t j = {0};
+        br_pptake_t tk;
+        submit(&j, i % 2 ? "echo:secret%d" : "echo:plain%d", i);
+        int got = br_procpool_take(&F.pool, &j.t, 50 * 1000000LL, 4096, refuse_secrets, &asked, &tk);
+        if (got) {
+            CHECK(i % 2 == 0); /* never a refused one */
+            CHECK(memcmp(tk.reply, "plain", 5) == 0);
+            br_procpool_take_done(&F.pool, &tk);
+            free(tk.reply);
+            taken++;
+        } else {
+            int64_t end = bt_now_ms() + 10000;
+            while (!__atomic_load_n(&j.done, __ATOMIC_ACQUIRE)) {
+                CHECK(bt_now_ms() < end);
+                bt_sleep_ms(1);
+            }
+            CHECK_EQ(j.status, BR_PPTASK_OK);
+        }
+    }
+    CHECK(asked > 0 && taken > 0);
+    stop_threaded(th);
+}
+
+TEST(close_waits_for_an_outstanding_take)
+{
+    br_procpool_options_t o = options(1);
+    pthread_t th = start_threaded(&o);
+    job_t j = {0};
+    br_pptake_t tk;
+    int got = 0;
+    for (int tries = 0; tries < 50 && !got; tries++) {
+        memset(&j, 0, sizeof j);
+        submit(&j, "echo:kept");
+        got = take_or_wait(&j, 50 * 1000000LL, &tk);
+    }
+    CHECK(got);
+    CHECK_EQ(br_procpool_close(&F.pool, BR_PPCLOSE_FINISH, 0), 0);
+    /* The worker exits and is reaped, but the pool does not finish
+     * closing while the taken reply is still in use. */
+    bt_sleep_ms(200);
+    CHECK(!__atomic_load_n(&F.closed, __ATOMIC_ACQUIRE));
+    CHECK(tk.len == 4 && memcmp(tk.reply, "kept", 4) == 0);
+    br_procpool_take_done(&F.pool, &tk); /* the worker is gone: no ack, and the pool closes */
+    free(tk.reply);
+    CHECK_EQ(br_event_wait(&F.closed_ev, 20000 * MS), 0);
+    bt_join(th);
+    CHECK_EQ(br_loop_close(&F.loop), 0);
 }
 
 static job_t race_jobs[2][400];
