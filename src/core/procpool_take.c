@@ -123,6 +123,7 @@ int br_procpool_take(br_procpool_t *pool, br_pptask_t *t, int64_t spin_ns, size_
         let_go(pool, w, 0); /* nothing, or not for us: the loop thread's */
         return 0;
     }
+    memcpy(copy, f.data, f.len); /* stable: unreleased bytes are not overwritten */
 
     br__mutex_lock(&pool->mu_);
     if (t->worker_ != w || w->head != t || f.tag != t->seq_ || (t->state_ != T_SENT && t->state_ != T_RUNNING) ||
@@ -132,7 +133,6 @@ int br_procpool_take(br_procpool_t *pool, br_pptask_t *t, int64_t spin_ns, size_
         let_go(pool, w, 0);
         return 0;
     }
-    memcpy(copy, f.data, f.len);
     /* What handle_message does with a result, under the same mutex. */
     w->head = t->next_;
     if (w->head == NULL)
