@@ -1204,6 +1204,9 @@ struct br_stream_s {
 /* Takes fd (sets O_NONBLOCK). Watermarks 64 KiB / 16 KiB as asyncio's. 0,
  * -EBADF, or -errno from fcntl/fstat. */
 int br_stream_init(br_loop_t *loop, br_stream_t *s, int fd);
+/* The same for an fd the caller knows to be a non-blocking stream socket
+ * (accept4 with SOCK_NONBLOCK): no fstat, no fcntl. 0 or -EBADF. */
+int br_stream_init_socket(br_loop_t *loop, br_stream_t *s, int fd);
 /* Both callbacks may be NULL. */
 void br_stream_set_callbacks(br_stream_t *s, br_stream_drain_cb on_drain, br_stream_error_cb on_error);
 /* Either may be NULL (the default: reads go to the loop's buffer; nothing

@@ -1038,7 +1038,8 @@ static int setup(PyObject *self, PyObject *loop, br_loop_t *core, int fd, int fa
         return -1;
     }
     Py_DECREF(r);
-    int err = br_stream_init(core, &t->stream, fd);
+    /* accepted in C with SOCK_NONBLOCK: known to be a non-blocking socket */
+    int err = sock == NULL ? br_stream_init_socket(core, &t->stream, fd) : br_stream_init(core, &t->stream, fd);
     if (err < 0) {
         braid_raise_oserror(err, "watching the socket");
         return -1;

@@ -119,6 +119,32 @@ TEST(echo_over_a_socket_pair)
     CHECK(!fd_is_open(sv[0]) && !fd_is_open(sv[1]));
 }
 
+TEST(an_accepted_socket_needs_no_checks)
+{
+    int sv[2];
+    CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv), 0);
+    CHECK_EQ(br_loop_init(&loop), 0);
+    br_stream_t s;
+    CHECK_EQ(br_stream_init_socket(&loop, &s, -1), -EBADF);
+    br_stream_t echo;
+    sink_t client;
+    CHECK_EQ(br_stream_init_socket(&loop, &echo, sv[0]), 0);
+    CHECK_EQ(br_stream_read_start(&echo, echo_read, 0), 0);
+    sink_open(&client, sv[1]);
+    CHECK_EQ(br_stream_write(&client.s, "accepted", 8), 0);
+    while (client.len < 8) {
+        CHECK(br_loop_run(&loop, BR_RUN_ONCE) >= 0);
+    }
+    CHECK(memcmp(client.got, "accepted", 8) == 0);
+    /* known to be a socket: its half-close works (a pipe's is -ENOTSOCK) */
+    CHECK_EQ(br_stream_shutdown(&echo), 0);
+    run_until(&client.ended);
+    CHECK_EQ(client.end, 0);
+    CHECK_EQ(br_close(&client.s.handle, sink_closed), 0); /* the echo side reads EOF and closes */
+    finish();
+    CHECK(!fd_is_open(sv[0]) && !fd_is_open(sv[1]));
+}
+
 /* ------------------------------------------------------------ backpressure */
 
 static int drain_calls[2];
