@@ -904,8 +904,10 @@ def test_max_worker_memory_recycles_after_a_task(braid, pools):
     # The worker goes over the cap while idle (not polled then); the next task's result is
     # checked: that task succeeds, and the worker is replaced after it.
     pool = pools(max_workers=1, max_worker_memory=200 << 20)
-    pid = pool.submit(tasks.hold_memory_later, 240, 0.05).result(TIMEOUT)
-    time.sleep(0.5)
+    # late enough that the pool has checked the first result before the worker grows, even
+    # under the sanitizers on a loaded machine (at 50 ms it once grew first: replaced early)
+    pid = pool.submit(tasks.hold_memory_later, 240, 0.3).result(TIMEOUT)
+    time.sleep(1.5)
     assert pool.submit(tasks.getpid).result(TIMEOUT) == pid
     deadline = time.monotonic() + TIMEOUT
     while pool.submit(tasks.getpid).result(TIMEOUT) == pid:
