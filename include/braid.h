@@ -1235,8 +1235,9 @@ int br_stream_shutdown(br_stream_t *s);
 
 /* ---------------------------------------------------------------- datagrams
  * br_udp_t: a datagram socket (UDP, or a Unix SOCK_DGRAM) on a br_loop_t.
- * Each datagram reaches the receive callback whole with its sender's
- * address (from the loop's read buffer); a send goes out at once, or, when
+ * Each datagram (up to 256 KiB, asyncio's max_size: a Unix datagram may
+ * be larger than an IP one) reaches the receive callback whole with its
+ * sender's address (from the loop's read buffer); a send goes out at once, or, when
  * the socket buffer is full, is copied into a queue sent in order as the
  * socket becomes writable. A handle, like br_stream_t: the fd is the
  * handle's from init, br_close(&u->handle, cb) closes it and the memory is
@@ -1253,15 +1254,20 @@ typedef void (*br_udp_recv_cb)(br_udp_t *u, const char *buf, ssize_t n, const st
                                socklen_t addrlen);
 /* A queued datagram could not be sent: -errno; the others stay queued. */
 typedef void (*br_udp_error_cb)(br_udp_t *u, int err);
+/* Queued datagrams went out (or were dropped, after the error callback):
+ * the queue is shorter, br_udp_queued says by how much. */
+typedef void (*br_udp_drain_cb)(br_udp_t *u);
 
 struct br_udp_s {
     br_handle_t handle;         /* handle.data is the caller's */
     int fd;                     /* read-only */
     br_udp_recv_cb on_recv_;    /* private from here on */
     br_udp_error_cb on_error_;
+    br_udp_drain_cb on_drain_;
     br__dgram_t *head_;
     br__dgram_t *tail_;
     size_t queued_;             /* bytes */
+    size_t nqueued_;            /* datagrams */
     int receiving_;
     int closing_;
     br_io_t io_;
@@ -1271,6 +1277,7 @@ struct br_udp_s {
  * -EPROTOTYPE (not a datagram socket), -errno. */
 int br_udp_init(br_loop_t *loop, br_udp_t *u, int fd);
 void br_udp_set_error_cb(br_udp_t *u, br_udp_error_cb on_error);
+void br_udp_set_drain_cb(br_udp_t *u, br_udp_drain_cb on_drain);
 /* 0, -EINVAL (NULL cb), -EBUSY (closing), -errno from watching. */
 int br_udp_recv_start(br_udp_t *u, br_udp_recv_cb cb);
 int br_udp_recv_stop(br_udp_t *u);
@@ -1278,8 +1285,11 @@ int br_udp_recv_stop(br_udp_t *u);
  * -EMSGSIZE and other immediate refusals as the kernel's -errno; -EBUSY
  * closing; -ENOMEM. */
 int br_udp_send(br_udp_t *u, const void *buf, size_t len, const struct sockaddr *addr, socklen_t addrlen);
-/* Bytes waiting in the send queue. */
+/* Drops what the send queue holds (an abort): nothing more goes out. */
+void br_udp_discard(br_udp_t *u);
+/* Bytes waiting in the send queue, and how many datagrams they are. */
 size_t br_udp_queued(const br_udp_t *u);
+size_t br_udp_queued_datagrams(const br_udp_t *u);
 
 #ifdef __cplusplus
 }

@@ -40,6 +40,13 @@ class Loop(_braid._LoopCore, unix_events._UnixSelectorEventLoop):
             return selector_events._SelectorSocketTransport(self, sock, protocol, waiter, extra, server)
         return _braid.SocketTransport(self, sock, protocol, waiter, extra, server)
 
+    def _make_datagram_transport(self, sock, protocol, address=None, waiter=None, extra=None):
+        if not issubclass(type(sock), socket.socket) or sock.family not in _DATAGRAM_FAMILIES:
+            # socket-likes, and families whose addresses the C transport does not convert
+            return super()._make_datagram_transport(sock, protocol, address, waiter, extra)
+        self._ensure_fd_no_transport(sock)
+        return _braid.DatagramTransport(self, sock, protocol, address, waiter, extra)
+
     def _accept_connection(self, protocol_factory, sock, sslcontext=None, server=None, backlog=100, *args):
         # asyncio accepts through socket.accept() and makes a task (a coroutine and a waiter
         # future) per connection, to call the protocol factory and make the transport one
@@ -73,6 +80,9 @@ class Loop(_braid._LoopCore, unix_events._UnixSelectorEventLoop):
     def close(self):
         super().close()  # asyncio's part: the self-pipe, signal handlers, the executor
         self._core_close()
+
+
+_DATAGRAM_FAMILIES = (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX)
 
 
 def new_event_loop():

@@ -2,8 +2,9 @@
  * udp.c — br_udp_t: datagram sockets on a br_loop_t (see braid.h).
  *
  * Receives: one recvfrom per readable callback into the loop's read buffer
- * (shared with its streams), at the largest datagram size (64 KiB), so a
- * datagram is never truncated and several sockets share the loop fairly.
+ * (shared with its streams), at asyncio's max_size (256 KiB: an IP datagram
+ * is at most 64 KiB, a Unix one can be larger), so several sockets share
+ * the loop fairly.
  * A handle of its own over an internal br_io_t, as br_stream_t. Sends: at once when nothing is queued;
  * EAGAIN (full socket buffer) queues a copy with its address, and the
  * queue drains in order when the socket becomes writable. A datagram the
@@ -19,7 +20,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define MAX_DATAGRAM 65536
+#define MAX_DATAGRAM (256 * 1024) /* asyncio's max_size; a Unix datagram may exceed 64 KiB */
 
 struct br__dgram_s {
     br__dgram_t *next;
@@ -70,6 +71,11 @@ int br_udp_init(br_loop_t *loop, br_udp_t *u, int fd)
 void br_udp_set_error_cb(br_udp_t *u, br_udp_error_cb on_error)
 {
     u->on_error_ = on_error;
+}
+
+void br_udp_set_drain_cb(br_udp_t *u, br_udp_drain_cb on_drain)
+{
+    u->on_drain_ = on_drain;
 }
 
 int br_udp_recv_start(br_udp_t *u, br_udp_recv_cb cb)
@@ -144,12 +150,14 @@ int br_udp_send(br_udp_t *u, const void *buf, size_t len, const struct sockaddr 
     }
     u->tail_ = d;
     u->queued_ += len;
+    u->nqueued_++;
     if (was_empty) {
         int rc = update_watch(u);
         if (rc < 0) {
             /* unqueue it again: the caller hears of it now */
             u->head_ = u->tail_ = NULL;
             u->queued_ = 0;
+            u->nqueued_ = 0;
             free(d);
             return rc;
         }
@@ -157,31 +165,64 @@ int br_udp_send(br_udp_t *u, const void *buf, size_t len, const struct sockaddr 
     return 0;
 }
 
+static void free_queue(br_udp_t *u)
+{
+    while (u->head_ != NULL) {
+        br__dgram_t *d = u->head_;
+        u->head_ = d->next;
+        free(d);
+    }
+    u->tail_ = NULL;
+    u->queued_ = 0;
+    u->nqueued_ = 0;
+}
+
+void br_udp_discard(br_udp_t *u)
+{
+    if (u->closing_ || u->head_ == NULL) {
+        return;
+    }
+    free_queue(u);
+    (void)update_watch(u); /* only ever narrows the watch here */
+}
+
 size_t br_udp_queued(const br_udp_t *u)
 {
     return u->queued_;
 }
 
+size_t br_udp_queued_datagrams(const br_udp_t *u)
+{
+    return u->nqueued_;
+}
+
 static void flush(br_udp_t *u)
 {
+    int sent = 0;
     while (u->head_ != NULL && !u->closing_) {
         br__dgram_t *d = u->head_;
         ssize_t w = send_one(u, d->bytes, d->len, d->addrlen ? (struct sockaddr *)&d->addr : NULL, d->addrlen);
         if (w == -EAGAIN || w == -EWOULDBLOCK || w == -ENOBUFS) {
-            return;
+            break;
         }
         u->head_ = d->next;
         if (u->head_ == NULL) {
             u->tail_ = NULL;
         }
         u->queued_ -= d->len;
+        u->nqueued_--;
         free(d);
+        sent = 1;
         if (w < 0 && u->on_error_ != NULL) {
             u->on_error_(u, (int)w); /* may close u: the loop condition checks */
         }
     }
-    if (!u->closing_) {
-        (void)update_watch(u); /* only ever narrows the watch here */
+    if (u->closing_) {
+        return;
+    }
+    (void)update_watch(u); /* only ever narrows the watch here */
+    if (sent && u->on_drain_ != NULL) {
+        u->on_drain_(u); /* may send (the queue grows again) or close u */
     }
 }
 
@@ -212,13 +253,7 @@ void br__udp_close(br_udp_t *u)
 {
     u->closing_ = 1;
     u->receiving_ = 0;
-    while (u->head_ != NULL) {
-        br__dgram_t *d = u->head_;
-        u->head_ = d->next;
-        free(d);
-    }
-    u->tail_ = NULL;
-    u->queued_ = 0;
+    free_queue(u);
     (void)br_io_stop(&u->io_); /* the table entry goes whatever the kernel says */
     /* The fd closes now, as libuv's uv_close does and as a program closing
      * a socket expects (the peer sees it at once, not at the loop's next

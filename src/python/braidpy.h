@@ -30,6 +30,7 @@ typedef struct {
     PyTypeObject *loop_handle_type; /* LoopHandle, an asyncio.Handle (made by the first Loop) */
     PyTypeObject *loop_timer_type;  /* LoopTimerHandle, an asyncio.TimerHandle */
     PyTypeObject *socket_transport_type; /* SocketTransport (made by the first Loop) */
+    PyTypeObject *datagram_transport_type; /* DatagramTransport (made with it) */
     PyObject *BufferedProtocol;     /* asyncio.BufferedProtocol (with it) */
     PyObject *str_data_received;    /* interned "data_received" */
     PyObject *StreamReaderProtocol; /* asyncio's, for the transport's streams fast path */
@@ -218,6 +219,27 @@ void braid_socktransport_loop_closing(br_handle_t *h, void *unused);
  * socket's): a new reference, or NULL with an exception and fd closed. */
 PyObject *braid_socktransport_accepted(braid_state *st, PyObject *loop, int fd, int family, PyObject *protocol,
                                        PyObject *server);
+/* dgramtransport.c */
+int braid_dgramtransport_make_type(braid_state *st, PyObject *module);
+/* br_loop_walk's callback when a braid.Loop closes: closes the handles of
+ * datagram transports still open. */
+void braid_dgramtransport_loop_closing(br_handle_t *h, void *unused);
+
+/* trcommon.c: what the C transports do alike */
+PyObject *braid_import_attr(const char *module, const char *name); /* new reference */
+/* loop.call_exception_handler({message, exception, transport, protocol}): its result, or NULL */
+PyObject *braid_transport_exception(PyObject *loop, PyObject *message, PyObject *exc, PyObject *transport,
+                                    PyObject *protocol);
+/* _fatal_error's report: an OSError logged in debug mode, anything else to
+ * the exception handler. 0, or -1 if the handler raised. */
+int braid_transport_report_fatal(PyObject *loop, PyObject *transport, PyObject *protocol, PyObject *exc,
+                                 const char *message);
+/* set_write_buffer_limits(high=None, low=None)'s arguments, as asyncio's. */
+int braid_parse_write_limits(PyObject *args, PyObject *kwds, size_t *high, size_t *low);
+/* protocol.pause_writing() / resume_writing(): a failure to the exception
+ * handler ("protocol.X() failed"), KeyboardInterrupt/SystemExit out of the loop. */
+void braid_transport_call_flow(PyObject *loop, PyObject *transport, PyObject *protocol, const char *method);
+
 /* sockaccept.c: _accept_plain(loop, fd, family, protocol_factory, server, backlog) */
 PyObject *braid_accept_plain(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 

@@ -1280,6 +1280,7 @@ static void loop_release(LoopObject *L)
         }
     }
     br_loop_walk(L->core, braid_socktransport_loop_closing, NULL);
+    br_loop_walk(L->core, braid_dgramtransport_loop_closing, NULL);
     (void)br_close(&L->wake.handle, core_closed);
     (void)br_close(&L->poll_timer.handle, core_closed);
     while (br_loop_close(L->core) == -EBUSY) {
@@ -1352,7 +1353,8 @@ static int loop_init(LoopObject *L, PyObject *args, PyObject *kwds)
         make_handle_types(st, braid_module_from_type(Py_TYPE(L))) < 0) {
         Py_CLEAR(asyncio);
     }
-    if (asyncio != NULL && braid_socktransport_make_type(st, braid_module_from_type(Py_TYPE(L))) < 0) {
+    if (asyncio != NULL && (braid_socktransport_make_type(st, braid_module_from_type(Py_TYPE(L))) < 0 ||
+                            braid_dgramtransport_make_type(st, braid_module_from_type(Py_TYPE(L))) < 0)) {
         Py_CLEAR(asyncio);
     }
     if (asyncio != NULL) {

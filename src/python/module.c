@@ -341,6 +341,7 @@ static int braid_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->pickle_loads);
     Py_VISIT(st->str_module);
     Py_VISIT(st->socket_transport_type);
+    Py_VISIT(st->datagram_transport_type);
     Py_VISIT(st->BufferedProtocol);
     Py_VISIT(st->str_data_received);
     Py_VISIT(st->StreamReaderProtocol);
@@ -379,6 +380,7 @@ static int braid_clear(PyObject *module)
     Py_CLEAR(st->pickle_loads);
     Py_CLEAR(st->str_module);
     Py_CLEAR(st->socket_transport_type);
+    Py_CLEAR(st->datagram_transport_type);
     Py_CLEAR(st->BufferedProtocol);
     Py_CLEAR(st->str_data_received);
     Py_CLEAR(st->StreamReaderProtocol);

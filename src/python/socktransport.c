@@ -84,13 +84,6 @@ static Py_ssize_t extra_offset;  /* BaseTransport's _extra slot */
 
 static braid_state *tr_state(PyObject *self) { return braid_state_from_type(Py_TYPE(self)); }
 
-static PyObject *import_attr(const char *module, const char *name)
-{
-    PyObject *m = PyImport_ImportModule(module);
-    PyObject *v = m ? PyObject_GetAttrString(m, name) : NULL;
-    Py_XDECREF(m);
-    return v;
-}
 
 /* The socket object: the caller's, or for a connection accepted in C made
  * on first use (get_extra_info("socket"), _sock) around the stream's fd.
@@ -99,7 +92,7 @@ static PyObject *get_sock(PyObject *self)
 {
     tail_t *t = TAIL(self);
     if (t->sock == NULL && !t->sock_gone && t->stream_open && !br_is_closing(&t->stream.handle)) {
-        PyObject *socket_type = import_attr("socket", "socket");
+        PyObject *socket_type = braid_import_attr("socket", "socket");
         t->sock = socket_type ? PyObject_CallFunction(socket_type, "iiii", t->family, SOCK_STREAM, 0, t->fd) : NULL;
         Py_XDECREF(socket_type);
         /* as asyncio's accepted sockets: non-blocking, and the object knows */
@@ -175,15 +168,6 @@ static void close_stream(PyObject *self)
 
 /* --------------------------------------------------------- asyncio's error paths */
 
-static PyObject *call_exception_handler(PyObject *self, const char *message, PyObject *exc)
-{
-    tail_t *t = TAIL(self);
-    PyObject *ctx = Py_BuildValue("{s:s,s:O,s:O,s:O}", "message", message, "exception", exc, "transport", self,
-                                  "protocol", t->protocol ? t->protocol : Py_None);
-    PyObject *r = ctx ? PyObject_CallMethod(t->loop, "call_exception_handler", "O", ctx) : NULL;
-    Py_XDECREF(ctx);
-    return r;
-}
 
 static int force_close(PyObject *self, PyObject *exc);
 static void on_empty(br_stream_t *s);
@@ -210,24 +194,9 @@ static void fail_empty_waiter(PyObject *self, PyObject *exc);
 static int fatal_error(PyObject *self, PyObject *exc, const char *message)
 {
     tail_t *t = TAIL(self);
-    if (PyErr_GivenExceptionMatches(exc, PyExc_OSError)) {
-        PyObject *debug = t->loop ? PyObject_CallMethod(t->loop, "get_debug", NULL) : NULL;
-        int on = debug ? PyObject_IsTrue(debug) : 0;
-        Py_XDECREF(debug);
-        PyErr_Clear();
-        if (on > 0) {
-            PyObject *logger = import_attr("asyncio.log", "logger");
-            PyObject *r = logger ? PyObject_CallMethod(logger, "debug", "sOs", "%r: %s", self, message) : NULL;
-            Py_XDECREF(r);
-            Py_XDECREF(logger);
-            PyErr_Clear();
-        }
-    } else if (t->loop != NULL) {
-        PyObject *r = call_exception_handler(self, message, exc);
-        if (r == NULL) {
-            return -1;
-        }
-        Py_DECREF(r);
+    if (t->loop != NULL &&
+        braid_transport_report_fatal(t->loop, self, t->protocol ? t->protocol : Py_None, exc, message) < 0) {
+        return -1;
     }
     return force_close(self, exc);
 }
@@ -511,25 +480,7 @@ static int start_reading(PyObject *self)
 static void flow_call(PyObject *self, const char *method)
 {
     tail_t *t = TAIL(self);
-    PyObject *r = PyObject_CallMethod(t->protocol, method, NULL);
-    if (r != NULL) {
-        Py_DECREF(r);
-        return;
-    }
-    PyObject *exc = PyErr_GetRaisedException();
-    if (PyErr_GivenExceptionMatches(exc, PyExc_KeyboardInterrupt) ||
-        PyErr_GivenExceptionMatches(exc, PyExc_SystemExit)) {
-        raise_from_loop(self, exc);
-        return;
-    }
-    char message[64];
-    PyOS_snprintf(message, sizeof message, "protocol.%s() failed", method);
-    PyObject *h = call_exception_handler(self, message, exc);
-    if (h == NULL) {
-        PyErr_WriteUnraisable(self);
-    }
-    Py_XDECREF(h);
-    Py_DECREF(exc);
+    braid_transport_call_flow(t->loop ? t->loop : t->stream_loop, self, t->protocol, method);
 }
 
 /* The engine's watermarks, asyncio's pause_writing/resume_writing. */
@@ -633,7 +584,7 @@ static PyObject *tr_write(PyObject *self, PyObject *data)
     }
     if (t->conn_lost) {
         if (t->conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES) {
-            PyObject *logger = import_attr("asyncio.log", "logger");
+            PyObject *logger = braid_import_attr("asyncio.log", "logger");
             PyObject *r = logger ? PyObject_CallMethod(logger, "warning", "s", "socket.send() raised exception.")
                                  : NULL;
             Py_XDECREF(r);
@@ -821,35 +772,10 @@ static PyObject *tr_get_write_buffer_limits(PyObject *self, PyObject *unused)
 
 static PyObject *tr_set_write_buffer_limits(PyObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"high", "low", NULL};
-    PyObject *high_obj = Py_None, *low_obj = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|OO:set_write_buffer_limits", kwlist, &high_obj, &low_obj)) {
-        return NULL;
-    }
-    Py_ssize_t high, low;
-    if (high_obj == Py_None) {
-        if (low_obj == Py_None) {
-            high = 64 * 1024;
-        } else {
-            if ((low = PyNumber_AsSsize_t(low_obj, PyExc_OverflowError)) == -1 && PyErr_Occurred()) {
-                return NULL;
-            }
-            high = 4 * low;
-        }
-    } else if ((high = PyNumber_AsSsize_t(high_obj, PyExc_OverflowError)) == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    if (low_obj == Py_None) {
-        low = high / 4;
-    } else if ((low = PyNumber_AsSsize_t(low_obj, PyExc_OverflowError)) == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    if (!(high >= low && low >= 0)) {
-        return PyErr_Format(PyExc_ValueError, "high (%zd) must be >= low (%zd) must be >= 0", high, low);
-    }
     tail_t *t = TAIL(self);
-    t->high = (size_t)high;
-    t->low = (size_t)low;
+    if (braid_parse_write_limits(args, kwds, &t->high, &t->low) < 0) {
+        return NULL;
+    }
     if (t->stream_open) {
         Py_INCREF(self);
         (void)br_stream_set_limits(&t->stream, t->high, t->low); /* may pause the protocol */
@@ -904,7 +830,7 @@ static PyObject *tr_get_extra_info(PyObject *self, PyObject *args, PyObject *kwd
         return NULL;
     }
     if (sock != NULL) {
-        PyObject *trsock = import_attr("asyncio.trsock", "TransportSocket");
+        PyObject *trsock = braid_import_attr("asyncio.trsock", "TransportSocket");
         PyObject *ts = trsock ? PyObject_CallOneArg(trsock, sock) : NULL;
         Py_XDECREF(trsock);
         if (ts == NULL || PyDict_SetItemString(extra, "socket", ts) < 0) {
@@ -1104,7 +1030,7 @@ static int setup(PyObject *self, PyObject *loop, br_loop_t *core, int fd, int fa
         goto fail;
     }
     if (waiter != Py_None) {
-        PyObject *set = import_attr("asyncio.futures", "_set_result_unless_cancelled");
+        PyObject *set = braid_import_attr("asyncio.futures", "_set_result_unless_cancelled");
         rr = set ? PyObject_CallMethod(loop, "call_soon", "OOO", set, waiter, Py_None) : NULL;
         Py_XDECREF(set);
         Py_XDECREF(rr);
@@ -1355,8 +1281,8 @@ int braid_socktransport_make_type(braid_state *st, PyObject *module)
     }
     /* _FlowControlMixin: what sendfile's fallback insists on (an isinstance
      * check); its four slots go unused, the C fields hold the same */
-    PyObject *transport = import_attr("asyncio.transports", "_FlowControlMixin");
-    PyObject *base = transport ? import_attr("asyncio.transports", "BaseTransport") : NULL;
+    PyObject *transport = braid_import_attr("asyncio.transports", "_FlowControlMixin");
+    PyObject *base = transport ? braid_import_attr("asyncio.transports", "BaseTransport") : NULL;
     PyObject *descr = base ? PyObject_GetAttrString(base, "_extra") : NULL;
     int rc = -1;
     if (descr == NULL) {
@@ -1381,7 +1307,7 @@ int braid_socktransport_make_type(braid_state *st, PyObject *module)
     if (rc == 0) {
         /* loop.sendfile() tries os.sendfile first, as on asyncio's own
          * socket transport; start_tls() wraps it as it does those */
-        PyObject *modes = import_attr("asyncio.constants", "_SendfileMode");
+        PyObject *modes = braid_import_attr("asyncio.constants", "_SendfileMode");
         PyObject *fallback = modes ? PyObject_GetAttrString(modes, "TRY_NATIVE") : NULL;
         Py_XDECREF(modes);
         rc = fallback ? PyObject_SetAttrString((PyObject *)st->socket_transport_type, "_sendfile_compatible",
@@ -1397,8 +1323,8 @@ int braid_socktransport_make_type(braid_state *st, PyObject *module)
         }
     }
     if (rc == 0) {
-        Py_XSETREF(st->StreamReaderProtocol, import_attr("asyncio.streams", "StreamReaderProtocol"));
-        Py_XSETREF(st->StreamReader, import_attr("asyncio.streams", "StreamReader"));
+        Py_XSETREF(st->StreamReaderProtocol, braid_import_attr("asyncio.streams", "StreamReaderProtocol"));
+        Py_XSETREF(st->StreamReader, braid_import_attr("asyncio.streams", "StreamReader"));
         rc = st->StreamReaderProtocol && st->StreamReader ? 0 : -1;
         /* the functions the fast path stands in for, as asyncio defines them */
         PyObject *owner[3] = {st->StreamReaderProtocol, st->StreamReader, st->StreamReader};
@@ -1414,7 +1340,7 @@ int braid_socktransport_make_type(braid_state *st, PyObject *module)
         }
     }
     if (rc == 0) {
-        PyObject *bp = import_attr("asyncio.protocols", "BufferedProtocol");
+        PyObject *bp = braid_import_attr("asyncio.protocols", "BufferedProtocol");
         Py_XSETREF(st->BufferedProtocol, bp);
         rc = bp ? PyModule_AddObjectRef(module, "SocketTransport", (PyObject *)st->socket_transport_type) : -1;
     }

@@ -116,6 +116,77 @@ TEST(full_socket_buffer_queues_and_drains_in_order)
     finish();
 }
 
+static int drains;
+static size_t drained_to = (size_t)-1;
+
+static void note_drain(br_udp_t *u)
+{
+    drains++;
+    drained_to = br_udp_queued(u);
+    CHECK_EQ(br_udp_queued(u) == 0, br_udp_queued_datagrams(u) == 0);
+}
+
+static ssize_t big_n;
+
+static void keep_size(br_udp_t *u, const char *buf, ssize_t n, const struct sockaddr *addr, socklen_t alen)
+{
+    CHECK(n >= 0);
+    if (n == 1000)
+        return; /* the second part's small ones */
+    for (ssize_t i = 0; i < n; i++)
+        CHECK_EQ(buf[i], (char)(i % 251));
+    big_n = n;
+}
+
+TEST(the_drain_callback_counts_down_and_a_large_unix_datagram_arrives_whole)
+{
+    int sv[2];
+    CHECK_EQ(socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, sv), 0);
+    int sndbuf = 512 * 1024;
+    (void)setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
+    CHECK_EQ(br_loop_init(&loop), 0);
+    br_udp_t w, r;
+    CHECK_EQ(br_udp_init(&loop, &w, sv[0]), 0);
+    CHECK_EQ(br_udp_init(&loop, &r, sv[1]), 0);
+    br_udp_set_drain_cb(&w, note_drain);
+    /* larger than any IP datagram: asyncio reads up to 256 KiB */
+    size_t n = 100 * 1024;
+    char *big = malloc(n);
+    CHECK(big != NULL);
+    for (size_t i = 0; i < n; i++)
+        big[i] = (char)(i % 251);
+    CHECK_EQ(br_udp_send(&w, big, n, NULL, 0), 0);
+    CHECK_EQ(br_udp_recv_start(&r, keep_size), 0);
+    int64_t t0 = bt_now_ms();
+    while (big_n != (ssize_t)n) {
+        CHECK(bt_now_ms() - t0 < 10000);
+        CHECK(br_loop_run(&loop, BR_RUN_ONCE) >= 0);
+    }
+    CHECK_EQ(br_udp_recv_stop(&r), 0);
+    /* fill the pair until it pushes back, then let the reader drain it */
+    char msg[1000] = {0};
+    int queued = 0;
+    for (int i = 0; i < 5000 && br_udp_queued_datagrams(&w) < 10; i++) {
+        CHECK_EQ(br_udp_send(&w, msg, sizeof msg, NULL, 0), 0);
+        queued = (int)br_udp_queued_datagrams(&w);
+    }
+    CHECK(queued >= 10);
+    CHECK_EQ(br_udp_queued(&w), (size_t)queued * sizeof msg);
+    CHECK_EQ(drains, 0);
+    CHECK_EQ(br_udp_recv_start(&r, keep_size), 0);
+    t0 = bt_now_ms();
+    while (br_udp_queued(&w) != 0) {
+        CHECK(bt_now_ms() - t0 < 10000);
+        CHECK(br_loop_run(&loop, BR_RUN_ONCE) >= 0);
+    }
+    CHECK(drains >= 1);
+    CHECK_EQ(drained_to, 0);
+    free(big);
+    CHECK_EQ(br_close(&w.handle, NULL), 0);
+    CHECK_EQ(br_close(&r.handle, NULL), 0);
+    finish();
+}
+
 TEST(close_with_a_queue_frees_it)
 {
     int sv[2];

@@ -1,0 +1,108 @@
+/*
+ * trcommon.c — what braid.Loop's C transports (socktransport.c,
+ * dgramtransport.c) do alike, as asyncio's _SelectorTransport does it: the
+ * exception handler's context, _fatal_error's report, the write-buffer
+ * limits' arguments.
+ */
+#include "braidpy.h"
+#include "compat.h"
+
+PyObject *braid_import_attr(const char *module, const char *name)
+{
+    PyObject *m = PyImport_ImportModule(module);
+    PyObject *v = m ? PyObject_GetAttrString(m, name) : NULL;
+    Py_XDECREF(m);
+    return v;
+}
+
+PyObject *braid_transport_exception(PyObject *loop, PyObject *message, PyObject *exc, PyObject *transport,
+                                    PyObject *protocol)
+{
+    PyObject *ctx = Py_BuildValue("{s:O,s:O,s:O,s:O}", "message", message, "exception", exc, "transport", transport,
+                                  "protocol", protocol);
+    PyObject *r = ctx ? PyObject_CallMethod(loop, "call_exception_handler", "O", ctx) : NULL;
+    Py_XDECREF(ctx);
+    return r;
+}
+
+int braid_transport_report_fatal(PyObject *loop, PyObject *transport, PyObject *protocol, PyObject *exc,
+                                 const char *message)
+{
+    if (PyErr_GivenExceptionMatches(exc, PyExc_OSError)) {
+        /* asyncio logs an OSError only in debug mode, with the traceback */
+        PyObject *debug = PyObject_CallMethod(loop, "get_debug", NULL);
+        int on = debug ? PyObject_IsTrue(debug) : 0;
+        Py_XDECREF(debug);
+        PyErr_Clear();
+        if (on > 0) {
+            PyObject *logger = braid_import_attr("asyncio.log", "logger");
+            PyObject *r = logger ? PyObject_CallMethod(logger, "debug", "sOs", "%r: %s", transport, message) : NULL;
+            Py_XDECREF(r);
+            Py_XDECREF(logger);
+            PyErr_Clear();
+        }
+        return 0;
+    }
+    PyObject *msg = PyUnicode_FromString(message);
+    PyObject *r = msg ? braid_transport_exception(loop, msg, exc, transport, protocol) : NULL;
+    Py_XDECREF(msg);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
+}
+
+int braid_parse_write_limits(PyObject *args, PyObject *kwds, size_t *high_out, size_t *low_out)
+{
+    static char *kwlist[] = {"high", "low", NULL};
+    PyObject *high_obj = Py_None, *low_obj = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|OO:set_write_buffer_limits", kwlist, &high_obj, &low_obj)) {
+        return -1;
+    }
+    Py_ssize_t high, low;
+    if (high_obj == Py_None) {
+        if (low_obj == Py_None) {
+            high = 64 * 1024;
+        } else {
+            if ((low = PyNumber_AsSsize_t(low_obj, PyExc_OverflowError)) == -1 && PyErr_Occurred()) {
+                return -1;
+            }
+            high = 4 * low;
+        }
+    } else if ((high = PyNumber_AsSsize_t(high_obj, PyExc_OverflowError)) == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (low_obj == Py_None) {
+        low = high / 4;
+    } else if ((low = PyNumber_AsSsize_t(low_obj, PyExc_OverflowError)) == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (!(high >= low && low >= 0)) {
+        PyErr_Format(PyExc_ValueError, "high (%zd) must be >= low (%zd) must be >= 0", high, low);
+        return -1;
+    }
+    *high_out = (size_t)high;
+    *low_out = (size_t)low;
+    return 0;
+}
+
+void braid_transport_call_flow(PyObject *loop, PyObject *transport, PyObject *protocol, const char *method)
+{
+    PyObject *r = PyObject_CallMethod(protocol, method, NULL);
+    if (r != NULL) {
+        Py_DECREF(r);
+        return;
+    }
+    PyObject *exc = PyErr_GetRaisedException();
+    if (PyErr_GivenExceptionMatches(exc, PyExc_KeyboardInterrupt) ||
+        PyErr_GivenExceptionMatches(exc, PyExc_SystemExit)) {
+        braid_loop_raise_later(loop, exc); /* out of run_forever, as asyncio's */
+        return;
+    }
+    PyObject *msg = PyUnicode_FromFormat("protocol.%s() failed", method);
+    PyObject *h = msg ? braid_transport_exception(loop, msg, exc, transport, protocol) : NULL;
+    if (h == NULL) {
+        PyErr_WriteUnraisable(transport);
+    }
+    Py_XDECREF(h);
+    Py_XDECREF(msg);
+    Py_DECREF(exc);
+}
