@@ -69,4 +69,15 @@ static inline int br__set_nonblocking(int fd)
     return 0;
 }
 
+/* One step of a spin-wait: tells the CPU (and a hyperthread sibling) that
+ * this is a busy loop. */
+static inline void br__cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
 #endif /* BRAID_INTERNAL_H */

@@ -41,15 +41,6 @@
 #include <string.h>
 #include <unistd.h>
 
-static inline void cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
-
 /* Mutex held: the worker whose ring may be claimed for t, or NULL. */
 static br__ppw_t *takeable_locked(br_procpool_t *pool, br_pptask_t *t, int64_t spin_ns)
 {
@@ -113,7 +104,7 @@ int br_procpool_take(br_procpool_t *pool, br_pptask_t *t, int64_t spin_ns, size_
             break;
         if (i % 64 == 0 && br_now_ns() >= until)
             break;
-        cpu_relax();
+        br__cpu_relax();
     }
     int ours = err == 0 && (f.flags & (BR_RING_FIRST | BR_RING_LAST)) == (BR_RING_FIRST | BR_RING_LAST) &&
                (f.type == BR_PP_MSG_RESULT || f.type == BR_PP_MSG_ERROR) && f.len <= max_len &&

@@ -123,15 +123,6 @@ static void name_self(br_threadpool_t *pool)
     (void)err;
 }
 
-static inline void cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
-
 /* Polls the queue without the mutex for up to spin_ns, while the pool is
  * open. Called and returns with the mutex held; 1 if work showed up. */
 static int spin_for_work(br_threadpool_t *pool)
@@ -149,7 +140,7 @@ static int spin_for_work(br_threadpool_t *pool)
             break;
         if (i % 64 == 0 && br_now_ns() >= deadline)
             break;
-        cpu_relax();
+        br__cpu_relax();
     }
     br__mutex_lock(&pool->mu_);
     pool->spinning_--;
