@@ -132,6 +132,7 @@ static PyObject *new_exc(PyObject *type, PyObject *message)
 
 static void finish(proc_core_t *c, task_t *t, int status, const void *reply, size_t len);
 static int plain_reply(void *ctx, const void *reply, size_t len);
+static void core_unlink_free(proc_core_t *c);
 
 /* With the GIL: finishes every handed-off result still on the list. */
 static void drain_ready(proc_core_t *c)
@@ -170,10 +171,12 @@ static int drain_hook(void *ctx, int ask_spin)
     }
     br_pptake_t taken;
     int got;
-    /* Pinned while the GIL is away: the loop thread may finish the task
-     * meanwhile (its on_done was waiting for the GIL), and the engine still
-     * reads the task's fields under its mutex. */
+    /* Pinned while the GIL is away, the task and the core: the loop thread
+     * may finish the task meanwhile (its on_done was waiting for the GIL),
+     * the pool may then close and a dropped pool's core be freed, and the
+     * engine still reads the task's fields under its mutex. */
     t->pins++;
+    c->takers++;
     Py_BEGIN_ALLOW_THREADS
     got = br_procpool_take(&c->pool, &t->t, TAKE_SPIN_NS, HANDOFF_MAX_BYTES, plain_reply, NULL, &taken);
     Py_END_ALLOW_THREADS
@@ -186,6 +189,9 @@ static int drain_hook(void *ctx, int ask_spin)
         free(taken.reply);
     } else if (t->pins == 0 && t->free_pending) {
         task_free(t);
+    }
+    if (--c->takers == 0 && c->free_pending) {
+        core_unlink_free(c);
     }
     return 0;
 }
@@ -378,7 +384,16 @@ static void on_closed(br_procpool_t *pool)
     br_event_set(&c->closed_ev);
 }
 
-static void core_unlink_free(proc_core_t *c);
+/* With the GIL: frees the core now, or when the last waiter inside
+ * drain_hook (GIL released, about to use the pool) is back. */
+static void core_free_when_unused(proc_core_t *c)
+{
+    if (c->takers > 0) {
+        c->free_pending = 1;
+        return;
+    }
+    core_unlink_free(c);
+}
 
 static void *loop_main(void *arg)
 {
@@ -409,7 +424,7 @@ static void *loop_main(void *arg)
     if (c->orphaned) {
         /* Dropped while it ran: nobody will join this thread. */
         (void)pthread_detach(pthread_self());
-        core_unlink_free(c);
+        core_free_when_unused(c);
     }
     PyThreadState_Clear(ts);
     PyThreadState_DeleteCurrent();
@@ -681,7 +696,7 @@ void braid_proc_core_drop(proc_core_t *c)
         if (!c->joined) {
             (void)pthread_join(c->thread, NULL);
         }
-        core_unlink_free(c);
+        core_free_when_unused(c);
     } else {
         /* Queued work finishes; the loop thread frees the core. */
         braid_proc_core_close(c, BR_PPCLOSE_FINISH, 0);

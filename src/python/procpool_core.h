@@ -41,6 +41,8 @@ struct proc_core_s {
     int closing;                /* shutdown/terminate called (GIL) */
     int dropped;                /* the object is gone (GIL) */
     int orphaned;               /* dropped: the loop thread frees the core (GIL) */
+    int takers;                 /* waiters in drain_hook with the GIL released (GIL) */
+    int free_pending;           /* to be freed when the last of them is back (GIL) */
     int forked;                 /* this is a fork's child: the pool is the parent's */
     int thread_done;            /* the loop thread is past its last GIL use (GIL) */
     int joined;
