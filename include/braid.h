@@ -1281,6 +1281,8 @@ void br_udp_set_drain_cb(br_udp_t *u, br_udp_drain_cb on_drain);
 /* 0, -EINVAL (NULL cb), -EBUSY (closing), -errno from watching. */
 int br_udp_recv_start(br_udp_t *u, br_udp_recv_cb cb);
 int br_udp_recv_stop(br_udp_t *u);
+/* 1 while it receives (between recv_start and recv_stop or close). */
+int br_udp_receiving(const br_udp_t *u);
 /* Sends buf to addr (NULL on a connected socket). 0 sent or queued;
  * -EMSGSIZE and other immediate refusals as the kernel's -errno; -EBUSY
  * closing; -ENOMEM. */

@@ -119,14 +119,34 @@ class DatagramMixin(LoopFixture):
             other, _ = await loop.create_datagram_endpoint(DatagramRecorder, local_addr=("127.0.0.1", 0))
             other.sendto(b"x", ("127.0.0.1", 70000))
             assert other.is_closing()
+            third, _ = await loop.create_datagram_endpoint(DatagramRecorder, local_addr=("127.0.0.1", 0))
+            third.sendto(b"x", ("127.0.0.1", port))  # kept converted: a float port must not match it
+            third.sendto(b"x", ("127.0.0.1", float(port)))
+            assert third.is_closing()
             server.close()
 
         contexts = []
         loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
         self.run(loop, main())
-        assert [c["message"] for c in contexts] == ["Fatal write error on datagram transport"] * 2
-        assert isinstance(contexts[0]["exception"], TypeError)
-        assert isinstance(contexts[1]["exception"], OverflowError)
+        assert [c["message"] for c in contexts] == ["Fatal write error on datagram transport"] * 3
+        assert [type(c["exception"]) for c in contexts] == [TypeError, OverflowError, TypeError]
+
+    def test_unix_addresses_as_any_bytes_like(self, loop):
+        async def main(tmp):
+            path = os.path.join(tmp, "s.sock")
+            server, sproto = await loop.create_datagram_endpoint(
+                DatagramRecorder, local_addr=path, family=socket.AF_UNIX)
+            client, _ = await loop.create_datagram_endpoint(
+                DatagramRecorder, local_addr=os.path.join(tmp, "c.sock"), family=socket.AF_UNIX)
+            for addr in (path, os.fsencode(path), bytearray(os.fsencode(path)), memoryview(os.fsencode(path))):
+                client.sendto(b"to %s" % type(addr).__name__.encode(), addr)
+            got = [(await sproto.datagrams.get())[0] for _ in range(4)]
+            assert got == [b"to str", b"to bytes", b"to bytearray", b"to memoryview"]
+            client.close()
+            server.close()
+
+        with tempfile.TemporaryDirectory() as tmp:
+            self.run(loop, main(tmp))
 
     def test_flow_control_against_a_peer_that_does_not_read(self, loop):
         async def main():

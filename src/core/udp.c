@@ -105,6 +105,11 @@ int br_udp_recv_stop(br_udp_t *u)
     return update_watch(u);
 }
 
+int br_udp_receiving(const br_udp_t *u)
+{
+    return u->receiving_;
+}
+
 static ssize_t send_one(br_udp_t *u, const void *buf, size_t len, const struct sockaddr *addr, socklen_t addrlen)
 {
     ssize_t w;

@@ -11,14 +11,14 @@
  * datagram into its own queue only when the kernel pushes back. The
  * behaviour is asyncio's (selector_events._SelectorDatagramTransport),
  * method by method: the same errors, messages and order of protocol calls;
- * the write-buffer size counts 8 bytes per queued datagram on 3.12+, as
+ * the write-buffer size counts 8 bytes per queued datagram on 3.13+, as
  * asyncio's does there.
  *
  * Only sockets of the families whose addresses it converts itself get one
  * (AF_INET, AF_INET6, AF_UNIX); others keep asyncio's transport. A sendto
  * address that is not numeric ("localhost") is resolved as the socket
- * module would (getaddrinfo, blocking, as asyncio's sendto does), and the
- * last address used is kept converted.
+ * module would (getaddrinfo, blocking, as asyncio's sendto does, on every
+ * send); the last numeric address used is kept converted.
  *
  * A subclass of asyncio's _FlowControlMixin and DatagramTransport, as
  * asyncio's is (an asyncio.Transport too, which CPython's tests check).
@@ -54,7 +54,7 @@
 #include <sys/un.h>
 
 #define LOG_THRESHOLD_FOR_CONNLOST_WRITES 5
-#define HEADER_BYTES 8 /* what asyncio 3.12+ counts per queued datagram */
+#define HEADER_BYTES 8 /* what asyncio 3.13+ counts per queued datagram */
 
 typedef struct {
     br_udp_t udp;
@@ -67,6 +67,7 @@ typedef struct {
     PyObject *last_addr;     /* the last sendto address and its sockaddr */
     struct sockaddr_storage last_sa;
     socklen_t last_salen;
+    struct sockaddr_storage named_sa; /* a name's address, for the send it was resolved for */
     size_t high, low;
     unsigned conn_lost;
     int fd;
@@ -118,60 +119,85 @@ static PyObject *address_object(const struct sockaddr *sa, socklen_t len)
 }
 
 /* A numeric (host, port[, flowinfo[, scope_id]]) or a Unix path into a
- * sockaddr: 1 converted, 0 not numeric (resolve it), -1 with an error. */
+ * sockaddr, as the socket module's getsockaddrarg parses them: 1
+ * converted, 0 a host name to resolve (the port is checked already), -1
+ * with an error. */
 static int numeric_sockaddr(int family, PyObject *addr, struct sockaddr_storage *ss, socklen_t *len)
 {
     memset(ss, 0, sizeof *ss);
     if (family == AF_UNIX) {
         struct sockaddr_un *a = (struct sockaddr_un *)ss;
-        PyObject *path = NULL;
-        if (PyUnicode_Check(addr)) {
-            path = PyUnicode_EncodeFSDefault(addr);
-        } else if (PyBytes_Check(addr) || PyByteArray_Check(addr)) {
-            path = PyBytes_FromObject(addr);
-        } else {
-            PyErr_Format(PyExc_TypeError, "a Unix socket address must be str or bytes, not %.100s",
-                         Py_TYPE(addr)->tp_name);
+        PyObject *bytes = PyUnicode_Check(addr) ? PyUnicode_EncodeFSDefault(addr) : Py_NewRef(addr);
+        Py_buffer path;
+        if (bytes == NULL || PyObject_GetBuffer(bytes, &path, PyBUF_SIMPLE) < 0) {
+            Py_XDECREF(bytes);
             return -1;
         }
-        if (path == NULL) {
-            return -1;
-        }
-        Py_ssize_t n = PyBytes_GET_SIZE(path);
-        if ((size_t)n >= sizeof a->sun_path) {
-            Py_DECREF(path);
+        /* Linux: an empty name (autobind) or an abstract one (a leading NUL)
+         * fills sun_path; a path needs room for its terminating NUL */
+        int abstract = path.len == 0 || ((const char *)path.buf)[0] == '\0';
+        if ((size_t)path.len > sizeof a->sun_path - (abstract ? 0 : 1)) {
+            PyBuffer_Release(&path);
+            Py_DECREF(bytes);
             PyErr_SetString(PyExc_OSError, "AF_UNIX path too long");
             return -1;
         }
         a->sun_family = AF_UNIX;
-        memcpy(a->sun_path, PyBytes_AS_STRING(path), (size_t)n);
-        Py_DECREF(path);
-        /* abstract names count exactly; paths with their terminating NUL */
-        *len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + (size_t)n + (n > 0 && a->sun_path[0] == '\0' ? 0 : 1));
+        memcpy(a->sun_path, path.buf, (size_t)path.len);
+        *len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + (size_t)path.len);
+        PyBuffer_Release(&path);
+        Py_DECREF(bytes);
         return 1;
     }
-    if (!PyTuple_Check(addr) || PyTuple_GET_SIZE(addr) < 2 || PyTuple_GET_SIZE(addr) > (family == AF_INET6 ? 4 : 2)) {
-        PyErr_Format(PyExc_TypeError, "%s address must be a tuple (host, port)",
-                     family == AF_INET6 ? "AF_INET6" : "AF_INET");
+    if (!PyTuple_Check(addr)) {
+        PyErr_Format(PyExc_TypeError, "%s address must be tuple, not %.100s",
+                     family == AF_INET6 ? "AF_INET6" : "AF_INET", Py_TYPE(addr)->tp_name);
+        return -1;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(addr);
+    if (n < 2 || n > (family == AF_INET6 ? 4 : 2)) {
+        PyErr_Format(PyExc_TypeError, "%s address must be a %s", family == AF_INET6 ? "AF_INET6" : "AF_INET",
+                     family == AF_INET6 ? "tuple (host, port[, flowinfo[, scopeid]])" : "pair (host, port)");
+        return -1;
+    }
+    PyObject *port_obj = PyTuple_GET_ITEM(addr, 1);
+    if (!PyLong_Check(port_obj)) {
+        PyErr_Format(PyExc_TypeError, "'%.100s' object cannot be interpreted as an integer",
+                     Py_TYPE(port_obj)->tp_name);
+        return -1;
+    }
+    long port = PyLong_AsLong(port_obj);
+    if (port == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (port < 0 || port > 65535) {
+        PyErr_SetString(PyExc_OverflowError, "getsockaddrarg: port must be 0-65535.");
+        return -1;
+    }
+    unsigned long flow = 0, scope = 0;
+    if (n > 2 && (flow = PyLong_AsUnsignedLongMask(PyTuple_GET_ITEM(addr, 2))) == (unsigned long)-1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (n > 3 && (scope = PyLong_AsUnsignedLongMask(PyTuple_GET_ITEM(addr, 3))) == (unsigned long)-1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if ((unsigned int)flow > 0xfffff) {
+        PyErr_SetString(PyExc_OverflowError, "getsockaddrarg: flowinfo must be 0-1048575.");
         return -1;
     }
     PyObject *host = PyTuple_GET_ITEM(addr, 0);
     const char *h = PyUnicode_Check(host) ? PyUnicode_AsUTF8(host) : NULL;
     if (h == NULL) {
         PyErr_Clear();
-        return 0; /* bytes hosts, odd types: the socket module's way */
-    }
-    long port = PyLong_AsLong(PyTuple_GET_ITEM(addr, 1));
-    if (port == -1 && PyErr_Occurred()) {
-        return -1;
-    }
-    if (port < 0 || port > 65535) {
-        PyErr_SetString(PyExc_OverflowError, "port must be 0-65535.");
-        return -1;
+        return 0; /* bytes hosts and the like: the socket module's way */
     }
     if (family == AF_INET) {
         struct sockaddr_in *a = (struct sockaddr_in *)ss;
-        if (inet_pton(AF_INET, h, &a->sin_addr) != 1) {
+        if (h[0] == '\0') {
+            a->sin_addr.s_addr = htonl(INADDR_ANY);
+        } else if (strcmp(h, "<broadcast>") == 0) {
+            a->sin_addr.s_addr = htonl(INADDR_BROADCAST);
+        } else if (inet_pton(AF_INET, h, &a->sin_addr) != 1) {
             return 0;
         }
         a->sin_family = AF_INET;
@@ -180,26 +206,42 @@ static int numeric_sockaddr(int family, PyObject *addr, struct sockaddr_storage 
         return 1;
     }
     struct sockaddr_in6 *a = (struct sockaddr_in6 *)ss;
-    if (strchr(h, '%') != NULL || inet_pton(AF_INET6, h, &a->sin6_addr) != 1) {
-        return 0; /* a scope by name ("fe80::1%eth0"): the socket module's way */
+    if (h[0] == '\0') {
+        a->sin6_addr = in6addr_any;
+    } else if (strchr(h, '%') != NULL || inet_pton(AF_INET6, h, &a->sin6_addr) != 1) {
+        return 0; /* a name, or a scope by name ("fe80::1%eth0"): resolved */
     }
     a->sin6_family = AF_INET6;
     a->sin6_port = htons((uint16_t)port);
-    if (PyTuple_GET_SIZE(addr) > 2) {
-        unsigned long flow = PyLong_AsUnsignedLong(PyTuple_GET_ITEM(addr, 2));
-        if (flow == (unsigned long)-1 && PyErr_Occurred()) {
-            return -1;
-        }
-        a->sin6_flowinfo = htonl((uint32_t)flow);
-    }
-    if (PyTuple_GET_SIZE(addr) > 3) {
-        unsigned long scope = PyLong_AsUnsignedLong(PyTuple_GET_ITEM(addr, 3));
-        if (scope == (unsigned long)-1 && PyErr_Occurred()) {
-            return -1;
-        }
-        a->sin6_scope_id = (uint32_t)scope;
-    }
+    a->sin6_flowinfo = htonl((uint32_t)flow);
+    a->sin6_scope_id = (uint32_t)scope;
     *len = sizeof *a;
+    return 1;
+}
+
+/* The same address as the one converted last: the same object, or equal
+ * items of the same exact types (a float port must not pass for an int). */
+static int same_address(PyObject *a, PyObject *b)
+{
+    if (a == b) {
+        return 1;
+    }
+    if (Py_TYPE(a) != Py_TYPE(b)) {
+        return 0;
+    }
+    if (PyUnicode_CheckExact(a) || PyBytes_CheckExact(a)) {
+        return PyObject_RichCompareBool(a, b, Py_EQ) == 1;
+    }
+    if (!PyTuple_CheckExact(a) || PyTuple_GET_SIZE(a) != PyTuple_GET_SIZE(b)) {
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(a); i++) {
+        PyObject *x = PyTuple_GET_ITEM(a, i), *y = PyTuple_GET_ITEM(b, i);
+        if (Py_TYPE(x) != Py_TYPE(y) || !(PyUnicode_CheckExact(x) || PyLong_CheckExact(x)) ||
+            PyObject_RichCompareBool(x, y, Py_EQ) != 1) {
+            return 0;
+        }
+    }
     return 1;
 }
 
@@ -208,12 +250,17 @@ static int numeric_sockaddr(int family, PyObject *addr, struct sockaddr_storage 
 static int sockaddr_of(PyObject *self, PyObject *addr, const struct sockaddr **sa, socklen_t *len)
 {
     dtail_t *t = TAIL(self);
-    if (t->last_addr != NULL && (t->last_addr == addr || PyObject_RichCompareBool(t->last_addr, addr, Py_EQ) == 1)) {
-        *sa = (const struct sockaddr *)&t->last_sa;
-        *len = t->last_salen;
-        return 0;
+    if (t->last_addr != NULL) {
+        PyObject *last = Py_NewRef(t->last_addr); /* a comparison may run code that sends */
+        int same = same_address(last, addr);
+        Py_DECREF(last);
+        PyErr_Clear();
+        if (same && t->last_addr != NULL) {
+            *sa = (const struct sockaddr *)&t->last_sa;
+            *len = t->last_salen;
+            return 0;
+        }
     }
-    PyErr_Clear();
     struct sockaddr_storage ss;
     socklen_t sl = 0;
     int rc = numeric_sockaddr(t->family, addr, &ss, &sl);
@@ -221,6 +268,7 @@ static int sockaddr_of(PyObject *self, PyObject *addr, const struct sockaddr **s
         return -1;
     }
     if (rc == 0) {
+        /* a name: resolved on every send, as socket.sendto does (not kept) */
         /* getaddrinfo(host, port, family, SOCK_DGRAM)[0][4], numeric */
         PyObject *socket = PyImport_ImportModule("socket");
         PyObject *infos = socket ? PyObject_CallMethod(socket, "getaddrinfo", "OOii", PyTuple_GET_ITEM(addr, 0),
@@ -241,6 +289,17 @@ static int sockaddr_of(PyObject *self, PyObject *addr, const struct sockaddr **s
             }
             return -1;
         }
+        if (t->family == AF_INET6) {
+            /* the caller's flowinfo and scope, as the socket module's */
+            struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
+            Py_ssize_t n = PyTuple_GET_SIZE(addr);
+            a6->sin6_flowinfo = htonl(n > 2 ? (uint32_t)PyLong_AsUnsignedLongMask(PyTuple_GET_ITEM(addr, 2)) : 0);
+            a6->sin6_scope_id = n > 3 ? (uint32_t)PyLong_AsUnsignedLongMask(PyTuple_GET_ITEM(addr, 3)) : 0;
+        }
+        memcpy(&t->named_sa, &ss, sizeof ss);
+        *sa = (const struct sockaddr *)&t->named_sa;
+        *len = sl;
+        return 0;
     }
     Py_XSETREF(t->last_addr, Py_NewRef(addr));
     memcpy(&t->last_sa, &ss, sizeof ss);
@@ -396,7 +455,7 @@ static size_t buffer_size(PyObject *self)
     if (!t->udp_open || br_is_closing(&t->udp.handle)) {
         return 0;
     }
-#if PY_VERSION_HEX >= 0x030C0000
+#if PY_VERSION_HEX >= 0x030D0000
     return br_udp_queued(&t->udp) + HEADER_BYTES * br_udp_queued_datagrams(&t->udp);
 #else
     return br_udp_queued(&t->udp);
@@ -477,7 +536,9 @@ static void on_drain(br_udp_t *u)
     PyObject *self = SELF(u);
     dtail_t *t = TAIL(self);
     Py_INCREF(self);
-    flow(self, 0); /* may send again */
+    if (!t->conn_lost) {
+        flow(self, 0); /* may send again; an aborted transport is not resumed (asyncio's _force_close) */
+    }
     if (br_udp_queued_datagrams(&t->udp) == 0) {
         update_self_ref(self);
         if (t->closing && !t->conn_lost) {
@@ -524,10 +585,15 @@ static PyObject *dt_sendto(PyObject *self, PyObject *args, PyObject *kwds)
     }
     Py_buffer view;
     if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
-        return NULL;
+        /* a non-contiguous memoryview: socket.sendto refuses it, and asyncio
+         * makes that a fatal write error */
+        PyObject *exc = PyErr_GetRaisedException();
+        int rc = fatal_error(self, exc, "Fatal write error on datagram transport");
+        Py_DECREF(exc);
+        return rc < 0 ? NULL : Py_NewRef(Py_None);
     }
-#if PY_VERSION_HEX < 0x030C0000
-    if (view.len == 0) { /* 3.11's asyncio sends no empty datagram */
+#if PY_VERSION_HEX < 0x030D0000
+    if (view.len == 0) { /* asyncio before 3.13 sends no empty datagram */
         PyBuffer_Release(&view);
         Py_RETURN_NONE;
     }
@@ -741,15 +807,22 @@ static PyObject *dt_get_extra_info(PyObject *self, PyObject *args, PyObject *kwd
 static PyObject *dt_repr(PyObject *self)
 {
     dtail_t *t = TAIL(self);
-    const char *name = Py_TYPE(self)->tp_name;
-    if (t->sock_gone) {
-        return PyUnicode_FromFormat("<%s closed>", name);
+    PyObject *name = PyType_GetName(Py_TYPE(self)); /* the class's __name__, as asyncio's */
+    if (name == NULL) {
+        return NULL;
     }
-    int open = t->udp_open && !br_is_closing(&t->udp.handle);
-    const char *reading = open && br_is_active(&t->udp.handle) && !t->paused && !t->closing ? "polling" : "idle";
-    size_t size = buffer_size(self);
-    return PyUnicode_FromFormat("<%s%s fd=%d read=%s write=<%s, bufsize=%zu>>", name, t->closing ? " closing" : "",
-                                t->fd, reading, size ? "polling" : "idle", size);
+    PyObject *r;
+    if (t->sock_gone || t->loop == NULL) {
+        r = PyUnicode_FromFormat("<%U %sfd=%d>", name, t->sock_gone ? "closed " : t->closing ? "closing " : "", t->fd);
+    } else {
+        int open = t->udp_open && !br_is_closing(&t->udp.handle);
+        const char *reading = open && br_udp_receiving(&t->udp) && !t->paused && !t->closing ? "polling" : "idle";
+        size_t size = buffer_size(self);
+        r = PyUnicode_FromFormat("<%U%s fd=%d read=%s write=<%s, bufsize=%zu>>", name, t->closing ? " closing" : "",
+                                 t->fd, reading, size ? "polling" : "idle", size);
+    }
+    Py_DECREF(name);
+    return r;
 }
 
 /* --------------------------------------------------------- set-up */
@@ -936,10 +1009,11 @@ static int dt_clear(PyObject *self)
 static void dt_dealloc(PyObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
+    /* the finalizer first, while still tracked: it may resurrect the object */
     if (PyObject_CallFinalizerFromDealloc(self) < 0) {
         return; /* resurrected until its handle has closed */
     }
+    PyObject_GC_UnTrack(self);
     dtail_t *t = TAIL(self);
     if (t->weakrefs != NULL) {
         PyObject_ClearWeakRefs(self);

@@ -1126,10 +1126,11 @@ static int tr_clear(PyObject *self)
 static void tr_dealloc(PyObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
+    /* the finalizer first, while still tracked: it may resurrect the object */
     if (PyObject_CallFinalizerFromDealloc(self) < 0) {
         return; /* resurrected until its stream has closed */
     }
+    PyObject_GC_UnTrack(self);
     tail_t *t = TAIL(self);
     if (t->weakrefs != NULL) {
         PyObject_ClearWeakRefs(self);

@@ -86,15 +86,21 @@ int braid_parse_write_limits(PyObject *args, PyObject *kwds, size_t *high_out, s
 
 void braid_transport_call_flow(PyObject *loop, PyObject *transport, PyObject *protocol, const char *method)
 {
+    Py_INCREF(protocol); /* the call may set another protocol on the transport */
+    Py_INCREF(loop);
     PyObject *r = PyObject_CallMethod(protocol, method, NULL);
     if (r != NULL) {
         Py_DECREF(r);
+        Py_DECREF(protocol);
+        Py_DECREF(loop);
         return;
     }
     PyObject *exc = PyErr_GetRaisedException();
     if (PyErr_GivenExceptionMatches(exc, PyExc_KeyboardInterrupt) ||
         PyErr_GivenExceptionMatches(exc, PyExc_SystemExit)) {
         braid_loop_raise_later(loop, exc); /* out of run_forever, as asyncio's */
+        Py_DECREF(protocol);
+        Py_DECREF(loop);
         return;
     }
     PyObject *msg = PyUnicode_FromFormat("protocol.%s() failed", method);
@@ -105,4 +111,6 @@ void braid_transport_call_flow(PyObject *loop, PyObject *transport, PyObject *pr
     Py_XDECREF(h);
     Py_XDECREF(msg);
     Py_DECREF(exc);
+    Py_DECREF(protocol);
+    Py_DECREF(loop);
 }
