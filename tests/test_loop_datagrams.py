@@ -165,9 +165,12 @@ class DatagramMixin(LoopFixture):
             tb.resume_reading()
             for _ in range(sent):
                 await pb.datagrams.get()
-            await until(lambda: ta.get_write_buffer_size() == 0)
-            assert [kind for kind, _ in pa.flow] == ["pause", "resume"]
-            assert pa.flow[1][1] <= 5_000
+            # asyncio 3.13.0 adds 8 bytes per queued datagram and takes back only the data's
+            # length when it is sent, so its size never comes back down (nor resume_writing)
+            if self.loop_name == "braid" or sys.version_info < (3, 13):
+                await until(lambda: ta.get_write_buffer_size() == 0)
+                assert [kind for kind, _ in pa.flow] == ["pause", "resume"]
+                assert pa.flow[1][1] <= 5_000
             ta.close()
             tb.close()
             assert await pa.lost is None
