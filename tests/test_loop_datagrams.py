@@ -10,6 +10,7 @@ import os
 import socket
 import sys
 import tempfile
+import time
 import warnings
 
 import pytest
@@ -209,6 +210,31 @@ class DatagramMixin(LoopFixture):
             assert pd.datagrams.qsize() == queued_then  # nothing more trickles in
             tb.close()
             td.close()
+
+        self.run(loop, main())
+
+    def test_a_datagram_comes_after_the_callbacks_already_ready(self, loop):
+        order = []
+
+        class Noting(DatagramRecorder):
+            def datagram_received(self, data, addr):
+                order.append(data)
+
+        async def main():
+            server, _ = await loop.create_datagram_endpoint(Noting, local_addr=("127.0.0.1", 0))
+            client, _ = await loop.create_datagram_endpoint(DatagramRecorder, local_addr=("127.0.0.1", 0))
+            client.sendto(b"datagram", server.get_extra_info("sockname"))
+            time.sleep(0.05)  # in the server's socket buffer before the next poll
+            loop.call_soon(order.append, "ready before the poll")
+            await until(lambda: len(order) == 2)
+            assert order == ["ready before the poll", b"datagram"]
+            # and one that comes after the transport was closed in a callback before it is dropped
+            client.sendto(b"late", server.get_extra_info("sockname"))
+            time.sleep(0.05)
+            loop.call_soon(server.close)
+            await asyncio.sleep(0.05)
+            assert order == ["ready before the poll", b"datagram"]
+            client.close()
 
         self.run(loop, main())
 

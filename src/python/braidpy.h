@@ -207,6 +207,9 @@ void braid_loop_raise_later(PyObject *loop, PyObject *exc);
 /* A transport's stream opened (+1) or its close callback ran (-1): the loop
  * then polls on every iteration, as it does for any watched fd. */
 void braid_loop_count_stream(PyObject *loop, int delta);
+/* 1 if callbacks wait in the ready queue: an engine callback running in the
+ * poll comes before them, where asyncio's reader handle would come after. */
+int braid_loop_has_ready(PyObject *loop);
 int braid_loop_traverse(braid_state *st, visitproc visit, void *arg);
 void braid_loop_clear(braid_state *st);
 

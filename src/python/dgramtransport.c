@@ -479,35 +479,86 @@ static void flow(PyObject *self, int pause)
 
 /* --------------------------------------------------------- the engine's callbacks */
 
+/* Order. asyncio reads a datagram from a reader handle that the poll puts
+ * behind the callbacks already ready, so those run first (a task that is
+ * about to create the future datagram_received will set, say). The engine
+ * reads in the poll itself: while callbacks wait in the ready queue, the
+ * datagram goes behind them through call_soon(_deliver), which checks the
+ * transport is still open as asyncio's _read_ready does; with nothing
+ * ready it goes to the protocol at once. */
 static void on_recv(br_udp_t *u, const char *buf, ssize_t n, const struct sockaddr *addr, socklen_t addrlen)
 {
     PyObject *self = SELF(u);
     dtail_t *t = TAIL(self);
-    if (t->conn_lost || t->protocol == NULL) {
+    if (t->conn_lost || t->protocol == NULL || t->loop == NULL) {
         return;
     }
     Py_INCREF(self);
-    PyObject *r;
-    const char *what;
+    PyObject *r, *args;
+    const char *what = n >= 0 ? "datagram_received()" : "error_received()";
     if (n >= 0) {
-        what = "datagram_received()";
         PyObject *data = PyBytes_FromStringAndSize(buf, n);
         PyObject *from = data ? address_object(addr, addrlen) : NULL;
-        r = from ? PyObject_CallMethod(t->protocol, "datagram_received", "OO", data, from) : NULL;
+        args = from ? PyTuple_Pack(2, data, from) : NULL;
         Py_XDECREF(data);
         Py_XDECREF(from);
     } else {
-        what = "error_received()";
         errno = (int)-n;
         PyObject *exc = PyErr_SetFromErrno(PyExc_OSError) ? NULL : PyErr_GetRaisedException();
-        r = exc ? PyObject_CallMethod(t->protocol, "error_received", "O", exc) : NULL;
+        args = exc ? PyTuple_Pack(1, exc) : NULL;
         Py_XDECREF(exc);
     }
+    if (args != NULL && braid_loop_has_ready(t->loop)) {
+        PyObject *deliver = PyObject_GetAttrString(self, n >= 0 ? "_deliver" : "_deliver_error");
+        PyObject *call = deliver ? PyTuple_New(PyTuple_GET_SIZE(args) + 1) : NULL;
+        if (call != NULL) {
+            PyTuple_SET_ITEM(call, 0, Py_NewRef(deliver));
+            for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(args); i++) {
+                PyTuple_SET_ITEM(call, i + 1, Py_NewRef(PyTuple_GET_ITEM(args, i)));
+            }
+        }
+        PyObject *soon = call ? PyObject_GetAttrString(t->loop, "call_soon") : NULL;
+        r = soon ? PyObject_Call(soon, call, NULL) : NULL;
+        Py_XDECREF(soon);
+        Py_XDECREF(call);
+        Py_XDECREF(deliver);
+    } else {
+        PyObject *meth = args ? PyObject_GetAttrString(t->protocol, n >= 0 ? "datagram_received" : "error_received")
+                              : NULL;
+        r = meth ? PyObject_Call(meth, args, NULL) : NULL;
+        Py_XDECREF(meth);
+    }
+    Py_XDECREF(args);
     if (r == NULL) {
         callback_failed(self, what);
     }
     Py_XDECREF(r);
     Py_DECREF(self);
+}
+
+/* A datagram queued behind the ready callbacks (on_recv): to the protocol
+ * unless the transport has been closed meanwhile. An exception goes to the
+ * loop's handler through the handle, as one from asyncio's _read_ready. */
+static PyObject *dt_deliver(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    dtail_t *t = TAIL(self);
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "_deliver(data, addr)");
+        return NULL;
+    }
+    if (t->conn_lost || t->protocol == NULL) {
+        Py_RETURN_NONE;
+    }
+    return PyObject_CallMethod(t->protocol, "datagram_received", "OO", args[0], args[1]);
+}
+
+static PyObject *dt_deliver_error(PyObject *self, PyObject *exc)
+{
+    dtail_t *t = TAIL(self);
+    if (t->conn_lost || t->protocol == NULL) {
+        Py_RETURN_NONE;
+    }
+    return PyObject_CallMethod(t->protocol, "error_received", "O", exc);
 }
 
 /* A queued datagram the kernel refused: the protocol hears of it and the
@@ -1083,6 +1134,8 @@ static PyMethodDef dt_methods[] = {
     {"set_protocol", dt_set_protocol, METH_O, NULL},
     {"get_extra_info", (PyCFunction)(void (*)(void))dt_get_extra_info, METH_VARARGS | METH_KEYWORDS, NULL},
     {"_call_connection_lost", dt_call_connection_lost, METH_O, NULL},
+    {"_deliver", (PyCFunction)(void (*)(void))dt_deliver, METH_FASTCALL, NULL},
+    {"_deliver_error", dt_deliver_error, METH_O, NULL},
     {"_start_reading", dt_start_reading, METH_NOARGS, NULL},
     {NULL}};
 

@@ -537,6 +537,11 @@ void braid_loop_count_stream(PyObject *loop, int delta)
     L->nstreams += (size_t)(ssize_t)delta;
 }
 
+int braid_loop_has_ready(PyObject *loop)
+{
+    return ((LoopObject *)loop)->ready_len > 0;
+}
+
 void braid_loop_raise_later(PyObject *loop, PyObject *exc)
 {
     LoopObject *L = (LoopObject *)loop;
