@@ -984,3 +984,46 @@ def test_a_result_handed_to_a_waiter_that_left_is_not_lost(braid):
                 assert time.monotonic() < deadline, "a finished task's future never became done"
                 time.sleep(0.001)
             assert f.result() is None
+
+
+def test_one_at_a_time_results_with_out_of_band_buffers(braid):
+    # A waiter may take a short task's result off the ring itself; a result whose large buffers
+    # live in the worker's memfds is not taken (the worker keeps them until the result is
+    # acknowledged, and acknowledgements are cumulative): every one must still arrive whole.
+    with braid.ProcessPool(1) as pool:
+        for _ in range(50):
+            pool.submit(pow, 2, 2).result()  # tasks known to be short: waiters take
+        for i in range(40):
+            if i % 2:
+                data = pool.submit(tasks.echo, bytearray(b"%d" % i) * (1 << 20)).result(TIMEOUT)
+                assert len(data) == len(b"%d" % i) << 20 and data[:len(b"%d" % i)] == b"%d" % i
+            else:
+                assert pool.submit(pow, 3, i).result(TIMEOUT) == 3 ** i
+
+
+def test_a_dropped_pools_futures_still_finish(braid):
+    # The pool object goes at once; the waiter takes or is handed its result while the pool
+    # closes and frees itself.
+    for i in range(200):
+        assert braid.ProcessPool(1).submit(pow, 2, i).result(TIMEOUT) == 2 ** i
+
+
+def test_waiters_on_several_threads_each_get_their_own_results(braid):
+    import threading
+
+    with braid.ProcessPool(2) as pool:
+        errors = []
+
+        def waiter(k):
+            try:
+                for i in range(300):
+                    assert pool.submit(pow, k, i).result(TIMEOUT) == k ** i
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=waiter, args=(k,)) for k in (2, 3, 5, 7)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(TIMEOUT * 3)
+        assert not errors
