@@ -479,6 +479,16 @@ static void flow(PyObject *self, int pause)
 
 /* --------------------------------------------------------- the engine's callbacks */
 
+/* The OSError the socket module would raise for -err (not errors.c's map:
+ * there ENOMEM is a MemoryError, and error_received gets what
+ * socket.recvfrom/sendto raise). A new reference, or NULL. */
+static PyObject *os_error(int err)
+{
+    errno = -err;
+    (void)PyErr_SetFromErrno(PyExc_OSError);
+    return PyErr_GetRaisedException();
+}
+
 /* Order. asyncio reads a datagram from a reader handle that the poll puts
  * behind the callbacks already ready, so those run first (a task that is
  * about to create the future datagram_received will set, say). The engine
@@ -494,43 +504,33 @@ static void on_recv(br_udp_t *u, const char *buf, ssize_t n, const struct sockad
         return;
     }
     Py_INCREF(self);
-    PyObject *r, *args;
-    const char *what = n >= 0 ? "datagram_received()" : "error_received()";
+    PyObject *r = NULL;
     if (n >= 0) {
         PyObject *data = PyBytes_FromStringAndSize(buf, n);
         PyObject *from = data ? address_object(addr, addrlen) : NULL;
-        args = from ? PyTuple_Pack(2, data, from) : NULL;
+        PyObject *deliver = from && braid_loop_has_ready(t->loop) ? PyObject_GetAttrString(self, "_deliver") : NULL;
+        if (deliver != NULL) {
+            r = PyObject_CallMethod(t->loop, "call_soon", "OOO", deliver, data, from);
+        } else if (from != NULL && !PyErr_Occurred()) {
+            r = PyObject_CallMethod(t->protocol, "datagram_received", "OO", data, from);
+        }
+        Py_XDECREF(deliver);
         Py_XDECREF(data);
         Py_XDECREF(from);
     } else {
-        errno = (int)-n;
-        PyObject *exc = PyErr_SetFromErrno(PyExc_OSError) ? NULL : PyErr_GetRaisedException();
-        args = exc ? PyTuple_Pack(1, exc) : NULL;
+        PyObject *exc = os_error((int)n);
+        PyObject *deliver = exc && braid_loop_has_ready(t->loop) ? PyObject_GetAttrString(self, "_deliver_error")
+                                                                 : NULL;
+        if (deliver != NULL) {
+            r = PyObject_CallMethod(t->loop, "call_soon", "OO", deliver, exc);
+        } else if (exc != NULL && !PyErr_Occurred()) {
+            r = PyObject_CallMethod(t->protocol, "error_received", "O", exc);
+        }
+        Py_XDECREF(deliver);
         Py_XDECREF(exc);
     }
-    if (args != NULL && braid_loop_has_ready(t->loop)) {
-        PyObject *deliver = PyObject_GetAttrString(self, n >= 0 ? "_deliver" : "_deliver_error");
-        PyObject *call = deliver ? PyTuple_New(PyTuple_GET_SIZE(args) + 1) : NULL;
-        if (call != NULL) {
-            PyTuple_SET_ITEM(call, 0, Py_NewRef(deliver));
-            for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(args); i++) {
-                PyTuple_SET_ITEM(call, i + 1, Py_NewRef(PyTuple_GET_ITEM(args, i)));
-            }
-        }
-        PyObject *soon = call ? PyObject_GetAttrString(t->loop, "call_soon") : NULL;
-        r = soon ? PyObject_Call(soon, call, NULL) : NULL;
-        Py_XDECREF(soon);
-        Py_XDECREF(call);
-        Py_XDECREF(deliver);
-    } else {
-        PyObject *meth = args ? PyObject_GetAttrString(t->protocol, n >= 0 ? "datagram_received" : "error_received")
-                              : NULL;
-        r = meth ? PyObject_Call(meth, args, NULL) : NULL;
-        Py_XDECREF(meth);
-    }
-    Py_XDECREF(args);
     if (r == NULL) {
-        callback_failed(self, what);
+        callback_failed(self, n >= 0 ? "datagram_received()" : "error_received()");
     }
     Py_XDECREF(r);
     Py_DECREF(self);
@@ -571,8 +571,7 @@ static void on_send_error(br_udp_t *u, int err)
         return;
     }
     Py_INCREF(self);
-    errno = -err;
-    PyObject *exc = PyErr_SetFromErrno(PyExc_OSError) ? NULL : PyErr_GetRaisedException();
+    PyObject *exc = os_error(err);
     PyObject *r = exc ? PyObject_CallMethod(t->protocol, "error_received", "O", exc) : NULL;
     Py_XDECREF(exc);
     if (r == NULL) {
@@ -700,8 +699,7 @@ static PyObject *dt_sendto(PyObject *self, PyObject *args, PyObject *kwds)
     }
     if (err < 0) {
         /* refused now (EMSGSIZE, ECONNREFUSED, ...): the protocol hears of it */
-        errno = -err;
-        PyObject *exc = PyErr_SetFromErrno(PyExc_OSError) ? NULL : PyErr_GetRaisedException();
+        PyObject *exc = os_error(err);
         PyObject *r = exc && t->protocol ? PyObject_CallMethod(t->protocol, "error_received", "O", exc) : NULL;
         Py_XDECREF(exc);
         if (r == NULL && PyErr_Occurred()) {
