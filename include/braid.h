@@ -209,6 +209,17 @@ int br_threadpool_cancel(br_threadpool_t *pool, br_work_t *work);
  * if any, and marks it RUNNING. The caller must run it with
  * br_threadpool_run_taken(). NULL when the queue is empty. */
 br_work_t *br_threadpool_try_take(br_threadpool_t *pool);
+/* For a done callback whose result lets its waiter submit the next item at
+ * once (one submit, one result, ...): call br_threadpool_expect_work before
+ * the waiter can see the result, then br_threadpool_take_expected. Between
+ * the two the calling worker counts as one polling the queue, so an item
+ * submitted meanwhile does not wake a sleeping worker (a futex wake-up, and a
+ * second worker contending for the mutex) when this one is about to take it.
+ * take_expected polls for up to spin_ns without the mutex and takes the
+ * oldest item as br_threadpool_try_take does (NULL: none came, or the pool
+ * closed). Every expect_work must be followed by one take_expected. */
+void br_threadpool_expect_work(br_threadpool_t *pool);
+br_work_t *br_threadpool_take_expected(br_threadpool_t *pool, int64_t spin_ns);
 /* Runs a taken item: work(), then done(work, 0). */
 void br_threadpool_run_taken(br_work_t *work);
 /* Items queued and not yet taken. */

@@ -127,3 +127,17 @@ def sum_in_c(n):
 
 def identity(x, key=None):
     return x, key
+
+
+def _make_plus(n):
+    def plus(x):
+        return x + n
+
+    plus.__name__ = plus.__qualname__ = f"plus_{n}"
+    return plus
+
+
+# 300 distinct module-level functions, each found by name (more than a pool caches)
+for _n in range(300):
+    globals()[f"plus_{_n}"] = _make_plus(_n)
+del _n

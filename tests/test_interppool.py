@@ -357,6 +357,23 @@ def test_plain_values_cross_exactly(pool):
         assert got == (v, v) and type(got[0]) is type(v) and type(got[1]) is type(v), (v, got)
 
 
+
+@needs_312
+def test_plain_calls_reach_their_own_functions(pool):
+    # a plain call names its function by an id the worker caches (the last one without a
+    # lookup): calls that alternate functions, with and without arguments, each reach
+    # their own -- also past the 256 functions a pool and a worker keep
+    for i in range(5):
+        assert pool.submit(tasks.where).result(TIMEOUT)[0] is False
+        assert pool.submit(tasks.square, i).result(TIMEOUT) == i * i
+        assert pool.submit(tasks.add, i, b=1, c=2).result(TIMEOUT) == i + 3
+        assert pool.submit(tasks.identity, i).result(TIMEOUT) == (i, None)
+    for rounds in range(2):  # 300 distinct functions: the caches are cleared and refilled
+        futures = [pool.submit(getattr(tasks, f"plus_{n}"), 1000) for n in range(300)]
+        assert [f.result(TIMEOUT) for f in futures] == [1000 + n for n in range(300)]
+        assert pool.submit(tasks.square, 9).result(TIMEOUT) == 81
+
+
 def _script(body, timeout=60, send_sigint_after=None):
     """Runs ``body`` in a fresh interpreter with tests/ on sys.path: (returncode, stdout, stderr)."""
     import signal

@@ -416,7 +416,35 @@ void br_threadpool_retire_thread(br_threadpool_t *pool)
 
 br_work_t *br_threadpool_try_take(br_threadpool_t *pool)
 {
+    /* An empty queue needs no mutex: an item submitted a moment from now is
+     * the submitter's to hand out (it counts idle and polling workers). */
+    if (__atomic_load_n(&pool->queued_, __ATOMIC_ACQUIRE) == 0)
+        return NULL;
     br__mutex_lock(&pool->mu_);
+    br_work_t *w = take_head(pool);
+    br__mutex_unlock(&pool->mu_);
+    return w;
+}
+
+void br_threadpool_expect_work(br_threadpool_t *pool)
+{
+    br__mutex_lock(&pool->mu_);
+    pool->spinning_++;
+    br__mutex_unlock(&pool->mu_);
+}
+
+br_work_t *br_threadpool_take_expected(br_threadpool_t *pool, int64_t spin_ns)
+{
+    int64_t deadline = br_now_ns() + spin_ns;
+    for (unsigned i = 1; __atomic_load_n(&pool->queued_, __ATOMIC_ACQUIRE) == 0; i++) {
+        if (__atomic_load_n(&pool->state_, __ATOMIC_RELAXED) != POOL_OPEN)
+            break;
+        if (i % 64 == 0 && br_now_ns() >= deadline)
+            break;
+        br__cpu_relax();
+    }
+    br__mutex_lock(&pool->mu_);
+    pool->spinning_--;
     br_work_t *w = take_head(pool);
     br__mutex_unlock(&pool->mu_);
     return w;
@@ -430,10 +458,9 @@ void br_threadpool_run_taken(br_work_t *work)
 
 size_t br_threadpool_queued(br_threadpool_t *pool)
 {
-    br__mutex_lock(&pool->mu_);
-    size_t n = pool->queued_;
-    br__mutex_unlock(&pool->mu_);
-    return n;
+    /* A snapshot either way; without the mutex it costs no contention with
+     * a submitter or a worker taking an item. */
+    return __atomic_load_n(&pool->queued_, __ATOMIC_ACQUIRE);
 }
 
 unsigned br_threadpool_threads(br_threadpool_t *pool)

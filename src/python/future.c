@@ -300,6 +300,24 @@ static void spin_for(br_event_t *ev, int64_t left)
     }
 }
 
+/* With the GIL: polls the event for a moment before the GIL is let go. A
+ * round trip through an idle worker that does not need this GIL takes
+ * about a microsecond, and releasing and taking back the GIL is a good
+ * part of that; no other thread waits long for the GIL meanwhile. 1 if
+ * the event was set. */
+#define HELD_SPIN_ROUNDS 64
+
+static int held_spin(br_event_t *ev)
+{
+    for (unsigned i = 0; i < HELD_SPIN_ROUNDS; i++) {
+        if (br_event_is_set(ev)) {
+            return 1;
+        }
+        cpu_relax();
+    }
+    return 0;
+}
+
 int braid_future_wait(FutureObject *f, int64_t deadline_ns)
 {
     while (!IS_DONE(f->state)) {
@@ -324,12 +342,16 @@ int braid_future_wait(FutureObject *f, int64_t deadline_ns)
              * sleep and wakeup cost more than that */
             __atomic_store_n(&f->waiting, 1, __ATOMIC_SEQ_CST);
         }
-        Py_BEGIN_ALLOW_THREADS
-        if (spin) {
-            spin_for(&f->done_ev, left);
+        if (spin && held_spin(&f->done_ev)) {
+            rc = 0;
+        } else {
+            Py_BEGIN_ALLOW_THREADS
+            if (spin) {
+                spin_for(&f->done_ev, left);
+            }
+            rc = br_event_wait(&f->done_ev, left);
+            Py_END_ALLOW_THREADS
         }
-        rc = br_event_wait(&f->done_ev, left);
-        Py_END_ALLOW_THREADS
         if (f->drain_hook != NULL) {
             __atomic_store_n(&f->waiting, 0, __ATOMIC_SEQ_CST);
         }

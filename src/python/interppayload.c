@@ -43,51 +43,69 @@ static int hold_views(itask_t *t, PyObject *list)
     return 0;
 }
 
-/* A plain task's function, pickled once per pool: the payload then carries
- * these bytes, and a worker unpickles each function once (interpworker.c). */
-static PyObject *fn_pickle(interp_core_t *core, PyObject *fn)
+/* A plain task's function, pickled once per pool with an id of its own:
+ * the payload's head (IP_PLAIN_HEAD bytes, then the pickle), which a
+ * payload then starts with. A worker unpickles each function once and
+ * finds it by its id after that (interpworker.c). */
+static PyObject *fn_head(interp_core_t *core, PyObject *fn)
 {
     if (core->fn_cache == NULL && (core->fn_cache = PyDict_New()) == NULL) {
         return NULL;
     }
-    PyObject *data = PyDict_GetItemWithError(core->fn_cache, fn);
-    if (data != NULL || PyErr_Occurred()) {
-        return Py_XNewRef(data);
+    PyObject *head = PyDict_GetItemWithError(core->fn_cache, fn);
+    if (head != NULL || PyErr_Occurred()) {
+        return Py_XNewRef(head);
     }
-    data = PyObject_CallFunction(core->st->pickle_dumps, "Oi", fn, 5);
+    PyObject *data = PyObject_CallFunction(core->st->pickle_dumps, "Oi", fn, 5);
     if (data == NULL) {
+        return NULL;
+    }
+    Py_ssize_t fl = PyBytes_GET_SIZE(data);
+    head = fl <= UINT32_MAX - IP_PLAIN_HEAD ? PyBytes_FromStringAndSize(NULL, IP_PLAIN_HEAD + fl)
+                                             : NULL;
+    if (head != NULL) {
+        char *p = PyBytes_AS_STRING(head);
+        uint32_t id = ++core->fn_ids, n = (uint32_t)fl;
+        p[0] = IP_MARSHAL_TAG;
+        memcpy(p + 1, &id, 4);
+        memcpy(p + 5, &n, 4);
+        memcpy(p + IP_PLAIN_HEAD, PyBytes_AS_STRING(data), (size_t)fl);
+    } else if (!PyErr_Occurred()) {
+        PyErr_SetString(PyExc_OverflowError, "a function's pickle is too large");
+    }
+    Py_DECREF(data);
+    if (head == NULL) {
         return NULL;
     }
     if (PyDict_GET_SIZE(core->fn_cache) >= FN_CACHE_MAX) {
         PyDict_Clear(core->fn_cache);
     }
-    if (PyDict_SetItem(core->fn_cache, fn, data) < 0) {
-        Py_CLEAR(data);
+    if (PyDict_SetItem(core->fn_cache, fn, head) < 0) {
+        Py_CLEAR(head);
     }
-    return data;
+    return head;
 }
 
-/* A plain task's payload: IP_MARSHAL_TAG, the length of the function's
- * pickle (4 bytes, native order: one process), that pickle, then
- * marshal((args, kwargs or None)). Plain values are what marshal writes,
- * and it writes and reads them several times faster than pickle. */
-static PyObject *plain_payload(PyObject *fnb, PyObject *args, PyObject *kwargs)
+/* A plain task's payload: the function's head, then marshal((args, kwargs
+ * or None)) -- nothing more for a call without arguments. Plain values are
+ * what marshal writes, and it writes and reads them several times faster
+ * than pickle. */
+static PyObject *plain_payload(PyObject *head, PyObject *args, PyObject *kwargs)
 {
+    if (PyTuple_GET_SIZE(args) == 0 && kwargs == NULL) {
+        return Py_NewRef(head);
+    }
     PyObject *pair = PyTuple_Pack(2, args, kwargs ? kwargs : Py_None);
     PyObject *m = pair ? PyMarshal_WriteObjectToString(pair, Py_MARSHAL_VERSION) : NULL;
     Py_XDECREF(pair);
     if (m == NULL) {
         return NULL;
     }
-    Py_ssize_t fl = PyBytes_GET_SIZE(fnb), ml = PyBytes_GET_SIZE(m);
-    PyObject *out = fl <= UINT32_MAX ? PyBytes_FromStringAndSize(NULL, 5 + fl + ml) : NULL;
+    Py_ssize_t hl = PyBytes_GET_SIZE(head), ml = PyBytes_GET_SIZE(m);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, hl + ml);
     if (out != NULL) {
-        char *p = PyBytes_AS_STRING(out);
-        uint32_t n = (uint32_t)fl;
-        p[0] = IP_MARSHAL_TAG;
-        memcpy(p + 1, &n, 4);
-        memcpy(p + 5, PyBytes_AS_STRING(fnb), (size_t)fl);
-        memcpy(p + 5 + fl, PyBytes_AS_STRING(m), (size_t)ml);
+        memcpy(PyBytes_AS_STRING(out), PyBytes_AS_STRING(head), (size_t)hl);
+        memcpy(PyBytes_AS_STRING(out) + hl, PyBytes_AS_STRING(m), (size_t)ml);
     }
     Py_DECREF(m);
     return out;
@@ -98,9 +116,9 @@ PyObject *braid_ip_dumps_task(interp_core_t *core, itask_t *t, PyObject *fn, PyO
 {
     braid_state *st = core->st;
     if (braid_task_is_plain(st, fn, args, kwargs)) {
-        PyObject *fnb = fn_pickle(core, fn);
-        PyObject *out = fnb ? plain_payload(fnb, args, kwargs) : NULL;
-        Py_XDECREF(fnb);
+        PyObject *head = fn_head(core, fn);
+        PyObject *out = head ? plain_payload(head, args, kwargs) : NULL;
+        Py_XDECREF(head);
         if (out != NULL) {
             return out;
         }

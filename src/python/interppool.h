@@ -30,6 +30,9 @@ enum itask_status {
 /* First byte of a payload or reply in marshal's format (plain values) rather
  * than pickle's (which starts with 0x80). */
 #define IP_MARSHAL_TAG 'M'
+/* A plain payload's head: the tag, the function's id in its pool, the
+ * length of its pickle (4 bytes each, native order: one process). */
+#define IP_PLAIN_HEAD 9
 
 /* The common results cross without pickle. */
 enum itask_value { IV_PICKLE = 0, IV_NONE, IV_BOOL, IV_INT, IV_FLOAT };
@@ -66,7 +69,8 @@ struct interp_core_s {
     PyInterpreterState *interp; /* the main interpreter */
     PyObject *setup;           /* bytes: pickled (sys.path, initializer, initargs) */
     PyObject *broken;          /* str: why the pool is broken (main GIL) */
-    PyObject *fn_cache;        /* dict: plain task function -> its pickle (main GIL) */
+    PyObject *fn_cache;        /* dict: plain task function -> its payload head (main GIL) */
+    uint32_t fn_ids;           /* ids handed out to functions in fn_cache */
     int broken_flag;           /* atomic copy of broken != NULL, read by workers */
     int64_t timeout_ns;        /* task_timeout, 0: none */
     unsigned threads_exited;   /* workers past on_thread_exit (main GIL) */
@@ -94,7 +98,9 @@ struct iworker_s {
     unsigned long ident;       /* this thread, as PyThreadState_SetAsyncExc knows it */
     PyObject *loads;           /* the sub-interpreter's _pickle.loads */
     PyObject *helper;          /* braid._interpworker there, on first need */
-    PyObject *fns;             /* dict: a function's pickle -> the function */
+    PyObject *fns;             /* dict: a function's id (int) -> the function */
+    PyObject *last_fn;         /* the function of the last plain task, and its id */
+    uint32_t last_fn_id;
     PyObject *interrupt;       /* the exception task_timeout throws in */
     struct pinned_s {          /* main buffers still viewed from the sub-interpreter */
         Py_buffer *views;

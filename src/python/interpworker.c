@@ -57,6 +57,7 @@ static _Thread_local iworker_t *tls_worker;
 static _Thread_local int tls_in_sub;   /* this thread holds its sub-interpreter's GIL */
 static _Thread_local int tls_looping;  /* inside the loop of braid_iw_done */
 static _Thread_local int tls_undelivered; /* a result no waiter was woken for */
+static _Thread_local int tls_expecting; /* counted as polling the queue (expect_work) */
 
 int braid_iw_on_worker_of(interp_core_t *core)
 {
@@ -189,53 +190,83 @@ static int reply_value(itask_t *t, PyObject *res)
     return 1;
 }
 
-/* A plain task names its function by the function's pickle, unpickled
- * here once (an import and a lookup saved on every later task). New ref. */
-static PyObject *function_of(iworker_t *w, PyObject *fn)
+/* A plain task's function, by its id in the pool: unpickled from the
+ * payload the first time, then found in w->fns (the last one without a
+ * lookup). New ref. */
+static PyObject *function_by_id(iworker_t *w, uint32_t id, const char *pickle, Py_ssize_t len)
 {
-    if (!PyBytes_CheckExact(fn)) {
-        return Py_NewRef(fn);
+    if (w->last_fn != NULL && w->last_fn_id == id) {
+        return Py_NewRef(w->last_fn);
     }
     if (w->fns == NULL && (w->fns = PyDict_New()) == NULL) {
         return NULL;
     }
-    PyObject *f = PyDict_GetItemWithError(w->fns, fn);
-    if (f != NULL || PyErr_Occurred()) {
-        return Py_XNewRef(f);
-    }
-    f = PyObject_CallOneArg(w->loads, fn);
-    if (f == NULL) {
+    PyObject *key = PyLong_FromUnsignedLong(id);
+    if (key == NULL) {
         return NULL;
     }
-    if (PyDict_GET_SIZE(w->fns) >= 256) {
-        PyDict_Clear(w->fns);
+    PyObject *f = PyDict_GetItemWithError(w->fns, key);
+    if (f != NULL) {
+        Py_INCREF(f);
+    } else if (!PyErr_Occurred()) {
+        PyObject *view = PyMemoryView_FromMemory((char *)pickle, len, PyBUF_READ);
+        f = view ? PyObject_CallOneArg(w->loads, view) : NULL;
+        Py_XDECREF(view);
+        if (f != NULL && PyDict_GET_SIZE(w->fns) >= 256) {
+            PyDict_Clear(w->fns);
+        }
+        if (f != NULL && PyDict_SetItem(w->fns, key, f) < 0) {
+            Py_CLEAR(f);
+        }
     }
-    if (PyDict_SetItem(w->fns, fn, f) < 0) {
-        Py_CLEAR(f);
+    Py_DECREF(key);
+    if (f != NULL) {
+        Py_XSETREF(w->last_fn, Py_NewRef(f));
+        w->last_fn_id = id;
     }
     return f;
 }
 
-/* A plain payload (interppool.c, plain_payload): (fn pickle, args, kwargs). */
-static PyObject *load_plain(const char *p, Py_ssize_t len)
+/* A plain payload (interppayload.c, plain_payload): the function, its
+ * arguments (new refs; *kwargs NULL for none). 0, or -1 with an exception. */
+static int load_plain(iworker_t *w, const char *p, Py_ssize_t len, PyObject **fn,
+                      PyObject **args, PyObject **kwargs)
 {
-    uint32_t fl;
-    memcpy(&fl, p + 1, 4);
-    if ((Py_ssize_t)fl > len - 5) {
+    uint32_t id, fl;
+    memcpy(&id, p + 1, 4);
+    memcpy(&fl, p + 5, 4);
+    if ((Py_ssize_t)fl > len - IP_PLAIN_HEAD) {
         PyErr_SetString(PyExc_ValueError, "braid: a truncated task payload");
-        return NULL;
+        return -1;
     }
-    PyObject *fnb = PyBytes_FromStringAndSize(p + 5, fl);
-    PyObject *pair = fnb ? PyMarshal_ReadObjectFromString(p + 5 + fl, len - 5 - fl) : NULL;
-    PyObject *call = NULL;
-    if (pair != NULL && PyTuple_Check(pair) && PyTuple_GET_SIZE(pair) == 2) {
-        call = PyTuple_Pack(3, fnb, PyTuple_GET_ITEM(pair, 0), PyTuple_GET_ITEM(pair, 1));
-    } else if (pair != NULL) {
-        PyErr_SetString(PyExc_ValueError, "braid: a malformed task payload");
+    Py_ssize_t rest = len - IP_PLAIN_HEAD - (Py_ssize_t)fl;
+    PyObject *pair = NULL;
+    if (rest > 0) {
+        pair = PyMarshal_ReadObjectFromString(p + IP_PLAIN_HEAD + fl, rest);
+        if (pair == NULL) {
+            return -1;
+        }
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 ||
+            !PyTuple_Check(PyTuple_GET_ITEM(pair, 0))) {
+            Py_DECREF(pair);
+            PyErr_SetString(PyExc_ValueError, "braid: a malformed task payload");
+            return -1;
+        }
     }
-    Py_XDECREF(pair);
-    Py_XDECREF(fnb);
-    return call;
+    if ((*fn = function_by_id(w, id, p + IP_PLAIN_HEAD, fl)) == NULL) {
+        Py_XDECREF(pair);
+        return -1;
+    }
+    if (pair == NULL) {
+        *args = PyTuple_New(0);
+        *kwargs = NULL;
+    } else {
+        *args = Py_NewRef(PyTuple_GET_ITEM(pair, 0));
+        PyObject *kw = PyTuple_GET_ITEM(pair, 1);
+        *kwargs = kw == Py_None ? NULL : Py_NewRef(kw);
+        Py_DECREF(pair);
+    }
+    return 0;
 }
 
 /* A plain result in marshal's format, tagged. New bytes, or NULL. */
@@ -275,31 +306,38 @@ static void run_task(iworker_t *w, itask_t *t)
     const char *p = PyBytes_AS_STRING(t->payload);
     Py_ssize_t len = PyBytes_GET_SIZE(t->payload);
     PyObject *data = NULL, *call = NULL, *res = NULL, *exc = NULL;
+    PyObject *fn = NULL, *args = NULL, *kwargs = NULL;
     int loaded = 0;
-    if (len >= 5 && p[0] == IP_MARSHAL_TAG) {
-        call = load_plain(p, len);
+    if (len >= IP_PLAIN_HEAD && p[0] == IP_MARSHAL_TAG) {
+        (void)load_plain(w, p, len, &fn, &args, &kwargs);
     } else if ((data = PyMemoryView_FromMemory((char *)p, len, PyBUF_READ)) != NULL &&
                (t->nviews == 0 || views != NULL)) {
         if (views != NULL) {
-            PyObject *args = PyTuple_Pack(1, data);
-            PyObject *kw = args ? Py_BuildValue("{s:O}", "buffers", views) : NULL;
-            call = kw ? PyObject_Call(w->loads, args, kw) : NULL;
-            Py_XDECREF(args);
+            PyObject *a = PyTuple_Pack(1, data);
+            PyObject *kw = a ? Py_BuildValue("{s:O}", "buffers", views) : NULL;
+            call = kw ? PyObject_Call(w->loads, a, kw) : NULL;
+            Py_XDECREF(a);
             Py_XDECREF(kw);
         } else {
             call = PyObject_CallOneArg(w->loads, data);
         }
+        if (call != NULL && PyTuple_Check(call) && PyTuple_GET_SIZE(call) == 3 &&
+            PyTuple_Check(PyTuple_GET_ITEM(call, 1))) {
+            fn = Py_NewRef(PyTuple_GET_ITEM(call, 0));
+            args = Py_NewRef(PyTuple_GET_ITEM(call, 1));
+            PyObject *kw = PyTuple_GET_ITEM(call, 2);
+            kwargs = kw == Py_None ? NULL : Py_NewRef(kw);
+        } else if (call != NULL) {
+            PyErr_SetString(PyExc_TypeError, "braid: a task payload is not (fn, args, kwargs)");
+        }
     }
-    PyObject *fn = NULL;
-    if (call != NULL && PyTuple_Check(call) && PyTuple_GET_SIZE(call) == 3 &&
-        (fn = function_of(w, PyTuple_GET_ITEM(call, 0))) != NULL) {
+    if (fn != NULL && args != NULL) {
         loaded = 1;
-        PyObject *kwargs = PyTuple_GET_ITEM(call, 2);
-        res = PyObject_Call(fn, PyTuple_GET_ITEM(call, 1), kwargs == Py_None ? NULL : kwargs);
-        Py_DECREF(fn);
-    } else if (call != NULL && !PyErr_Occurred()) {
-        PyErr_SetString(PyExc_TypeError, "braid: a task payload is not (fn, args, kwargs)");
+        res = PyObject_Call(fn, args, kwargs);
     }
+    Py_XDECREF(fn);
+    Py_XDECREF(args);
+    Py_XDECREF(kwargs);
     if (res == NULL) {
         exc = PyErr_GetRaisedException();
     }
@@ -382,6 +420,11 @@ void braid_iw_work(br_work_t *wk)
  * waiting for it back. No one else sees the task yet: its future is alive. */
 #define AWAIT_WAITER_NS 10000
 
+/* How long a worker that woke a waiter polls for that waiter's next task,
+ * still holding its sub-interpreter's GIL (the engine's idle poll that
+ * follows lets it go first). A round trip from Python is ~1 us. */
+#define EXPECT_NEXT_NS 10000
+
 static void await_waiter(itask_t *t)
 {
     int64_t end = br_now_ns() + AWAIT_WAITER_NS;
@@ -415,6 +458,12 @@ void braid_iw_done(br_work_t *wk, int status)
     int busy = br_threadpool_queued(&core->tp) > 0;
     if (!busy) {
         await_waiter(t);
+        /* The waiter may submit its next task as soon as it is woken: this
+         * worker takes it, so that submit must not wake another. */
+        if (!tls_expecting) {
+            br_threadpool_expect_work(&core->tp);
+            tls_expecting = 1;
+        }
     }
     if (!braid_ipd_push(core, t, busy)) {
         tls_undelivered = 1; /* nobody was woken to finish it */
@@ -423,8 +472,17 @@ void braid_iw_done(br_work_t *wk, int status)
         return;
     }
     tls_looping = 1;
-    br_work_t *next;
-    while ((next = br_threadpool_try_take(&core->tp)) != NULL) {
+    for (;;) {
+        br_work_t *next;
+        if (tls_expecting) {
+            tls_expecting = 0;
+            next = br_threadpool_take_expected(&core->tp, EXPECT_NEXT_NS);
+        } else {
+            next = br_threadpool_try_take(&core->tp);
+        }
+        if (next == NULL) {
+            break;
+        }
         br_threadpool_run_taken(next);
     }
     tls_looping = 0;
@@ -604,6 +662,7 @@ void braid_iw_thread_exit(br_threadpool_t *tp, void *arg)
         Py_CLEAR(w->loads);
         Py_CLEAR(w->helper);
         Py_CLEAR(w->fns);
+        Py_CLEAR(w->last_fn);
         Py_CLEAR(w->interrupt);
         Py_EndInterpreter(w->sub_ts); /* returns with no thread state and no GIL */
         w->sub_ts = NULL;

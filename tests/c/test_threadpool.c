@@ -625,6 +625,76 @@ TEST(spinning_worker_with_bursts)
     pool_finish(&pool);
 }
 
+/* A done callback that expects its waiter's next item (expect_work before
+ * the waiter can see the result, then take_expected): the submits in
+ * between wake no sleeping worker, so one thread runs the whole trickle;
+ * and a close ends the poll at once. */
+#define PP_ITEMS 100
+static br_work_t pp_items[PP_ITEMS];
+static pthread_t pp_thread[PP_ITEMS];
+static br_event_t pp_ready[PP_ITEMS];
+static _Thread_local int pp_looping, pp_expecting;
+
+static void pp_work(br_work_t *w) { pp_thread[w - pp_items] = pthread_self(); }
+
+static void pp_done(br_work_t *w, int status)
+{
+    CHECK_EQ(status, 0);
+    if (!pp_expecting) {
+        br_threadpool_expect_work(&pool);
+        pp_expecting = 1;
+    }
+    br_event_set(&pp_ready[w - pp_items]);
+    if (pp_looping)
+        return;
+    pp_looping = 1;
+    for (;;) {
+        br_work_t *next;
+        if (pp_expecting) {
+            pp_expecting = 0;
+            next = br_threadpool_take_expected(&pool, 5 * 1000000000LL);
+        } else {
+            next = br_threadpool_try_take(&pool);
+        }
+        if (next == NULL)
+            break;
+        br_threadpool_run_taken(next);
+    }
+    pp_looping = 0;
+}
+
+TEST(expected_work_wakes_no_other_worker)
+{
+    pool_init(&pool, 2); /* spin_ns 0: an idle worker sleeps at once */
+    br_event_init(&gate);
+    br_event_init(&all_done);
+    blocked = 0;
+    item_t *items = make_items(2); /* start both workers, then let them sleep */
+    items[0].block = items[1].block = 1;
+    CHECK_EQ(br_threadpool_submit(&pool, &items[0].w), 0);
+    CHECK_EQ(br_threadpool_submit(&pool, &items[1].w), 0);
+    wait_blocked(2);
+    br_event_set(&gate);
+    wait_all_done();
+    wait_idle(&pool, 2);
+
+    for (unsigned i = 0; i < PP_ITEMS; i++) {
+        pp_items[i] = (br_work_t){.work = pp_work, .done = pp_done};
+        br_event_init(&pp_ready[i]);
+        CHECK_EQ(br_threadpool_submit(&pool, &pp_items[i]), 0);
+        CHECK_EQ(br_event_wait(&pp_ready[i], 10 * 1000000000LL), 0);
+    }
+    for (unsigned i = 1; i < PP_ITEMS; i++)
+        CHECK(pthread_equal(pp_thread[i], pp_thread[0]));
+    CHECK_EQ(br_threadpool_threads(&pool), 2u);
+    CHECK_EQ(br_threadpool_queued(&pool), 0u);
+    /* the last done() polls for 5 s: closing ends that at once */
+    int64_t t0 = bt_now_ms();
+    pool_finish(&pool);
+    CHECK(bt_now_ms() - t0 < 1000);
+    free(items);
+}
+
 static unsigned starts, exits;
 static pthread_t started_threads[8];
 static int hook_arg_ok = 1;
