@@ -164,9 +164,11 @@ typedef struct br_threadpool_options_s {
                                    shown by the kernel); NULL: "braid" */
     unsigned spin_ns;           /* 0: an idle worker sleeps at once. Else one
                                    idle worker at a time polls the queue for
-                                   up to this long before it sleeps, which
-                                   saves a wakeup when work comes in a steady
-                                   trickle (one submit, one result, ...) */
+                                   up to this long before it sleeps (none while
+                                   another polls, br_threadpool_expect_work's
+                                   included), which saves a wakeup when work
+                                   comes in a steady trickle (one submit, one
+                                   result, ...) */
     br_thread_cb on_thread_start; /* may be NULL */
     br_thread_cb on_thread_exit;  /* may be NULL */
     void *hook_arg;
@@ -186,7 +188,9 @@ struct br_threadpool_s {
     unsigned started_;           /* threads created (never decreases) */
     unsigned live_;              /* threads not yet exited */
     unsigned idle_;              /* threads waiting for work */
-    unsigned spinning_;          /* threads polling the queue (spin_ns) */
+    unsigned spinning_;          /* threads polling the queue: the idle one
+                                    (spin_ns) and any between expect_work and
+                                    take_expected */
     unsigned retire_;            /* workers asked to exit (br_threadpool_retire_thread) */
     int state_;
     pthread_t *threads_;
@@ -1187,10 +1191,16 @@ typedef void (*br_stream_read_cb)(br_stream_t *s, const char *buf, ssize_t nread
 typedef void (*br_stream_drain_cb)(br_stream_t *s, int paused);
 /* A queued write failed (-EPIPE, -ECONNRESET, ...): the queue was dropped. */
 typedef void (*br_stream_error_cb)(br_stream_t *s, int err);
-/* Where the next read goes, instead of the loop's buffer: *buf and *len
- * (> 0) set, 0; or -errno, which stops reading and reaches the read
- * callback as nread. The read callback then gets that same buf. */
+/* Called before each read. Where the read goes: *buf and *len (> 0) set,
+ * 0 (the read callback then gets that same buf); BR_STREAM_LOOP_BUFFER,
+ * the loop's buffer as without the callback; BR_STREAM_NOT_NOW, no read at
+ * this readiness -- the fd stays watched (level-triggered: the next poll
+ * reports it again) and the caller reads with br_stream_read_now when it is
+ * ready to; or -errno, which stops reading and reaches the read callback as
+ * nread. */
 typedef int (*br_stream_alloc_cb)(br_stream_t *s, char **buf, size_t *len);
+#define BR_STREAM_LOOP_BUFFER 1
+#define BR_STREAM_NOT_NOW 2
 /* The write queue has just become empty (all queued bytes are written). */
 typedef void (*br_stream_empty_cb)(br_stream_t *s);
 
@@ -1230,6 +1240,11 @@ int br_stream_set_limits(br_stream_t *s, size_t high, size_t low);
 int br_stream_read_start(br_stream_t *s, br_stream_read_cb cb, size_t read_size);
 /* Idempotent; 0. */
 int br_stream_read_stop(br_stream_t *s);
+/* Reads once now, as a readiness event does (the alloc and read callbacks
+ * run inside): for a caller that answered one with BR_STREAM_NOT_NOW. 0,
+ * also when there was nothing to read; -EBUSY closing; -EINVAL not
+ * reading. */
+int br_stream_read_now(br_stream_t *s);
 /* Writes or queues a copy of buf. 0; -EPIPE after shutdown or a write
  * error; -EBUSY closing; -ENOMEM; or -errno of the kernel's write (nothing
  * queued then). */

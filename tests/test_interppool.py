@@ -346,6 +346,27 @@ def test_task_timeout_reports_a_task_stuck_in_c_holding_the_gil():
 
 
 @needs_312
+def test_task_stuck_in_c_right_after_an_overdue_one_is_still_reported():
+    # the first task overruns its deadline by a little, in C (a builtin called straight from
+    # the worker: no Python frame that could take the interrupt): its interrupter waits for
+    # the GIL, which the worker keeps straight into the second task, stuck in C for good; the
+    # watchdog must not wait for that interrupter (it would wait as long as the task runs)
+    t0 = time.perf_counter()
+    sum(range(2_000_000))
+    per_item = (time.perf_counter() - t0) / 2_000_000
+    with braid.InterpreterPool(1, task_timeout=0.1) as pool:
+        pool.submit(tasks.square, 1).result(TIMEOUT)
+        first = pool.submit(sum, range(int(0.3 / max(per_item, 1e-9))))
+        second = pool.submit(sum, range(int(4.0 / max(per_item, 1e-9))))
+        assert first.result(TIMEOUT) > 0  # it came back before its grace was over
+        t0 = time.monotonic()
+        with pytest.raises(braid.TaskTimeout, match="stuck in C"):
+            second.result(TIMEOUT)
+        assert time.monotonic() - t0 < 2.5  # not when the 4 s call comes back
+        assert pool.submit(tasks.square, 7).result(TIMEOUT) == 49
+
+
+@needs_312
 def test_plain_values_cross_exactly(pool):
     # plain arguments and results cross in marshal's format, the rest as pickles: both ways
     # must give back equal values of the same types

@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import sys
+import time
 
 import pytest
 
@@ -204,6 +205,67 @@ class TransportMixin(LoopFixture):
             assert proto.data == payload
             transport.close()
             peer.close()
+
+        self.run(loop, main())
+
+    def test_data_comes_after_the_callbacks_already_ready(self, loop):
+        # asyncio reads from a reader handle that the poll puts behind the callbacks already
+        # ready: those run first, and one that pauses reading or closes holds the data back
+        order = []
+
+        class Noting(Recorder):
+            def data_received(self, data):
+                super().data_received(data)
+                order.append(data)
+
+        class NotingBuffered(asyncio.BufferedProtocol):
+            def connection_made(self, transport):
+                self.buf = bytearray(64)
+
+            def get_buffer(self, sizehint):
+                order.append("get_buffer")
+                return self.buf
+
+            def buffer_updated(self, nbytes):
+                order.append(bytes(self.buf[:nbytes]))
+
+            def connection_lost(self, exc):
+                pass
+
+        async def main():
+            transport, proto, peer = await tcp_pair(loop, Noting)
+            peer.send(b"first")
+            time.sleep(0.05)  # in the socket buffer before the next poll
+            loop.call_soon(order.append, "ready before the poll")
+            await until(lambda: len(order) == 2, "the data")
+            assert order == ["ready before the poll", b"first"]
+
+            del order[:]
+            peer.send(b"held")
+            time.sleep(0.05)
+            loop.call_soon(transport.pause_reading)  # runs before the read
+            await ticks(5)
+            assert order == [] and not transport.is_reading()
+            transport.resume_reading()
+            await until(lambda: order == [b"held"], "the held data")
+
+            del order[:]
+            peer.send(b"dropped")
+            time.sleep(0.05)
+            loop.call_soon(transport.close)
+            await ticks(5)
+            assert order == []
+            peer.close()
+
+            btransport, _, bpeer = await tcp_pair(loop, NotingBuffered)
+            del order[:]
+            bpeer.send(b"buffered")
+            time.sleep(0.05)
+            loop.call_soon(order.append, "ready before the poll")
+            await until(lambda: len(order) == 3, "the buffered data")
+            assert order == ["ready before the poll", "get_buffer", b"buffered"]
+            btransport.close()
+            bpeer.close()
 
         self.run(loop, main())
 

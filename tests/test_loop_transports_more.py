@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 import weakref
 
 import pytest
@@ -202,6 +203,117 @@ class MoreTransportsMixin(LoopFixture):
             assert len(os.read(r, 65536)) <= 4096  # what the pipe held, no more
             assert os.read(r, 10) == b""
             os.close(r)
+
+        self.run(loop, main())
+
+    def test_pipe_transports_refuse_regular_files(self, loop):
+        async def main():
+            with tempfile.TemporaryFile() as f:
+                with pytest.raises(ValueError, match="Pipe transport is for pipes/sockets only"):
+                    await loop.connect_read_pipe(Recorder, f)
+                with pytest.raises(ValueError, match="only for pipes, sockets and character devices"):
+                    await loop.connect_write_pipe(Recorder, f)
+                os.fstat(f.fileno())  # still open: the caller's
+
+        self.run(loop, main())
+
+    def test_pipe_fds_closed_once_each_and_nothing_left_open(self, loop):
+        async def main():
+            before = open_fds()
+            for _ in range(20):
+                r, w = os.pipe()
+                rpipe, wpipe = open(r, "rb", 0), open(w, "wb", 0)
+                rt, rp = await loop.connect_read_pipe(Recorder, rpipe)
+                wt, wp = await loop.connect_write_pipe(Recorder, wpipe)
+                wt.write(b"through the pipe")
+                wt.close()
+                assert await wp.lost is None and await rp.lost is None
+                assert rp.data == b"through the pipe" and rp.events == ["made", "eof", "lost"]
+                assert rpipe.closed and wpipe.closed  # asyncio closes the pipe objects
+                assert rt.get_extra_info("pipe") is rpipe
+            await ticks(5)
+            assert open_fds() == before
+
+        self.run(loop, main())
+
+    def test_write_pipe_on_a_socket_closes_when_the_peer_sends_or_closes(self, loop):
+        # asyncio's reader trick: any readiness to read on a write pipe's socket ends it
+        async def main():
+            a, b = socket.socketpair()
+            transport, proto = await loop.connect_write_pipe(Recorder, a)
+            transport.write(b"to b")
+            assert b.recv(10) == b"to b"
+            b.send(b"unexpected")
+            assert await proto.lost is None
+            assert transport.is_closing()
+            b.close()
+
+        self.run(loop, main())
+
+    def test_read_pipe_data_comes_after_the_callbacks_already_ready(self, loop):
+        order = []
+
+        class Noting(Recorder):
+            def data_received(self, data):
+                super().data_received(data)
+                order.append(data)
+
+        async def main():
+            r, w = os.pipe()
+            transport, proto = await loop.connect_read_pipe(Noting, open(r, "rb", 0))
+            os.write(w, b"first")
+            time.sleep(0.05)
+            loop.call_soon(order.append, "ready before the poll")
+            await until(lambda: len(order) == 2, "the data")
+            assert order == ["ready before the poll", b"first"]
+            os.write(w, b"held")
+            time.sleep(0.05)
+            loop.call_soon(transport.pause_reading)
+            await ticks(5)
+            assert order == ["ready before the poll", b"first"]
+            transport.resume_reading()
+            await until(lambda: len(order) == 3, "the held data")
+            os.close(w)
+            assert await proto.lost is None
+
+        self.run(loop, main())
+
+    def test_read_pipe_data_received_that_raises_is_reported_and_reading_goes_on(self, loop):
+        class Raising(Recorder):
+            def data_received(self, data):
+                if data == b"boom":
+                    raise ValueError("in data_received")
+                super().data_received(data)
+
+        async def main():
+            r, w = os.pipe()
+            transport, proto = await loop.connect_read_pipe(Raising, open(r, "rb", 0))
+            os.write(w, b"boom")
+            await until(lambda: contexts, "the report")
+            os.write(w, b"after")
+            await until(lambda: proto.data == b"after", "the next read")
+            assert not transport.is_closing()
+            os.close(w)
+            assert await proto.lost is None
+
+        contexts = []
+        loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
+        self.run(loop, main())
+        assert len(contexts) == 1
+        assert isinstance(contexts[0]["exception"], ValueError)
+        assert contexts[0]["message"].startswith("Exception in callback")
+
+    def test_subprocess_pipes_carry_a_megabyte_each_way(self, loop):
+        async def main():
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-c",
+                "import sys; d = sys.stdin.buffer.read(); sys.stdout.buffer.write(d[::-1]); "
+                "sys.stderr.write(str(len(d)))",
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE)
+            data = bytes(range(256)) * 4096
+            out, err = await proc.communicate(data)
+            assert out == data[::-1] and err == str(len(data)).encode() and proc.returncode == 0
 
         self.run(loop, main())
 
@@ -465,3 +577,29 @@ class TestAsyncioMoreTransports(MoreTransportsMixin):
 class TestBraidMoreTransports(MoreTransportsMixin):
     new_loop = staticmethod(braid_loop)
     loop_name = "braid"
+
+
+def test_braid_pipe_transports_are_c_objects_with_asyncio_bases():
+    async def main():
+        loop = asyncio.get_running_loop()
+        r, w = os.pipe()
+        rt, _ = await loop.connect_read_pipe(Recorder, open(r, "rb", 0))
+        wt, _ = await loop.connect_write_pipe(Recorder, open(w, "wb", 0))
+        assert type(rt).__module__ == "braid._braid" and type(wt).__module__ == "braid._braid"
+        assert isinstance(rt, asyncio.ReadTransport) and not isinstance(rt, asyncio.WriteTransport)
+        assert isinstance(wt, asyncio.WriteTransport)
+        assert weakref.ref(rt)() is rt
+        rt.pause_reading = lambda: None  # attributes, as on asyncio's (its tests set mocks)
+        assert rt.__dict__ == {"pause_reading": rt.pause_reading}
+        del rt.pause_reading
+        with pytest.raises(TypeError, match="bytes-like"):
+            wt.write("text")
+        wt.close()
+        rt.close()
+        await ticks(3)
+
+    loop = braid_loop()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()

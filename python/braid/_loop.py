@@ -1,11 +1,12 @@
 """braid.Loop: an asyncio event loop whose scheduling core is C (src/python/loop.c).
 
 The hot core is C, on braid's reactor (src/core/loop.c): the ready queue, the timers, the
-poll and the fd watchers, and the TCP and Unix socket transports (src/python/socktransport.c,
-on the engine's streams), with plain connections accepted without a task each. Servers'
-set-up, TLS, pipes, datagrams, subprocesses, signal handlers and the rest are asyncio's own
-code running on that core, through the internal methods asyncio's selector loop uses
-(_add_reader, _make_socket_transport, ...).
+poll and the fd watchers, and the transports: TCP and Unix sockets (src/python/socktransport.c)
+and pipes (pipetransport.c) on the engine's streams, datagrams (dgramtransport.c) on its UDP
+handles, with plain connections accepted without a task each. Servers' set-up, TLS,
+subprocesses, signal handlers and the rest are asyncio's own code running on that core,
+through the internal methods asyncio's selector loop uses (_add_reader,
+_make_socket_transport, _make_read_pipe_transport, ...).
 """
 
 import asyncio
@@ -46,6 +47,12 @@ class Loop(_braid._LoopCore, unix_events._UnixSelectorEventLoop):
             return super()._make_datagram_transport(sock, protocol, address, waiter, extra)
         self._ensure_fd_no_transport(sock)
         return _braid.DatagramTransport(self, sock, protocol, address, waiter, extra)
+
+    def _make_read_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
+        return _braid.ReadPipeTransport(self, pipe, protocol, waiter, extra)
+
+    def _make_write_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
+        return _braid.WritePipeTransport(self, pipe, protocol, waiter, extra)
 
     def _accept_connection(self, protocol_factory, sock, sslcontext=None, server=None, backlog=100, *args):
         # asyncio accepts through socket.accept() and makes a task (a coroutine and a waiter

@@ -358,19 +358,24 @@ static void read_once(br_stream_t *s)
     char *buf = NULL;
     size_t size = s->read_size_;
     ssize_t n;
+    int rc = BR_STREAM_LOOP_BUFFER;
     if (s->on_alloc_ != NULL) {
-        int rc = s->on_alloc_(s, &buf, &size);
-        if (closing(s) || !(s->state_ & S_READING)) {
-            return; /* the callback closed the stream or stopped reading */
+        rc = s->on_alloc_(s, &buf, &size);
+        if (closing(s) || !(s->state_ & S_READING) || rc == BR_STREAM_NOT_NOW) {
+            return; /* the callback closed the stream, stopped reading, or reads later */
         }
-        if (rc < 0 || buf == NULL || size == 0) {
+        if (rc < 0 || (rc == 0 && (buf == NULL || size == 0)) || rc > BR_STREAM_NOT_NOW) {
             n = rc < 0 ? rc : -EINVAL;
             buf = NULL;
             goto stop;
         }
-    } else if ((buf = br__loop_read_buf(s->handle.loop, size)) == NULL) {
-        n = -ENOMEM;
-        goto stop;
+    }
+    if (rc == BR_STREAM_LOOP_BUFFER) {
+        size = s->read_size_;
+        if ((buf = br__loop_read_buf(s->handle.loop, size)) == NULL) {
+            n = -ENOMEM;
+            goto stop;
+        }
     }
     do {
         n = read(s->fd, buf, size);
@@ -389,6 +394,18 @@ stop:
     s->state_ &= ~S_READING;
     (void)update_watch(s); /* stopping never fails in a way worth more than the report below */
     s->on_read_(s, buf, n);
+}
+
+int br_stream_read_now(br_stream_t *s)
+{
+    if (closing(s)) {
+        return -EBUSY;
+    }
+    if (!(s->state_ & S_READING)) {
+        return -EINVAL;
+    }
+    read_once(s);
+    return 0;
 }
 
 static void on_io(br_io_t *io, unsigned revents)

@@ -18,6 +18,7 @@
  */
 #include "internal.h"
 
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -173,7 +174,8 @@ static void *worker_main(void *arg)
         /* Queue empty: leave once the pool is closed, else sleep. */
         if (pool->state_ != POOL_OPEN)
             break;
-        /* One spinner is enough to catch the next item. */
+        /* One spinner is enough to catch the next item (a worker polling
+         * through br_threadpool_take_expected counts as one). */
         if (may_spin && pool->opts_.spin_ns > 0 && pool->spinning_ == 0) {
             may_spin = 0;
             spin_for_work(pool);
@@ -439,8 +441,11 @@ br_work_t *br_threadpool_take_expected(br_threadpool_t *pool, int64_t spin_ns)
     for (unsigned i = 1; __atomic_load_n(&pool->queued_, __ATOMIC_ACQUIRE) == 0; i++) {
         if (__atomic_load_n(&pool->state_, __ATOMIC_RELAXED) != POOL_OPEN)
             break;
-        if (i % 64 == 0 && br_now_ns() >= deadline)
-            break;
+        if (i % 64 == 0) {
+            if (br_now_ns() >= deadline)
+                break;
+            sched_yield(); /* on a busy machine the submitter may need this core */
+        }
         br__cpu_relax();
     }
     br__mutex_lock(&pool->mu_);

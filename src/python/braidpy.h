@@ -31,6 +31,8 @@ typedef struct {
     PyTypeObject *loop_timer_type;  /* LoopTimerHandle, an asyncio.TimerHandle */
     PyTypeObject *socket_transport_type; /* SocketTransport (made by the first Loop) */
     PyTypeObject *datagram_transport_type; /* DatagramTransport (made with it) */
+    PyTypeObject *read_pipe_transport_type;  /* ReadPipeTransport (made with it) */
+    PyTypeObject *write_pipe_transport_type; /* WritePipeTransport (made with it) */
     PyObject *BufferedProtocol;     /* asyncio.BufferedProtocol (with it) */
     PyObject *str_data_received;    /* interned "data_received" */
     PyObject *StreamReaderProtocol; /* asyncio's, for the transport's streams fast path */
@@ -207,17 +209,20 @@ void braid_loop_raise_later(PyObject *loop, PyObject *exc);
 /* A transport's stream opened (+1) or its close callback ran (-1): the loop
  * then polls on every iteration, as it does for any watched fd. */
 void braid_loop_count_stream(PyObject *loop, int delta);
-/* 1 if callbacks wait in the ready queue: an engine callback running in the
- * poll comes before them, where asyncio's reader handle would come after. */
-int braid_loop_has_ready(PyObject *loop);
+/* For an engine callback running in the poll: 1 if callbacks were waiting
+ * in the ready queue when this poll began. asyncio's reader handles go
+ * behind those, so such a callback must too (call_soon); callbacks that
+ * earlier reads of the same poll scheduled do not count, as asyncio's
+ * reader handles of one poll all come before them. 0 outside a poll. */
+int braid_loop_ready_before_poll(PyObject *loop);
 int braid_loop_traverse(braid_state *st, visitproc visit, void *arg);
 void braid_loop_clear(braid_state *st);
 
 /* socktransport.c */
 int braid_socktransport_make_type(braid_state *st, PyObject *module);
-/* br_loop_walk's callback when a braid.Loop closes: closes the streams of
- * transports still open. */
-void braid_socktransport_loop_closing(br_handle_t *h, void *unused);
+/* br_loop_walk's callback when a braid.Loop closes (arg: the module
+ * state): closes the streams of socket transports still open. */
+void braid_socktransport_loop_closing(br_handle_t *h, void *arg);
 /* A transport for a connection accepted in C (fd non-blocking, family its
  * socket's): a new reference, or NULL with an exception and fd closed. */
 PyObject *braid_socktransport_accepted(braid_state *st, PyObject *loop, int fd, int family, PyObject *protocol,
@@ -227,6 +232,12 @@ int braid_dgramtransport_make_type(braid_state *st, PyObject *module);
 /* br_loop_walk's callback when a braid.Loop closes: closes the handles of
  * datagram transports still open. */
 void braid_dgramtransport_loop_closing(br_handle_t *h, void *unused);
+
+/* pipetransport.c */
+int braid_pipetransport_make_types(braid_state *st, PyObject *module);
+/* br_loop_walk's callback when a braid.Loop closes (arg: the module
+ * state): closes the streams of pipe transports still open. */
+void braid_pipetransport_loop_closing(br_handle_t *h, void *arg);
 
 /* trcommon.c: what the C transports do alike */
 PyObject *braid_import_attr(const char *module, const char *name); /* new reference */

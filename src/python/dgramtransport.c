@@ -492,8 +492,9 @@ static PyObject *os_error(int err)
 /* Order. asyncio reads a datagram from a reader handle that the poll puts
  * behind the callbacks already ready, so those run first (a task that is
  * about to create the future datagram_received will set, say). The engine
- * reads in the poll itself: while callbacks wait in the ready queue, the
- * datagram goes behind them through call_soon(_deliver), which checks the
+ * reads in the poll itself: when callbacks were waiting in the ready queue
+ * as the poll began, the datagram goes behind them through
+ * call_soon(_deliver) (braid_loop_ready_before_poll), which checks the
  * transport is still open as asyncio's _read_ready does; with nothing
  * ready it goes to the protocol at once. */
 static void on_recv(br_udp_t *u, const char *buf, ssize_t n, const struct sockaddr *addr, socklen_t addrlen)
@@ -508,7 +509,7 @@ static void on_recv(br_udp_t *u, const char *buf, ssize_t n, const struct sockad
     if (n >= 0) {
         PyObject *data = PyBytes_FromStringAndSize(buf, n);
         PyObject *from = data ? address_object(addr, addrlen) : NULL;
-        PyObject *deliver = from && braid_loop_has_ready(t->loop) ? PyObject_GetAttrString(self, "_deliver") : NULL;
+        PyObject *deliver = from && braid_loop_ready_before_poll(t->loop) ? PyObject_GetAttrString(self, "_deliver") : NULL;
         if (deliver != NULL) {
             r = PyObject_CallMethod(t->loop, "call_soon", "OOO", deliver, data, from);
         } else if (from != NULL && !PyErr_Occurred()) {
@@ -519,8 +520,8 @@ static void on_recv(br_udp_t *u, const char *buf, ssize_t n, const struct sockad
         Py_XDECREF(from);
     } else {
         PyObject *exc = os_error((int)n);
-        PyObject *deliver = exc && braid_loop_has_ready(t->loop) ? PyObject_GetAttrString(self, "_deliver_error")
-                                                                 : NULL;
+        PyObject *deliver = exc && braid_loop_ready_before_poll(t->loop)
+                                ? PyObject_GetAttrString(self, "_deliver_error") : NULL;
         if (deliver != NULL) {
             r = PyObject_CallMethod(t->loop, "call_soon", "OO", deliver, exc);
         } else if (exc != NULL && !PyErr_Occurred()) {

@@ -65,10 +65,11 @@ static PyObject *fn_head(interp_core_t *core, PyObject *fn)
                                              : NULL;
     if (head != NULL) {
         char *p = PyBytes_AS_STRING(head);
-        uint32_t id = ++core->fn_ids, n = (uint32_t)fl;
+        uint64_t id = ++core->fn_ids;
+        uint32_t n = (uint32_t)fl;
         p[0] = IP_MARSHAL_TAG;
-        memcpy(p + 1, &id, 4);
-        memcpy(p + 5, &n, 4);
+        memcpy(p + 1, &id, 8);
+        memcpy(p + 9, &n, 4);
         memcpy(p + IP_PLAIN_HEAD, PyBytes_AS_STRING(data), (size_t)fl);
     } else if (!PyErr_Occurred()) {
         PyErr_SetString(PyExc_OverflowError, "a function's pickle is too large");

@@ -30,9 +30,10 @@ enum itask_status {
 /* First byte of a payload or reply in marshal's format (plain values) rather
  * than pickle's (which starts with 0x80). */
 #define IP_MARSHAL_TAG 'M'
-/* A plain payload's head: the tag, the function's id in its pool, the
- * length of its pickle (4 bytes each, native order: one process). */
-#define IP_PLAIN_HEAD 9
+/* A plain payload's head: the tag, the function's id in its pool (8
+ * bytes: never reused), the length of its pickle (4 bytes), native order
+ * (one process). */
+#define IP_PLAIN_HEAD 13
 
 /* The common results cross without pickle. */
 enum itask_value { IV_PICKLE = 0, IV_NONE, IV_BOOL, IV_INT, IV_FLOAT };
@@ -47,7 +48,8 @@ typedef struct itask_s {
     br_work_t work;            /* the engine's item; work.data is this task */
     interp_core_t *core;
     FutureObject *fut;         /* strong */
-    PyObject *payload;         /* bytes: the pickled (fn, args, kwargs) */
+    PyObject *payload;         /* bytes: the pickled (fn, args, kwargs), or a plain call's
+                                  (interppayload.c; maybe its function's cached head) */
     Py_buffer *views;          /* out-of-band buffers, held until settled */
     int nviews;
     int by_future;             /* being cancelled by Future.cancel() */
@@ -70,7 +72,7 @@ struct interp_core_s {
     PyObject *setup;           /* bytes: pickled (sys.path, initializer, initargs) */
     PyObject *broken;          /* str: why the pool is broken (main GIL) */
     PyObject *fn_cache;        /* dict: plain task function -> its payload head (main GIL) */
-    uint32_t fn_ids;           /* ids handed out to functions in fn_cache */
+    uint64_t fn_ids;           /* ids handed out to functions in fn_cache */
     int broken_flag;           /* atomic copy of broken != NULL, read by workers */
     int64_t timeout_ns;        /* task_timeout, 0: none */
     unsigned threads_exited;   /* workers past on_thread_exit (main GIL) */
@@ -100,7 +102,7 @@ struct iworker_s {
     PyObject *helper;          /* braid._interpworker there, on first need */
     PyObject *fns;             /* dict: a function's id (int) -> the function */
     PyObject *last_fn;         /* the function of the last plain task, and its id */
-    uint32_t last_fn_id;
+    uint64_t last_fn_id;
     PyObject *interrupt;       /* the exception task_timeout throws in */
     struct pinned_s {          /* main buffers still viewed from the sub-interpreter */
         Py_buffer *views;

@@ -30,6 +30,8 @@
 
 #ifdef BRAID_HAVE_INTERPRETERS
 
+#include <errno.h>
+#include <pthread.h>
 #include <time.h>
 
 #define STUCK_GRACE_NS 1000000000 /* after the interrupt: then written off */
@@ -75,8 +77,26 @@ static void *interrupter_main(void *arg)
     return NULL;
 }
 
-/* With core->mu: the interrupter of an earlier task is done (that task
- * ended, so its GIL was let go): reaps it. */
+/* With core->mu: 1 while the interrupter of an earlier task still waits
+ * for the sub-interpreter's GIL (a task stuck in C holds it): it will
+ * interrupt whichever task `interrupting` names when it gets it; 0 once
+ * it has ended and been reaped. Never blocks: joining a thread that waits
+ * for a GIL the current task may never let go would keep this watchdog
+ * from reporting that task. */
+static int interrupter_alive(iworker_t *w)
+{
+    if (!w->has_interrupter) {
+        return 0;
+    }
+    if (pthread_tryjoin_np(w->interrupter, NULL) == EBUSY) {
+        return 1;
+    }
+    w->has_interrupter = 0;
+    return 0;
+}
+
+/* With core->mu, as the watchdog leaves (no task runs any more, so its GIL
+ * comes free): reaps the last interrupter. */
 static void reap_interrupter(iworker_t *w, pthread_mutex_t *mu)
 {
     if (w->has_interrupter) {
@@ -104,12 +124,8 @@ static void *watchdog_main(void *arg)
             continue;
         }
         w->interrupted = 1;
-        reap_interrupter(w, &core->mu);
-        if (w->current != t) {
-            continue; /* it ended meanwhile */
-        }
         w->interrupting = w->seq;
-        if (pthread_create(&w->interrupter, NULL, interrupter_main, w) == 0) {
+        if (!interrupter_alive(w) && pthread_create(&w->interrupter, NULL, interrupter_main, w) == 0) {
             w->has_interrupter = 1;
         }
         int64_t give_up = br_now_ns() + STUCK_GRACE_NS;

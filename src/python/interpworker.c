@@ -12,7 +12,9 @@
  * says who finishes the futures, and why). It never holds both GILs: it
  * lets the sub-interpreter's go before it takes the main one. A worker that
  * wakes takes its own GIL once and runs every task it finds queued
- * (br_threadpool_try_take) before it lets it go.
+ * (br_threadpool_try_take) before it lets it go; after a result that woke
+ * its waiter, it polls a moment for that waiter's next task without it
+ * (braid_iw_done).
  *
  * Worker life cycle (one per engine thread):
  *
@@ -193,7 +195,7 @@ static int reply_value(itask_t *t, PyObject *res)
 /* A plain task's function, by its id in the pool: unpickled from the
  * payload the first time, then found in w->fns (the last one without a
  * lookup). New ref. */
-static PyObject *function_by_id(iworker_t *w, uint32_t id, const char *pickle, Py_ssize_t len)
+static PyObject *function_by_id(iworker_t *w, uint64_t id, const char *pickle, Py_ssize_t len)
 {
     if (w->last_fn != NULL && w->last_fn_id == id) {
         return Py_NewRef(w->last_fn);
@@ -201,7 +203,7 @@ static PyObject *function_by_id(iworker_t *w, uint32_t id, const char *pickle, P
     if (w->fns == NULL && (w->fns = PyDict_New()) == NULL) {
         return NULL;
     }
-    PyObject *key = PyLong_FromUnsignedLong(id);
+    PyObject *key = PyLong_FromUnsignedLongLong(id);
     if (key == NULL) {
         return NULL;
     }
@@ -232,9 +234,10 @@ static PyObject *function_by_id(iworker_t *w, uint32_t id, const char *pickle, P
 static int load_plain(iworker_t *w, const char *p, Py_ssize_t len, PyObject **fn,
                       PyObject **args, PyObject **kwargs)
 {
-    uint32_t id, fl;
-    memcpy(&id, p + 1, 4);
-    memcpy(&fl, p + 5, 4);
+    uint64_t id;
+    uint32_t fl;
+    memcpy(&id, p + 1, 8);
+    memcpy(&fl, p + 9, 4);
     if ((Py_ssize_t)fl > len - IP_PLAIN_HEAD) {
         PyErr_SetString(PyExc_ValueError, "braid: a truncated task payload");
         return -1;
@@ -420,18 +423,19 @@ void braid_iw_work(br_work_t *wk)
  * waiting for it back. No one else sees the task yet: its future is alive. */
 #define AWAIT_WAITER_NS 10000
 
-/* How long a worker that woke a waiter polls for that waiter's next task,
- * still holding its sub-interpreter's GIL (the engine's idle poll that
- * follows lets it go first). A round trip from Python is ~1 us. */
+/* How long a worker that woke a waiter polls for that waiter's next task
+ * (its sub-interpreter's GIL let go meanwhile: other threads of that
+ * interpreter may want it). A round trip from Python is under 1 us. */
 #define EXPECT_NEXT_NS 10000
 
-static void await_waiter(itask_t *t)
+/* 1 once the waiter waits, 0 if it did not come in time. */
+static int await_waiter(itask_t *t)
 {
     int64_t end = br_now_ns() + AWAIT_WAITER_NS;
     for (unsigned i = 1; !__atomic_load_n(&t->fut->waiting, __ATOMIC_ACQUIRE); i++) {
         if (i % 32 == 0) {
             if (br_now_ns() >= end) {
-                return;
+                return 0;
             }
             sched_yield(); /* the submitter may need this core to get there */
         }
@@ -439,12 +443,17 @@ static void await_waiter(itask_t *t)
         __builtin_ia32_pause();
 #endif
     }
+    return 1;
 }
 
 /* The engine's done callback. status 0: on the worker, after braid_iw_work;
  * the outermost call keeps taking queued tasks while it holds the
- * sub-interpreter's GIL, then delivers. -ECANCELED: on the thread that
- * cancelled, with the main GIL. */
+ * sub-interpreter's GIL, then delivers. When the result woke a waiter and
+ * nothing is queued, the waiter is likely to submit its next task at once:
+ * this worker then counts as polling for it (br_threadpool_expect_work,
+ * before the waiter can see the result, so that submit wakes no other
+ * worker) and polls a moment, its GIL let go. -ECANCELED: on the thread
+ * that cancelled, with the main GIL. */
 void braid_iw_done(br_work_t *wk, int status)
 {
     itask_t *t = wk->data;
@@ -456,14 +465,9 @@ void braid_iw_done(br_work_t *wk, int status)
     iworker_t *w = tls_worker;
     interp_core_t *core = w->core;
     int busy = br_threadpool_queued(&core->tp) > 0;
-    if (!busy) {
-        await_waiter(t);
-        /* The waiter may submit its next task as soon as it is woken: this
-         * worker takes it, so that submit must not wake another. */
-        if (!tls_expecting) {
-            br_threadpool_expect_work(&core->tp);
-            tls_expecting = 1;
-        }
+    if (!busy && await_waiter(t) && !tls_expecting) {
+        br_threadpool_expect_work(&core->tp);
+        tls_expecting = 1;
     }
     if (!braid_ipd_push(core, t, busy)) {
         tls_undelivered = 1; /* nobody was woken to finish it */
@@ -476,7 +480,11 @@ void braid_iw_done(br_work_t *wk, int status)
         br_work_t *next;
         if (tls_expecting) {
             tls_expecting = 0;
-            next = br_threadpool_take_expected(&core->tp, EXPECT_NEXT_NS);
+            if (tls_in_sub) {
+                PyEval_SaveThread();
+                tls_in_sub = 0;
+            }
+            next = br_threadpool_take_expected(&core->tp, tls_undelivered ? 0 : EXPECT_NEXT_NS);
         } else {
             next = br_threadpool_try_take(&core->tp);
         }

@@ -50,6 +50,7 @@ typedef struct {
     br_timer_t poll_timer; /* bounds a poll to the next timer */
     PyObject **ready;    /* our handles, and asyncio.Handle objects (_add_callback) */
     size_t ready_cap, ready_head, ready_len;
+    size_t ready_at_poll; /* ready_len as the current poll began; 0 outside polls */
     HandleObject **heap;
     size_t heap_len, heap_cap;
     uint64_t seq;
@@ -537,9 +538,9 @@ void braid_loop_count_stream(PyObject *loop, int delta)
     L->nstreams += (size_t)(ssize_t)delta;
 }
 
-int braid_loop_has_ready(PyObject *loop)
+int braid_loop_ready_before_poll(PyObject *loop)
 {
-    return ((LoopObject *)loop)->ready_len > 0;
+    return ((LoopObject *)loop)->ready_at_poll > 0;
 }
 
 void braid_loop_raise_later(PyObject *loop, PyObject *exc)
@@ -1115,7 +1116,9 @@ static PyObject *loop_run_once(LoopObject *L, PyObject *unused)
          * peer's reset seen in the same iteration as the callbacks that
          * follow it; measured: skipping polls for 50 us made
          * test_sendfile_close_peer_in_the_middle_of_receiving fail 5 in 10). */
+        L->ready_at_poll = L->ready_len;
         rc = br_loop_run(L->core, BR_RUN_NOWAIT);
+        L->ready_at_poll = 0;
     } else {
         if (timeout > 0) {
             /* The engine caches its clock: refresh it, or the deadline lies in
@@ -1284,7 +1287,8 @@ static void loop_release(LoopObject *L)
             (void)br_close(&w->io.handle, watcher_closed);
         }
     }
-    br_loop_walk(L->core, braid_socktransport_loop_closing, NULL);
+    br_loop_walk(L->core, braid_socktransport_loop_closing, loop_state((PyObject *)L));
+    br_loop_walk(L->core, braid_pipetransport_loop_closing, loop_state((PyObject *)L));
     br_loop_walk(L->core, braid_dgramtransport_loop_closing, NULL);
     (void)br_close(&L->wake.handle, core_closed);
     (void)br_close(&L->poll_timer.handle, core_closed);
@@ -1359,7 +1363,8 @@ static int loop_init(LoopObject *L, PyObject *args, PyObject *kwds)
         Py_CLEAR(asyncio);
     }
     if (asyncio != NULL && (braid_socktransport_make_type(st, braid_module_from_type(Py_TYPE(L))) < 0 ||
-                            braid_dgramtransport_make_type(st, braid_module_from_type(Py_TYPE(L))) < 0)) {
+                            braid_dgramtransport_make_type(st, braid_module_from_type(Py_TYPE(L))) < 0 ||
+                            braid_pipetransport_make_types(st, braid_module_from_type(Py_TYPE(L))) < 0)) {
         Py_CLEAR(asyncio);
     }
     if (asyncio != NULL) {

@@ -342,6 +342,8 @@ static int braid_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->str_module);
     Py_VISIT(st->socket_transport_type);
     Py_VISIT(st->datagram_transport_type);
+    Py_VISIT(st->read_pipe_transport_type);
+    Py_VISIT(st->write_pipe_transport_type);
     Py_VISIT(st->BufferedProtocol);
     Py_VISIT(st->str_data_received);
     Py_VISIT(st->StreamReaderProtocol);
@@ -381,6 +383,8 @@ static int braid_clear(PyObject *module)
     Py_CLEAR(st->str_module);
     Py_CLEAR(st->socket_transport_type);
     Py_CLEAR(st->datagram_transport_type);
+    Py_CLEAR(st->read_pipe_transport_type);
+    Py_CLEAR(st->write_pipe_transport_type);
     Py_CLEAR(st->BufferedProtocol);
     Py_CLEAR(st->str_data_received);
     Py_CLEAR(st->StreamReaderProtocol);

@@ -71,7 +71,7 @@ typedef struct {
     unsigned sock_gone : 1;  /* connection_lost ran: no socket object any more */
     unsigned fd_taken : 1;   /* the stream owns the fd */
     unsigned closing : 1, eof : 1, paused : 1, protocol_paused : 1, buffered : 1, connected : 1,
-        stream_open : 1, self_ref : 1, has_pbuf : 1, tcp : 1;
+        stream_open : 1, self_ref : 1, has_pbuf : 1, tcp : 1, read_later : 1;
 } tail_t;
 
 static pthread_mutex_t spec_mu = PTHREAD_MUTEX_INITIALIZER; /* the two offsets and tr_spec */
@@ -433,11 +433,36 @@ out:
     Py_DECREF(self);
 }
 
-/* BufferedProtocol: the read goes straight into get_buffer()'s buffer. */
+/* Before each read. Order: asyncio reads from a reader handle that the
+ * poll puts behind the callbacks already ready, so those run first (a task
+ * about to wait on the reader, say, or one that pauses reading); the engine
+ * reads in the poll itself. When callbacks were waiting as the poll began
+ * (braid_loop_ready_before_poll), this read waits behind them: the bytes
+ * stay in the socket and call_soon(_read_ready) reads them, unless the
+ * transport was paused or closed meanwhile -- what asyncio's cancelled
+ * reader handle does. With nothing ready the read goes on at once.
+ * BufferedProtocol: the read goes straight into get_buffer()'s buffer. */
 static int on_alloc(br_stream_t *s, char **buf, size_t *len)
 {
     PyObject *self = SELF(s);
     tail_t *t = TAIL(self);
+    if (braid_loop_ready_before_poll(t->loop)) {
+        if (t->read_later) {
+            return BR_STREAM_NOT_NOW; /* a _read_ready is on its way */
+        }
+        PyObject *later = PyObject_GetAttrString(self, "_read_ready");
+        PyObject *r = later ? PyObject_CallMethod(t->loop, "call_soon", "O", later) : NULL;
+        Py_XDECREF(later);
+        if (r != NULL) {
+            Py_DECREF(r);
+            t->read_later = 1;
+            return BR_STREAM_NOT_NOW;
+        }
+        PyErr_Clear(); /* no memory for a handle: read now, out of order rather than not at all */
+    }
+    if (!t->buffered) {
+        return BR_STREAM_LOOP_BUFFER;
+    }
     PyObject *b = PyObject_CallMethod(t->protocol, "get_buffer", "i", -1);
     if (b != NULL && PyObject_GetBuffer(b, &t->pbuf, PyBUF_WRITABLE) == 0) {
         t->has_pbuf = 1;
@@ -465,7 +490,7 @@ static int start_reading(PyObject *self)
     if (t->closing || t->paused || !t->stream_open) {
         return 0;
     }
-    br_stream_set_more_callbacks(&t->stream, t->buffered ? on_alloc : NULL, on_empty);
+    br_stream_set_more_callbacks(&t->stream, on_alloc, on_empty);
     int err = br_stream_read_start(&t->stream, on_read, MAX_READ);
     update_self_ref(self);
     if (err < 0) {
@@ -758,6 +783,17 @@ static PyObject *tr_start_reading(PyObject *self, PyObject *unused)
     return start_reading(self) < 0 ? NULL : Py_NewRef(Py_None);
 }
 
+/* The read on_alloc put behind the ready callbacks. */
+static PyObject *tr_read_ready(PyObject *self, PyObject *unused)
+{
+    tail_t *t = TAIL(self);
+    t->read_later = 0;
+    if (!t->conn_lost && !t->closing && !t->paused && t->stream_open) {
+        (void)br_stream_read_now(&t->stream); /* -EINVAL: reading stopped (EOF seen) */
+    }
+    Py_RETURN_NONE;
+}
+
 static PyObject *tr_get_write_buffer_size(PyObject *self, PyObject *unused)
 {
     tail_t *t = TAIL(self);
@@ -976,7 +1012,7 @@ static int setup(PyObject *self, PyObject *loop, br_loop_t *core, int fd, int fa
     t->stream_loop = Py_NewRef(loop);
     braid_loop_count_stream(loop, +1);
     br_stream_set_callbacks(&t->stream, on_drain, on_write_error);
-    br_stream_set_more_callbacks(&t->stream, t->buffered ? on_alloc : NULL, on_empty);
+    br_stream_set_more_callbacks(&t->stream, on_alloc, on_empty);
     t->tcp = set_nodelay(fd, family);
     if (server != Py_None) {
 #if PY_VERSION_HEX >= 0x030D0000
@@ -1152,12 +1188,14 @@ static void tr_dealloc(PyObject *self)
 /* The loop is closing with this transport's stream still open: the
  * engine's handle must close before the loop can (no protocol call: a
  * closed loop runs nothing more, as with asyncio). */
-void braid_socktransport_loop_closing(br_handle_t *h, void *unused)
+void braid_socktransport_loop_closing(br_handle_t *h, void *arg)
 {
-    if (h->type != BR_HANDLE_STREAM || br_is_closing(h)) {
+    braid_state *st = arg;
+    PyObject *self = h->data; /* the transport, or a pipe transport's */
+    if (h->type != BR_HANDLE_STREAM || br_is_closing(h) || self == NULL ||
+        st->socket_transport_type == NULL || !PyObject_TypeCheck(self, st->socket_transport_type)) {
         return;
     }
-    PyObject *self = SELF(h);
     tail_t *t = TAIL(self);
     t->closing = 1;
     if (!t->conn_lost) {
@@ -1245,6 +1283,7 @@ static PyMethodDef tr_methods[] = {
     {"get_extra_info", (PyCFunction)(void (*)(void))tr_get_extra_info, METH_VARARGS | METH_KEYWORDS, NULL},
     {"_call_connection_lost", tr_call_connection_lost, METH_O, NULL},
     {"_start_reading", tr_start_reading, METH_NOARGS, NULL},
+    {"_read_ready", tr_read_ready, METH_NOARGS, NULL},
     {"_make_empty_waiter", tr_make_empty_waiter, METH_NOARGS, NULL},
     {"_reset_empty_waiter", tr_reset_empty_waiter, METH_NOARGS, NULL},
     {NULL}};

@@ -515,6 +515,69 @@ TEST(reads_go_where_the_alloc_callback_says)
     CHECK_EQ(close(sv[1]), 0);
 }
 
+/* BR_STREAM_NOT_NOW leaves the bytes in the socket and the fd watched (the
+ * next poll reports it again); br_stream_read_now reads them when the caller
+ * says; BR_STREAM_LOOP_BUFFER reads into the loop's buffer. */
+typedef struct {
+    br_stream_t s;
+    int answer;      /* what the alloc callback returns */
+    int asked;       /* alloc calls */
+    ssize_t last;
+    char got[16];
+    int reads;
+} later_t;
+
+static int later_alloc(br_stream_t *s, char **buf, size_t *len)
+{
+    later_t *k = s->handle.data;
+    (void)buf;
+    (void)len;
+    k->asked++;
+    return k->answer;
+}
+
+static void later_read(br_stream_t *s, const char *buf, ssize_t n)
+{
+    later_t *k = s->handle.data;
+    k->last = n;
+    if (n > 0) {
+        memcpy(k->got, buf, (size_t)n < sizeof k->got ? (size_t)n : sizeof k->got);
+    }
+    k->reads++;
+}
+
+TEST(reads_wait_for_read_now_when_the_alloc_callback_says_not_now)
+{
+    int sv[2];
+    pair(sv);
+    CHECK_EQ(br_loop_init(&loop), 0);
+    later_t k = {.answer = BR_STREAM_NOT_NOW};
+    CHECK_EQ(br_stream_init(&loop, &k.s, sv[0]), 0);
+    k.s.handle.data = &k;
+    br_stream_set_more_callbacks(&k.s, later_alloc, NULL);
+    CHECK_EQ(br_stream_read_now(&k.s), -EINVAL); /* not reading yet */
+    CHECK_EQ(br_stream_read_start(&k.s, later_read, 0), 0);
+    CHECK_EQ(br_stream_read_now(&k.s), 0);        /* asks, reads nothing */
+    CHECK_EQ(k.asked, 1);
+    CHECK_EQ(write(sv[1], "abc", 3), 3);
+    CHECK(br_loop_run(&loop, BR_RUN_NOWAIT) >= 0);
+    CHECK(br_loop_run(&loop, BR_RUN_NOWAIT) >= 0);
+    CHECK_EQ(k.asked, 3);                          /* each poll reported it again */
+    CHECK_EQ(k.reads, 0);                          /* and nothing was read */
+    k.answer = BR_STREAM_LOOP_BUFFER;
+    CHECK_EQ(br_stream_read_now(&k.s), 0);
+    CHECK(k.reads == 1 && k.last == 3 && memcmp(k.got, "abc", 3) == 0);
+    CHECK(loop.read_buf_ != NULL);                 /* the loop's buffer */
+    CHECK_EQ(br_stream_read_now(&k.s), 0);        /* nothing there now: no callback */
+    CHECK_EQ(k.reads, 1);
+    CHECK_EQ(close(sv[1]), 0);                     /* EOF through read_now as through a poll */
+    CHECK_EQ(br_stream_read_now(&k.s), 0);
+    CHECK(k.reads == 2 && k.last == 0 && !br_is_active(&k.s.handle));
+    CHECK_EQ(br_close(&k.s.handle, NULL), 0);
+    CHECK_EQ(br_stream_read_now(&k.s), -EBUSY);
+    finish();
+}
+
 /* ------------------------------------------------------------ the block hook */
 
 static int blocks[2];
