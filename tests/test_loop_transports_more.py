@@ -317,6 +317,60 @@ class MoreTransportsMixin(LoopFixture):
 
         self.run(loop, main())
 
+    def test_write_pipe_resumes_writing_only_once_its_buffer_is_empty(self, loop):
+        # asyncio's pipe resumes the protocol after a whole write, not at the low mark
+        async def main():
+            r, w = small_pipe()
+            transport, proto = await loop.connect_write_pipe(Recorder, open(w, "wb", 0))
+            transport.write(b"a" * 200_000)
+            got = 0
+            while got < 200_000:
+                await asyncio.sleep(0)
+                got += len(await loop.run_in_executor(None, os.read, r, 4096))
+            await until(lambda: len(proto.events) >= 3, "the resume")
+            assert proto.events[1][0] == "pause" and proto.events[2] == ("resume", 0)
+            transport.set_write_buffer_limits(high=1)  # raising or lowering: no resume
+            transport.close()
+            assert await proto.lost is None
+            os.close(r)
+
+        self.run(loop, main())
+
+    def test_keyboard_interrupt_from_a_read_that_waited_behind_ready_callbacks(self, loop):
+        # the read runs from the ready queue (a callback was ready before the poll): the
+        # interrupt leaves this run_forever, not a later one
+        events = []
+
+        class Interrupting(asyncio.Protocol):
+            def data_received(self, data):
+                events.append(data)
+                raise KeyboardInterrupt
+
+        a, b = socket.socketpair()
+
+        async def connect():
+            transport, _ = await loop.create_connection(Interrupting, sock=a)
+            return transport
+
+        transport = loop.run_until_complete(connect())
+
+        def first():
+            b.send(b"x")
+            loop.call_soon(stop)
+
+        def stop():
+            events.append("stop")
+            loop.stop()
+
+        loop.call_soon(first)
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_forever()
+        assert events == ["stop", b"x"]
+        loop.run_until_complete(asyncio.sleep(0.01))  # a later run is not interrupted
+        transport.close()
+        loop.run_until_complete(asyncio.sleep(0))
+        b.close()
+
     # ---- datagrams -------------------------------------------------------------------------
 
     def test_datagram_round_trip_extra_info_and_boundaries(self, loop):
@@ -601,5 +655,33 @@ def test_braid_pipe_transports_are_c_objects_with_asyncio_bases():
     loop = braid_loop()
     try:
         loop.run_until_complete(main())
+    finally:
+        loop.close()
+
+
+def test_braid_pipe_transport_dropped_with_its_pipe_unset_closes_its_stream():
+    # _pipe = None (CPython's tests do it) on a paused transport, then dropped: its stream
+    # still closes (no engine handle left pointing at freed memory, no fd left open)
+    loop = braid_loop()
+    try:
+        before = open_fds()
+        r, w = os.pipe()
+        pipe = open(r, "rb", 0)
+
+        async def connect():
+            transport, _ = await loop.connect_read_pipe(asyncio.Protocol, pipe)
+            return transport
+
+        transport = loop.run_until_complete(connect())
+        transport.pause_reading()
+        transport._pipe = None
+        del transport
+        gc.collect()
+        junk = [bytearray(300) for _ in range(2000)]  # reuses the freed memory, if any
+        loop.run_until_complete(asyncio.sleep(0.01))
+        pipe.close()
+        os.close(w)
+        assert open_fds() == before
+        del junk
     finally:
         loop.close()

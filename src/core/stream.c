@@ -194,7 +194,10 @@ static ssize_t write_some(br_stream_t *s, const struct iovec *iov, int n)
 {
     ssize_t w;
     do {
-        if (s->state_ & S_SOCKET) {
+        if ((s->state_ & S_SOCKET) && n == 1) {
+            /* send(): no msghdr nor iovec for the kernel to copy in */
+            w = send(s->fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL);
+        } else if (s->state_ & S_SOCKET) {
             struct msghdr m = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)n};
             w = sendmsg(s->fd, &m, MSG_NOSIGNAL);
         } else {

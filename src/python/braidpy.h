@@ -38,7 +38,7 @@ typedef struct {
     PyObject *StreamReaderProtocol; /* asyncio's, for the transport's streams fast path */
     PyObject *StreamReader;
     PyObject *stream_methods[3];    /* asyncio's data_received, feed_data, _wakeup_waiter */
-#define BRAID_STREAM_NAMES 17
+#define BRAID_STREAM_NAMES 18
     PyObject *stream_names[BRAID_STREAM_NAMES]; /* interned attribute names (socktransport.c) */
 #define BRAID_LOOP_NAMES 6
     PyObject *loop_names[BRAID_LOOP_NAMES]; /* interned attribute names (loop.c) */
@@ -206,6 +206,10 @@ br_loop_t *braid_loop_core(PyObject *loop);
 /* Steals exc (KeyboardInterrupt, SystemExit from an engine callback): the
  * loop stops the iteration and _run_once raises it. */
 void braid_loop_raise_later(PyObject *loop, PyObject *exc);
+/* Outside a poll (a transport method the user called, a callback of the
+ * ready queue): raises what braid_loop_raise_later stored meanwhile, -1;
+ * 0 if nothing was. Inside a poll the loop raises it after the poll. */
+int braid_loop_reraise(PyObject *loop);
 /* A transport's stream opened (+1) or its close callback ran (-1): the loop
  * then polls on every iteration, as it does for any watched fd. */
 void braid_loop_count_stream(PyObject *loop, int delta);

@@ -463,6 +463,15 @@ static size_t buffer_size(PyObject *self)
 }
 
 /* _maybe_pause_protocol / _maybe_resume_protocol of _FlowControlMixin. */
+/* KeyboardInterrupt or SystemExit out of pause_writing() in a method the
+ * user called: raised from that method, as asyncio's. -1 then. */
+static int reraise(PyObject *self)
+{
+    dtail_t *t = TAIL(self);
+    PyObject *loop = t->loop ? t->loop : t->udp_loop;
+    return loop ? braid_loop_reraise(loop) : 0;
+}
+
 static void flow(PyObject *self, int pause)
 {
     dtail_t *t = TAIL(self);
@@ -713,7 +722,7 @@ static PyObject *dt_sendto(PyObject *self, PyObject *args, PyObject *kwds)
         update_self_ref(self);
         flow(self, 1);
     }
-    Py_RETURN_NONE;
+    return reraise(self) < 0 ? NULL : Py_NewRef(Py_None);
 }
 
 static PyObject *dt_close(PyObject *self, PyObject *unused)
@@ -826,7 +835,7 @@ static PyObject *dt_set_write_buffer_limits(PyObject *self, PyObject *args, PyOb
         return NULL;
     }
     flow(self, 1);
-    Py_RETURN_NONE;
+    return reraise(self) < 0 ? NULL : Py_NewRef(Py_None);
 }
 
 static PyObject *dt_get_protocol(PyObject *self, PyObject *unused) { return Py_NewRef(protocol_or_none(self)); }

@@ -51,6 +51,7 @@ typedef struct {
     PyObject **ready;    /* our handles, and asyncio.Handle objects (_add_callback) */
     size_t ready_cap, ready_head, ready_len;
     size_t ready_at_poll; /* ready_len as the current poll began; 0 outside polls */
+    int polling;          /* inside br_loop_run: engine callbacks run from the poll */
     HandleObject **heap;
     size_t heap_len, heap_cap;
     uint64_t seq;
@@ -548,10 +549,23 @@ void braid_loop_raise_later(PyObject *loop, PyObject *exc)
     LoopObject *L = (LoopObject *)loop;
     if (L->raise_later == NULL) {
         L->raise_later = exc;
-        br_loop_stop(L->core); /* no further callback of this iteration */
+        if (L->polling) {
+            br_loop_stop(L->core); /* no further callback of this iteration */
+        }
     } else {
         Py_DECREF(exc);
     }
+}
+
+int braid_loop_reraise(PyObject *loop)
+{
+    LoopObject *L = (LoopObject *)loop;
+    if (L->raise_later == NULL || L->polling) {
+        return 0;
+    }
+    PyErr_SetRaisedException(L->raise_later);
+    L->raise_later = NULL;
+    return -1;
 }
 
 static int check_open(LoopObject *L)
@@ -1060,7 +1074,7 @@ static PyObject *run_ready_debug(LoopObject *L, size_t n)
             err = warn_slow(h, dt);
         }
         Py_DECREF(h);
-        if (err < 0) {
+        if (err < 0 || braid_loop_reraise((PyObject *)L) < 0) {
             return NULL;
         }
     }
@@ -1117,7 +1131,9 @@ static PyObject *loop_run_once(LoopObject *L, PyObject *unused)
          * follow it; measured: skipping polls for 50 us made
          * test_sendfile_close_peer_in_the_middle_of_receiving fail 5 in 10). */
         L->ready_at_poll = L->ready_len;
+        L->polling = 1;
         rc = br_loop_run(L->core, BR_RUN_NOWAIT);
+        L->polling = 0;
         L->ready_at_poll = 0;
     } else {
         if (timeout > 0) {
@@ -1129,7 +1145,10 @@ static PyObject *loop_run_once(LoopObject *L, PyObject *unused)
             (void)br_timer_start(&L->poll_timer, nothing, timeout, timeout);
         }
         L->polls_skipped = 0;
+        L->polling = 1;
         rc = br_loop_run(L->core, BR_RUN_ONCE); /* the GIL goes while it sleeps: gil_while_blocked */
+        L->polling = 0;
+        L->ready_at_poll = 0;
         (void)br_timer_stop(&L->poll_timer);
     }
     if (L->raise_later != NULL) {
@@ -1173,7 +1192,7 @@ static PyObject *loop_run_once(LoopObject *L, PyObject *unused)
         PyObject *h = ready_pop(L);
         int err = run_ready_one(st, h);
         Py_DECREF(h);
-        if (err < 0) {
+        if (err < 0 || braid_loop_reraise((PyObject *)L) < 0) {
             return NULL;
         }
     }
@@ -1329,6 +1348,9 @@ static void gil_while_blocked(br_loop_t *core, int blocking)
     } else {
         PyEval_RestoreThread(L->blocked_ts);
         L->blocked_ts = NULL;
+        /* what other threads queued while the poll slept (call_soon_threadsafe)
+         * comes before this poll's reads, as before asyncio's reader handles */
+        L->ready_at_poll = L->ready_len;
     }
 }
 

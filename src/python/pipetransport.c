@@ -80,7 +80,7 @@ typedef struct {
     size_t high, low;
     int fd;                  /* the pipe object's (the stream has a duplicate) */
     unsigned writer : 1, closing : 1, paused : 1, stream_open : 1, self_ref : 1, protocol_paused : 1,
-        read_later : 1, lost_scheduled : 1, lost_called : 1;
+        read_later : 1, lost_scheduled : 1, lost_called : 1, peer_gone : 1, peer_gone_queued : 1;
 } pipe_t;
 
 static pthread_mutex_t spec_mu = PTHREAD_MUTEX_INITIALIZER; /* the offsets and the specs */
@@ -219,6 +219,15 @@ static void raise_from_loop(pipe_t *p, PyObject *exc)
     }
     PyErr_SetRaisedException(exc);
     PyErr_WriteUnraisable(p->self);
+}
+
+/* KeyboardInterrupt or SystemExit out of a protocol callback that a method
+ * outside the poll ran (write(): pause_writing; _read_ready): raised from
+ * that method, as asyncio's. -1 then. */
+static int reraise(pipe_t *p)
+{
+    PyObject *loop = p->loop ? p->loop : p->stream_loop;
+    return loop ? braid_loop_reraise(loop) : 0;
 }
 
 /* An exception out of a protocol callback run from the engine: to the
@@ -360,7 +369,13 @@ static PyObject *rp_read_ready(PyObject *self, PyObject *unused)
     pipe_t *p = RP(self);
     p->read_later = 0;
     if (!p->closing && !p->paused && p->stream_open) {
+        Py_INCREF(self);
         (void)br_stream_read_now(&p->stream); /* -EINVAL: reading stopped (EOF seen) */
+        int rc = reraise(p);
+        Py_DECREF(self);
+        if (rc < 0) {
+            return NULL;
+        }
     }
     Py_RETURN_NONE;
 }
@@ -418,6 +433,12 @@ static int peer_alloc(br_stream_t *s, char **buf, size_t *len)
 {
     pipe_t *p = (pipe_t *)s;
     (void)br_stream_read_stop(s);
+    if (!p->peer_gone) {
+        /* the engine's flush of this same readiness may fail with EPIPE
+         * next: that is this close, told by _read_ready (on_write_error) */
+        p->peer_gone = 1;
+        p->peer_gone_queued = br_stream_queued(s) > 0;
+    }
     if (p->loop != NULL && !p->read_later && !p->lost_scheduled) {
         if (schedule_method(p, "_read_ready", NULL) == 0) {
             p->read_later = 1;
@@ -453,8 +474,7 @@ static PyObject *wp_read_ready(PyObject *self, PyObject *unused)
     }
     debug_log(p, "info", "%r was closed by peer");
     PyObject *exc = NULL;
-    if (p->stream_open && br_stream_queued(&p->stream) > 0 &&
-        (exc = PyObject_CallNoArgs(PyExc_BrokenPipeError)) == NULL) {
+    if (p->peer_gone_queued && (exc = PyObject_CallNoArgs(PyExc_BrokenPipeError)) == NULL) {
         return NULL;
     }
     int rc = pipe_close(p, exc);
@@ -477,6 +497,9 @@ static void on_drain(br_stream_t *s, int paused)
 static void on_write_error(br_stream_t *s, int err)
 {
     pipe_t *p = (pipe_t *)s;
+    if (p->peer_gone) {
+        return; /* the read end closed: _read_ready closes the transport, as asyncio's */
+    }
     PyObject *self = Py_NewRef(p->self);
     p->conn_lost++;
     if (os_error_fatal(p, err, "Fatal write error on pipe transport") < 0) {
@@ -547,7 +570,7 @@ static PyObject *wp_write(PyObject *self, PyObject *data)
     Py_DECREF(self);
 done:
     PyBuffer_Release(&view);
-    if (rc < 0 || PyErr_Occurred()) {
+    if (rc < 0 || PyErr_Occurred() || reraise(p) < 0) {
         return NULL;
     }
     Py_RETURN_NONE;
@@ -624,10 +647,10 @@ static PyObject *wp_set_write_buffer_limits(PyObject *self, PyObject *args, PyOb
     }
     if (p->stream_open) {
         Py_INCREF(self);
-        (void)br_stream_set_limits(&p->stream, p->high, p->low); /* may pause the protocol */
+        (void)br_stream_set_limits(&p->stream, p->high, 0); /* may pause the protocol (pipe_init says why 0) */
         Py_DECREF(self);
     }
-    Py_RETURN_NONE;
+    return reraise(p) < 0 ? NULL : Py_NewRef(Py_None);
 }
 
 /* --------------------------------------------------------- both sides */
@@ -637,7 +660,7 @@ static PyObject *wp_set_write_buffer_limits(PyObject *self, PyObject *args, PyOb
  * loop's objects. */
 static PyObject *call_connection_lost(pipe_t *p, PyObject *exc)
 {
-    if (p->lost_called) {
+    if (p->lost_called || p->self == NULL) { /* done, or __init__ never ran */
         Py_RETURN_NONE;
     }
     p->lost_called = 1;
@@ -779,6 +802,11 @@ static int pipe_init(PyObject *self, pipe_t *p, int writer, PyObject *args, PyOb
     p->pipe = Py_NewRef(pipe);
     p->protocol = Py_NewRef(protocol);
     if (writer) {
+        /* asyncio's pipe resumes the protocol only once its buffer is empty
+         * (its _write_ready resumes after a whole write), and raising the
+         * limits never resumes it: the stream's low mark is 0 whatever
+         * get_write_buffer_limits reports */
+        (void)br_stream_set_limits(&p->stream, p->high, 0);
         br_stream_set_callbacks(&p->stream, on_drain, on_write_error);
         br_stream_set_more_callbacks(&p->stream, peer_alloc, on_empty);
     } else {
@@ -822,16 +850,16 @@ static int wp_init(PyObject *self, PyObject *args, PyObject *kwds) { return pipe
 
 static void pipe_finalize(PyObject *self, pipe_t *p)
 {
-    if (p->pipe == NULL) {
+    if (p->pipe == NULL && !p->stream_open) {
         return;
     }
     PyObject *exc = PyErr_GetRaisedException();
-    /* as asyncio's __del__ */
-    if (PyErr_WarnFormat(PyExc_ResourceWarning, 1, "unclosed transport %R", self) < 0) {
+    /* as asyncio's __del__: a warning when the pipe is still set */
+    if (p->pipe != NULL && PyErr_WarnFormat(PyExc_ResourceWarning, 1, "unclosed transport %R", self) < 0) {
         PyErr_WriteUnraisable(self);
     }
     p->closing = 1;
-    close_stream(p); /* resurrects it until the engine's close callback */
+    close_stream(p); /* even with _pipe set to None: resurrects it until the engine's close callback */
     if (close_pipe(p) < 0) {
         PyErr_WriteUnraisable(self);
     }

@@ -189,6 +189,16 @@ static void raise_from_loop(PyObject *self, PyObject *exc)
 }
 static void fail_empty_waiter(PyObject *self, PyObject *exc);
 
+/* KeyboardInterrupt or SystemExit out of a protocol callback that a method
+ * outside the poll ran (write(): pause_writing; _read_ready: the protocol's
+ * reads): raised from that method, as asyncio's. -1 then. */
+static int reraise(PyObject *self)
+{
+    tail_t *t = TAIL(self);
+    PyObject *loop = t->loop ? t->loop : t->stream_loop;
+    return loop ? braid_loop_reraise(loop) : 0;
+}
+
 /* asyncio's _fatal_error: an OSError is only logged in debug mode, anything
  * else goes to the exception handler; then the connection is forced shut. */
 static int fatal_error(PyObject *self, PyObject *exc, const char *message)
@@ -258,7 +268,7 @@ static int force_close(PyObject *self, PyObject *exc)
  * asserts) takes the Python path. */
 enum { S_READER_WR, S_EOF, S_BUFFER, S_WAITER, S_TRANSPORT, S_PAUSED, S_LIMIT, S_CANCELLED, S_SET_RESULT,
        S_PAUSE_READING, S_FEED_DATA, S_WAKEUP_WAITER, S_TRANSPORTS, S_DATA, S_CALL_SOON, S_CONNECTION_MADE,
-       S_START_READING, S_COUNT };
+       S_START_READING, S_MADE_AND_READ, S_COUNT };
 _Static_assert(S_COUNT == BRAID_STREAM_NAMES, "braidpy.h sizes the names");
 static const char *const stream_name_text[S_COUNT] = {
     [S_READER_WR] = "_stream_reader_wr", [S_EOF] = "_eof", [S_BUFFER] = "_buffer", [S_WAITER] = "_waiter",
@@ -266,6 +276,7 @@ static const char *const stream_name_text[S_COUNT] = {
     [S_SET_RESULT] = "set_result", [S_PAUSE_READING] = "pause_reading", [S_FEED_DATA] = "feed_data",
     [S_WAKEUP_WAITER] = "_wakeup_waiter", [S_TRANSPORTS] = "_transports", [S_DATA] = "data",
     [S_CALL_SOON] = "call_soon", [S_CONNECTION_MADE] = "connection_made", [S_START_READING] = "_start_reading",
+    [S_MADE_AND_READ] = "_connection_made",
 };
 
 /* 1 fed, 0 not this protocol (use data_received), -1 with an exception
@@ -634,7 +645,7 @@ static PyObject *tr_write(PyObject *self, PyObject *data)
     Py_DECREF(self);
 done:
     PyBuffer_Release(&view);
-    if (err < 0 || PyErr_Occurred()) {
+    if (err < 0 || PyErr_Occurred() || reraise(self) < 0) {
         return NULL;
     }
     Py_RETURN_NONE;
@@ -783,13 +794,44 @@ static PyObject *tr_start_reading(PyObject *self, PyObject *unused)
     return start_reading(self) < 0 ? NULL : Py_NewRef(Py_None);
 }
 
+/* A connection accepted in C: connection_made, then reading, in one
+ * callback. Reading starts even if connection_made raised (asyncio's
+ * reader handle runs after the failed one); the exception then goes to the
+ * exception handler through this callback's handle. */
+static PyObject *tr_connection_made(PyObject *self, PyObject *unused)
+{
+    tail_t *t = TAIL(self);
+    PyObject *r = t->protocol ? PyObject_CallMethodOneArg(t->protocol, tr_state(self)->stream_names[S_CONNECTION_MADE],
+                                                          self)
+                              : Py_NewRef(Py_None);
+    PyObject *exc = r ? NULL : PyErr_GetRaisedException();
+    Py_XDECREF(r);
+    if (start_reading(self) < 0) {
+        if (exc == NULL) {
+            return NULL;
+        }
+        PyErr_Clear(); /* the protocol's exception is the one to report */
+    }
+    if (exc != NULL) {
+        PyErr_SetRaisedException(exc);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 /* The read on_alloc put behind the ready callbacks. */
 static PyObject *tr_read_ready(PyObject *self, PyObject *unused)
 {
     tail_t *t = TAIL(self);
     t->read_later = 0;
     if (!t->conn_lost && !t->closing && !t->paused && t->stream_open) {
+        Py_INCREF(self);
         (void)br_stream_read_now(&t->stream); /* -EINVAL: reading stopped (EOF seen) */
+        int rc = reraise(self);
+        Py_DECREF(self);
+        if (rc < 0) {
+            return NULL;
+        }
     }
     Py_RETURN_NONE;
 }
@@ -817,7 +859,7 @@ static PyObject *tr_set_write_buffer_limits(PyObject *self, PyObject *args, PyOb
         (void)br_stream_set_limits(&t->stream, t->high, t->low); /* may pause the protocol */
         Py_DECREF(self);
     }
-    Py_RETURN_NONE;
+    return reraise(self) < 0 ? NULL : Py_NewRef(Py_None);
 }
 
 static PyObject *tr_get_protocol(PyObject *self, PyObject *unused)
@@ -1053,15 +1095,26 @@ static int setup(PyObject *self, PyObject *loop, br_loop_t *core, int fd, int fa
     if (err < 0) {
         goto fail;
     }
-    /* as asyncio: connection_made, then reading, then the waiter */
-    PyObject *made = PyObject_GetAttr(protocol, name[S_CONNECTION_MADE]);
-    PyObject *start = made ? PyObject_GetAttr(self, name[S_START_READING]) : NULL;
-    PyObject *rr = start ? PyObject_CallMethodObjArgs(loop, name[S_CALL_SOON], made, self, NULL) : NULL;
-    Py_XDECREF(rr);
-    rr = rr ? PyObject_CallMethodObjArgs(loop, name[S_CALL_SOON], start, NULL) : NULL;
-    Py_XDECREF(rr);
-    Py_XDECREF(made);
-    Py_XDECREF(start);
+    /* as asyncio: connection_made, then reading, then the waiter. A
+     * connection accepted in C has no waiter and nobody else can reach it
+     * before these run: one callback does both (_connection_made), a handle,
+     * a bound method and a context fewer per connection. */
+    PyObject *rr;
+    if (sock == NULL && waiter == Py_None) {
+        PyObject *both = PyObject_GetAttr(self, name[S_MADE_AND_READ]);
+        rr = both ? PyObject_CallMethodObjArgs(loop, name[S_CALL_SOON], both, NULL) : NULL;
+        Py_XDECREF(both);
+        Py_XDECREF(rr);
+    } else {
+        PyObject *made = PyObject_GetAttr(protocol, name[S_CONNECTION_MADE]);
+        PyObject *start = made ? PyObject_GetAttr(self, name[S_START_READING]) : NULL;
+        rr = start ? PyObject_CallMethodObjArgs(loop, name[S_CALL_SOON], made, self, NULL) : NULL;
+        Py_XDECREF(rr);
+        rr = rr ? PyObject_CallMethodObjArgs(loop, name[S_CALL_SOON], start, NULL) : NULL;
+        Py_XDECREF(rr);
+        Py_XDECREF(made);
+        Py_XDECREF(start);
+    }
     if (rr == NULL) {
         goto fail;
     }
@@ -1284,6 +1337,7 @@ static PyMethodDef tr_methods[] = {
     {"_call_connection_lost", tr_call_connection_lost, METH_O, NULL},
     {"_start_reading", tr_start_reading, METH_NOARGS, NULL},
     {"_read_ready", tr_read_ready, METH_NOARGS, NULL},
+    {"_connection_made", tr_connection_made, METH_NOARGS, NULL},
     {"_make_empty_waiter", tr_make_empty_waiter, METH_NOARGS, NULL},
     {"_reset_empty_waiter", tr_reset_empty_waiter, METH_NOARGS, NULL},
     {NULL}};
