@@ -10,6 +10,7 @@ _make_socket_transport, _make_read_pipe_transport, ...).
 """
 
 import asyncio
+import functools
 import socket
 from asyncio import selector_events, unix_events
 
@@ -53,6 +54,23 @@ class Loop(_braid._LoopCore, unix_events._UnixSelectorEventLoop):
 
     def _make_write_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
         return _braid.WritePipeTransport(self, pipe, protocol, waiter, extra)
+
+    def _start_serving(self, protocol_factory, sock, sslcontext=None, server=None, backlog=100, *args):
+        # for a plain server, the listening socket's reader is the C accept loop itself, its
+        # arguments worked out here once (asyncio's reader is _accept_connection, a Python
+        # method that would look at the socket's family, an enum, on every readiness); it
+        # hands debug mode and accept errors to asyncio's _accept_connection (`fallback`)
+        if (sslcontext is None and not self._debug and issubclass(type(sock), socket.socket)
+                and type(self)._make_socket_transport is Loop._make_socket_transport
+                and type(self)._accept_connection is Loop._accept_connection
+                and "_accept_connection" not in vars(self)):
+            fallback = functools.partial(selector_events.BaseSelectorEventLoop._accept_connection, self,
+                                         protocol_factory, sock, sslcontext, server, backlog, *args)
+            fd = sock.fileno()
+            self._add_reader(fd, _braid._accept_plain, self, fd, int(sock.family), protocol_factory,
+                             server, backlog, fallback)
+            return
+        super()._start_serving(protocol_factory, sock, sslcontext, server, backlog, *args)
 
     def _accept_connection(self, protocol_factory, sock, sslcontext=None, server=None, backlog=100, *args):
         # asyncio accepts through socket.accept() and makes a task (a coroutine and a waiter

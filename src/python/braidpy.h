@@ -219,6 +219,8 @@ void braid_loop_count_stream(PyObject *loop, int delta);
  * earlier reads of the same poll scheduled do not count, as asyncio's
  * reader handles of one poll all come before them. 0 outside a poll. */
 int braid_loop_ready_before_poll(PyObject *loop);
+/* The loop's debug mode (asyncio's self._debug), 1 or 0. */
+int braid_loop_debug(PyObject *loop);
 int braid_loop_traverse(braid_state *st, visitproc visit, void *arg);
 void braid_loop_clear(braid_state *st);
 

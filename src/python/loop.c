@@ -69,6 +69,7 @@ typedef struct {
     int init_done;
     int debug;           /* truth of debug_obj, read on every iteration */
     PyObject *debug_obj; /* what asyncio stored as self._debug */
+    PyObject *accept_fn; /* _braid._accept_plain: a reader that runs in the poll */
     PyObject *future_type; /* asyncio.Future, asyncio.Task */
     PyObject *task_type;
 } LoopObject;
@@ -539,6 +540,11 @@ void braid_loop_count_stream(PyObject *loop, int delta)
     L->nstreams += (size_t)(ssize_t)delta;
 }
 
+int braid_loop_debug(PyObject *loop)
+{
+    return ((LoopObject *)loop)->debug;
+}
+
 int braid_loop_ready_before_poll(PyObject *loop)
 {
     return ((LoopObject *)loop)->ready_at_poll > 0;
@@ -770,9 +776,25 @@ static PyObject *loop_time(LoopObject *L, PyObject *unused)
 
 static void watcher_fired(br_io_t *io, unsigned revents)
 {
-    /* no GIL here: only note it; _run_once queues the handles afterwards */
+    /* only noted: _run_once queues the handles after the poll, as asyncio
+     * does -- but a plain server's listening socket, whose reader is
+     * braid's accept loop itself (Loop._start_serving), accepts now, in the
+     * poll, as the transports read in it (and as uvloop accepts): the new
+     * connections' first callbacks then run in this iteration, one poll
+     * fewer per connection. Not when callbacks were ready before the poll
+     * (the accept waits behind them, as asyncio's reader handle would), nor
+     * in debug mode, nor for an fd that also has a writer. */
     watcher_t *w = (watcher_t *)io;
     LoopObject *L = io->handle.data;
+    if (w->reader != NULL && w->writer == NULL && L->accept_fn != NULL && L->ready_at_poll == 0 && !L->debug &&
+        HSLOT(w->reader, callback) == L->accept_fn) {
+        HandleObject *h = (HandleObject *)Py_NewRef(w->reader);
+        if (handle_run(h) < 0) { /* KeyboardInterrupt, SystemExit: out of run_forever after the poll */
+            braid_loop_raise_later((PyObject *)L, PyErr_GetRaisedException());
+        }
+        Py_DECREF(h);
+        return;
+    }
     w->fired |= revents;
     if (!w->queued && L->fired_len < L->fired_cap) {
         w->queued = 1;
@@ -1390,6 +1412,10 @@ static int loop_init(LoopObject *L, PyObject *args, PyObject *kwds)
         Py_CLEAR(asyncio);
     }
     if (asyncio != NULL) {
+        L->accept_fn = PyObject_GetAttrString(braid_module_from_type(Py_TYPE(L)), "_accept_plain");
+        if (L->accept_fn == NULL) {
+            PyErr_Clear(); /* accepts then run as other readers do */
+        }
         L->future_type = PyObject_GetAttrString(asyncio, "Future");
         L->task_type = L->future_type ? PyObject_GetAttrString(asyncio, "Task") : NULL;
         Py_DECREF(asyncio);
@@ -1408,6 +1434,7 @@ static int loop_traverse(LoopObject *L, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(L));
     Py_VISIT(L->debug_obj);
+    Py_VISIT(L->accept_fn);
     Py_VISIT(L->future_type);
     Py_VISIT(L->task_type);
     Py_VISIT(L->raise_later);
@@ -1430,6 +1457,7 @@ static int loop_clear(LoopObject *L)
 {
     loop_drop_queues(L);
     Py_CLEAR(L->debug_obj);
+    Py_CLEAR(L->accept_fn);
     Py_CLEAR(L->future_type);
     Py_CLEAR(L->task_type);
     Py_CLEAR(L->raise_later);

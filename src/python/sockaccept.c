@@ -12,7 +12,9 @@
  * (Loop._accept_connection) keeps asyncio's way for TLS, debug mode (its
  * log lines) and a loop whose subclass makes its own transports, and hands
  * an accept error (EMFILE and the like) to asyncio's handling, which
- * reports it, pauses accepting and tries again.
+ * reports it, pauses accepting and tries again. Loop._start_serving makes
+ * this function itself the listening socket's reader, with its arguments
+ * worked out once: no Python frame per readiness.
  */
 #include "braidpy.h"
 
@@ -23,9 +25,18 @@
 
 PyObject *braid_accept_plain(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 6) {
-        PyErr_SetString(PyExc_TypeError, "_accept_plain(loop, fd, family, protocol_factory, server, backlog)");
+    if (nargs != 6 && nargs != 7) {
+        PyErr_SetString(PyExc_TypeError,
+                        "_accept_plain(loop, fd, family, protocol_factory, server, backlog[, fallback])");
         return NULL;
+    }
+    /* fallback: asyncio's _accept_connection for this server, which the
+     * loop's reader calls when this cannot do its work: in debug mode (its
+     * log lines) and on an accept error (it reports EMFILE and the like,
+     * pauses accepting and tries again) */
+    PyObject *fallback = nargs == 7 ? args[6] : NULL;
+    if (fallback != NULL && braid_loop_debug(args[0])) {
+        return PyObject_CallNoArgs(fallback);
     }
     PyObject *loop = args[0], *factory = args[3], *server = args[4];
     long lfd = PyLong_AsLong(args[1]), family = PyLong_AsLong(args[2]), backlog = PyLong_AsLong(args[5]);
@@ -50,6 +61,9 @@ PyObject *braid_accept_plain(PyObject *module, PyObject *const *args, Py_ssize_t
             }
             if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ECONNABORTED) {
                 break; /* as asyncio: an empty queue or an aborted connection ends the batch */
+            }
+            if (fallback != NULL) {
+                return PyObject_CallNoArgs(fallback); /* it meets the same error and handles it */
             }
             return PyErr_SetFromErrno(PyExc_OSError);
         }
