@@ -6,6 +6,7 @@ The socket transport's flow control, half-close and faults are in test_loop_tran
 """
 
 import asyncio
+import contextvars
 import errno
 import fcntl
 import gc
@@ -370,6 +371,52 @@ class MoreTransportsMixin(LoopFixture):
         transport.close()
         loop.run_until_complete(asyncio.sleep(0))
         b.close()
+
+    def test_protocol_callbacks_see_the_context_their_transport_was_made_in(self, loop):
+        # asyncio's reader handles carry a copy of the context current when the transport was
+        # made: a ContextVar set before create_server / connect_read_pipe /
+        # create_datagram_endpoint is what data_received & co. see, and what tasks they
+        # create copy
+        var = contextvars.ContextVar("var", default="unset")
+        seen = []
+
+        class Seeing(Recorder):
+            def data_received(self, data):
+                super().data_received(data)
+                seen.append(("data", var.get()))
+                var.set("changed in data_received")  # in the transport's own copy
+
+        class SeeingDatagrams(DatagramRecorder):
+            def datagram_received(self, data, addr):
+                seen.append(("datagram", var.get()))
+                super().datagram_received(data, addr)
+
+        async def main():
+            var.set("set before")
+            server = await loop.create_server(Seeing, "127.0.0.1", 0)
+            r, w = os.pipe()
+            ptransport, pproto = await loop.connect_read_pipe(Seeing, open(r, "rb", 0))
+            dtransport, dproto = await loop.create_datagram_endpoint(
+                SeeingDatagrams, local_addr=("127.0.0.1", 0))
+            var.set("changed after")
+            client = socket.create_connection(server.sockets[0].getsockname())
+            client.sendall(b"over tcp")
+            os.write(w, b"over a pipe")
+            sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sender.sendto(b"datagram", dtransport.get_extra_info("sockname"))
+            await until(lambda: len(seen) == 3, "the three callbacks")
+            assert sorted(seen) == [("data", "set before"), ("data", "set before"),
+                                    ("datagram", "set before")]
+            assert var.get() == "changed after"
+            client.close()
+            sender.close()
+            os.close(w)
+            await pproto.lost
+            dtransport.close()
+            server.close()
+            await server.wait_closed()
+
+        self.run(loop, main())
 
     # ---- datagrams -------------------------------------------------------------------------
 

@@ -219,6 +219,8 @@ void braid_loop_count_stream(PyObject *loop, int delta);
  * earlier reads of the same poll scheduled do not count, as asyncio's
  * reader handles of one poll all come before them. 0 outside a poll. */
 int braid_loop_ready_before_poll(PyObject *loop);
+/* 1 while the loop polls (engine callbacks run from the poll). */
+int braid_loop_polling(PyObject *loop);
 /* The loop's debug mode (asyncio's self._debug), 1 or 0. */
 int braid_loop_debug(PyObject *loop);
 int braid_loop_traverse(braid_state *st, visitproc visit, void *arg);
@@ -246,6 +248,21 @@ int braid_pipetransport_make_types(braid_state *st, PyObject *module);
 void braid_pipetransport_loop_closing(br_handle_t *h, void *arg);
 
 /* trcommon.c: what the C transports do alike */
+/* The context a transport's protocol callbacks run in when the engine calls
+ * them: a copy of the one the transport was made in, as asyncio's reader
+ * and writer handles carry one (contextvars set before start_server reach
+ * data_received). */
+typedef struct {
+    PyObject *ctx;   /* strong */
+    int entered;
+} braid_trctx_t;
+int braid_trctx_init(braid_trctx_t *c); /* copies the current context; -1 with an exception */
+/* Enters it unless entered already (a callback inside another); with a
+ * loop, only while that loop polls (a flush's callbacks; the same ones from
+ * a write() the user made run in the caller's context, as asyncio's). 1 if
+ * entered: pass that to braid_trctx_leave. */
+int braid_trctx_enter(braid_trctx_t *c, PyObject *only_while_polling);
+void braid_trctx_leave(braid_trctx_t *c, int entered);
 PyObject *braid_import_attr(const char *module, const char *name); /* new reference */
 /* loop.call_exception_handler({message, exception, transport, protocol}): its result, or NULL */
 PyObject *braid_transport_exception(PyObject *loop, PyObject *message, PyObject *exc, PyObject *transport,

@@ -65,6 +65,7 @@ typedef struct {
     PyObject *sock;          /* the socket object; detached once the handle closes its fd */
     PyObject *address;       /* the peer (remote_addr), or NULL */
     PyObject *last_addr;     /* the last sendto address and its sockaddr */
+    braid_trctx_t ctx;       /* what the engine's callbacks run the protocol in */
     struct sockaddr_storage last_sa;
     socklen_t last_salen;
     struct sockaddr_storage named_sa; /* a name's address, for the send it was resolved for */
@@ -506,7 +507,7 @@ static PyObject *os_error(int err)
  * call_soon(_deliver) (braid_loop_ready_before_poll), which checks the
  * transport is still open as asyncio's _read_ready does; with nothing
  * ready it goes to the protocol at once. */
-static void on_recv(br_udp_t *u, const char *buf, ssize_t n, const struct sockaddr *addr, socklen_t addrlen)
+static void on_recv_body(br_udp_t *u, const char *buf, ssize_t n, const struct sockaddr *addr, socklen_t addrlen)
 {
     PyObject *self = SELF(u);
     dtail_t *t = TAIL(self);
@@ -573,7 +574,7 @@ static PyObject *dt_deliver_error(PyObject *self, PyObject *exc)
 
 /* A queued datagram the kernel refused: the protocol hears of it and the
  * rest still go, as asyncio's _sendto_ready. */
-static void on_send_error(br_udp_t *u, int err)
+static void on_send_error_body(br_udp_t *u, int err)
 {
     PyObject *self = SELF(u);
     dtail_t *t = TAIL(self);
@@ -591,7 +592,7 @@ static void on_send_error(br_udp_t *u, int err)
     Py_DECREF(self);
 }
 
-static void on_drain(br_udp_t *u)
+static void on_drain_body(br_udp_t *u)
 {
     PyObject *self = SELF(u);
     dtail_t *t = TAIL(self);
@@ -611,6 +612,39 @@ static void on_drain(br_udp_t *u)
             Py_XDECREF(r);
         }
     }
+    Py_DECREF(self);
+}
+
+/* The engine's callbacks, in the transport's context (braid_trctx_t). */
+static PyObject *ctx_loop(dtail_t *t) { return t->loop ? t->loop : t->udp_loop; }
+
+static void on_recv(br_udp_t *u, const char *buf, ssize_t n, const struct sockaddr *addr, socklen_t addrlen)
+{
+    PyObject *self = Py_NewRef(SELF(u));
+    dtail_t *t = TAIL(self);
+    int entered = braid_trctx_enter(&t->ctx, NULL);
+    on_recv_body(u, buf, n, addr, addrlen);
+    braid_trctx_leave(&t->ctx, entered);
+    Py_DECREF(self);
+}
+
+static void on_send_error(br_udp_t *u, int err)
+{
+    PyObject *self = Py_NewRef(SELF(u));
+    dtail_t *t = TAIL(self);
+    int entered = braid_trctx_enter(&t->ctx, ctx_loop(t));
+    on_send_error_body(u, err);
+    braid_trctx_leave(&t->ctx, entered);
+    Py_DECREF(self);
+}
+
+static void on_drain(br_udp_t *u)
+{
+    PyObject *self = Py_NewRef(SELF(u));
+    dtail_t *t = TAIL(self);
+    int entered = braid_trctx_enter(&t->ctx, ctx_loop(t));
+    on_drain_body(u);
+    braid_trctx_leave(&t->ctx, entered);
     Py_DECREF(self);
 }
 
@@ -924,6 +958,9 @@ static int dt_init(PyObject *self, PyObject *args, PyObject *kwds)
         PyErr_Format(PyExc_ValueError, "DatagramTransport needs an AF_INET, AF_INET6 or AF_UNIX socket; fd %d is not one", fd);
         return -1;
     }
+    if (braid_trctx_init(&t->ctx) < 0) {
+        return -1;
+    }
     t->loop = Py_NewRef(loop);
     t->sock = Py_NewRef(sock);
     t->fd = fd;
@@ -1051,6 +1088,7 @@ static int dt_traverse(PyObject *self, visitproc visit, void *arg)
     Py_VISIT(t->sock);
     Py_VISIT(t->address);
     Py_VISIT(t->last_addr);
+    Py_VISIT(t->ctx.ctx);
     return 0;
 }
 
@@ -1061,6 +1099,7 @@ static int dt_clear(PyObject *self)
     Py_CLEAR(t->protocol);
     Py_CLEAR(t->address);
     Py_CLEAR(t->last_addr);
+    Py_CLEAR(t->ctx.ctx);
     /* loop and sock stay: the handle's close still needs them */
     return 0;
 }
@@ -1084,6 +1123,7 @@ static void dt_dealloc(PyObject *self)
     Py_CLEAR(t->sock);
     Py_CLEAR(t->address);
     Py_CLEAR(t->last_addr);
+    Py_CLEAR(t->ctx.ctx);
     tp->tp_free(self);
     Py_DECREF(tp);
 }

@@ -540,6 +540,11 @@ void braid_loop_count_stream(PyObject *loop, int delta)
     L->nstreams += (size_t)(ssize_t)delta;
 }
 
+int braid_loop_polling(PyObject *loop)
+{
+    return ((LoopObject *)loop)->polling;
+}
+
 int braid_loop_debug(PyObject *loop)
 {
     return ((LoopObject *)loop)->debug;

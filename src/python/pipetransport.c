@@ -76,6 +76,7 @@ typedef struct {
     PyObject *stream_loop;   /* the loop the stream is on, held until its close callback */
     PyObject *protocol;
     PyObject *pipe;          /* the pipe object: closed and NULL after connection_lost */
+    braid_trctx_t ctx;       /* what the engine's callbacks run the protocol in */
     unsigned conn_lost;      /* writes refused after an error, as asyncio counts them */
     size_t high, low;
     int fd;                  /* the pipe object's (the stream has a duplicate) */
@@ -293,7 +294,7 @@ static int os_error_fatal(pipe_t *p, int err, const char *message)
 
 /* Before each read: behind the callbacks ready as the poll began, as
  * asyncio's reader handle (socktransport.c, on_alloc, says why). */
-static int read_alloc(br_stream_t *s, char **buf, size_t *len)
+static int read_alloc_body(br_stream_t *s, char **buf, size_t *len)
 {
     pipe_t *p = (pipe_t *)s;
     if (p->loop != NULL && braid_loop_ready_before_poll(p->loop)) {
@@ -309,7 +310,7 @@ static int read_alloc(br_stream_t *s, char **buf, size_t *len)
     return BR_STREAM_LOOP_BUFFER;
 }
 
-static void on_read(br_stream_t *s, const char *buf, ssize_t n)
+static void on_read_body(br_stream_t *s, const char *buf, ssize_t n)
 {
     pipe_t *p = (pipe_t *)s;
     PyObject *self = Py_NewRef(p->self); /* the callbacks below may close it */
@@ -343,6 +344,8 @@ static void on_read(br_stream_t *s, const char *buf, ssize_t n)
     update_self_ref(p);
     Py_DECREF(self);
 }
+
+static void on_read(br_stream_t *s, const char *buf, ssize_t n);
 
 static int start_reading(pipe_t *p)
 {
@@ -429,7 +432,7 @@ static PyObject *rp_close(PyObject *self, PyObject *unused)
 /* The reader trick: readiness for reading on the write end means the read
  * end has gone. Nothing is read; _read_ready closes the transport from the
  * ready queue, where asyncio's reader handle would run. */
-static int peer_alloc(br_stream_t *s, char **buf, size_t *len)
+static int peer_alloc_body(br_stream_t *s, char **buf, size_t *len)
 {
     pipe_t *p = (pipe_t *)s;
     (void)br_stream_read_stop(s);
@@ -482,7 +485,7 @@ static PyObject *wp_read_ready(PyObject *self, PyObject *unused)
     return rc < 0 ? NULL : Py_NewRef(Py_None);
 }
 
-static void on_drain(br_stream_t *s, int paused)
+static void on_drain_body(br_stream_t *s, int paused)
 {
     pipe_t *p = (pipe_t *)s;
     p->protocol_paused = paused ? 1 : 0;
@@ -494,7 +497,7 @@ static void on_drain(br_stream_t *s, int paused)
     Py_DECREF(self);
 }
 
-static void on_write_error(br_stream_t *s, int err)
+static void on_write_error_body(br_stream_t *s, int err)
 {
     pipe_t *p = (pipe_t *)s;
     if (p->peer_gone) {
@@ -511,7 +514,7 @@ static void on_write_error(br_stream_t *s, int err)
 
 /* The queue drained: after write_eof() or close(), connection_lost now
  * (asyncio calls it straight from _write_ready). */
-static void on_empty(br_stream_t *s)
+static void on_empty_body(br_stream_t *s)
 {
     pipe_t *p = (pipe_t *)s;
     if (!p->closing || p->lost_scheduled) {
@@ -653,6 +656,54 @@ static PyObject *wp_set_write_buffer_limits(PyObject *self, PyObject *args, PyOb
     return reraise(p) < 0 ? NULL : Py_NewRef(Py_None);
 }
 
+
+/* --------------------------------------------------------- the engine's callbacks, in the transport's context */
+
+static PyObject *ctx_loop(pipe_t *p) { return p->loop ? p->loop : p->stream_loop; }
+
+#define IN_CONTEXT(p, when, call)                                   \
+    do {                                                            \
+        PyObject *self_ = Py_NewRef((p)->self);                     \
+        int entered_ = braid_trctx_enter(&(p)->ctx, (when));        \
+        call;                                                       \
+        braid_trctx_leave(&(p)->ctx, entered_);                     \
+        Py_DECREF(self_);                                           \
+    } while (0)
+
+static int read_alloc(br_stream_t *s, char **buf, size_t *len)
+{
+    int rc;
+    IN_CONTEXT((pipe_t *)s, NULL, rc = read_alloc_body(s, buf, len));
+    return rc;
+}
+
+static void on_read(br_stream_t *s, const char *buf, ssize_t n)
+{
+    IN_CONTEXT((pipe_t *)s, NULL, on_read_body(s, buf, n));
+}
+
+static int peer_alloc(br_stream_t *s, char **buf, size_t *len)
+{
+    int rc;
+    IN_CONTEXT((pipe_t *)s, NULL, rc = peer_alloc_body(s, buf, len));
+    return rc;
+}
+
+static void on_drain(br_stream_t *s, int paused)
+{
+    IN_CONTEXT((pipe_t *)s, ctx_loop((pipe_t *)s), on_drain_body(s, paused));
+}
+
+static void on_write_error(br_stream_t *s, int err)
+{
+    IN_CONTEXT((pipe_t *)s, ctx_loop((pipe_t *)s), on_write_error_body(s, err));
+}
+
+static void on_empty(br_stream_t *s)
+{
+    IN_CONTEXT((pipe_t *)s, ctx_loop((pipe_t *)s), on_empty_body(s));
+}
+
 /* --------------------------------------------------------- both sides */
 
 /* asyncio's _call_connection_lost: the protocol hears of it, then the pipe
@@ -748,6 +799,9 @@ static int pipe_init(PyObject *self, pipe_t *p, int writer, PyObject *args, PyOb
     }
     if (extra != Py_None && !PyDict_Check(extra)) {
         PyErr_SetString(PyExc_TypeError, "extra must be a dict or None");
+        return -1;
+    }
+    if (p->ctx.ctx == NULL && braid_trctx_init(&p->ctx) < 0) {
         return -1;
     }
     PyObject *fdobj = PyObject_CallMethod(pipe, "fileno", NULL);
@@ -877,6 +931,7 @@ static int pipe_traverse(PyObject *self, pipe_t *p, visitproc visit, void *arg)
     Py_VISIT(p->protocol);
     Py_VISIT(p->pipe);
     Py_VISIT(p->dict);
+    Py_VISIT(p->ctx.ctx);
     return 0;
 }
 static int rp_traverse(PyObject *self, visitproc visit, void *arg) { return pipe_traverse(self, RP(self), visit, arg); }
@@ -887,6 +942,7 @@ static int pipe_clear(PyObject *self, pipe_t *p)
     Py_CLEAR(EXTRA(self));
     Py_CLEAR(p->protocol);
     Py_CLEAR(p->dict);
+    Py_CLEAR(p->ctx.ctx);
     /* loop and pipe stay: closing still needs them */
     return 0;
 }
@@ -910,6 +966,7 @@ static void pipe_dealloc(PyObject *self, pipe_t *p)
     Py_CLEAR(p->protocol);
     Py_CLEAR(p->pipe);
     Py_CLEAR(p->dict);
+    Py_CLEAR(p->ctx.ctx);
     tp->tp_free(self);
     Py_DECREF(tp);
 }

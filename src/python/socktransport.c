@@ -63,6 +63,7 @@ typedef struct {
     PyObject *sock;          /* socket.socket; detached once the stream closes its fd */
     PyObject *server;        /* asyncio.Server, or NULL */
     PyObject *empty_waiter;  /* loop.sendfile(): a future set once the queue is empty */
+    braid_trctx_t ctx;       /* what the engine's callbacks run the protocol in */
     Py_buffer pbuf;          /* BufferedProtocol: get_buffer()'s buffer during a read */
     unsigned conn_lost;
     size_t high, low;
@@ -171,6 +172,10 @@ static void close_stream(PyObject *self)
 
 static int force_close(PyObject *self, PyObject *exc);
 static void on_empty(br_stream_t *s);
+static void on_read(br_stream_t *s, const char *buf, ssize_t n);
+static int on_alloc(br_stream_t *s, char **buf, size_t *len);
+static void on_drain(br_stream_t *s, int paused);
+static void on_write_error(br_stream_t *s, int err);
 
 /* KeyboardInterrupt or SystemExit out of a protocol callback the engine
  * ran: the loop raises it from run_forever, as asyncio's does. (After
@@ -394,7 +399,7 @@ static void on_eof(PyObject *self)
     /* keep_open: reading has stopped already (the engine stops at EOF) */
 }
 
-static void on_read(br_stream_t *s, const char *buf, ssize_t n)
+static void on_read_body(br_stream_t *s, const char *buf, ssize_t n)
 {
     PyObject *self = SELF(s);
     tail_t *t = TAIL(self);
@@ -453,7 +458,7 @@ out:
  * transport was paused or closed meanwhile -- what asyncio's cancelled
  * reader handle does. With nothing ready the read goes on at once.
  * BufferedProtocol: the read goes straight into get_buffer()'s buffer. */
-static int on_alloc(br_stream_t *s, char **buf, size_t *len)
+static int on_alloc_body(br_stream_t *s, char **buf, size_t *len)
 {
     PyObject *self = SELF(s);
     tail_t *t = TAIL(self);
@@ -520,7 +525,7 @@ static void flow_call(PyObject *self, const char *method)
 }
 
 /* The engine's watermarks, asyncio's pause_writing/resume_writing. */
-static void on_drain(br_stream_t *s, int paused)
+static void on_drain_body(br_stream_t *s, int paused)
 {
     PyObject *self = SELF(s);
     tail_t *t = TAIL(self);
@@ -533,7 +538,7 @@ static void on_drain(br_stream_t *s, int paused)
     Py_DECREF(self);
 }
 
-static void on_write_error(br_stream_t *s, int err)
+static void on_write_error_body(br_stream_t *s, int err)
 {
     PyObject *self = SELF(s);
     Py_INCREF(self);
@@ -549,7 +554,7 @@ static void on_write_error(br_stream_t *s, int err)
 /* The queue drained: a sendfile() waiting for it goes on, a close()
  * waiting for it completes (a write_eof() shut the socket already: the
  * engine does). */
-static void on_empty(br_stream_t *s)
+static void on_empty_body(br_stream_t *s)
 {
     PyObject *self = SELF(s);
     tail_t *t = TAIL(self);
@@ -591,6 +596,62 @@ static void fail_empty_waiter(PyObject *self, PyObject *exc)
         PyErr_WriteUnraisable(self);
     }
     Py_XDECREF(r);
+}
+
+
+/* --------------------------------------------------------- the engine's callbacks, in the transport's context */
+
+static PyObject *ctx_loop(tail_t *t) { return t->loop ? t->loop : t->stream_loop; }
+
+static void on_read(br_stream_t *s, const char *buf, ssize_t n)
+{
+    PyObject *self = Py_NewRef(SELF(s));
+    tail_t *t = TAIL(self);
+    int entered = braid_trctx_enter(&t->ctx, NULL);
+    on_read_body(s, buf, n);
+    braid_trctx_leave(&t->ctx, entered);
+    Py_DECREF(self);
+}
+
+static int on_alloc(br_stream_t *s, char **buf, size_t *len)
+{
+    PyObject *self = Py_NewRef(SELF(s));
+    tail_t *t = TAIL(self);
+    int entered = braid_trctx_enter(&t->ctx, NULL);
+    int rc = on_alloc_body(s, buf, len);
+    braid_trctx_leave(&t->ctx, entered);
+    Py_DECREF(self);
+    return rc;
+}
+
+static void on_drain(br_stream_t *s, int paused)
+{
+    PyObject *self = Py_NewRef(SELF(s));
+    tail_t *t = TAIL(self);
+    int entered = braid_trctx_enter(&t->ctx, ctx_loop(t));
+    on_drain_body(s, paused);
+    braid_trctx_leave(&t->ctx, entered);
+    Py_DECREF(self);
+}
+
+static void on_write_error(br_stream_t *s, int err)
+{
+    PyObject *self = Py_NewRef(SELF(s));
+    tail_t *t = TAIL(self);
+    int entered = braid_trctx_enter(&t->ctx, ctx_loop(t));
+    on_write_error_body(s, err);
+    braid_trctx_leave(&t->ctx, entered);
+    Py_DECREF(self);
+}
+
+static void on_empty(br_stream_t *s)
+{
+    PyObject *self = Py_NewRef(SELF(s));
+    tail_t *t = TAIL(self);
+    int entered = braid_trctx_enter(&t->ctx, ctx_loop(t));
+    on_empty_body(s);
+    braid_trctx_leave(&t->ctx, entered);
+    Py_DECREF(self);
 }
 
 /* --------------------------------------------------------- Python methods */
@@ -878,12 +939,7 @@ static PyObject *tr_set_protocol(PyObject *self, PyObject *protocol)
     }
     Py_XSETREF(t->protocol, Py_NewRef(protocol));
     t->connected = 1;
-    if ((int)t->buffered != buffered) {
-        t->buffered = buffered;
-        if (t->stream_open && br_is_active(&t->stream.handle)) {
-            br_stream_set_more_callbacks(&t->stream, buffered ? on_alloc : NULL, on_empty);
-        }
-    }
+    t->buffered = buffered; /* on_alloc reads it before each read */
     Py_RETURN_NONE;
 }
 
@@ -1025,6 +1081,9 @@ static int setup(PyObject *self, PyObject *loop, br_loop_t *core, int fd, int fa
                  PyObject *protocol, PyObject *waiter, PyObject *extra, PyObject *server)
 {
     tail_t *t = TAIL(self);
+    if (braid_trctx_init(&t->ctx) < 0) {
+        return -1;
+    }
     t->loop = Py_NewRef(loop);
     t->sock = Py_XNewRef(sock);
     t->fd = fd;
@@ -1198,6 +1257,7 @@ static int tr_traverse(PyObject *self, visitproc visit, void *arg)
     Py_VISIT(t->sock);
     Py_VISIT(t->server);
     Py_VISIT(t->empty_waiter);
+    Py_VISIT(t->ctx.ctx);
     return 0;
 }
 
@@ -1208,6 +1268,7 @@ static int tr_clear(PyObject *self)
     Py_CLEAR(t->protocol);
     Py_CLEAR(t->server);
     Py_CLEAR(t->empty_waiter);
+    Py_CLEAR(t->ctx.ctx);
     /* loop and sock stay: the stream's close still needs them */
     return 0;
 }
@@ -1234,6 +1295,7 @@ static void tr_dealloc(PyObject *self)
     Py_CLEAR(t->sock);
     Py_CLEAR(t->server);
     Py_CLEAR(t->empty_waiter);
+    Py_CLEAR(t->ctx.ctx);
     tp->tp_free(self);
     Py_DECREF(tp);
 }

@@ -2,7 +2,7 @@
  * trcommon.c — what braid.Loop's C transports (socktransport.c,
  * dgramtransport.c) do alike, as asyncio's _SelectorTransport does it: the
  * exception handler's context, _fatal_error's report, the write-buffer
- * limits' arguments.
+ * limits' arguments, the contextvars context of engine-run callbacks.
  */
 #include "braidpy.h"
 #include "compat.h"
@@ -113,4 +113,37 @@ void braid_transport_call_flow(PyObject *loop, PyObject *transport, PyObject *pr
     Py_DECREF(exc);
     Py_DECREF(protocol);
     Py_DECREF(loop);
+}
+
+int braid_trctx_init(braid_trctx_t *c)
+{
+    c->entered = 0;
+    c->ctx = PyContext_CopyCurrent();
+    return c->ctx ? 0 : -1;
+}
+
+int braid_trctx_enter(braid_trctx_t *c, PyObject *only_while_polling)
+{
+    if (c->ctx == NULL || c->entered || (only_while_polling != NULL && !braid_loop_polling(only_while_polling))) {
+        return 0;
+    }
+    if (PyContext_Enter(c->ctx) < 0) {
+        PyErr_Clear(); /* current elsewhere already: the callback runs where it is */
+        return 0;
+    }
+    c->entered = 1;
+    return 1;
+}
+
+void braid_trctx_leave(braid_trctx_t *c, int entered)
+{
+    if (!entered) {
+        return;
+    }
+    c->entered = 0;
+    PyObject *exc = PyErr_GetRaisedException();
+    if (PyContext_Exit(c->ctx) < 0) {
+        PyErr_WriteUnraisable(c->ctx);
+    }
+    PyErr_SetRaisedException(exc);
 }
