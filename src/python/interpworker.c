@@ -424,9 +424,21 @@ void braid_iw_work(br_work_t *wk)
 #define AWAIT_WAITER_NS 10000
 
 /* How long a worker that woke a waiter polls for that waiter's next task
- * (its sub-interpreter's GIL let go meanwhile: other threads of that
- * interpreter may want it). A round trip from Python is under 1 us. */
+ * (its sub-interpreter's GIL let go meanwhile when another thread of that
+ * interpreter may want it, kept otherwise: taking it back costs more than
+ * the rest of a round trip). A round trip from Python is under 1 us. */
 #define EXPECT_NEXT_NS 10000
+
+/* 1 if a thread other than this worker has a thread state in its
+ * sub-interpreter (a thread the task started, the watchdog's interrupter):
+ * one that may be waiting for the GIL this worker holds. The list is read
+ * without its lock: a thread state made just after this look waits at most
+ * for the next one (every expected poll looks again). */
+static int others_in_interpreter(iworker_t *w)
+{
+    PyThreadState *ts = PyInterpreterState_ThreadHead(PyThreadState_GetInterpreter(w->sub_ts));
+    return ts != NULL && (ts != w->sub_ts || PyThreadState_Next(ts) != NULL);
+}
 
 /* 1 once the waiter waits, 0 if it did not come in time. */
 static int await_waiter(itask_t *t)
@@ -480,7 +492,7 @@ void braid_iw_done(br_work_t *wk, int status)
         br_work_t *next;
         if (tls_expecting) {
             tls_expecting = 0;
-            if (tls_in_sub) {
+            if (tls_in_sub && others_in_interpreter(w)) {
                 PyEval_SaveThread();
                 tls_in_sub = 0;
             }
