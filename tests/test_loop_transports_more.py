@@ -372,6 +372,38 @@ class MoreTransportsMixin(LoopFixture):
         loop.run_until_complete(asyncio.sleep(0))
         b.close()
 
+    def test_what_a_read_schedules_runs_after_the_timers_due_with_it(self, loop):
+        # asyncio: the reader handle runs in the ready phase with the timers due in that
+        # iteration queued behind it; what data_received (or EOF) schedules comes after them
+        events = []
+
+        class Scheduling(Recorder):
+            def data_received(self, data):
+                events.append(data)
+                loop.call_soon(events.append, "scheduled by data_received")
+
+            def eof_received(self):
+                events.append("eof")
+
+        async def main():
+            r, w = os.pipe()
+            transport, proto = await loop.connect_read_pipe(Scheduling, open(r, "rb", 0))
+            await asyncio.sleep(0.01)
+
+            def due_and_readable(what):
+                loop.call_later(0.01, events.append, "timer")
+                what()
+                time.sleep(0.03)  # the timer is due and the pipe readable at the next poll
+
+            loop.call_soon(due_and_readable, lambda: os.write(w, b"x"))
+            await until(lambda: len(events) == 3, "the read, the timer and the callback")
+            assert events == [b"x", "timer", "scheduled by data_received"]
+            loop.call_soon(due_and_readable, lambda: os.close(w))
+            assert await proto.lost is None
+            assert events[3:] == ["timer", "eof"]
+
+        self.run(loop, main())
+
     def test_protocol_callbacks_see_the_context_their_transport_was_made_in(self, loop):
         # asyncio's reader handles carry a copy of the context current when the transport was
         # made: a ContextVar set before create_server / connect_read_pipe /

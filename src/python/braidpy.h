@@ -219,6 +219,11 @@ void braid_loop_count_stream(PyObject *loop, int delta);
  * earlier reads of the same poll scheduled do not count, as asyncio's
  * reader handles of one poll all come before them. 0 outside a poll. */
 int braid_loop_ready_before_poll(PyObject *loop);
+/* call_soon(args[0], *args[1:]) for what stands in for asyncio's reader
+ * handle (a read deferred behind the ready callbacks, a new connection's
+ * first callback): into this iteration's ready queue even from inside the
+ * poll, where loop.call_soon would wait for the next iteration. 0 or -1. */
+int braid_loop_call_soon_io(PyObject *loop, PyObject *const *args, Py_ssize_t nargs);
 /* 1 while the loop polls (engine callbacks run from the poll). */
 int braid_loop_polling(PyObject *loop);
 /* The loop's debug mode (asyncio's self._debug), 1 or 0. */
@@ -263,6 +268,10 @@ int braid_trctx_init(braid_trctx_t *c); /* copies the current context; -1 with a
  * entered: pass that to braid_trctx_leave. */
 int braid_trctx_enter(braid_trctx_t *c, PyObject *only_while_polling);
 void braid_trctx_leave(braid_trctx_t *c, int entered);
+/* The offset of asyncio.BaseTransport's _extra slot, or -1 with an exception. */
+Py_ssize_t braid_transport_extra_offset(void);
+/* writelines(lines): write(b"".join(lines)), as asyncio's transports. */
+PyObject *braid_transport_writelines(PyObject *self, PyObject *lines, PyObject *(*write)(PyObject *, PyObject *));
 PyObject *braid_import_attr(const char *module, const char *name); /* new reference */
 /* loop.call_exception_handler({message, exception, transport, protocol}): its result, or NULL */
 PyObject *braid_transport_exception(PyObject *loop, PyObject *message, PyObject *exc, PyObject *transport,

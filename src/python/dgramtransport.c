@@ -521,7 +521,8 @@ static void on_recv_body(br_udp_t *u, const char *buf, ssize_t n, const struct s
         PyObject *from = data ? address_object(addr, addrlen) : NULL;
         PyObject *deliver = from && braid_loop_ready_before_poll(t->loop) ? PyObject_GetAttrString(self, "_deliver") : NULL;
         if (deliver != NULL) {
-            r = PyObject_CallMethod(t->loop, "call_soon", "OOO", deliver, data, from);
+            PyObject *argv[3] = {deliver, data, from};
+            r = braid_loop_call_soon_io(t->loop, argv, 3) == 0 ? Py_NewRef(Py_None) : NULL;
         } else if (from != NULL && !PyErr_Occurred()) {
             r = PyObject_CallMethod(t->protocol, "datagram_received", "OO", data, from);
         }
@@ -533,7 +534,8 @@ static void on_recv_body(br_udp_t *u, const char *buf, ssize_t n, const struct s
         PyObject *deliver = exc && braid_loop_ready_before_poll(t->loop)
                                 ? PyObject_GetAttrString(self, "_deliver_error") : NULL;
         if (deliver != NULL) {
-            r = PyObject_CallMethod(t->loop, "call_soon", "OO", deliver, exc);
+            PyObject *argv[2] = {deliver, exc};
+            r = braid_loop_call_soon_io(t->loop, argv, 2) == 0 ? Py_NewRef(Py_None) : NULL;
         } else if (exc != NULL && !PyErr_Occurred()) {
             r = PyObject_CallMethod(t->protocol, "error_received", "O", exc);
         }
@@ -1223,20 +1225,15 @@ int braid_dgramtransport_make_type(braid_state *st, PyObject *module)
     PyObject *flow = braid_import_attr("asyncio.transports", "_FlowControlMixin");
     PyObject *dgram = flow ? braid_import_attr("asyncio.transports", "DatagramTransport") : NULL;
     PyObject *bases = dgram ? PyTuple_Pack(2, flow, dgram) : NULL;
-    PyObject *root = bases ? braid_import_attr("asyncio.transports", "BaseTransport") : NULL;
-    PyObject *descr = root ? PyObject_GetAttrString(root, "_extra") : NULL;
+    Py_ssize_t extra = bases ? braid_transport_extra_offset() : -1;
     int rc = -1;
-    if (descr == NULL) {
-        goto done;
-    }
-    if (!PyObject_TypeCheck(descr, &PyMemberDescr_Type)) {
-        PyErr_SetString(PyExc_TypeError, "asyncio.BaseTransport._extra is not a slot");
+    if (extra < 0) {
         goto done;
     }
     /* process-wide values (one asyncio source), written under a lock:
      * interpreters with GILs of their own may make their first loop at once */
     pthread_mutex_lock(&spec_mu);
-    extra_offset = ((PyMemberDescrObject *)descr)->d_member->offset;
+    extra_offset = extra;
     tail_offset = ((PyTypeObject *)flow)->tp_basicsize; /* the larger layout; DatagramTransport adds none */
     dt_spec.basicsize = (int)(tail_offset + sizeof(dtail_t));
     dt_members[0].offset = tail_offset + offsetof(dtail_t, weakrefs);
@@ -1247,8 +1244,6 @@ int braid_dgramtransport_make_type(braid_state *st, PyObject *module)
     }
     rc = PyModule_AddObjectRef(module, "DatagramTransport", (PyObject *)st->datagram_transport_type);
 done:
-    Py_XDECREF(descr);
-    Py_XDECREF(root);
     Py_XDECREF(bases);
     Py_XDECREF(dgram);
     Py_XDECREF(flow);

@@ -51,6 +51,8 @@ typedef struct {
     PyObject **ready;    /* our handles, and asyncio.Handle objects (_add_callback) */
     size_t ready_cap, ready_head, ready_len;
     size_t ready_at_poll; /* ready_len as the current poll began; 0 outside polls */
+    PyObject **later;     /* call_soon from inside the poll: after this iteration's timers */
+    size_t later_len, later_cap;
     int polling;          /* inside br_loop_run: engine callbacks run from the poll */
     HandleObject **heap;
     size_t heap_len, heap_cap;
@@ -431,6 +433,45 @@ static int ready_push(LoopObject *L, PyObject *h)
     return 0;
 }
 
+/* A callback scheduled from inside the poll (a protocol's data_received
+ * calling call_soon, say): asyncio runs the reader handle in the ready
+ * phase, after the poll, and what it schedules goes behind the timers that
+ * phase queued -- to the next iteration. The engine's reads run in the
+ * poll itself, so their call_soon waits here until the iteration's own
+ * callbacks and timers are counted (later_flush). */
+static int later_push(LoopObject *L, PyObject *h)
+{
+    if (L->later_len == L->later_cap) {
+        size_t cap = L->later_cap ? 2 * L->later_cap : 64;
+        PyObject **q = PyMem_Realloc(L->later, cap * sizeof *q);
+        if (q == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        L->later = q;
+        L->later_cap = cap;
+    }
+    L->later[L->later_len++] = Py_NewRef(h);
+    return 0;
+}
+
+/* Into the ready queue, in order. -1 (MemoryError) leaves the rest for the
+ * next try. */
+static int later_flush(LoopObject *L)
+{
+    size_t i = 0;
+    int rc = 0;
+    for (; i < L->later_len; i++) {
+        if ((rc = ready_push(L, L->later[i])) < 0) {
+            break;
+        }
+        Py_DECREF(L->later[i]);
+    }
+    memmove(L->later, L->later + i, (L->later_len - i) * sizeof *L->later);
+    L->later_len -= i;
+    return rc;
+}
+
 static PyObject *ready_pop(LoopObject *L)
 {
     PyObject *h = L->ready[L->ready_head];
@@ -689,11 +730,20 @@ static PyObject *loop_call_soon(LoopObject *L, PyObject *const *args, Py_ssize_t
         return NULL;
     }
     HandleObject *h = make_handle(L, args, nargs, kwnames, "call_soon", 0, 0);
-    if (h == NULL || ready_push(L, (PyObject *)h) < 0) {
+    if (h == NULL || (L->polling ? later_push(L, (PyObject *)h) : ready_push(L, (PyObject *)h)) < 0) {
         Py_XDECREF(h);
         return NULL;
     }
     return (PyObject *)h;
+}
+
+int braid_loop_call_soon_io(PyObject *loop, PyObject *const *args, Py_ssize_t nargs)
+{
+    LoopObject *L = (LoopObject *)loop;
+    HandleObject *h = make_handle(L, args, nargs, NULL, "call_soon", 0, 0);
+    int rc = h ? ready_push(L, (PyObject *)h) : -1;
+    Py_XDECREF(h);
+    return rc;
 }
 
 static PyObject *loop_call_soon_threadsafe(LoopObject *L, PyObject *const *args, Py_ssize_t nargs,
@@ -1110,7 +1160,7 @@ static PyObject *run_ready_debug(LoopObject *L, size_t n)
 
 static PyObject *loop_run_once(LoopObject *L, PyObject *unused)
 {
-    if (check_open(L) < 0) {
+    if (check_open(L) < 0 || later_flush(L) < 0) { /* left by an iteration that raised */
         return NULL;
     }
     int64_t timeout = -1;
@@ -1211,6 +1261,9 @@ static PyObject *loop_run_once(LoopObject *L, PyObject *unused)
         }
     }
     size_t n = L->ready_len; /* what is scheduled now waits for next time */
+    if (later_flush(L) < 0) { /* what the poll's reads scheduled: behind the timers, next time */
+        return NULL;
+    }
     if (L->debug) {
         return run_ready_debug(L, n);
     }
@@ -1350,6 +1403,9 @@ static void loop_drop_queues(LoopObject *L)
     while (L->ready_len > 0) {
         Py_DECREF(ready_pop(L));
     }
+    while (L->later_len > 0) {
+        Py_DECREF(L->later[--L->later_len]);
+    }
     while (L->heap_len > 0) {
         heap_remove(L, (Py_ssize_t)L->heap_len - 1);
     }
@@ -1446,6 +1502,9 @@ static int loop_traverse(LoopObject *L, visitproc visit, void *arg)
     for (size_t i = 0; i < L->ready_len; i++) {
         Py_VISIT(L->ready[(L->ready_head + i) % L->ready_cap]);
     }
+    for (size_t i = 0; i < L->later_len; i++) {
+        Py_VISIT(L->later[i]);
+    }
     for (size_t i = 0; i < L->heap_len; i++) {
         Py_VISIT(L->heap[i]);
     }
@@ -1482,6 +1541,7 @@ static void loop_dealloc(LoopObject *L)
     loop_clear(L);
     loop_release(L);
     PyMem_Free(L->ready);
+    PyMem_Free(L->later);
     PyMem_Free(L->heap);
     PyMem_Free(L->watchers);
     PyMem_Free(L->fired);

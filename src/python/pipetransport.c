@@ -164,6 +164,19 @@ static int schedule(pipe_t *p, PyObject *fn, PyObject *arg)
     return r ? 0 : -1;
 }
 
+/* self.<name>() as asyncio's reader handle would run it: this iteration
+ * (braid_loop_call_soon_io), even from inside the poll. */
+static int schedule_io(pipe_t *p, const char *name)
+{
+    if (p->loop == NULL) {
+        return 0;
+    }
+    PyObject *fn = PyObject_GetAttrString(p->self, name);
+    int rc = fn ? braid_loop_call_soon_io(p->loop, &fn, 1) : -1;
+    Py_XDECREF(fn);
+    return rc;
+}
+
 static int schedule_method(pipe_t *p, const char *name, PyObject *arg)
 {
     PyObject *fn = PyObject_GetAttrString(p->self, name);
@@ -301,7 +314,7 @@ static int read_alloc_body(br_stream_t *s, char **buf, size_t *len)
         if (p->read_later) {
             return BR_STREAM_NOT_NOW;
         }
-        if (schedule_method(p, "_read_ready", NULL) == 0) {
+        if (schedule_io(p, "_read_ready") == 0) {
             p->read_later = 1;
             return BR_STREAM_NOT_NOW;
         }
@@ -443,7 +456,7 @@ static int peer_alloc_body(br_stream_t *s, char **buf, size_t *len)
         p->peer_gone_queued = br_stream_queued(s) > 0;
     }
     if (p->loop != NULL && !p->read_later && !p->lost_scheduled) {
-        if (schedule_method(p, "_read_ready", NULL) == 0) {
+        if (schedule_io(p, "_read_ready") == 0) {
             p->read_later = 1;
         } else {
             callback_failed(p, "_read_ready()");
@@ -581,15 +594,7 @@ done:
 
 static PyObject *wp_writelines(PyObject *self, PyObject *lines)
 {
-    PyObject *empty = PyBytes_FromStringAndSize(NULL, 0);
-    PyObject *data = empty ? PyObject_CallMethod(empty, "join", "O", lines) : NULL;
-    Py_XDECREF(empty);
-    if (data == NULL) {
-        return NULL;
-    }
-    PyObject *r = wp_write(self, data);
-    Py_DECREF(data);
-    return r;
+    return braid_transport_writelines(self, lines, wp_write);
 }
 
 static PyObject *wp_write_eof(PyObject *self, PyObject *unused)
@@ -672,6 +677,10 @@ static PyObject *ctx_loop(pipe_t *p) { return p->loop ? p->loop : p->stream_loop
 
 static int read_alloc(br_stream_t *s, char **buf, size_t *len)
 {
+    pipe_t *p = (pipe_t *)s;
+    if (p->loop == NULL || !braid_loop_ready_before_poll(p->loop)) {
+        return BR_STREAM_LOOP_BUFFER; /* the common read: no Python, no context to enter */
+    }
     int rc;
     IN_CONTEXT((pipe_t *)s, NULL, rc = read_alloc_body(s, buf, len));
     return rc;
@@ -1130,19 +1139,14 @@ int braid_pipetransport_make_types(braid_state *st, PyObject *module)
     PyObject *mixin = rbase ? braid_import_attr("asyncio.transports", "_FlowControlMixin") : NULL;
     PyObject *wbase = mixin ? braid_import_attr("asyncio.transports", "WriteTransport") : NULL;
     PyObject *wbases = wbase ? PyTuple_Pack(2, mixin, wbase) : NULL;
-    PyObject *base = wbases ? braid_import_attr("asyncio.transports", "BaseTransport") : NULL;
-    PyObject *descr = base ? PyObject_GetAttrString(base, "_extra") : NULL;
+    Py_ssize_t extra = wbases ? braid_transport_extra_offset() : -1;
     int rc = -1;
-    if (descr == NULL) {
-        goto done;
-    }
-    if (!PyObject_TypeCheck(descr, &PyMemberDescr_Type)) {
-        PyErr_SetString(PyExc_TypeError, "asyncio.BaseTransport._extra is not a slot");
+    if (extra < 0) {
         goto done;
     }
     /* process-wide, as socktransport.c's: one asyncio source, written under a lock */
     pthread_mutex_lock(&spec_mu);
-    extra_offset = ((PyMemberDescrObject *)descr)->d_member->offset;
+    extra_offset = extra;
     read_offset = ((PyTypeObject *)rbase)->tp_basicsize;
     write_offset = ((PyTypeObject *)mixin)->tp_basicsize;
     rp_spec.basicsize = (int)(read_offset + sizeof(pipe_t));
@@ -1164,8 +1168,6 @@ int braid_pipetransport_make_types(braid_state *st, PyObject *module)
         rc = PyModule_AddObjectRef(module, "WritePipeTransport", (PyObject *)st->write_pipe_transport_type);
     }
 done:
-    Py_XDECREF(descr);
-    Py_XDECREF(base);
     Py_XDECREF(wbases);
     Py_XDECREF(wbase);
     Py_XDECREF(mixin);

@@ -467,10 +467,9 @@ static int on_alloc_body(br_stream_t *s, char **buf, size_t *len)
             return BR_STREAM_NOT_NOW; /* a _read_ready is on its way */
         }
         PyObject *later = PyObject_GetAttrString(self, "_read_ready");
-        PyObject *r = later ? PyObject_CallMethod(t->loop, "call_soon", "O", later) : NULL;
+        int rc = later ? braid_loop_call_soon_io(t->loop, &later, 1) : -1;
         Py_XDECREF(later);
-        if (r != NULL) {
-            Py_DECREF(r);
+        if (rc == 0) {
             t->read_later = 1;
             return BR_STREAM_NOT_NOW;
         }
@@ -615,8 +614,11 @@ static void on_read(br_stream_t *s, const char *buf, ssize_t n)
 
 static int on_alloc(br_stream_t *s, char **buf, size_t *len)
 {
+    tail_t *t = TAIL(SELF(s));
+    if (!t->buffered && !(t->loop != NULL && braid_loop_ready_before_poll(t->loop))) {
+        return BR_STREAM_LOOP_BUFFER; /* the common read: no Python, no context to enter */
+    }
     PyObject *self = Py_NewRef(SELF(s));
-    tail_t *t = TAIL(self);
     int entered = braid_trctx_enter(&t->ctx, NULL);
     int rc = on_alloc_body(s, buf, len);
     braid_trctx_leave(&t->ctx, entered);
@@ -714,15 +716,7 @@ done:
 
 static PyObject *tr_writelines(PyObject *self, PyObject *lines)
 {
-    PyObject *empty = PyBytes_FromStringAndSize(NULL, 0);
-    PyObject *data = empty ? PyObject_CallMethod(empty, "join", "O", lines) : NULL;
-    Py_XDECREF(empty);
-    if (data == NULL) {
-        return NULL;
-    }
-    PyObject *r = tr_write(self, data);
-    Py_DECREF(data);
-    return r;
+    return braid_transport_writelines(self, lines, tr_write);
 }
 
 static PyObject *tr_write_eof(PyObject *self, PyObject *unused)
@@ -1161,9 +1155,8 @@ static int setup(PyObject *self, PyObject *loop, br_loop_t *core, int fd, int fa
     PyObject *rr;
     if (sock == NULL && waiter == Py_None) {
         PyObject *both = PyObject_GetAttr(self, name[S_MADE_AND_READ]);
-        rr = both ? PyObject_CallMethodObjArgs(loop, name[S_CALL_SOON], both, NULL) : NULL;
+        rr = both && braid_loop_call_soon_io(loop, &both, 1) == 0 ? Py_None : NULL;
         Py_XDECREF(both);
-        Py_XDECREF(rr);
     } else {
         PyObject *made = PyObject_GetAttr(protocol, name[S_CONNECTION_MADE]);
         PyObject *start = made ? PyObject_GetAttr(self, name[S_START_READING]) : NULL;
@@ -1438,14 +1431,9 @@ int braid_socktransport_make_type(braid_state *st, PyObject *module)
     /* _FlowControlMixin: what sendfile's fallback insists on (an isinstance
      * check); its four slots go unused, the C fields hold the same */
     PyObject *transport = braid_import_attr("asyncio.transports", "_FlowControlMixin");
-    PyObject *base = transport ? braid_import_attr("asyncio.transports", "BaseTransport") : NULL;
-    PyObject *descr = base ? PyObject_GetAttrString(base, "_extra") : NULL;
+    Py_ssize_t extra = transport ? braid_transport_extra_offset() : -1;
     int rc = -1;
-    if (descr == NULL) {
-        goto done;
-    }
-    if (!PyObject_TypeCheck(descr, &PyMemberDescr_Type)) {
-        PyErr_SetString(PyExc_TypeError, "asyncio.BaseTransport._extra is not a slot");
+    if (extra < 0) {
         goto done;
     }
     /* The offsets and the spec are process-wide (the same values in every
@@ -1453,7 +1441,7 @@ int braid_socktransport_make_type(braid_state *st, PyObject *module)
      * their own may make their first loop at once: written and read under
      * a process-wide lock. */
     pthread_mutex_lock(&spec_mu);
-    extra_offset = ((PyMemberDescrObject *)descr)->d_member->offset;
+    extra_offset = extra;
     tail_offset = ((PyTypeObject *)transport)->tp_basicsize;
     tr_spec.basicsize = (int)(tail_offset + sizeof(tail_t));
     tr_members[0].offset = tail_offset + offsetof(tail_t, weakrefs);
@@ -1501,8 +1489,6 @@ int braid_socktransport_make_type(braid_state *st, PyObject *module)
         rc = bp ? PyModule_AddObjectRef(module, "SocketTransport", (PyObject *)st->socket_transport_type) : -1;
     }
 done:
-    Py_XDECREF(descr);
-    Py_XDECREF(base);
     Py_XDECREF(transport);
     return rc;
 }

@@ -7,6 +7,8 @@
 #include "braidpy.h"
 #include "compat.h"
 
+#include <structmember.h> /* PyMemberDescrObject */
+
 PyObject *braid_import_attr(const char *module, const char *name)
 {
     PyObject *m = PyImport_ImportModule(module);
@@ -146,4 +148,32 @@ void braid_trctx_leave(braid_trctx_t *c, int entered)
         PyErr_WriteUnraisable(c->ctx);
     }
     PyErr_SetRaisedException(exc);
+}
+
+Py_ssize_t braid_transport_extra_offset(void)
+{
+    PyObject *base = braid_import_attr("asyncio.transports", "BaseTransport");
+    PyObject *descr = base ? PyObject_GetAttrString(base, "_extra") : NULL;
+    Py_ssize_t offset = -1;
+    if (descr != NULL && PyObject_TypeCheck(descr, &PyMemberDescr_Type)) {
+        offset = ((PyMemberDescrObject *)descr)->d_member->offset;
+    } else if (descr != NULL) {
+        PyErr_SetString(PyExc_TypeError, "asyncio.BaseTransport._extra is not a slot");
+    }
+    Py_XDECREF(descr);
+    Py_XDECREF(base);
+    return offset;
+}
+
+PyObject *braid_transport_writelines(PyObject *self, PyObject *lines, PyObject *(*write)(PyObject *, PyObject *))
+{
+    PyObject *empty = PyBytes_FromStringAndSize(NULL, 0);
+    PyObject *data = empty ? PyObject_CallMethod(empty, "join", "O", lines) : NULL;
+    Py_XDECREF(empty);
+    if (data == NULL) {
+        return NULL;
+    }
+    PyObject *r = write(self, data);
+    Py_DECREF(data);
+    return r;
 }
