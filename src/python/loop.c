@@ -51,7 +51,7 @@ typedef struct {
     PyObject **ready;    /* our handles, and asyncio.Handle objects (_add_callback) */
     size_t ready_cap, ready_head, ready_len;
     size_t ready_at_poll; /* ready_len as the current poll began; 0 outside polls */
-    PyObject **later;     /* call_soon from inside the poll: after this iteration's timers */
+    PyObject **later;     /* call_soon from inside the poll: behind this iteration's timers */
     size_t later_len, later_cap;
     int polling;          /* inside br_loop_run: engine callbacks run from the poll */
     HandleObject **heap;
@@ -436,9 +436,9 @@ static int ready_push(LoopObject *L, PyObject *h)
 /* A callback scheduled from inside the poll (a protocol's data_received
  * calling call_soon, say): asyncio runs the reader handle in the ready
  * phase, after the poll, and what it schedules goes behind the timers that
- * phase queued -- to the next iteration. The engine's reads run in the
- * poll itself, so their call_soon waits here until the iteration's own
- * callbacks and timers are counted (later_flush). */
+ * phase queued. The engine's reads run in the poll itself, so their
+ * call_soon waits here until the timers due in this iteration are queued
+ * (later_flush). */
 static int later_push(LoopObject *L, PyObject *h)
 {
     if (L->later_len == L->later_cap) {
@@ -1260,10 +1260,14 @@ static PyObject *loop_run_once(LoopObject *L, PyObject *unused)
             return NULL;
         }
     }
-    size_t n = L->ready_len; /* what is scheduled now waits for next time */
-    if (later_flush(L) < 0) { /* what the poll's reads scheduled: behind the timers, next time */
+    /* what the poll's reads scheduled goes behind the timers (asyncio runs
+     * it one poll later, but that poll's I/O would queue behind it anyway:
+     * the same order, a poll less); what is scheduled from here on waits
+     * for next time */
+    if (later_flush(L) < 0) {
         return NULL;
     }
+    size_t n = L->ready_len;
     if (L->debug) {
         return run_ready_debug(L, n);
     }
