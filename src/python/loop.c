@@ -459,6 +459,9 @@ static int later_push(LoopObject *L, PyObject *h)
  * next try. */
 static int later_flush(LoopObject *L)
 {
+    if (L->later_len == 0) {
+        return 0; /* the common case, and memmove with a NULL array is undefined */
+    }
     size_t i = 0;
     int rc = 0;
     for (; i < L->later_len; i++) {
