@@ -224,6 +224,11 @@ int braid_loop_ready_before_poll(PyObject *loop);
  * first callback): into this iteration's ready queue even from inside the
  * poll, where loop.call_soon would wait for the next iteration. 0 or -1. */
 int braid_loop_call_soon_io(PyObject *loop, PyObject *const *args, Py_ssize_t nargs);
+/* For a listening socket's reader: 1 if connections come in a burst (it
+ * accepted in this iteration or the one before: drain the queue), 0 if
+ * they trickle in (take one; the level-triggered poll reports the next).
+ * Notes this call as an accept. */
+int braid_loop_accept_burst(PyObject *loop, int fd);
 /* 1 while the loop polls (engine callbacks run from the poll). */
 int braid_loop_polling(PyObject *loop);
 /* The loop's debug mode (asyncio's self._debug), 1 or 0. */

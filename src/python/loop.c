@@ -41,6 +41,7 @@ typedef struct watcher_s {
     HandleObject *writer;
     unsigned fired;      /* revents noted during the poll */
     int queued;          /* in the fired list */
+    uint64_t accepted_in; /* a listening socket's: the iteration of its last accept */
 } watcher_t;
 
 typedef struct {
@@ -51,6 +52,7 @@ typedef struct {
     PyObject **ready;    /* our handles, and asyncio.Handle objects (_add_callback) */
     size_t ready_cap, ready_head, ready_len;
     size_t ready_at_poll; /* ready_len as the current poll began; 0 outside polls */
+    uint64_t iterations;  /* _run_once calls */
     PyObject **later;     /* call_soon from inside the poll: behind this iteration's timers */
     size_t later_len, later_cap;
     int polling;          /* inside br_loop_run: engine callbacks run from the poll */
@@ -582,6 +584,18 @@ void braid_loop_count_stream(PyObject *loop, int delta)
 {
     LoopObject *L = (LoopObject *)loop;
     L->nstreams += (size_t)(ssize_t)delta;
+}
+
+int braid_loop_accept_burst(PyObject *loop, int fd)
+{
+    LoopObject *L = (LoopObject *)loop;
+    watcher_t *w = fd >= 0 && (size_t)fd < L->nwatchers ? L->watchers[fd] : NULL;
+    if (w == NULL) {
+        return 1;
+    }
+    int burst = w->accepted_in + 1 >= L->iterations;
+    w->accepted_in = L->iterations;
+    return burst;
 }
 
 int braid_loop_polling(PyObject *loop)
@@ -1166,6 +1180,7 @@ static PyObject *loop_run_once(LoopObject *L, PyObject *unused)
     if (check_open(L) < 0 || later_flush(L) < 0) { /* left by an iteration that raised */
         return NULL;
     }
+    L->iterations++;
     int64_t timeout = -1;
     if (L->ready_len > 0) {
         timeout = 0;

@@ -52,6 +52,14 @@ PyObject *braid_accept_plain(PyObject *module, PyObject *const *args, Py_ssize_t
         PyErr_SetString(PyExc_RuntimeError, "_accept_plain: no braid.Loop has started yet");
         return NULL;
     }
+    /* Draining the queue to EAGAIN costs a failed accept4 per readiness
+     * when connections trickle in (measured: 0.85 per connection in a
+     * 15,000-connection burst that the server outpaced); uvloop takes one
+     * per readiness. So: one while they trickle, the whole batch (as
+     * asyncio, up to backlog) once they come faster than the loop turns. */
+    if (!braid_loop_accept_burst(loop, (int)lfd)) {
+        backlog = 1;
+    }
     for (long i = 0; i < backlog; i++) {
         int fd = accept4((int)lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
