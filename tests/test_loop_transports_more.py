@@ -764,3 +764,14 @@ def test_braid_pipe_transport_dropped_with_its_pipe_unset_closes_its_stream():
         del junk
     finally:
         loop.close()
+
+
+def test_braid_c_accept_refuses_what_is_not_an_open_braid_loop():
+    from braid import _braid
+
+    with pytest.raises(TypeError, match="braid.Loop"):
+        _braid._accept_plain(object(), 3, socket.AF_INET, asyncio.Protocol, None, 1)
+    loop = braid_loop()
+    loop.close()
+    with pytest.raises(RuntimeError):
+        _braid._accept_plain(loop, 3, socket.AF_INET, asyncio.Protocol, None, 1)

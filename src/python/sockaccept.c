@@ -34,6 +34,9 @@ PyObject *braid_accept_plain(PyObject *module, PyObject *const *args, Py_ssize_t
      * loop's reader calls when this cannot do its work: in debug mode (its
      * log lines) and on an accept error (it reports EMFILE and the like,
      * pauses accepting and tries again) */
+    if (braid_loop_core(args[0]) == NULL) {
+        return NULL; /* not a braid.Loop (TypeError), or a closed one (RuntimeError) */
+    }
     PyObject *fallback = nargs == 7 ? args[6] : NULL;
     if (fallback != NULL && braid_loop_debug(args[0])) {
         return PyObject_CallNoArgs(fallback);
