@@ -273,6 +273,16 @@ int braid_trctx_init(braid_trctx_t *c); /* copies the current context; -1 with a
  * entered: pass that to braid_trctx_leave. */
 int braid_trctx_enter(braid_trctx_t *c, PyObject *only_while_polling);
 void braid_trctx_leave(braid_trctx_t *c, int entered);
+/* `call` (an engine callback's body) in the context c, self (its
+ * transport) held across it: the body may drop the last other reference. */
+#define BRAID_IN_CONTEXT(self, c, only_while_polling, call)            \
+    do {                                                               \
+        PyObject *self_ = Py_NewRef(self);                             \
+        int entered_ = braid_trctx_enter((c), (only_while_polling));   \
+        call;                                                          \
+        braid_trctx_leave((c), entered_);                              \
+        Py_DECREF(self_);                                              \
+    } while (0)
 /* The offset of asyncio.BaseTransport's _extra slot, or -1 with an exception. */
 Py_ssize_t braid_transport_extra_offset(void);
 /* writelines(lines): write(b"".join(lines)), as asyncio's transports. */

@@ -622,32 +622,19 @@ static PyObject *ctx_loop(dtail_t *t) { return t->loop ? t->loop : t->udp_loop; 
 
 static void on_recv(br_udp_t *u, const char *buf, ssize_t n, const struct sockaddr *addr, socklen_t addrlen)
 {
-    PyObject *self = Py_NewRef(SELF(u));
-    dtail_t *t = TAIL(self);
-    int entered = braid_trctx_enter(&t->ctx, NULL);
-    on_recv_body(u, buf, n, addr, addrlen);
-    braid_trctx_leave(&t->ctx, entered);
-    Py_DECREF(self);
+    BRAID_IN_CONTEXT(SELF(u), &TAIL(SELF(u))->ctx, NULL, on_recv_body(u, buf, n, addr, addrlen));
 }
 
 static void on_send_error(br_udp_t *u, int err)
 {
-    PyObject *self = Py_NewRef(SELF(u));
-    dtail_t *t = TAIL(self);
-    int entered = braid_trctx_enter(&t->ctx, ctx_loop(t));
-    on_send_error_body(u, err);
-    braid_trctx_leave(&t->ctx, entered);
-    Py_DECREF(self);
+    dtail_t *t = TAIL(SELF(u));
+    BRAID_IN_CONTEXT(SELF(u), &t->ctx, ctx_loop(t), on_send_error_body(u, err));
 }
 
 static void on_drain(br_udp_t *u)
 {
-    PyObject *self = Py_NewRef(SELF(u));
-    dtail_t *t = TAIL(self);
-    int entered = braid_trctx_enter(&t->ctx, ctx_loop(t));
-    on_drain_body(u);
-    braid_trctx_leave(&t->ctx, entered);
-    Py_DECREF(self);
+    dtail_t *t = TAIL(SELF(u));
+    BRAID_IN_CONTEXT(SELF(u), &t->ctx, ctx_loop(t), on_drain_body(u));
 }
 
 static int start_reading(PyObject *self)

@@ -666,14 +666,7 @@ static PyObject *wp_set_write_buffer_limits(PyObject *self, PyObject *args, PyOb
 
 static PyObject *ctx_loop(pipe_t *p) { return p->loop ? p->loop : p->stream_loop; }
 
-#define IN_CONTEXT(p, when, call)                                   \
-    do {                                                            \
-        PyObject *self_ = Py_NewRef((p)->self);                     \
-        int entered_ = braid_trctx_enter(&(p)->ctx, (when));        \
-        call;                                                       \
-        braid_trctx_leave(&(p)->ctx, entered_);                     \
-        Py_DECREF(self_);                                           \
-    } while (0)
+#define IN_CONTEXT(p, when, call) BRAID_IN_CONTEXT((p)->self, &(p)->ctx, (when), call)
 
 static int read_alloc(br_stream_t *s, char **buf, size_t *len)
 {

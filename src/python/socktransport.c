@@ -604,12 +604,7 @@ static PyObject *ctx_loop(tail_t *t) { return t->loop ? t->loop : t->stream_loop
 
 static void on_read(br_stream_t *s, const char *buf, ssize_t n)
 {
-    PyObject *self = Py_NewRef(SELF(s));
-    tail_t *t = TAIL(self);
-    int entered = braid_trctx_enter(&t->ctx, NULL);
-    on_read_body(s, buf, n);
-    braid_trctx_leave(&t->ctx, entered);
-    Py_DECREF(self);
+    BRAID_IN_CONTEXT(SELF(s), &TAIL(SELF(s))->ctx, NULL, on_read_body(s, buf, n));
 }
 
 static int on_alloc(br_stream_t *s, char **buf, size_t *len)
@@ -618,42 +613,27 @@ static int on_alloc(br_stream_t *s, char **buf, size_t *len)
     if (!t->buffered && !(t->loop != NULL && braid_loop_ready_before_poll(t->loop))) {
         return BR_STREAM_LOOP_BUFFER; /* the common read: no Python, no context to enter */
     }
-    PyObject *self = Py_NewRef(SELF(s));
-    int entered = braid_trctx_enter(&t->ctx, NULL);
-    int rc = on_alloc_body(s, buf, len);
-    braid_trctx_leave(&t->ctx, entered);
-    Py_DECREF(self);
+    int rc;
+    BRAID_IN_CONTEXT(SELF(s), &t->ctx, NULL, rc = on_alloc_body(s, buf, len));
     return rc;
 }
 
 static void on_drain(br_stream_t *s, int paused)
 {
-    PyObject *self = Py_NewRef(SELF(s));
-    tail_t *t = TAIL(self);
-    int entered = braid_trctx_enter(&t->ctx, ctx_loop(t));
-    on_drain_body(s, paused);
-    braid_trctx_leave(&t->ctx, entered);
-    Py_DECREF(self);
+    tail_t *t = TAIL(SELF(s));
+    BRAID_IN_CONTEXT(SELF(s), &t->ctx, ctx_loop(t), on_drain_body(s, paused));
 }
 
 static void on_write_error(br_stream_t *s, int err)
 {
-    PyObject *self = Py_NewRef(SELF(s));
-    tail_t *t = TAIL(self);
-    int entered = braid_trctx_enter(&t->ctx, ctx_loop(t));
-    on_write_error_body(s, err);
-    braid_trctx_leave(&t->ctx, entered);
-    Py_DECREF(self);
+    tail_t *t = TAIL(SELF(s));
+    BRAID_IN_CONTEXT(SELF(s), &t->ctx, ctx_loop(t), on_write_error_body(s, err));
 }
 
 static void on_empty(br_stream_t *s)
 {
-    PyObject *self = Py_NewRef(SELF(s));
-    tail_t *t = TAIL(self);
-    int entered = braid_trctx_enter(&t->ctx, ctx_loop(t));
-    on_empty_body(s);
-    braid_trctx_leave(&t->ctx, entered);
-    Py_DECREF(self);
+    tail_t *t = TAIL(SELF(s));
+    BRAID_IN_CONTEXT(SELF(s), &t->ctx, ctx_loop(t), on_empty_body(s));
 }
 
 /* --------------------------------------------------------- Python methods */
