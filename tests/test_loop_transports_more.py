@@ -775,3 +775,56 @@ def test_braid_c_accept_refuses_what_is_not_an_open_braid_loop():
     loop.close()
     with pytest.raises(RuntimeError):
         _braid._accept_plain(loop, 3, socket.AF_INET, asyncio.Protocol, None, 1)
+
+
+def _connections_made_per_iteration(backlog, queued):
+    """A braid.Loop server's listening socket with `queued` connections waiting in the
+    kernel's accept queue before the loop runs: how many connection_made calls each loop
+    iteration saw, in order (iterations counted by a callback that reschedules itself)."""
+    loop = braid_loop()
+    made = []
+    iteration = [0]
+
+    class Counted(asyncio.Protocol):
+        def connection_made(self, transport):
+            made.append(iteration[0])
+
+    def tick():
+        iteration[0] += 1
+        loop.call_soon(tick)
+
+    clients = []
+    try:
+        server = loop.run_until_complete(loop.create_server(Counted, "127.0.0.1", 0, backlog=backlog))
+        address = server.sockets[0].getsockname()
+        for _ in range(queued):
+            clients.append(socket.create_connection(address, timeout=TIMEOUT))
+        loop.call_soon(tick)
+        deadline = time.monotonic() + TIMEOUT
+        while len(made) < queued and time.monotonic() < deadline:
+            loop.run_until_complete(asyncio.sleep(0.001))
+        server.close()
+        loop.run_until_complete(server.wait_closed())
+    finally:
+        for c in clients:
+            c.close()
+        loop.close()
+    assert len(made) == queued, f"{len(made)} of {queued} queued connections accepted"
+    per = {}
+    for i in made:
+        per[i] = per.get(i, 0) + 1
+    return [per[i] for i in sorted(per)]
+
+
+def test_braid_accepts_a_short_queue_a_few_connections_per_iteration():
+    # a whole batch at once makes every connection's objects together, and the collector's
+    # young generation fills once per batch under churn; a short queue goes a few at a time
+    counts = _connections_made_per_iteration(backlog=100, queued=12)
+    assert max(counts) <= 4, counts
+    assert len(counts) >= 3, counts
+
+
+def test_braid_drains_an_accept_queue_past_half_its_limit_at_once():
+    # the batch is for a queue that would overflow: past half the listen backlog, drained
+    counts = _connections_made_per_iteration(backlog=8, queued=8)
+    assert counts[0] == 1 and max(counts[1:]) == 7, counts
