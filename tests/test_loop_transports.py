@@ -512,6 +512,7 @@ class TransportMixin(LoopFixture):
             # what asyncio reports: the OSError of the send (or recv) that met the reset,
             # straight to connection_lost, not to the exception handler
             assert isinstance(exc, (ConnectionResetError, BrokenPipeError)), exc
+            assert exc.args == (exc.errno, os.strerror(exc.errno)), exc.args  # as send()'s
             assert transport.is_closing()
             assert transport.get_write_buffer_size() == 0
             transport.write(b"after the reset")  # dropped, no exception

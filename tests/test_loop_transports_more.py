@@ -172,8 +172,22 @@ class MoreTransportsMixin(LoopFixture):
             # for connection_lost, with nothing buffered a clean end; never the handler's
             if buffered:
                 assert isinstance(exc, BrokenPipeError)
+                assert exc.args == (), exc.args  # the reader trick's own, not a write's EPIPE
             else:
                 assert exc is None
+            assert transport.is_closing()
+
+        self.run(loop, main())
+
+    def test_write_pipe_write_into_a_closed_reader_is_os_writes_error(self, loop):
+        async def main():
+            r, w = os.pipe()
+            transport, proto = await loop.connect_write_pipe(Recorder, open(w, "wb", 0))
+            os.close(r)
+            transport.write(b"read by nobody")  # written at once: the write meets EPIPE
+            exc = await proto.lost
+            assert isinstance(exc, BrokenPipeError)
+            assert exc.args == (errno.EPIPE, os.strerror(errno.EPIPE)), exc.args  # os.write's
             assert transport.is_closing()
 
         self.run(loop, main())

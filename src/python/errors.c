@@ -4,6 +4,7 @@
  * braid.h and reports it as a failure of the system raises through here.
  *
  * The exception is what the OS error is: OSError(errno, "what: strerror"),
+ * or without a "what" exactly the socket module's OSError(errno, strerror),
  * whose constructor picks the subclass (ConnectionResetError,
  * BrokenPipeError, InterruptedError, TimeoutError, ...) exactly as for the
  * stdlib's own calls, with ENOMEM as MemoryError. An errno that means the
@@ -20,8 +21,13 @@ PyObject *braid_raise_oserror(int err, const char *what)
     if (err == -ENOMEM) {
         return PyErr_NoMemory();
     }
-    PyObject *message = what ? PyUnicode_FromFormat("%s: %s", what, br_strerror(err))
-                             : PyUnicode_FromString(br_strerror(err)); /* as the socket module's */
+    if (what == NULL) {
+        /* the exception the socket and os modules raise for this errno,
+         * word for word: OSError(errno, strerror(errno)) */
+        errno = -err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    PyObject *message = PyUnicode_FromFormat("%s: %s", what, br_strerror(err));
     if (message == NULL) {
         return NULL;
     }
