@@ -14,7 +14,7 @@ def _fake():
     return {
         "roundtrip": {"ThreadPool": 10.0, "InterpreterPool": 2.0, "ProcessPool": 20.0},
         "inflight": {"ThreadPool": 0.3, "InterpreterPool": 1.0, "ProcessPool": 5.0},
-        "primes": {"sequential": 4.0, "InterpreterPool": 2.0, "ProcessPool": 2.2,
+        "primes": {"sequential": 4.0, "InterpreterPool": 2.0, "ProcessPool": 2.2, "floor": 1.6,
                    "cpu": {"sequential": 4.0, "InterpreterPool": 4.1}},
         "first": {"ThreadPool": 0.2, "InterpreterPool": 12.0, "ProcessPool": 4.0},
         "rss": (2048.0, 8192.0, 3072.0),
@@ -31,6 +31,16 @@ def test_report_states_each_goal():
     assert "speed-up 2.00x" in text and "goal >= 1.85 on 2 workers: met" in text
     assert "goal <= 30 ms: met" in text
     assert "sub-interpreter 2.0 MiB" in text
+    assert "1.600 s = 2.50x; the interpreter pool reaches 0.80 of it" in text
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_primes_floor_shares_cover_every_number_once_and_alike(workers):
+    n = 1001
+    shares = [[k for r in bench._floor_share(n, workers, i) for k in r] for i in range(workers)]
+    assert sorted(k for share in shares for k in share) == list(range(1, n + 1))
+    odd = [sum(k % 2 for k in share) for share in shares]
+    assert max(odd) - min(odd) <= 1, odd  # the dear numbers (odd ones) spread evenly
 
 
 def test_report_says_not_met():
@@ -50,6 +60,7 @@ def test_tiny_run_measures_everything():
     for case in ("roundtrip", "inflight", "first"):
         assert all(math.isfinite(v) and v > 0 for v in out[case].values()), out[case]
     assert out["primes"]["InterpreterPool"] > 0 and out["primes"]["sequential"] > 0
+    assert out["primes"]["floor"] > 0
     assert out["rss"][1] > 0
     buf = io.StringIO()
     bench.report(out, counts, "cmd", print_=lambda s: buf.write(s + "\n"))

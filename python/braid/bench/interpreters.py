@@ -15,7 +15,9 @@ the ratios, each printed with the goal it is held to:
               comprehension in this thread: >= 1.85x faster on 2 workers (the process pool,
               same chunks, alongside). A bool per number comes back: the tutorial's own
               check_numbers_chunk returns a (number, bool) tuple each, and unpickling 2,000,000
-              tuples costs the caller ~0.35 s of CPU, which no pool can run in parallel
+              tuples costs the caller ~0.35 s of CPU, which no pool can run in parallel. The
+              machine's floor runs alongside: 2 forked processes computing a share each, no pool,
+              the most a pool of 2 could reach on this machine at this moment
   first       InterpreterPool(2) created to its first result (ms): <= 30 ms
   rss         resident memory each worker adds: a sub-interpreter (growth of this process's
               RSS per worker) against a worker process (its RSS, and PSS, which counts pages
@@ -103,6 +105,41 @@ def _primes_sequential(n):
     return time.perf_counter() - t0, time.process_time() - c0, results
 
 
+def _floor_share(n, workers, i):
+    """Worker i's numbers of 1..n for the floor: the pairs (1, 2), (3, 4), ... dealt round."""
+    return [range(first, n + 1, 2 * workers) for first in (1 + 2 * i, 2 + 2 * i)]
+
+
+def _primes_floor(n, workers):
+    """The machine's own parallel ceiling for the primes, no pool: `workers` forked processes,
+    each computing is_prime over its share of 1..n (pairs of numbers dealt round, so each gets
+    as many odd numbers, and as dear ones, as the others), results thrown away. A pool's
+    speed-up can only approach it: two busy cores run slower than one (shared caches, the
+    host's other work). None where os.fork is missing."""
+    if not hasattr(os, "fork"):
+        return None
+    t0 = time.perf_counter()
+    pids = []
+    try:
+        for i in range(workers):
+            pid = os.fork()
+            if pid == 0:  # the child: compute, then leave without running any cleanup
+                code = 0
+                try:
+                    for numbers in _floor_share(n, workers, i):
+                        for k in numbers:
+                            is_prime(k)
+                except BaseException:
+                    code = 1
+                os._exit(code)
+            pids.append(pid)
+    finally:
+        failed = [pid for pid in pids if os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) != 0]
+    if failed or len(pids) != workers:
+        raise RuntimeError("a process of the primes' floor failed")
+    return time.perf_counter() - t0
+
+
 def _first(braid, kind):
     t0 = time.perf_counter()
     pool = getattr(braid, kind)(WORKERS)
@@ -166,12 +203,20 @@ def run(braid, counts, on_line=print):
         out[case] = best
 
     n = counts["primes"]
-    best = dict(sequential=math.inf, InterpreterPool=math.inf, ProcessPool=math.inf)
+    best = dict(sequential=math.inf, InterpreterPool=math.inf, ProcessPool=math.inf, floor=math.inf)
     cpu = {}  # CPU seconds of this process (every thread) in the best run: sub-interpreters'
     want = None  # work is in it, worker processes' is not
     order = list(best)
     for r in range(repeat):
-        for which in order[r % 3:] + order[:r % 3]:
+        for which in order[r % 4:] + order[:r % 4]:
+            if which == "floor":
+                t = _primes_floor(n, WORKERS)
+                if t is None:
+                    best["floor"] = None
+                    order.remove("floor")
+                elif t < best["floor"]:
+                    best["floor"] = t
+                continue
             if which == "sequential":
                 t, c, res = _primes_sequential(n)
             else:
@@ -218,6 +263,11 @@ def report(out, counts, command, print_=print):
            f"{pr['InterpreterPool']:>13.3f}{pr['ProcessPool']:>13.3f}   sequential {pr['sequential']:.3f} s: "
            f"speed-up {speedup:.2f}x with the pool's start (goal >= 1.85 on {WORKERS} workers: "
            f"{_verdict(speedup >= 1.85)}); processes {pr['sequential'] / pr['ProcessPool']:.2f}x")
+    if pr.get("floor"):
+        floor = pr["sequential"] / pr["floor"]
+        print_(f"{'':<34}   the machine's floor ({WORKERS} forked processes, a share of the numbers "
+               f"each, no pool): {pr['floor']:.3f} s = {floor:.2f}x; the interpreter pool reaches "
+               f"{speedup / floor:.2f} of it")
     c = pr["cpu"]
     cores = c["InterpreterPool"] / pr["InterpreterPool"]
     bound = WORKERS * c["sequential"] / c["InterpreterPool"]
