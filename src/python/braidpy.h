@@ -364,6 +364,8 @@ struct braid_pool_link_s {
 void braid_pools_link(braid_state *st, braid_pool_link_t *link, const braid_pool_ops_t *ops);
 void braid_pools_unlink(braid_pool_link_t *link); /* no-op when not linked */
 size_t braid_pools_count(braid_state *st, const braid_pool_ops_t *ops);
+void braid_pools_release(braid_state *st, braid_pool_link_t *link); /* unlinks, wakes the wait below */
+int braid_pools_wait_released(braid_state *st); /* until a dropped pool's last worker releases it */
 PyObject *braid_pools_at_exit(braid_state *st, int interrupted);
 void braid_pools_after_fork_child(braid_state *st);
 void braid_pools_clear(braid_state *st);

@@ -183,13 +183,10 @@ static const braid_pool_ops_t interp_pool_ops;
 static void core_release(interp_core_t *core)
 {
     braid_state *st = core->st;
-    braid_pools_unlink(&core->link);
     Py_CLEAR(core->setup);
     Py_CLEAR(core->broken);
     Py_CLEAR(core->fn_cache);
-    if (st != NULL && st->exit_waiter != NULL) {
-        br_event_set(st->exit_waiter);
-    }
+    braid_pools_release(st, &core->link);
 }
 
 void braid_ip_worker_gone(interp_core_t *core)
@@ -295,17 +292,7 @@ static int ops_wait(braid_pool_link_t *l)
     if (!core->detached) {
         return core_join(core);
     }
-    /* a dropped pool: its last worker unlinks it (core_release) */
-    br_event_t left;
-    br_event_init(&left);
-    braid_state *st = core->st;
-    st->exit_waiter = &left;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = br_event_wait(&left, -1);
-    Py_END_ALLOW_THREADS
-    st->exit_waiter = NULL;
-    return rc == -EINTR && PyErr_CheckSignals() < 0 ? -1 : 0;
+    return braid_pools_wait_released(core->st); /* a dropped pool: core_release wakes it */
 }
 
 static void ops_forked(braid_pool_link_t *l)

@@ -27,6 +27,8 @@
  */
 #include "braidpy.h"
 
+#include <errno.h>
+
 void braid_pools_link(braid_state *st, braid_pool_link_t *link, const braid_pool_ops_t *ops)
 {
     link->ops = ops;
@@ -55,6 +57,31 @@ void braid_pools_unlink(braid_pool_link_t *link)
     }
     link->next = link->prev = NULL;
     link->st = NULL;
+}
+
+/* A dropped pool (nothing holds it; its workers finish and the last one
+ * frees it) is waited for at exit until its last worker has left Python:
+ * that worker calls braid_pools_release, which takes the pool off the list
+ * and wakes the wait. */
+void braid_pools_release(braid_state *st, braid_pool_link_t *link)
+{
+    braid_pools_unlink(link);
+    if (st != NULL && st->exit_waiter != NULL) {
+        br_event_set(st->exit_waiter);
+    }
+}
+
+int braid_pools_wait_released(braid_state *st)
+{
+    br_event_t left;
+    br_event_init(&left);
+    st->exit_waiter = &left;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = br_event_wait(&left, -1);
+    Py_END_ALLOW_THREADS
+    st->exit_waiter = NULL;
+    return rc == -EINTR && PyErr_CheckSignals() < 0 ? -1 : 0;
 }
 
 size_t braid_pools_count(braid_state *st, const braid_pool_ops_t *ops)

@@ -268,14 +268,11 @@ static void pool_work_done(br_work_t *w, int status)
 static void core_release(pool_core_t *core)
 {
     braid_state *st = core->st;
-    braid_pools_unlink(&core->link);
     Py_CLEAR(core->initializer);
     Py_CLEAR(core->initargs);
     Py_CLEAR(core->prefix);
     Py_CLEAR(core->broken);
-    if (st != NULL && st->exit_waiter != NULL) {
-        br_event_set(st->exit_waiter);
-    }
+    braid_pools_release(st, &core->link);
 }
 
 /* The engine's on_detached: the last worker thread of a dropped pool is
@@ -394,17 +391,7 @@ static int ops_wait(braid_pool_link_t *l)
     if (!core->detached) {
         return core_join(core);
     }
-    /* a dropped pool: its last worker unlinks it (core_release) */
-    br_event_t left;
-    br_event_init(&left);
-    braid_state *st = core->st;
-    st->exit_waiter = &left;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = br_event_wait(&left, -1);
-    Py_END_ALLOW_THREADS
-    st->exit_waiter = NULL;
-    return rc == -EINTR && PyErr_CheckSignals() < 0 ? -1 : 0;
+    return braid_pools_wait_released(core->st); /* a dropped pool: core_release wakes it */
 }
 
 static void ops_forked(braid_pool_link_t *l)
