@@ -250,7 +250,8 @@ static int load_plain(iworker_t *w, const char *p, Py_ssize_t len, PyObject **fn
             return -1;
         }
         if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 ||
-            !PyTuple_Check(PyTuple_GET_ITEM(pair, 0))) {
+            !PyTuple_Check(PyTuple_GET_ITEM(pair, 0)) ||
+            (PyTuple_GET_ITEM(pair, 1) != Py_None && !PyDict_Check(PyTuple_GET_ITEM(pair, 1)))) {
             Py_DECREF(pair);
             PyErr_SetString(PyExc_ValueError, "braid: a malformed task payload");
             return -1;
@@ -324,8 +325,10 @@ static void run_task(iworker_t *w, itask_t *t)
         } else {
             call = PyObject_CallOneArg(w->loads, data);
         }
+        /* PyObject_Call takes a dict or NULL for the keywords and does not check */
         if (call != NULL && PyTuple_Check(call) && PyTuple_GET_SIZE(call) == 3 &&
-            PyTuple_Check(PyTuple_GET_ITEM(call, 1))) {
+            PyTuple_Check(PyTuple_GET_ITEM(call, 1)) &&
+            (PyTuple_GET_ITEM(call, 2) == Py_None || PyDict_Check(PyTuple_GET_ITEM(call, 2)))) {
             fn = Py_NewRef(PyTuple_GET_ITEM(call, 0));
             args = Py_NewRef(PyTuple_GET_ITEM(call, 1));
             PyObject *kw = PyTuple_GET_ITEM(call, 2);
