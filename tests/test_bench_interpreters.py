@@ -12,7 +12,8 @@ from braid.bench import interpreters as bench
 
 def _fake():
     return {
-        "roundtrip": {"ThreadPool": 10.0, "InterpreterPool": 2.0, "ProcessPool": 20.0},
+        "roundtrip": {"ThreadPool": 10.0, "InterpreterPool": 2.0, "ProcessPool": 20.0,
+                      "spin_floor": 0.25},
         "inflight": {"ThreadPool": 0.3, "InterpreterPool": 1.0, "ProcessPool": 5.0},
         "primes": {"sequential": 4.0, "InterpreterPool": 2.0, "ProcessPool": 2.2, "floor": 1.6,
                    "cpu": {"sequential": 4.0, "InterpreterPool": 4.1}},
@@ -32,6 +33,7 @@ def test_report_states_each_goal():
     assert "goal <= 30 ms: met" in text
     assert "sub-interpreter 2.0 MiB" in text
     assert "1.600 s = 2.50x; the interpreter pool reaches 0.80 of it" in text
+    assert "spinning, C): 0.25 µs; the interpreter pool's round trip is 8.0x it" in text
 
 
 @pytest.mark.parametrize("workers", [1, 2, 3])
@@ -58,7 +60,9 @@ def test_tiny_run_measures_everything():
     counts = dict(roundtrip=20, inflight=50, primes=3000, first=1, repeat=1)
     out = bench.run(braid, counts)
     for case in ("roundtrip", "inflight", "first"):
-        assert all(math.isfinite(v) and v > 0 for v in out[case].values()), out[case]
+        assert all(math.isfinite(out[case][k]) and out[case][k] > 0 for k in bench.KINDS), out[case]
+    spin = out["roundtrip"]["spin_floor"]
+    assert spin is None or 0 < spin < out["roundtrip"]["ProcessPool"]  # None: no C compiler
     assert out["primes"]["InterpreterPool"] > 0 and out["primes"]["sequential"] > 0
     assert out["primes"]["floor"] > 0
     assert out["rss"][1] > 0

@@ -805,7 +805,8 @@ def _connections_made_per_iteration(backlog, queued):
 
     def tick():
         iteration[0] += 1
-        loop.call_soon(tick)
+        if len(made) < queued:
+            loop.call_soon(tick)
 
     clients = []
     try:
@@ -818,11 +819,12 @@ def _connections_made_per_iteration(backlog, queued):
         while len(made) < queued and time.monotonic() < deadline:
             loop.run_until_complete(asyncio.sleep(0.001))
         server.close()
-        loop.run_until_complete(server.wait_closed())
     finally:
         for c in clients:
             c.close()
-        loop.close()
+        if not loop.is_closed():
+            loop.run_until_complete(asyncio.sleep(0.01))  # the transports see the EOFs
+            loop.close()
     assert len(made) == queued, f"{len(made)} of {queued} queued connections accepted"
     per = {}
     for i in made:

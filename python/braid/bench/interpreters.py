@@ -8,7 +8,9 @@ alike, and the best (smallest) figure of the repeats is kept. The figures worth 
 the ratios, each printed with the goal it is held to:
 
   roundtrip   pool.submit(noop).result(), one at a time (µs per trip, warm pools):
-              interpreters <= 2x the thread pool's, and >= 5x faster than the process pool's
+              interpreters <= 2x the thread pool's, and >= 5x faster than the process pool's;
+              beside it the machine's floor for a hand-off between two cores (a C ping-pong of
+              one cache line, both sides spinning)
   inflight    10,000 no-op tasks submitted, then .result() each (µs per task): <= 1.5 µs
   primes      the tutorial's is_prime over 1..2,000,000 (pool.map in chunks of ranges, about
               64 per worker), the pool's start and shutdown included, against a list
@@ -140,6 +142,22 @@ def _primes_floor(n, workers):
     return time.perf_counter() - t0
 
 
+def _spin_floor(trips):
+    """µs per round trip of two processes taking turns on one counter in shared memory,
+    spinning, no system call (bench procpool's C ping-pong, mode "spin"): a cache line moved
+    to the other core and back, what a hand-off whose both sides poll cannot go below. How
+    far apart this machine's two CPUs are moves it (and every pool's round trip with it).
+    None without a C compiler."""
+    from braid.bench import _cc, _procpool_cold
+
+    try:
+        exe = _procpool_cold.build_floor()
+    except _cc.NoCompiler:
+        return None
+    wall, _, _ = _procpool_cold.run_floor([exe, str(trips), str(_procpool_cold.FLOOR_WARMUP), "spin"])
+    return wall / trips * 1e6
+
+
 def _first(braid, kind):
     t0 = time.perf_counter()
     pool = getattr(braid, kind)(WORKERS)
@@ -192,6 +210,7 @@ def run(braid, counts, on_line=print):
     # and would take CPU from the pool being measured on a small machine.
     for case, fn in (("roundtrip", _roundtrip), ("inflight", _inflight)):
         best = {kind: math.inf for kind in KINDS}
+        spin = [] if case == "roundtrip" else None
         for r in range(repeat):
             for kind in KINDS[r % 3:] + KINDS[:r % 3]:
                 pool = _warm_pool(braid, kind)
@@ -200,6 +219,10 @@ def run(braid, counts, on_line=print):
                     best[kind] = min(best[kind], fn(pool, counts[case]))
                 finally:
                     pool.shutdown(wait=True)
+            if spin is not None:
+                spin.append(_spin_floor(counts[case] * 10))
+        if spin is not None:
+            best["spin_floor"] = None if None in spin else min(spin)
         out[case] = best
 
     n = counts["primes"]
@@ -252,6 +275,11 @@ def report(out, counts, command, print_=print):
     print_(f"{'no-op round trip (µs)':<34}{t:>12.1f}{i:>13.1f}{p:>13.1f}   "
            f"interp/thread {i / t:.2f}x (goal <= 2: {_verdict(i / t <= 2)}); "
            f"process/interp {p / i:.2f}x (goal >= 5: {_verdict(p / i >= 5)})")
+    if rt.get("spin_floor"):
+        f = rt["spin_floor"]
+        print_(f"{'':<34}   the machine's floor (a cache line to the other core and back, two "
+               f"processes spinning, C): {f:.2f} µs; the interpreter pool's round trip is "
+               f"{i / f:.1f}x it")
     t, i, p = inf["ThreadPool"], inf["InterpreterPool"], inf["ProcessPool"]
     label = f"{counts['inflight']:,} in flight (µs/task)"
     print_(f"{label:<34}"
