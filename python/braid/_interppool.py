@@ -15,6 +15,45 @@ __all__ = ["InterpreterPool", "BrokenInterpreterPool"]
 
 SUPPORTED = sys.version_info >= (3, 12) and hasattr(_braid, "_InterpreterPoolCore")
 
+# CPython 3.12.0-3.12.3 (gh-119213, fixed in 3.12.4): the first call with keyword arguments to
+# an Argument Clinic function of a standard-library extension module that is a shared library
+# (_pickle, _asyncio, _hashlib, _ssl, ...) keeps a tuple of keyword names for the whole process,
+# allocated by whichever interpreter made that call. Made first in a sub-interpreter with its
+# own allocator, the tuple is freed by the wrong one, and the process aborts ("free(): invalid
+# pointer") at exit or earlier; measured on 3.12.1 with CPython's own _xxsubinterpreters and no
+# braid: `_pickle.loads(b"...", buffers=[])`, `asyncio.run(asyncio.sleep(0.001))` or
+# `import hashlib` run first in a sub-interpreter abort the process, run first in the main
+# interpreter they do not. 3.13.0 is not affected.
+KEYWORD_TUPLE_BUG = (3, 12) <= sys.version_info[:3] < (3, 12, 4)
+_warned_keyword_tuple_bug = False
+
+
+def _before_keyword_tuple_bug():
+    """On the affected versions: the keyword calls braid's own workers make (pickles with
+    out-of-band buffers, exceptions pickled by class) are made here first, in the main
+    interpreter, so their tuples are its own; and the user is told once what else can
+    crash."""
+    global _warned_keyword_tuple_bug
+    import _pickle
+    import io
+
+    _pickle.loads(_pickle.dumps(None, protocol=5, buffer_callback=None), buffers=())
+    _pickle.Pickler(io.BytesIO(), protocol=5, buffer_callback=None)
+    _pickle.Unpickler(io.BytesIO(), buffers=())
+    _pickle.load(io.BytesIO(_pickle.dumps(None)), buffers=())
+    _pickle.dump(None, io.BytesIO(), protocol=5, buffer_callback=None)
+    if not _warned_keyword_tuple_bug:
+        _warned_keyword_tuple_bug = True
+        import warnings
+
+        version = ".".join(map(str, sys.version_info[:3]))
+        warnings.warn(
+            f"Python {version} has a CPython bug (gh-119213, fixed in 3.12.4): a task in a "
+            "braid.InterpreterPool that is the process's first to call a standard-library C "
+            "function with keyword arguments (asyncio, hashlib, ssl and others do) can make the "
+            "process abort, at exit or before. Pure-Python tasks are not affected; for others use "
+            "Python 3.12.4+ or braid.ProcessPool.", RuntimeWarning, stacklevel=3)
+
 
 class BrokenInterpreterPool(concurrent.futures.thread.BrokenThreadPool):
     """A worker's initializer failed: the pool runs no more tasks (as 3.14's
@@ -83,6 +122,8 @@ class InterpreterPool(_Core, concurrent.futures.Executor):
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         timeout = _check_timeout(task_timeout)
+        if KEYWORD_TUPLE_BUG:
+            _before_keyword_tuple_bug()
         setup = _interpworker.dumps_setup(sys.path, initializer, initargs)
         super().__init__(max_workers, setup, timeout)
 

@@ -477,6 +477,9 @@ def _results(call, progress):
             plan.chunksize = call.chunksize
         if plan.mode == "process" and policy.interpreters_available():
             _prefer_interpreters(call.fn, plan)
+        elif plan.mode == "process" and policy.keyword_tuple_bug():
+            plan.why += (f"; not sub-interpreters: Python {sys.version.split()[0]} can abort in them "
+                         "(CPython gh-119213, fixed in 3.12.4)")
     _report(call, policy.explain_line(call.total, profile, plan))
     if exhausted:
         for _, results in blocks:

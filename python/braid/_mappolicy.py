@@ -36,7 +36,9 @@ measures instead of guessing:
 4. On Python 3.12+ CPU-bound work planned for processes goes to sub-interpreters
    (braid.InterpreterPool: no process start, no pipe) when the function's module imports
    in one -- tried once per module and remembered; else to processes, and the explanation
-   says which module could not be imported and why.
+   says which module could not be imported and why. Not on CPython 3.12.0-3.12.3, whose
+   sub-interpreters can abort the process (braid._interppool.KEYWORD_TUPLE_BUG): processes,
+   and the explanation says so.
 
 The start-up costs are constants measured on a 2-core Linux machine (docs/BENCHMARKS.md).
 """
@@ -80,7 +82,17 @@ def interpreters_available():
         return False
     from . import _interppool
 
-    return _interppool.SUPPORTED
+    return _interppool.SUPPORTED and not _interppool.KEYWORD_TUPLE_BUG
+
+
+def keyword_tuple_bug():
+    """Whether this CPython has the sub-interpreter bug that keeps auto mode off
+    InterpreterPool (braid._interppool.KEYWORD_TUPLE_BUG)."""
+    if sys.version_info[:2] != (3, 12):
+        return False
+    from . import _interppool
+
+    return _interppool.KEYWORD_TUPLE_BUG
 
 
 def gil_enabled():
