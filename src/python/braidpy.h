@@ -285,6 +285,26 @@ void braid_trctx_leave(braid_trctx_t *c, int entered);
     } while (0)
 /* The offset of asyncio.BaseTransport's _extra slot, or -1 with an exception. */
 Py_ssize_t braid_transport_extra_offset(void);
+/* How a transport type is made: its C fields, a struct of tail_size bytes
+ * (the tail), follow the fields of the asyncio classes it derives from,
+ * whose sizes are known only once asyncio is imported. */
+#define BRAID_TAIL_BASES 2
+#define BRAID_TAIL_MEMBERS 2
+typedef struct {
+    PyType_Spec *spec;        /* its basicsize is written */
+    /* asyncio.transports' classes, NULL-ended: the tail follows the first
+     * one's fields (the others add none) */
+    const char *bases[BRAID_TAIL_BASES + 1];
+    size_t tail_size;
+    PyMemberDef *members;     /* the spec's __weaklistoffset__ (and __dictoffset__), written as ... */
+    Py_ssize_t member_at[BRAID_TAIL_MEMBERS]; /* ... the tail's offset plus these */
+    Py_ssize_t *tail_offset;  /* written: where the tail starts in an object */
+    Py_ssize_t *extra_offset; /* written: asyncio.BaseTransport's _extra slot */
+} braid_tail_type_t;
+/* The type, made as `how` says with `module` as its module; the offsets
+ * and the spec are written under a process-wide lock. A new reference, or
+ * NULL with an exception. */
+PyTypeObject *braid_transport_make_tail_type(PyObject *module, const braid_tail_type_t *how);
 /* writelines(lines): write(b"".join(lines)), as asyncio's transports. */
 PyObject *braid_transport_writelines(PyObject *self, PyObject *lines, PyObject *(*write)(PyObject *, PyObject *));
 PyObject *braid_import_attr(const char *module, const char *name); /* new reference */

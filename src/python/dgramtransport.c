@@ -47,7 +47,6 @@
 #include <errno.h>
 #include <limits.h>
 #include <netinet/in.h>
-#include <pthread.h>
 #include <stddef.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -77,8 +76,9 @@ typedef struct {
         sock_gone : 1, has_peer : 1;
 } dtail_t;
 
-static pthread_mutex_t spec_mu = PTHREAD_MUTEX_INITIALIZER; /* the offsets and dt_spec */
-static Py_ssize_t tail_offset;   /* asyncio.DatagramTransport's basicsize: the same in every interpreter */
+/* Written when the first braid.Loop makes the type (braid_transport_make_tail_type). */
+static Py_ssize_t tail_offset;   /* asyncio.transports._FlowControlMixin's basicsize (DatagramTransport adds
+                                    no fields): the same in every interpreter */
 static Py_ssize_t extra_offset;  /* BaseTransport's _extra slot */
 
 #define TAIL(o) ((dtail_t *)((char *)(o) + tail_offset))
@@ -1200,39 +1200,28 @@ static PyType_Spec dt_spec = {
     .slots = dt_slots,
 };
 
+static const braid_tail_type_t dt_tail = {
+    .spec = &dt_spec,
+    /* as asyncio's (_SelectorTransport, DatagramTransport): CPython's tests
+     * check that a datagram transport is an asyncio.Transport too; the
+     * mixin's four slots go unused, the C fields hold the same */
+    .bases = {"_FlowControlMixin", "DatagramTransport"},
+    .tail_size = sizeof(dtail_t),
+    .members = dt_members,
+    .member_at = {offsetof(dtail_t, weakrefs)},
+    .tail_offset = &tail_offset,
+    .extra_offset = &extra_offset,
+};
+
 /* Made with the socket transport's type, when the first braid.Loop starts. */
 int braid_dgramtransport_make_type(braid_state *st, PyObject *module)
 {
     if (st->datagram_transport_type != NULL) {
         return 0;
     }
-    /* as asyncio's (_SelectorTransport, DatagramTransport): CPython's tests
-     * check that a datagram transport is an asyncio.Transport too; the
-     * mixin's four slots go unused, the C fields hold the same */
-    PyObject *flow = braid_import_attr("asyncio.transports", "_FlowControlMixin");
-    PyObject *dgram = flow ? braid_import_attr("asyncio.transports", "DatagramTransport") : NULL;
-    PyObject *bases = dgram ? PyTuple_Pack(2, flow, dgram) : NULL;
-    Py_ssize_t extra = bases ? braid_transport_extra_offset() : -1;
-    int rc = -1;
-    if (extra < 0) {
-        goto done;
-    }
-    /* process-wide values (one asyncio source), written under a lock:
-     * interpreters with GILs of their own may make their first loop at once */
-    pthread_mutex_lock(&spec_mu);
-    extra_offset = extra;
-    tail_offset = ((PyTypeObject *)flow)->tp_basicsize; /* the larger layout; DatagramTransport adds none */
-    dt_spec.basicsize = (int)(tail_offset + sizeof(dtail_t));
-    dt_members[0].offset = tail_offset + offsetof(dtail_t, weakrefs);
-    st->datagram_transport_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &dt_spec, bases);
-    pthread_mutex_unlock(&spec_mu);
+    st->datagram_transport_type = braid_transport_make_tail_type(module, &dt_tail);
     if (st->datagram_transport_type == NULL) {
-        goto done;
+        return -1;
     }
-    rc = PyModule_AddObjectRef(module, "DatagramTransport", (PyObject *)st->datagram_transport_type);
-done:
-    Py_XDECREF(bases);
-    Py_XDECREF(dgram);
-    Py_XDECREF(flow);
-    return rc;
+    return PyModule_AddObjectRef(module, "DatagramTransport", (PyObject *)st->datagram_transport_type);
 }

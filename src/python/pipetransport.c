@@ -58,7 +58,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <pthread.h>
 #include <stddef.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -84,7 +83,7 @@ typedef struct {
         read_later : 1, lost_scheduled : 1, lost_called : 1, peer_gone : 1, peer_gone_queued : 1;
 } pipe_t;
 
-static pthread_mutex_t spec_mu = PTHREAD_MUTEX_INITIALIZER; /* the offsets and the specs */
+/* Written when the first braid.Loop makes the types (braid_transport_make_tail_type). */
 static Py_ssize_t read_offset;   /* asyncio.ReadTransport's basicsize */
 static Py_ssize_t write_offset;  /* asyncio.transports._FlowControlMixin's */
 static Py_ssize_t extra_offset;  /* BaseTransport's _extra slot */
@@ -1120,50 +1119,44 @@ static PyType_Spec wp_spec = {
     .slots = wp_slots,
 };
 
+/* Bases as asyncio's: ReadTransport; _FlowControlMixin and WriteTransport. */
+static const braid_tail_type_t rp_tail = {
+    .spec = &rp_spec,
+    .bases = {"ReadTransport"},
+    .tail_size = sizeof(pipe_t),
+    .members = rp_members,
+    .member_at = {offsetof(pipe_t, weakrefs), offsetof(pipe_t, dict)},
+    .tail_offset = &read_offset,
+    .extra_offset = &extra_offset,
+};
+
+static const braid_tail_type_t wp_tail = {
+    .spec = &wp_spec,
+    .bases = {"_FlowControlMixin", "WriteTransport"},
+    .tail_size = sizeof(pipe_t),
+    .members = wp_members,
+    .member_at = {offsetof(pipe_t, weakrefs), offsetof(pipe_t, dict)},
+    .tail_offset = &write_offset,
+    .extra_offset = &extra_offset,
+};
+
 /* Made with the loop's other transport types, when the first braid.Loop
- * starts (asyncio is imported then, not with braid). Bases as asyncio's:
- * ReadTransport; _FlowControlMixin and WriteTransport. */
+ * starts (asyncio is imported then, not with braid). */
 int braid_pipetransport_make_types(braid_state *st, PyObject *module)
 {
     if (st->read_pipe_transport_type != NULL) {
         return 0;
     }
-    PyObject *rbase = braid_import_attr("asyncio.transports", "ReadTransport");
-    PyObject *mixin = rbase ? braid_import_attr("asyncio.transports", "_FlowControlMixin") : NULL;
-    PyObject *wbase = mixin ? braid_import_attr("asyncio.transports", "WriteTransport") : NULL;
-    PyObject *wbases = wbase ? PyTuple_Pack(2, mixin, wbase) : NULL;
-    Py_ssize_t extra = wbases ? braid_transport_extra_offset() : -1;
-    int rc = -1;
-    if (extra < 0) {
-        goto done;
-    }
-    /* process-wide, as socktransport.c's: one asyncio source, written under a lock */
-    pthread_mutex_lock(&spec_mu);
-    extra_offset = extra;
-    read_offset = ((PyTypeObject *)rbase)->tp_basicsize;
-    write_offset = ((PyTypeObject *)mixin)->tp_basicsize;
-    rp_spec.basicsize = (int)(read_offset + sizeof(pipe_t));
-    wp_spec.basicsize = (int)(write_offset + sizeof(pipe_t));
-    rp_members[0].offset = read_offset + offsetof(pipe_t, weakrefs);
-    wp_members[0].offset = write_offset + offsetof(pipe_t, weakrefs);
-    rp_members[1].offset = read_offset + offsetof(pipe_t, dict);
-    wp_members[1].offset = write_offset + offsetof(pipe_t, dict);
-    st->read_pipe_transport_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &rp_spec, rbase);
+    st->read_pipe_transport_type = braid_transport_make_tail_type(module, &rp_tail);
     st->write_pipe_transport_type =
-        st->read_pipe_transport_type ? (PyTypeObject *)PyType_FromModuleAndSpec(module, &wp_spec, wbases) : NULL;
-    pthread_mutex_unlock(&spec_mu);
+        st->read_pipe_transport_type ? braid_transport_make_tail_type(module, &wp_tail) : NULL;
     if (st->write_pipe_transport_type == NULL) {
         Py_CLEAR(st->read_pipe_transport_type);
-        goto done;
+        return -1;
     }
-    rc = PyModule_AddObjectRef(module, "ReadPipeTransport", (PyObject *)st->read_pipe_transport_type);
+    int rc = PyModule_AddObjectRef(module, "ReadPipeTransport", (PyObject *)st->read_pipe_transport_type);
     if (rc == 0) {
         rc = PyModule_AddObjectRef(module, "WritePipeTransport", (PyObject *)st->write_pipe_transport_type);
     }
-done:
-    Py_XDECREF(wbases);
-    Py_XDECREF(wbase);
-    Py_XDECREF(mixin);
-    Py_XDECREF(rbase);
     return rc;
 }

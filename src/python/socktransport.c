@@ -46,7 +46,6 @@
 #include <limits.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <pthread.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -75,8 +74,8 @@ typedef struct {
         stream_open : 1, self_ref : 1, has_pbuf : 1, tcp : 1, read_later : 1;
 } tail_t;
 
-static pthread_mutex_t spec_mu = PTHREAD_MUTEX_INITIALIZER; /* the two offsets and tr_spec */
-static Py_ssize_t tail_offset;   /* asyncio.Transport's basicsize: the same in every interpreter */
+/* Written when the first braid.Loop makes the type (braid_transport_make_tail_type). */
+static Py_ssize_t tail_offset;   /* asyncio.transports._FlowControlMixin's basicsize: the same in every interpreter */
 static Py_ssize_t extra_offset;  /* BaseTransport's _extra slot */
 
 #define TAIL(o) ((tail_t *)((char *)(o) + tail_offset))
@@ -1401,6 +1400,18 @@ static PyType_Spec tr_spec = {
     .slots = tr_slots,
 };
 
+static const braid_tail_type_t tr_tail = {
+    .spec = &tr_spec,
+    /* _FlowControlMixin: what sendfile's fallback insists on (an isinstance
+     * check); its four slots go unused, the C fields hold the same */
+    .bases = {"_FlowControlMixin"},
+    .tail_size = sizeof(tail_t),
+    .members = tr_members,
+    .member_at = {offsetof(tail_t, weakrefs)},
+    .tail_offset = &tail_offset,
+    .extra_offset = &extra_offset,
+};
+
 /* Made with the loop's handle types, when the first braid.Loop starts
  * (asyncio is imported then, not with braid). */
 int braid_socktransport_make_type(braid_state *st, PyObject *module)
@@ -1408,26 +1419,8 @@ int braid_socktransport_make_type(braid_state *st, PyObject *module)
     if (st->socket_transport_type != NULL) {
         return 0;
     }
-    /* _FlowControlMixin: what sendfile's fallback insists on (an isinstance
-     * check); its four slots go unused, the C fields hold the same */
-    PyObject *transport = braid_import_attr("asyncio.transports", "_FlowControlMixin");
-    Py_ssize_t extra = transport ? braid_transport_extra_offset() : -1;
-    int rc = -1;
-    if (extra < 0) {
-        goto done;
-    }
-    /* The offsets and the spec are process-wide (the same values in every
-     * interpreter: one asyncio source), and two interpreters with GILs of
-     * their own may make their first loop at once: written and read under
-     * a process-wide lock. */
-    pthread_mutex_lock(&spec_mu);
-    extra_offset = extra;
-    tail_offset = ((PyTypeObject *)transport)->tp_basicsize;
-    tr_spec.basicsize = (int)(tail_offset + sizeof(tail_t));
-    tr_members[0].offset = tail_offset + offsetof(tail_t, weakrefs);
-    st->socket_transport_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &tr_spec, transport);
-    pthread_mutex_unlock(&spec_mu);
-    rc = st->socket_transport_type ? 0 : -1;
+    st->socket_transport_type = braid_transport_make_tail_type(module, &tr_tail);
+    int rc = st->socket_transport_type ? 0 : -1;
     if (rc == 0) {
         /* loop.sendfile() tries os.sendfile first, as on asyncio's own
          * socket transport; start_tls() wraps it as it does those */
@@ -1468,7 +1461,5 @@ int braid_socktransport_make_type(braid_state *st, PyObject *module)
         Py_XSETREF(st->BufferedProtocol, bp);
         rc = bp ? PyModule_AddObjectRef(module, "SocketTransport", (PyObject *)st->socket_transport_type) : -1;
     }
-done:
-    Py_XDECREF(transport);
     return rc;
 }

@@ -1,13 +1,17 @@
 /*
  * trcommon.c — what braid.Loop's C transports (socktransport.c,
- * dgramtransport.c) do alike, as asyncio's _SelectorTransport does it: the
- * exception handler's context, _fatal_error's report, the write-buffer
- * limits' arguments, the contextvars context of engine-run callbacks.
+ * dgramtransport.c, pipetransport.c) do alike, as asyncio's
+ * _SelectorTransport does it: the exception handler's context,
+ * _fatal_error's report, the write-buffer limits' arguments, the
+ * contextvars context of engine-run callbacks; and how their types are
+ * made, a C tail after the fields of asyncio's classes.
  */
 #include "braidpy.h"
 #include "compat.h"
 
 #include <structmember.h> /* PyMemberDescrObject */
+
+#include <pthread.h>
 
 PyObject *braid_import_attr(const char *module, const char *name)
 {
@@ -176,4 +180,47 @@ PyObject *braid_transport_writelines(PyObject *self, PyObject *lines, PyObject *
     PyObject *r = write(self, data);
     Py_DECREF(data);
     return r;
+}
+
+/* The transports' specs, member tables and offsets are process-wide (the
+ * same values in every interpreter: one asyncio source), and two
+ * interpreters with GILs of their own may make their first loop at once:
+ * they are written, and the types made from them, under this lock. */
+static pthread_mutex_t tail_type_mu = PTHREAD_MUTEX_INITIALIZER;
+
+PyTypeObject *braid_transport_make_tail_type(PyObject *module, const braid_tail_type_t *how)
+{
+    Py_ssize_t nbases = 0;
+    while (nbases < BRAID_TAIL_BASES && how->bases[nbases] != NULL) {
+        nbases++;
+    }
+    PyTypeObject *tp = NULL;
+    PyObject *bases = PyTuple_New(nbases);
+    if (bases == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < nbases; i++) {
+        PyObject *base = braid_import_attr("asyncio.transports", how->bases[i]);
+        if (base == NULL) {
+            goto done;
+        }
+        PyTuple_SET_ITEM(bases, i, base);
+    }
+    Py_ssize_t extra = braid_transport_extra_offset();
+    if (extra < 0) {
+        goto done;
+    }
+    Py_ssize_t tail = ((PyTypeObject *)PyTuple_GET_ITEM(bases, 0))->tp_basicsize;
+    pthread_mutex_lock(&tail_type_mu);
+    *how->extra_offset = extra;
+    *how->tail_offset = tail;
+    how->spec->basicsize = (int)(tail + (Py_ssize_t)how->tail_size);
+    for (int i = 0; i < BRAID_TAIL_MEMBERS && how->members[i].name != NULL; i++) {
+        how->members[i].offset = tail + how->member_at[i];
+    }
+    tp = (PyTypeObject *)PyType_FromModuleAndSpec(module, how->spec, bases);
+    pthread_mutex_unlock(&tail_type_mu);
+done:
+    Py_DECREF(bases); /* a tuple not filled to the end lets go of what it holds */
+    return tp;
 }
