@@ -993,49 +993,45 @@ void braid_pipetransport_loop_closing(br_handle_t *h, void *arg)
     Py_DECREF(self);
 }
 
-/* What asyncio's own code reads off a pipe transport. */
-static PyObject *rp_get_loop(PyObject *self, void *c) { return Py_NewRef(RP(self)->loop ? RP(self)->loop : Py_None); }
-static PyObject *wp_get_loop(PyObject *self, void *c) { return Py_NewRef(WP(self)->loop ? WP(self)->loop : Py_None); }
-static PyObject *rp_get_pipe(PyObject *self, void *c) { return Py_NewRef(RP(self)->pipe ? RP(self)->pipe : Py_None); }
-static PyObject *wp_get_pipe(PyObject *self, void *c) { return Py_NewRef(WP(self)->pipe ? WP(self)->pipe : Py_None); }
+/* What asyncio's own code reads off a pipe transport. The getters serve
+ * both types: a getter's closure is its type's tail offset. */
+#define PIPE_AT(o, c) ((pipe_t *)((char *)(o) + *(const Py_ssize_t *)(c)))
+static PyObject *get_loop(PyObject *self, void *c) { pipe_t *p = PIPE_AT(self, c); return Py_NewRef(p->loop ? p->loop : Py_None); }
+static PyObject *get_pipe(PyObject *self, void *c) { pipe_t *p = PIPE_AT(self, c); return Py_NewRef(p->pipe ? p->pipe : Py_None); }
 /* Setting _pipe (to None, say, as CPython's tests do after closing the
  * pipe object themselves) replaces it without closing anything. */
-static int set_pipe(pipe_t *p, PyObject *value)
+static int set_pipe(PyObject *self, PyObject *value, void *c)
 {
     if (value == NULL) {
         PyErr_SetString(PyExc_AttributeError, "cannot delete _pipe");
         return -1;
     }
-    Py_XSETREF(p->pipe, value == Py_None ? NULL : Py_NewRef(value));
+    Py_XSETREF(PIPE_AT(self, c)->pipe, value == Py_None ? NULL : Py_NewRef(value));
     return 0;
 }
-static int rp_set_pipe(PyObject *self, PyObject *value, void *c) { return set_pipe(RP(self), value); }
-static int wp_set_pipe(PyObject *self, PyObject *value, void *c) { return set_pipe(WP(self), value); }
-static PyObject *rp_get_fileno(PyObject *self, void *c) { return PyLong_FromLong(RP(self)->fd); }
-static PyObject *wp_get_fileno(PyObject *self, void *c) { return PyLong_FromLong(WP(self)->fd); }
-static PyObject *rp_get_closing(PyObject *self, void *c) { return PyBool_FromLong(RP(self)->closing); }
-static PyObject *wp_get_closing(PyObject *self, void *c) { return PyBool_FromLong(WP(self)->closing); }
-static PyObject *rp_get_paused(PyObject *self, void *c) { return PyBool_FromLong(RP(self)->paused); }
-static PyObject *wp_get_protocol_paused(PyObject *self, void *c) { return PyBool_FromLong(WP(self)->protocol_paused); }
-static PyObject *wp_get_conn_lost(PyObject *self, void *c) { return PyLong_FromUnsignedLong(WP(self)->conn_lost); }
+static PyObject *get_fileno(PyObject *self, void *c) { return PyLong_FromLong(PIPE_AT(self, c)->fd); }
+static PyObject *get_closing(PyObject *self, void *c) { return PyBool_FromLong(PIPE_AT(self, c)->closing); }
+static PyObject *get_paused(PyObject *self, void *c) { return PyBool_FromLong(PIPE_AT(self, c)->paused); }
+static PyObject *get_protocol_paused(PyObject *self, void *c) { return PyBool_FromLong(PIPE_AT(self, c)->protocol_paused); }
+static PyObject *get_conn_lost(PyObject *self, void *c) { return PyLong_FromUnsignedLong(PIPE_AT(self, c)->conn_lost); }
 
 static PyGetSetDef rp_getset[] = {
     {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
-    {"_loop", rp_get_loop, NULL, NULL, NULL},
-    {"_pipe", rp_get_pipe, rp_set_pipe, NULL, NULL},
-    {"_fileno", rp_get_fileno, NULL, NULL, NULL},
-    {"_closing", rp_get_closing, NULL, NULL, NULL},
-    {"_paused", rp_get_paused, NULL, NULL, NULL},
+    {"_loop", get_loop, NULL, NULL, &read_offset},
+    {"_pipe", get_pipe, set_pipe, NULL, &read_offset},
+    {"_fileno", get_fileno, NULL, NULL, &read_offset},
+    {"_closing", get_closing, NULL, NULL, &read_offset},
+    {"_paused", get_paused, NULL, NULL, &read_offset},
     {NULL}};
 
 static PyGetSetDef wp_getset[] = {
     {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
-    {"_loop", wp_get_loop, NULL, NULL, NULL},
-    {"_pipe", wp_get_pipe, wp_set_pipe, NULL, NULL},
-    {"_fileno", wp_get_fileno, NULL, NULL, NULL},
-    {"_closing", wp_get_closing, NULL, NULL, NULL},
-    {"_protocol_paused", wp_get_protocol_paused, NULL, NULL, NULL},
-    {"_conn_lost", wp_get_conn_lost, NULL, NULL, NULL},
+    {"_loop", get_loop, NULL, NULL, &write_offset},
+    {"_pipe", get_pipe, set_pipe, NULL, &write_offset},
+    {"_fileno", get_fileno, NULL, NULL, &write_offset},
+    {"_closing", get_closing, NULL, NULL, &write_offset},
+    {"_protocol_paused", get_protocol_paused, NULL, NULL, &write_offset},
+    {"_conn_lost", get_conn_lost, NULL, NULL, &write_offset},
     {NULL}};
 
 static PyMethodDef rp_methods[] = {
