@@ -211,7 +211,14 @@ PyTypeObject *braid_transport_make_tail_type(PyObject *module, const braid_tail_
         goto done;
     }
     Py_ssize_t tail = ((PyTypeObject *)PyTuple_GET_ITEM(bases, 0))->tp_basicsize;
-    pthread_mutex_lock(&tail_type_mu);
+    /* waited for without this interpreter's GIL: making the type may run
+     * Python code (a collection's finalizers) that lets the GIL go to a
+     * thread of this interpreter that is waiting here */
+    if (pthread_mutex_trylock(&tail_type_mu) != 0) {
+        Py_BEGIN_ALLOW_THREADS
+        pthread_mutex_lock(&tail_type_mu);
+        Py_END_ALLOW_THREADS
+    }
     *how->extra_offset = extra;
     *how->tail_offset = tail;
     how->spec->basicsize = (int)(tail + (Py_ssize_t)how->tail_size);
