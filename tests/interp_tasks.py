@@ -141,3 +141,8 @@ def _make_plus(n):
 for _n in range(300):
     globals()[f"plus_{_n}"] = _make_plus(_n)
 del _n
+
+
+def return_lambda(n):
+    """A result _pickle cannot write: it goes back through cloudpickle's Pickler."""
+    return lambda: n

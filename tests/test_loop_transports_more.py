@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -791,7 +792,12 @@ def test_braid_c_accept_refuses_what_is_not_an_open_braid_loop():
         _braid._accept_plain(loop, 3, socket.AF_INET, asyncio.Protocol, None, 1)
 
 
-def _connections_made_per_iteration(backlog, queued):
+def _accept_queue_length(sock):
+    # TCP_INFO of a listening socket: tcpi_unacked (offset 24) is its accept queue's length
+    return struct.unpack_from("I", sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104), 24)[0]
+
+
+def _connections_made_per_iteration(backlog, queued, unix_path=None):
     """A braid.Loop server's listening socket with `queued` connections waiting in the
     kernel's accept queue before the loop runs: how many connection_made calls each loop
     iteration saw, in order (iterations counted by a callback that reschedules itself)."""
@@ -810,12 +816,25 @@ def _connections_made_per_iteration(backlog, queued):
 
     clients = []
     try:
-        server = loop.run_until_complete(loop.create_server(Counted, "127.0.0.1", 0, backlog=backlog))
-        address = server.sockets[0].getsockname()
+        if unix_path is None:
+            server = loop.run_until_complete(loop.create_server(Counted, "127.0.0.1", 0, backlog=backlog))
+        else:
+            server = loop.run_until_complete(loop.create_unix_server(Counted, unix_path, backlog=backlog))
+        listening = server.sockets[0]
         for _ in range(queued):
-            clients.append(socket.create_connection(address, timeout=TIMEOUT))
-        loop.call_soon(tick)
+            if unix_path is None:
+                clients.append(socket.create_connection(listening.getsockname(), timeout=TIMEOUT))
+            else:
+                c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                c.settimeout(TIMEOUT)
+                c.connect(unix_path)
+                clients.append(c)
         deadline = time.monotonic() + TIMEOUT
+        if unix_path is None:  # every handshake in the queue before the loop looks (the
+            while _accept_queue_length(listening) < queued:  # last ACKs may lag under load)
+                assert time.monotonic() < deadline, "the connections never reached the queue"
+                time.sleep(0.001)
+        loop.call_soon(tick)
         while len(made) < queued and time.monotonic() < deadline:
             loop.run_until_complete(asyncio.sleep(0.001))
         server.close()
@@ -843,4 +862,17 @@ def test_braid_accepts_a_short_queue_a_few_connections_per_iteration():
 def test_braid_drains_an_accept_queue_past_half_its_limit_at_once():
     # the batch is for a queue that would overflow: past half the listen backlog, drained
     counts = _connections_made_per_iteration(backlog=8, queued=8)
-    assert counts[0] == 1 and max(counts[1:]) == 7, counts
+    assert counts == [1, 7], counts
+
+
+def test_braid_takes_a_long_accept_queue_an_eighth_at_a_time():
+    # a long queue (a large backlog after a pause) empties in a few iterations, not 4 by 4
+    counts = _connections_made_per_iteration(backlog=1024, queued=80)
+    assert counts[0] == 1 and counts[1] == 79 // 8, counts
+    assert len(counts) - 1 < 79 / 4, counts  # fewer iterations than four at a time would take
+
+
+def test_braid_drains_a_unix_servers_accept_queue(tmp_path):
+    # no queue length to go by on a Unix socket, and a full one refuses connects at once
+    counts = _connections_made_per_iteration(backlog=100, queued=12, unix_path=str(tmp_path / "s"))
+    assert counts == [1, 11], counts

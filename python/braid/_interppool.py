@@ -28,20 +28,30 @@ KEYWORD_TUPLE_BUG = (3, 12) <= sys.version_info[:3] < (3, 12, 4)
 _warned_keyword_tuple_bug = False
 
 
+def _in_main_interpreter():
+    try:
+        import _xxsubinterpreters as interpreters  # 3.12's name
+    except ImportError:
+        return True
+    return interpreters.get_current() == interpreters.get_main()
+
+
 def _before_keyword_tuple_bug():
     """On the affected versions: the keyword calls braid's own workers make (pickles with
-    out-of-band buffers, exceptions pickled by class) are made here first, in the main
-    interpreter, so their tuples are its own; and the user is told once what else can
-    crash."""
+    out-of-band buffers; results and exceptions that cloudpickle's Pickler, a _pickle.Pickler,
+    writes) are made first in the main interpreter, whose tuples they then are; and the user
+    is told once what else can crash. In a sub-interpreter (a pool made inside a task) the
+    calls would be the bug itself: only the warning."""
     global _warned_keyword_tuple_bug
-    import _pickle
-    import io
+    if _in_main_interpreter():
+        import _pickle
+        import io
 
-    _pickle.loads(_pickle.dumps(None, protocol=5, buffer_callback=None), buffers=())
-    _pickle.Pickler(io.BytesIO(), protocol=5, buffer_callback=None)
-    _pickle.Unpickler(io.BytesIO(), buffers=())
-    _pickle.load(io.BytesIO(_pickle.dumps(None)), buffers=())
-    _pickle.dump(None, io.BytesIO(), protocol=5, buffer_callback=None)
+        _pickle.loads(_pickle.dumps(None, protocol=5, buffer_callback=None), buffers=())
+        _pickle.Pickler(io.BytesIO(), protocol=5, buffer_callback=None)
+        _pickle.Unpickler(io.BytesIO(), buffers=())
+        _pickle.load(io.BytesIO(_pickle.dumps(None)), buffers=())
+        _pickle.dump(None, io.BytesIO(), protocol=5, buffer_callback=None)
     if not _warned_keyword_tuple_bug:
         _warned_keyword_tuple_bug = True
         import warnings

@@ -92,7 +92,7 @@ def keyword_tuple_bug():
         return False
     from . import _interppool
 
-    return _interppool.KEYWORD_TUPLE_BUG
+    return _interppool.SUPPORTED and _interppool.KEYWORD_TUPLE_BUG
 
 
 def gil_enabled():

@@ -157,6 +157,9 @@ PyObject *braid_loads(braid_state *st, PyObject *data);
  * site's to raise (ValueError, RuntimeError) in its own words. what may be
  * NULL: the message is then strerror alone, as the socket module's. */
 PyObject *braid_raise_oserror(int err, const char *what);
+/* The OSError the socket module raises for -err (ENOMEM too), as an object: a new
+ * reference, or NULL with an exception. */
+PyObject *braid_socket_error(int err);
 
 /* future.c: _FutureCore at import; Future (on concurrent.futures.Future)
  * from braid_load_pools. */

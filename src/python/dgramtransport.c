@@ -489,16 +489,6 @@ static void flow(PyObject *self, int pause)
 
 /* --------------------------------------------------------- the engine's callbacks */
 
-/* The OSError the socket module would raise for -err (not errors.c's map:
- * there ENOMEM is a MemoryError, and error_received gets what
- * socket.recvfrom/sendto raise). A new reference, or NULL. */
-static PyObject *os_error(int err)
-{
-    errno = -err;
-    (void)PyErr_SetFromErrno(PyExc_OSError);
-    return PyErr_GetRaisedException();
-}
-
 /* Order. asyncio reads a datagram from a reader handle that the poll puts
  * behind the callbacks already ready, so those run first (a task that is
  * about to create the future datagram_received will set, say). The engine
@@ -530,7 +520,7 @@ static void on_recv_body(br_udp_t *u, const char *buf, ssize_t n, const struct s
         Py_XDECREF(data);
         Py_XDECREF(from);
     } else {
-        PyObject *exc = os_error((int)n);
+        PyObject *exc = braid_socket_error((int)n);
         PyObject *deliver = exc && braid_loop_ready_before_poll(t->loop)
                                 ? PyObject_GetAttrString(self, "_deliver_error") : NULL;
         if (deliver != NULL) {
@@ -584,7 +574,7 @@ static void on_send_error_body(br_udp_t *u, int err)
         return;
     }
     Py_INCREF(self);
-    PyObject *exc = os_error(err);
+    PyObject *exc = braid_socket_error(err);
     PyObject *r = exc ? PyObject_CallMethod(t->protocol, "error_received", "O", exc) : NULL;
     Py_XDECREF(exc);
     if (r == NULL) {
@@ -732,7 +722,7 @@ static PyObject *dt_sendto(PyObject *self, PyObject *args, PyObject *kwds)
     }
     if (err < 0) {
         /* refused now (EMSGSIZE, ECONNREFUSED, ...): the protocol hears of it */
-        PyObject *exc = os_error(err);
+        PyObject *exc = braid_socket_error(err);
         PyObject *r = exc && t->protocol ? PyObject_CallMethod(t->protocol, "error_received", "O", exc) : NULL;
         Py_XDECREF(exc);
         if (r == NULL && PyErr_Occurred()) {

@@ -13,8 +13,21 @@
  * RuntimeError with its own words.
  */
 #include "braidpy.h"
+#include "compat.h"
 
 #include <errno.h>
+#include <string.h>
+
+PyObject *braid_socket_error(int err)
+{
+    /* strerror's words decoded as CPython decodes them (not PyErr_SetFromErrno,
+     * which runs signal handlers for EINTR and reads the global errno) */
+    PyObject *message = PyUnicode_DecodeLocale(strerror(-err), "surrogateescape");
+    PyObject *args = message ? Py_BuildValue("(iN)", -err, message) : NULL;
+    PyObject *exc = args ? PyObject_Call(PyExc_OSError, args, NULL) : NULL;
+    Py_XDECREF(args);
+    return exc;
+}
 
 PyObject *braid_raise_oserror(int err, const char *what)
 {
@@ -22,10 +35,11 @@ PyObject *braid_raise_oserror(int err, const char *what)
         return PyErr_NoMemory();
     }
     if (what == NULL) {
-        /* the exception the socket and os modules raise for this errno,
-         * word for word: OSError(errno, strerror(errno)) */
-        errno = -err;
-        return PyErr_SetFromErrno(PyExc_OSError);
+        PyObject *exc = braid_socket_error(err);
+        if (exc != NULL) {
+            PyErr_SetRaisedException(exc);
+        }
+        return NULL;
     }
     PyObject *message = PyUnicode_FromFormat("%s: %s", what, br_strerror(err));
     if (message == NULL) {

@@ -480,21 +480,6 @@ static int ip_init(PyObject *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_RuntimeError, "braid._interppool must be imported first");
         return -1;
     }
-#if PY_VERSION_HEX < 0x030D0000
-    /* 3.12 builds an extension function's keyword parser (a tuple) in the
-     * first interpreter that passes it keywords, and the main interpreter
-     * frees it at exit: had a worker been first (loads(..., buffers=)), a
-     * tuple of the worker's allocator would be freed by the main one's. */
-    PyObject *warm = Py_BuildValue("(y)", "N.");
-    PyObject *kw = warm ? Py_BuildValue("{s:()}", "buffers") : NULL;
-    PyObject *none = kw ? PyObject_Call(st->pickle_loads, warm, kw) : NULL;
-    Py_XDECREF(warm);
-    Py_XDECREF(kw);
-    if (none == NULL) {
-        return -1;
-    }
-    Py_DECREF(none);
-#endif
     interp_core_t *core = PyMem_RawCalloc(1, sizeof *core);
     if (core == NULL) {
         PyErr_NoMemory();

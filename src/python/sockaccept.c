@@ -27,37 +27,44 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-/* Connections taken at one readiness while the accept queue is short. */
+/* Connections taken at one readiness while the accept queue is short: at
+ * least this many, or an eighth of the queue. */
 #define ACCEPT_BATCH 4
 
 /* How many connections to take at this readiness.
  *
  * asyncio drains the queue (up to backlog) at every readiness. That costs
  * a failed accept4 per readiness when connections trickle in (measured:
- * 0.85 per connection in a 15,000-connection burst the server outpaced),
- * so a lone readiness takes one connection, as uvloop does, and the
- * level-triggered poll reports the next. Under steady churn a whole batch
- * at once has a second cost: the objects of every connection in it come
- * into being together (aiohttp: 7 the collector tracks per connection, a
- * batch was 20-45 connections under wrk -c50 with a new connection per
- * request), and the collector's young-generation count, which a free only
- * lowers while it is above zero, reaches its threshold about once per
- * batch: 1,370-1,510 young and 11-12 full collections (~15 ms each) in a
- * 8-second run, against uvloop's 45-51 and none. One per readiness gives
- * uvloop's counts but one request per iteration (epoll_wait 0.99 per
- * request against 0.19) and 0.83x the requests/s; ACCEPT_BATCH connections
- * gave 150-170 young collections and 1 full one at 0.98x the requests/s
- * of the whole batch (2: 0.93x; 8: 180-200 young). The batch stays for what
- * it is for, a queue that would overflow (the kernel drops what does not
- * fit and the client waits a second to try again): when the listening
- * socket accepted in the previous iteration too, TCP_INFO's accept-queue
- * length (tcpi_unacked, and tcpi_sacked its limit, for a listening socket)
- * decides, and past half the limit the queue is drained; where TCP_INFO
- * does not answer (a Unix socket) it is drained then too. */
-static long accept_batch(PyObject *loop, int lfd, long backlog)
+ * 0.85 per connection in a 15,000-connection burst the server outpaced;
+ * uvloop made one accept4 per connection in the same burst), so a lone
+ * readiness takes one connection and the level-triggered poll reports the
+ * next. Under steady churn a whole batch at once has a second cost: the
+ * objects of every connection in it come into being together (aiohttp: 7
+ * the collector tracks per connection; batches of 20-45 connections under
+ * wrk -c50 with a new connection per request), and the collector's
+ * young-generation count, which a free only lowers while it is above zero,
+ * reaches its threshold about once per batch: 1,366-1,563 young and 11-13
+ * full collections (~15 ms each) in an 8-second run, against uvloop's 44-51
+ * and none. One per readiness gave uvloop's counts but one request per
+ * iteration (epoll_wait 0.99 per request against 0.19) and 0.83x the
+ * requests/s; ACCEPT_BATCH gave 141-172 young collections and 1 full one at
+ * 0.98x the requests/s of whole batches (2: 0.93x; 8: 180-204 young).
+ * Once the listening socket accepted in the previous iteration too, TCP_INFO
+ * gives the accept queue's length and limit (tcpi_unacked, tcpi_sacked on a
+ * listening socket): an eighth of the queue is taken, so a long one (a large
+ * backlog after a pause) empties in a few iterations, and past half the
+ * limit all of it, as asyncio does, before the kernel starts dropping what
+ * does not fit (the client then waits a second to try again). A Unix
+ * socket's queue length is not to be had, and a connect to a full one fails
+ * at once (a proxy answers 502): there the queue is drained, as asyncio
+ * drains it. */
+static long accept_batch(PyObject *loop, int lfd, int family, long backlog)
 {
     if (!braid_loop_accept_burst(loop, lfd)) {
         return 1;
+    }
+    if (family != AF_INET && family != AF_INET6) {
+        return backlog;
     }
     struct tcp_info info;
     socklen_t len = sizeof info;
@@ -66,7 +73,9 @@ static long accept_batch(PyObject *loop, int lfd, long backlog)
         (uint64_t)info.tcpi_unacked * 2 > info.tcpi_sacked) {
         return backlog;
     }
-    return backlog < ACCEPT_BATCH ? backlog : ACCEPT_BATCH;
+    long n = (long)(info.tcpi_unacked / 8);
+    n = n > ACCEPT_BATCH ? n : ACCEPT_BATCH;
+    return backlog < n ? backlog : n;
 }
 
 PyObject *braid_accept_plain(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -101,7 +110,8 @@ PyObject *braid_accept_plain(PyObject *module, PyObject *const *args, Py_ssize_t
         PyErr_SetString(PyExc_RuntimeError, "_accept_plain: no braid.Loop has started yet");
         return NULL;
     }
-    backlog = accept_batch((PyObject *)loop, (int)lfd, backlog);
+    /* at least one: asyncio's loop over range(backlog) never accepts for 0 */
+    backlog = accept_batch((PyObject *)loop, (int)lfd, (int)family, backlog > 0 ? backlog : 1);
     for (long i = 0; i < backlog; i++) {
         int fd = accept4((int)lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {

@@ -112,34 +112,52 @@ def _floor_share(n, workers, i):
     return [range(first, n + 1, 2 * workers) for first in (1 + 2 * i, 2 + 2 * i)]
 
 
-def _primes_floor(n, workers):
-    """The machine's own parallel ceiling for the primes, no pool: `workers` forked processes,
-    each computing is_prime over its share of 1..n (pairs of numbers dealt round, so each gets
-    as many odd numbers, and as dear ones, as the others), results thrown away. A pool's
-    speed-up can only approach it: two busy cores run slower than one (shared caches, the
-    host's other work). None where os.fork is missing."""
-    if not hasattr(os, "fork"):
-        return None
-    t0 = time.perf_counter()
-    pids = []
+_FLOOR_CHILD = """
+import sys, time
+from braid.bench._tutorial import is_prime
+from braid.bench.interpreters import _floor_share
+n, workers, i = map(int, sys.argv[1:4])
+print("ready", flush=True)
+sys.stdin.buffer.read(1)  # the go, once every child is ready
+for numbers in _floor_share(n, workers, i):
+    for k in numbers:
+        is_prime(k)
+print(time.monotonic())
+"""
+
+
+def _primes_floor(n, workers, timeout=600):
+    """The machine's own parallel ceiling for the primes, no pool: `workers` fresh
+    processes, each computing is_prime over its share of 1..n (pairs of numbers dealt round,
+    so each gets as many odd numbers, and as dear ones, as the others), results thrown away.
+    Timed from the go they all wait for (after their start-up) to the last one's end. A
+    pool's speed-up can only approach it: two busy cores run slower than one (shared
+    caches, the host's other work)."""
+    import subprocess
+
+    children = [subprocess.Popen([sys.executable, "-c", _FLOOR_CHILD, str(n), str(workers), str(i)],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                for i in range(workers)]
     try:
-        for i in range(workers):
-            pid = os.fork()
-            if pid == 0:  # the child: compute, then leave without running any cleanup
-                code = 0
-                try:
-                    for numbers in _floor_share(n, workers, i):
-                        for k in numbers:
-                            is_prime(k)
-                except BaseException:
-                    code = 1
-                os._exit(code)
-            pids.append(pid)
+        for child in children:  # their start-up (an import each) is not timed
+            if child.stdout.readline() != b"ready\n":
+                raise RuntimeError("a process of the primes' floor did not start")
+        t0 = time.monotonic()
+        for child in children:
+            child.stdin.write(b"g")
+            child.stdin.flush()
+        ends = []
+        for child in children:
+            out, _ = child.communicate(timeout=timeout)
+            if child.returncode != 0:
+                raise RuntimeError(f"a process of the primes' floor exited with status {child.returncode}")
+            ends.append(float(out))
+        return max(ends) - t0
     finally:
-        failed = [pid for pid in pids if os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) != 0]
-    if failed or len(pids) != workers:
-        raise RuntimeError("a process of the primes' floor failed")
-    return time.perf_counter() - t0
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
 
 
 def _spin_floor(trips):
@@ -152,9 +170,9 @@ def _spin_floor(trips):
 
     try:
         exe = _procpool_cold.build_floor()
-    except _cc.NoCompiler:
-        return None
-    wall, _, _ = _procpool_cold.run_floor([exe, str(trips), str(_procpool_cold.FLOOR_WARMUP), "spin"])
+        wall, _, _ = _procpool_cold.run_floor([exe, str(trips), str(_procpool_cold.FLOOR_WARMUP), "spin"])
+    except (_cc.NoCompiler, _procpool_cold._Failed):  # no compiler; a run that failed or
+        return None  # timed out (both sides on one busy CPU take ms per trip)
     return wall / trips * 1e6
 
 
@@ -220,9 +238,10 @@ def run(braid, counts, on_line=print):
                 finally:
                     pool.shutdown(wait=True)
             if spin is not None:
-                spin.append(_spin_floor(counts[case] * 10))
+                spin.append(_spin_floor(counts[case]))
         if spin is not None:
-            best["spin_floor"] = None if None in spin else min(spin)
+            runs = [v for v in spin if v is not None]
+            best["spin_floor"] = min(runs) if runs else None
         out[case] = best
 
     n = counts["primes"]
@@ -233,12 +252,7 @@ def run(braid, counts, on_line=print):
     for r in range(repeat):
         for which in order[r % 4:] + order[:r % 4]:
             if which == "floor":
-                t = _primes_floor(n, WORKERS)
-                if t is None:
-                    best["floor"] = None
-                    order.remove("floor")
-                elif t < best["floor"]:
-                    best["floor"] = t
+                best["floor"] = min(best["floor"], _primes_floor(n, WORKERS))
                 continue
             if which == "sequential":
                 t, c, res = _primes_sequential(n)
