@@ -18,8 +18,8 @@ the ratios, each printed with the goal it is held to:
               same chunks, alongside). A bool per number comes back: the tutorial's own
               check_numbers_chunk returns a (number, bool) tuple each, and unpickling 2,000,000
               tuples costs the caller ~0.35 s of CPU, which no pool can run in parallel. The
-              machine's floor runs alongside: 2 forked processes computing a share each, no pool,
-              the most a pool of 2 could reach on this machine at this moment
+              machine's floor runs alongside: 2 processes computing a share each from a
+              common go, no pool: the most a pool of 2 could reach here at that moment
   first       InterpreterPool(2) created to its first result (ms): <= 30 ms
   rss         resident memory each worker adds: a sub-interpreter (growth of this process's
               RSS per worker) against a worker process (its RSS, and PSS, which counts pages
@@ -307,7 +307,7 @@ def report(out, counts, command, print_=print):
            f"{_verdict(speedup >= 1.85)}); processes {pr['sequential'] / pr['ProcessPool']:.2f}x")
     if pr.get("floor"):
         floor = pr["sequential"] / pr["floor"]
-        print_(f"{'':<34}   the machine's floor ({WORKERS} forked processes, a share of the numbers "
+        print_(f"{'':<34}   the machine's floor ({WORKERS} processes, a share of the numbers "
                f"each, no pool): {pr['floor']:.3f} s = {floor:.2f}x; the interpreter pool reaches "
                f"{speedup / floor:.2f} of it")
     c = pr["cpu"]
