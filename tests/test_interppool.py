@@ -338,27 +338,37 @@ def test_pool_on_a_cpython_with_the_keyword_tuple_bug_says_so_once():
         braid.InterpreterPool(1).shutdown()  # once per process
 
 
-_KEYWORD_CALLS_FIRST_IN_A_WORKER = """
+_KEYWORD_CALL_FIRST_IN_A_WORKER = """
     import pickle, warnings
     warnings.simplefilter("ignore")
     import braid, interp_tasks as t
     p = braid.InterpreterPool(2)
-    oob = [p.submit(t.buffer_info, pickle.PickleBuffer(bytearray(1 << 20))) for _ in range(2)]
-    fns = [p.submit(t.return_lambda, k) for k in range(2)]
-    print([f.result(60)[2] for f in oob], [f.result(60)() for f in fns])
+    fs = [p.submit(%s) for k in range(2)]
+    print([%s for f in fs])
     p.shutdown()
 """
+# the first out-of-band unpickling (_pickle.loads(..., buffers=)) is a worker's
+_OOB_FIRST_IN_A_WORKER = _KEYWORD_CALL_FIRST_IN_A_WORKER % (
+    "t.buffer_info, pickle.PickleBuffer(bytearray(1 << 20))", "f.result(60)[2]")
+# the first cloudpickle Pickler (protocol=, buffer_callback=) is a worker's: a lambda result
+_PICKLER_FIRST_IN_A_WORKER = _KEYWORD_CALL_FIRST_IN_A_WORKER % ("t.return_lambda, k", "f.result(60)()")
 
 
 @needs_312
-def test_keyword_calls_made_first_in_workers_leave_the_process_whole():
-    # a fresh process whose first out-of-band unpickling (_pickle.loads(..., buffers=)) and
-    # first cloudpickle Pickler (protocol=, buffer_callback=) are a worker's: on 3.12.0-3.12.3
-    # that aborted the process (gh-119213) unless the pool made them in the main interpreter
-    pytest.importorskip("cloudpickle")
-    rc, out, err = _script(_KEYWORD_CALLS_FIRST_IN_A_WORKER)
+def test_out_of_band_unpickling_first_in_workers_leaves_the_process_whole():
+    # on 3.12.0-3.12.3 a first keyword call made in a worker aborted the process (gh-119213)
+    # unless the pool had made it in the main interpreter
+    rc, out, err = _script(_OOB_FIRST_IN_A_WORKER)
     assert rc == 0, (rc, err[-2000:])
-    assert out.strip() == str([1 << 20] * 2) + " [0, 1]"
+    assert out.strip() == str([1 << 20] * 2)
+
+
+@needs_312
+def test_cloudpickled_results_first_in_workers_leave_the_process_whole():
+    pytest.importorskip("cloudpickle")
+    rc, out, err = _script(_PICKLER_FIRST_IN_A_WORKER)
+    assert rc == 0, (rc, err[-2000:])
+    assert out.strip() == "[0, 1]"
 
 
 @needs_312

@@ -41,7 +41,7 @@ typedef struct watcher_s {
     HandleObject *writer;
     unsigned fired;      /* revents noted during the poll */
     int queued;          /* in the fired list */
-    uint64_t accepted_in; /* a listening socket's: the iteration of its last accept */
+    uint64_t accepted_in; /* a listening socket's: 1 + the iteration of its last accept; 0: none yet */
 } watcher_t;
 
 typedef struct {
@@ -593,8 +593,8 @@ int braid_loop_accept_burst(PyObject *loop, int fd)
     if (w == NULL) {
         return 1;
     }
-    int burst = w->accepted_in + 1 >= L->iterations;
-    w->accepted_in = L->iterations;
+    int burst = w->accepted_in != 0 && w->accepted_in >= L->iterations; /* this one or the one before */
+    w->accepted_in = L->iterations + 1;
     return burst;
 }
 

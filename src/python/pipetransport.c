@@ -817,7 +817,7 @@ static int pipe_init(PyObject *self, pipe_t *p, int writer, PyObject *args, PyOb
     int fd = (int)fdl;
     struct stat stbuf;
     if (fstat(fd, &stbuf) < 0) {
-        PyErr_SetFromErrno(PyExc_OSError);
+        braid_raise_oserror(-errno, NULL);
         return -1;
     }
     int fifo = S_ISFIFO(stbuf.st_mode), sock = S_ISSOCK(stbuf.st_mode), chr = S_ISCHR(stbuf.st_mode);
@@ -835,7 +835,7 @@ static int pipe_init(PyObject *self, pipe_t *p, int writer, PyObject *args, PyOb
     Py_XSETREF(EXTRA(self), ex);
     int dupfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
     if (dupfd < 0) {
-        PyErr_SetFromErrno(PyExc_OSError);
+        braid_raise_oserror(-errno, NULL);
         return -1;
     }
     int err = br_stream_init(core, &p->stream, dupfd); /* sets O_NONBLOCK: asyncio's set_blocking(False) */

@@ -55,9 +55,9 @@
  * backlog after a pause) empties in a few iterations, and past half the
  * limit all of it, as asyncio does, before the kernel starts dropping what
  * does not fit (the client then waits a second to try again). A Unix
- * socket's queue length is not to be had, and a connect to a full one fails
- * at once (a proxy answers 502): there the queue is drained, as asyncio
- * drains it. */
+ * socket's queue length is not to be had, and a non-blocking connect to a
+ * full one fails at once (a proxy answers 502): there the queue is drained,
+ * as asyncio drains it, once a readiness follows an accepting iteration. */
 static long accept_batch(PyObject *loop, int lfd, int family, long backlog)
 {
     if (!braid_loop_accept_burst(loop, lfd)) {
@@ -125,7 +125,7 @@ PyObject *braid_accept_plain(PyObject *module, PyObject *const *args, Py_ssize_t
             if (fallback != NULL) {
                 return PyObject_CallNoArgs(fallback); /* it meets the same error and handles it */
             }
-            return PyErr_SetFromErrno(PyExc_OSError);
+            return braid_raise_oserror(-errno, NULL);
         }
         PyObject *protocol = PyObject_CallNoArgs(factory);
         PyObject *transport = protocol ? braid_socktransport_accepted(st, loop, fd, (int)family, protocol, server)

@@ -118,7 +118,8 @@ from braid.bench._tutorial import is_prime
 from braid.bench.interpreters import _floor_share
 n, workers, i = map(int, sys.argv[1:4])
 print("ready", flush=True)
-sys.stdin.buffer.read(1)  # the go, once every child is ready
+if not sys.stdin.buffer.read(1):  # the go, once every child is ready; EOF: the parent is gone
+    sys.exit(1)
 for numbers in _floor_share(n, workers, i):
     for k in numbers:
         is_prime(k)
@@ -133,14 +134,19 @@ def _primes_floor(n, workers, timeout=600):
     Timed from the go they all wait for (after their start-up) to the last one's end. A
     pool's speed-up can only approach it: two busy cores run slower than one (shared
     caches, the host's other work)."""
+    import select
     import subprocess
 
-    children = [subprocess.Popen([sys.executable, "-c", _FLOOR_CHILD, str(n), str(workers), str(i)],
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-                for i in range(workers)]
+    deadline = time.monotonic() + timeout
+    children = []
     try:
+        for i in range(workers):
+            children.append(subprocess.Popen(
+                [sys.executable, "-c", _FLOOR_CHILD, str(n), str(workers), str(i)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE))
         for child in children:  # their start-up (an import each) is not timed
-            if child.stdout.readline() != b"ready\n":
+            ready, _, _ = select.select([child.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready or child.stdout.readline() != b"ready\n":
                 raise RuntimeError("a process of the primes' floor did not start")
         t0 = time.monotonic()
         for child in children:
@@ -148,7 +154,7 @@ def _primes_floor(n, workers, timeout=600):
             child.stdin.flush()
         ends = []
         for child in children:
-            out, _ = child.communicate(timeout=timeout)
+            out, _ = child.communicate(timeout=max(0.0, deadline - time.monotonic()))
             if child.returncode != 0:
                 raise RuntimeError(f"a process of the primes' floor exited with status {child.returncode}")
             ends.append(float(out))
@@ -158,6 +164,9 @@ def _primes_floor(n, workers, timeout=600):
             if child.poll() is None:
                 child.kill()
                 child.wait()
+            for pipe in (child.stdin, child.stdout):
+                if not pipe.closed:
+                    pipe.close()
 
 
 def _spin_floor(trips):
