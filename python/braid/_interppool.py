@@ -61,8 +61,8 @@ def _before_keyword_tuple_bug():
             f"Python {version} has a CPython bug (gh-119213, fixed in 3.12.4): a task in a "
             "braid.InterpreterPool that is the process's first to call a standard-library C "
             "function with keyword arguments (asyncio, hashlib, ssl and others do) can make the "
-            "process abort, at exit or before. Pure-Python tasks are not affected; for others use "
-            "Python 3.12.4+ or braid.ProcessPool.", RuntimeWarning, stacklevel=3)
+            "process abort, at exit or before. Tasks that call no such function are not affected; "
+            "for the others use Python 3.12.4+ or braid.ProcessPool.", RuntimeWarning, stacklevel=3)
 
 
 class BrokenInterpreterPool(concurrent.futures.thread.BrokenThreadPool):
