@@ -179,13 +179,14 @@ class TransportMixin(LoopFixture):
             transport.pause_reading()
             transport.pause_reading()  # twice is harmless
             assert not transport.is_reading()
+            assert transport._paused  # private, but read by code written against asyncio's
             peer.sendall(b"held back")
             peer.shutdown(socket.SHUT_WR)
             await ticks(20)
             assert proto.data == b"" and proto.events == ["made"]
             transport.resume_reading()
             transport.resume_reading()
-            assert transport.is_reading()
+            assert transport.is_reading() and not transport._paused
             await proto.lost
             assert proto.data == b"held back"
             assert proto.events == ["made", "eof", "lost"]

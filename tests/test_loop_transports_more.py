@@ -583,39 +583,45 @@ class MoreTransportsMixin(LoopFixture):
 
     # ---- TLS on an open connection -------------------------------------------------------------
 
-    def test_start_tls_upgrades_a_protocol_connection(self, loop):
+    async def start_tls_pair(self, loop, server_cls=Recorder):
+        """Both ends of a plain connection upgraded with start_tls, the server's on a
+        protocol of server_cls: (server, plain, client TLS transport, client protocol, server
+        TLS transport)."""
         from test.test_asyncio import utils as cpython_test_utils
 
         server_ctx = cpython_test_utils.simple_server_sslcontext()
         client_ctx = cpython_test_utils.simple_client_sslcontext()
+        upgraded = loop.create_future()
 
+        class Server(server_cls):
+            def data_received(self, data):
+                if self.transport.get_extra_info("ssl_object") is not None:
+                    return super().data_received(data)
+                self.data += data
+                if self.data == b"STARTTLS\n":
+                    self.data.clear()
+                    loop.create_task(self.upgrade())
+
+            async def upgrade(self):
+                plain = self.transport
+                plain.write(b"GO\n")  # start_tls stops reading before the peer can answer
+                tls = await loop.start_tls(plain, self, server_ctx, server_side=True)
+                self.transport = tls
+                upgraded.set_result(tls)
+
+        server = await loop.create_server(Server, "127.0.0.1", 0)
+        plain, proto = await loop.create_connection(Recorder, *server.sockets[0].getsockname())
+        plain.write(b"STARTTLS\n")
+        await until(lambda: proto.data == b"GO\n", "GO")
+        proto.data.clear()
+        tls = await loop.start_tls(plain, proto, client_ctx)
+        assert tls.get_extra_info("sslcontext") is client_ctx
+        return server, plain, tls, proto, await upgraded
+
+    def test_start_tls_upgrades_a_protocol_connection(self, loop):
         async def main():
-            upgraded = loop.create_future()
-
-            class Server(Recorder):
-                def data_received(self, data):
-                    super().data_received(data)
-                    if self.data == b"STARTTLS\n":
-                        self.data.clear()
-                        loop.create_task(self.upgrade())
-
-                async def upgrade(self):
-                    plain = self.transport
-                    plain.write(b"GO\n")  # start_tls stops reading before the peer can answer
-                    tls = await loop.start_tls(plain, self, server_ctx, server_side=True)
-                    self.transport = tls
-                    upgraded.set_result(tls)
-
-            server = await loop.create_server(Server, "127.0.0.1", 0)
-            plain, proto = await loop.create_connection(
-                Recorder, *server.sockets[0].getsockname())
-            plain.write(b"STARTTLS\n")
-            await until(lambda: proto.data == b"GO\n", "GO")
-            proto.data.clear()
-            tls = await loop.start_tls(plain, proto, client_ctx)
-            srv_tls = await upgraded
+            server, plain, tls, proto, srv_tls = await self.start_tls_pair(loop)
             assert plain.get_protocol() is not proto  # TLS sits between them now
-            assert tls.get_extra_info("sslcontext") is client_ctx
             assert tls.get_extra_info("ssl_object") is not None
             assert tls.get_extra_info("cipher") is not None
             assert tls.get_extra_info("peername") == plain.get_extra_info("peername")
@@ -631,6 +637,46 @@ class MoreTransportsMixin(LoopFixture):
             await server.wait_closed()
 
         self.run(loop, main())
+
+    def test_start_tls_abort_closes_the_connection_under_it(self, loop):
+        # asyncio 3.13's TLS transport aborts through the plain transport's _force_close
+        async def main():
+            server, plain, tls, proto, srv_tls = await self.start_tls_pair(loop)
+            tls.write(b"never flushed " * 100_000)
+            tls.abort()
+            assert tls.is_closing()
+            assert await proto.lost is None
+            assert plain.is_closing()
+            await srv_tls.get_protocol().lost  # the server sees the connection go
+            server.close()
+            await server.wait_closed()
+
+        self.run(loop, main())
+
+    def test_a_failing_protocol_under_tls_is_reported_and_its_connection_closed(self, loop):
+        # asyncio's TLS layer reports the error and forces the plain transport shut
+        # (_force_close) on every version
+        reported = []
+        loop.set_exception_handler(lambda lp, ctx: reported.append(ctx))
+
+        class Failing(Recorder):
+            def data_received(self, data):
+                if self.transport.get_extra_info("ssl_object") is not None:
+                    raise ZeroDivisionError("in data_received")
+                return super().data_received(data)
+
+        async def main():
+            server, plain, tls, proto, srv_tls = await self.start_tls_pair(loop, Failing)
+            tls.write(b"boom")
+            srv = srv_tls.get_protocol()
+            exc = await srv.lost
+            assert isinstance(exc, ZeroDivisionError), exc
+            assert await proto.lost is None or isinstance(await proto.lost, ConnectionError)
+            server.close()
+            await server.wait_closed()
+
+        self.run(loop, main())
+        assert [type(ctx.get("exception")) for ctx in reported] == [ZeroDivisionError], reported
 
     # ---- limits ----------------------------------------------------------------------------
 

@@ -742,6 +742,14 @@ static PyObject *tr_abort(PyObject *self, PyObject *unused)
     return force_close(self, NULL) < 0 ? NULL : Py_NewRef(Py_None);
 }
 
+/* asyncio's SSLProtocol calls this on the transport under it (a fatal error
+ * in TLS, a shutdown that timed out; on 3.13 the TLS transport's abort()):
+ * part of what asyncio's own classes expect of a loop's socket transport. */
+static PyObject *tr_force_close(PyObject *self, PyObject *exc)
+{
+    return force_close(self, exc == Py_None ? NULL : exc) < 0 ? NULL : Py_NewRef(Py_None);
+}
+
 /* asyncio's _call_connection_lost: the protocol hears of it, then the
  * socket goes and the transport forgets the loop's objects. */
 static PyObject *tr_call_connection_lost(PyObject *self, PyObject *exc)
@@ -1339,6 +1347,7 @@ static PyObject *tr_get_sock(PyObject *self, void *c)
     return sock ? Py_NewRef(sock) : PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
 }
 static PyObject *tr_get_closing(PyObject *self, void *c) { return PyBool_FromLong(TAIL(self)->closing); }
+static PyObject *tr_get_paused(PyObject *self, void *c) { return PyBool_FromLong(TAIL(self)->paused); }
 static PyObject *tr_get_conn_lost(PyObject *self, void *c) { return PyLong_FromUnsignedLong(TAIL(self)->conn_lost); }
 
 static PyGetSetDef tr_getset[] = {
@@ -1346,6 +1355,7 @@ static PyGetSetDef tr_getset[] = {
     {"_protocol_paused", tr_get_protocol_paused, NULL, NULL, NULL},
     {"_sock", tr_get_sock, NULL, NULL, NULL},
     {"_closing", tr_get_closing, NULL, NULL, NULL},
+    {"_paused", tr_get_paused, NULL, NULL, NULL},
     {"_conn_lost", tr_get_conn_lost, NULL, NULL, NULL},
     {"_sock_fd", tr_get_sock_fd, NULL, NULL, NULL},
     {NULL}};
@@ -1357,6 +1367,7 @@ static PyMethodDef tr_methods[] = {
     {"can_write_eof", tr_can_write_eof, METH_NOARGS, NULL},
     {"close", tr_close, METH_NOARGS, NULL},
     {"abort", tr_abort, METH_NOARGS, NULL},
+    {"_force_close", tr_force_close, METH_O, NULL},
     {"is_closing", tr_is_closing, METH_NOARGS, NULL},
     {"is_reading", tr_is_reading, METH_NOARGS, NULL},
     {"pause_reading", tr_pause_reading, METH_NOARGS, NULL},
