@@ -18,7 +18,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 from test_loop_transports_more import DatagramRecorder  # noqa: E402
-from transport_helpers import LoopFixture, asyncio_loop, braid_loop, until  # noqa: E402
+from transport_helpers import LoopFixture, asyncio_loop, braid_loop, ticks, until  # noqa: E402
 
 
 class PausingRecorder(DatagramRecorder):
@@ -199,15 +199,18 @@ class DatagramMixin(LoopFixture):
 
             (tc, pc), (td, pd) = await unix_pair(loop)
             td.pause_reading()
+            sent = 0
             while tc.get_write_buffer_size() == 0:
-                tc.sendto(b"dropped?")
+                tc.sendto(b"%d" % sent)
+                sent += 1
+            in_the_kernel = sent - 1  # the last one found the socket full and was queued
             tc.abort()
             assert await pc.lost is None  # (asyncio's size still counts the dropped queue)
             td.resume_reading()
-            await asyncio.sleep(0.02)
-            queued_then = pd.datagrams.qsize()
-            await asyncio.sleep(0.02)
-            assert pd.datagrams.qsize() == queued_then  # nothing more trickles in
+            await until(lambda: pd.datagrams.qsize() >= in_the_kernel, "the kernel's datagrams")
+            await ticks(20)
+            got = [pd.datagrams.get_nowait()[0] for _ in range(pd.datagrams.qsize())]
+            assert got == [b"%d" % i for i in range(in_the_kernel)]  # the queued one is gone
             tb.close()
             td.close()
 
