@@ -1203,6 +1203,11 @@ typedef int (*br_stream_alloc_cb)(br_stream_t *s, char **buf, size_t *len);
 #define BR_STREAM_NOT_NOW 2
 /* The write queue has just become empty (all queued bytes are written). */
 typedef void (*br_stream_empty_cb)(br_stream_t *s);
+/* Called before the write queue is flushed at a writable readiness: 0,
+ * flush now; BR_STREAM_NOT_NOW, nothing written at this readiness -- the fd
+ * stays watched (the next poll reports it again) and the caller flushes
+ * with br_stream_flush_now when it is ready to. */
+typedef int (*br_stream_flush_cb)(br_stream_t *s);
 
 struct br_stream_s {
     br_handle_t handle;         /* handle.data is the caller's */
@@ -1212,6 +1217,7 @@ struct br_stream_s {
     br_stream_error_cb on_error_;
     br_stream_alloc_cb on_alloc_;
     br_stream_empty_cb on_empty_;
+    br_stream_flush_cb on_flush_;
     br__chunk_t *head_;
     br__chunk_t *tail_;
     size_t queued_;
@@ -1233,6 +1239,9 @@ void br_stream_set_callbacks(br_stream_t *s, br_stream_drain_cb on_drain, br_str
 /* Either may be NULL (the default: reads go to the loop's buffer; nothing
  * said when the queue empties). */
 void br_stream_set_more_callbacks(br_stream_t *s, br_stream_alloc_cb on_alloc, br_stream_empty_cb on_empty);
+/* May be NULL (the default: the queue is flushed at every writable
+ * readiness). */
+void br_stream_set_flush_callback(br_stream_t *s, br_stream_flush_cb on_flush);
 /* high >= low; 0 or -EINVAL. The drain callback may run from here. */
 int br_stream_set_limits(br_stream_t *s, size_t high, size_t low);
 /* Reads up to read_size bytes per callback (0: 64 KiB). 0, -EINVAL, -EBUSY
@@ -1245,6 +1254,11 @@ int br_stream_read_stop(br_stream_t *s);
  * also when there was nothing to read; -EBUSY closing; -EINVAL not
  * reading. */
 int br_stream_read_now(br_stream_t *s);
+/* Writes what the queue holds, as a writable readiness does (the drain,
+ * error and empty callbacks run inside), without asking the flush
+ * callback: for a caller that answered it with BR_STREAM_NOT_NOW. 0, also
+ * when nothing was queued or the kernel took nothing; -EBUSY closing. */
+int br_stream_flush_now(br_stream_t *s);
 /* Writes or queues a copy of buf. 0; -EPIPE after shutdown or a write
  * error; -EBUSY closing; -ENOMEM; or -errno of the kernel's write (nothing
  * queued then). */
@@ -1283,6 +1297,12 @@ typedef void (*br_udp_error_cb)(br_udp_t *u, int err);
 /* Queued datagrams went out (or were dropped, after the error callback):
  * the queue is shorter, br_udp_queued says by how much. */
 typedef void (*br_udp_drain_cb)(br_udp_t *u);
+/* Called before the send queue is flushed at a writable readiness: 0,
+ * flush now; BR_UDP_NOT_NOW, nothing sent at this readiness -- the socket
+ * stays watched and the caller flushes with br_udp_flush_now when it is
+ * ready to (as a stream's flush callback). */
+typedef int (*br_udp_flush_cb)(br_udp_t *u);
+#define BR_UDP_NOT_NOW 2
 
 struct br_udp_s {
     br_handle_t handle;         /* handle.data is the caller's */
@@ -1290,6 +1310,7 @@ struct br_udp_s {
     br_udp_recv_cb on_recv_;    /* private from here on */
     br_udp_error_cb on_error_;
     br_udp_drain_cb on_drain_;
+    br_udp_flush_cb on_flush_;
     br__dgram_t *head_;
     br__dgram_t *tail_;
     size_t queued_;             /* bytes */
@@ -1304,6 +1325,9 @@ struct br_udp_s {
 int br_udp_init(br_loop_t *loop, br_udp_t *u, int fd);
 void br_udp_set_error_cb(br_udp_t *u, br_udp_error_cb on_error);
 void br_udp_set_drain_cb(br_udp_t *u, br_udp_drain_cb on_drain);
+/* May be NULL (the default: the queue is flushed at every writable
+ * readiness). */
+void br_udp_set_flush_cb(br_udp_t *u, br_udp_flush_cb on_flush);
 /* 0, -EINVAL (NULL cb), -EBUSY (closing), -errno from watching. */
 int br_udp_recv_start(br_udp_t *u, br_udp_recv_cb cb);
 int br_udp_recv_stop(br_udp_t *u);
@@ -1313,6 +1337,10 @@ int br_udp_receiving(const br_udp_t *u);
  * -EMSGSIZE and other immediate refusals as the kernel's -errno; -EBUSY
  * closing; -ENOMEM. */
 int br_udp_send(br_udp_t *u, const void *buf, size_t len, const struct sockaddr *addr, socklen_t addrlen);
+/* Sends what the queue holds, as a writable readiness does (the error and
+ * drain callbacks run inside), without asking the flush callback. 0, also
+ * when nothing was queued or the kernel took nothing; -EBUSY closing. */
+int br_udp_flush_now(br_udp_t *u);
 /* Drops what the send queue holds (an abort): nothing more goes out. */
 void br_udp_discard(br_udp_t *u);
 /* Bytes waiting in the send queue, and how many datagrams they are. */

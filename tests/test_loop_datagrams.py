@@ -18,7 +18,8 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 from test_loop_transports_more import DatagramRecorder  # noqa: E402
-from transport_helpers import LoopFixture, asyncio_loop, braid_loop, ticks, until  # noqa: E402
+from transport_helpers import (LoopFixture, asyncio_loop, braid_loop,  # noqa: E402
+                               make_room_with_a_callback_ready, ticks, until)
 
 
 class PausingRecorder(DatagramRecorder):
@@ -175,6 +176,55 @@ class DatagramMixin(LoopFixture):
             ta.close()
             tb.close()
             assert await pa.lost is None
+
+        self.run(loop, main())
+
+    def test_a_flush_comes_after_the_callbacks_already_ready(self, loop):
+        # asyncio sends a queue from a writer handle that the poll puts behind the callbacks
+        # already ready: those run first, then resume_writing, and connection_lost once a
+        # closed transport's queue has gone
+        async def main():
+            names = [b"\0braid-dgram-%d-%d" % (os.getpid(), next(_names)) for _ in range(2)]
+            a, peer = (socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in range(2))
+            a.bind(names[0])
+            peer.bind(names[1])
+            a.connect(names[1])
+            peer.connect(names[0])
+            peer.setblocking(False)
+            transport, proto = await loop.create_datagram_endpoint(PausingRecorder, sock=a)
+            received = []
+
+            def read_peer():
+                try:
+                    while True:
+                        received.append(peer.recv(65536))
+                except BlockingIOError:
+                    pass
+
+            transport.set_write_buffer_limits(high=1)
+            sent = 0
+            while not proto.flow:  # the kernel pushes back, then the transport queues
+                transport.sendto(b"%d" % sent)
+                sent += 1
+            await make_room_with_a_callback_ready(read_peer, lambda: proto.flow.append("ready"))
+            if self.loop_name == "braid" or sys.version_info < (3, 13):  # (3.13.0's size: above)
+                assert [e if isinstance(e, str) else e[0] for e in proto.flow] == \
+                    ["pause", "ready", "resume"]
+            else:
+                assert proto.flow[1] == "ready"
+
+            size = transport.get_write_buffer_size()  # 0, or 3.13.0's leftover
+            while transport.get_write_buffer_size() == size:
+                transport.sendto(b"%d" % sent)
+                sent += 1
+            transport.close()
+            await make_room_with_a_callback_ready(
+                read_peer, lambda: proto.flow.append(("lost already?", proto.lost.done())))
+            assert ("lost already?", False) in proto.flow
+            assert await proto.lost is None
+            read_peer()
+            assert received == [b"%d" % i for i in range(sent)]
+            peer.close()
 
         self.run(loop, main())
 

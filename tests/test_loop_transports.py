@@ -19,8 +19,9 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 from transport_helpers import (LINGER_0, LoopFixture, Recorder, asyncio_loop,  # noqa: E402
-                               braid_loop, fill_kernel, read_exactly, read_to_eof, tcp_pair,
-                               ticks, until)
+                               braid_loop, fill_kernel, make_room_with_a_callback_ready,
+                               read_exactly, read_to_eof, read_what_is_there, tcp_pair, ticks,
+                               until)
 
 HIGH, LOW = 64 * 1024, 16 * 1024  # asyncio's default watermarks
 
@@ -267,6 +268,47 @@ class TransportMixin(LoopFixture):
             assert order == ["ready before the poll", "get_buffer", b"buffered"]
             btransport.close()
             bpeer.close()
+
+        self.run(loop, main())
+
+    def test_a_flush_comes_after_the_callbacks_already_ready(self, loop):
+        # asyncio writes from a writer handle that the poll puts behind the callbacks already
+        # ready: those run first (what they write joins the flush), then resume_writing, and
+        # connection_lost once a closed transport's buffer has gone
+        def kinds(events):
+            return [e if isinstance(e, str) else e[0] for e in events]
+
+        async def main():
+            a, peer = socket.socketpair()  # Unix: room for the writer the moment the peer reads
+            peer.setblocking(False)
+            transport, proto = await loop.create_unix_connection(Recorder, sock=a)
+            received = bytearray()
+            sent = 0
+            while "pause" not in kinds(proto.events):
+                transport.write(b"x" * 65536)
+                sent += 65536
+
+            def ready():
+                proto.events.append("ready before the poll")
+                transport.write(b"joins")
+
+            await make_room_with_a_callback_ready(lambda: read_what_is_there(peer, received),
+                                                  ready)
+            assert kinds(proto.events) == ["made", "pause", "ready before the poll", "resume"]
+            assert proto.events[-1] == ("resume", 0)  # "joins" went with the flush
+
+            del proto.events[:]
+            while transport.get_write_buffer_size() == 0:
+                transport.write(b"y" * 65536)
+                sent += 65536
+            transport.close()
+            await make_room_with_a_callback_ready(lambda: read_what_is_there(peer, received),
+                                                  lambda: proto.events.append("ready"))
+            await until(lambda: "lost" in proto.events, "connection_lost")
+            assert proto.events.index("ready") < proto.events.index("lost")
+            read_what_is_there(peer, received)
+            assert len(received) == sent + len(b"joins")  # nothing lost, nothing left queued
+            peer.close()
 
         self.run(loop, main())
 

@@ -29,8 +29,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from pool_helpers import TIMEOUT  # noqa: E402
 from transport_helpers import (LoopFixture, Recorder, asyncio_loop, braid_loop,  # noqa: E402
-                               fill_kernel, open_fds, read_exactly, read_to_eof, tcp_pair,
-                               ticks, until)
+                               fill_kernel, make_room_with_a_callback_ready, open_fds,
+                               read_exactly, read_to_eof, read_what_is_there, tcp_pair, ticks,
+                               until)
 
 
 class DatagramRecorder(asyncio.DatagramProtocol):
@@ -349,6 +350,41 @@ class MoreTransportsMixin(LoopFixture):
             transport.set_write_buffer_limits(high=1)  # raising or lowering: no resume
             transport.close()
             assert await proto.lost is None
+            os.close(r)
+
+        self.run(loop, main())
+
+    def test_write_pipe_flush_comes_after_the_callbacks_already_ready(self, loop):
+        # as a socket's: the writer handle runs behind the callbacks ready before the poll
+        async def main():
+            r, w = os.pipe()  # 64 KiB: the first write fits whole, the second is queued
+            os.set_blocking(r, False)
+            transport, proto = await loop.connect_write_pipe(Recorder, open(w, "wb", 0))
+            transport.set_write_buffer_limits(high=1000)
+            transport.write(b"a" * 65536)
+            transport.write(b"b" * 2000)
+            assert proto.events[-1] == ("pause", 2000)
+            received = bytearray()
+
+            def ready():
+                proto.events.append("ready before the poll")
+                transport.write(b"joins")
+
+            await make_room_with_a_callback_ready(lambda: read_what_is_there(r, received),
+                                                  ready)
+            assert proto.events[1:] == [("pause", 2000), "ready before the poll", ("resume", 0)]
+
+            del proto.events[:]
+            read_what_is_there(r, received)
+            transport.write(b"c" * 65536)
+            transport.write(b"d" * 2000)
+            transport.close()
+            await make_room_with_a_callback_ready(lambda: read_what_is_there(r, received),
+                                                  lambda: proto.events.append("ready"))
+            assert await proto.lost is None
+            assert proto.events.index("ready") < proto.events.index("lost")
+            read_what_is_there(r, received)
+            assert received == b"a" * 65536 + b"b" * 2000 + b"joins" + b"c" * 65536 + b"d" * 2000
             os.close(r)
 
         self.run(loop, main())

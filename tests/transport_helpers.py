@@ -154,6 +154,37 @@ async def read_to_eof(loop, sock):
         got += chunk
 
 
+async def make_room_with_a_callback_ready(make_room, ready):
+    """Calls make_room() in one callback and ready() in the next, so the poll between them
+    finds the room (a writable fd) with a callback already ready; returns after the callback
+    that follows ready() has run."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    def first():
+        make_room()
+        loop.call_soon(second)
+
+    def second():
+        ready()
+        loop.call_soon(done.set_result, None)
+
+    loop.call_soon(first)
+    await done
+
+
+def read_what_is_there(sock, into):
+    """Reads from a non-blocking socket or pipe fd until it would block; the bytes go to into."""
+    try:
+        while True:
+            chunk = sock.recv(1 << 20) if hasattr(sock, "recv") else os.read(sock, 1 << 20)
+            if not chunk:
+                return
+            into.extend(chunk)
+    except BlockingIOError:
+        pass
+
+
 def fill_kernel(transport, chunk=4096):
     """Writes chunk bytes at a time until the transport starts buffering (at most chunk
     bytes then): the kernel's buffers are full and every further write is counted in

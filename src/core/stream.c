@@ -8,7 +8,10 @@
  * Writes: with nothing queued, br_stream_write tries the kernel at once
  * (most writes end there, with no copy and no epoll_ctl); the rest is copied
  * into a chunk at the queue's tail and the fd is watched for writability.
- * The writable callback flushes up to IOV_BATCH chunks per sendmsg/writev.
+ * The writable callback flushes up to IOV_BATCH chunks per sendmsg/writev,
+ * unless the flush callback says not now (an embedder that runs its own
+ * ready queue, as asyncio's loop does, puts the flush behind it and calls
+ * br_stream_flush_now from there).
  * Sockets are written with MSG_NOSIGNAL, so a reset peer is -EPIPE, never a
  * SIGPIPE that would kill a C program that did not ignore it.
  *
@@ -131,6 +134,11 @@ void br_stream_set_more_callbacks(br_stream_t *s, br_stream_alloc_cb on_alloc, b
 {
     s->on_alloc_ = on_alloc;
     s->on_empty_ = on_empty;
+}
+
+void br_stream_set_flush_callback(br_stream_t *s, br_stream_flush_cb on_flush)
+{
+    s->on_flush_ = on_flush;
 }
 
 /* Tells the drain callback when the queue crossed a watermark. */
@@ -411,6 +419,17 @@ int br_stream_read_now(br_stream_t *s)
     return 0;
 }
 
+int br_stream_flush_now(br_stream_t *s)
+{
+    if (closing(s)) {
+        return -EBUSY;
+    }
+    if (s->queued_ > 0) {
+        flush(s);
+    }
+    return 0;
+}
+
 static void on_io(br_io_t *io, unsigned revents)
 {
     br_stream_t *s = io->handle.data;
@@ -419,7 +438,13 @@ static void on_io(br_io_t *io, unsigned revents)
         read_once(s);
     }
     if ((revents & (BR_WRITABLE | BR_ERROR | BR_HUP)) && !closing(s) && s->queued_ > 0) {
-        flush(s);
+        /* asked after the read: the read callback may have closed or
+         * aborted the stream; NOT_NOW keeps the queue and the watch */
+        if (s->on_flush_ == NULL || s->on_flush_(s) != BR_STREAM_NOT_NOW) {
+            if (!closing(s) && s->queued_ > 0) {
+                flush(s);
+            }
+        }
     }
 }
 

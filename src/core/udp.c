@@ -9,7 +9,8 @@
  * EAGAIN (full socket buffer) queues a copy with its address, and the
  * queue drains in order when the socket becomes writable. A datagram the
  * kernel refuses for good (EMSGSIZE, EHOSTUNREACH, ...) is dropped and
- * reported, and the ones behind it still go.
+ * reported, and the ones behind it still go. A flush callback may put the
+ * flush off to br_udp_flush_now (an embedder with its own ready queue).
  */
 #include "internal.h"
 #include "loop_internal.h"
@@ -76,6 +77,11 @@ void br_udp_set_error_cb(br_udp_t *u, br_udp_error_cb on_error)
 void br_udp_set_drain_cb(br_udp_t *u, br_udp_drain_cb on_drain)
 {
     u->on_drain_ = on_drain;
+}
+
+void br_udp_set_flush_cb(br_udp_t *u, br_udp_flush_cb on_flush)
+{
+    u->on_flush_ = on_flush;
 }
 
 int br_udp_recv_start(br_udp_t *u, br_udp_recv_cb cb)
@@ -231,6 +237,17 @@ static void flush(br_udp_t *u)
     }
 }
 
+int br_udp_flush_now(br_udp_t *u)
+{
+    if (u->closing_) {
+        return -EBUSY;
+    }
+    if (u->head_ != NULL) {
+        flush(u);
+    }
+    return 0;
+}
+
 static void on_io(br_io_t *io, unsigned revents)
 {
     br_udp_t *u = io->handle.data;
@@ -250,7 +267,12 @@ static void on_io(br_io_t *io, unsigned revents)
         }
     }
     if ((revents & (BR_WRITABLE | BR_ERROR)) && !u->closing_ && u->head_ != NULL) {
-        flush(u);
+        /* asked after the receive, whose callback may have closed u */
+        if (u->on_flush_ == NULL || u->on_flush_(u) != BR_UDP_NOT_NOW) {
+            if (!u->closing_ && u->head_ != NULL) {
+                flush(u);
+            }
+        }
     }
 }
 

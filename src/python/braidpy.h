@@ -323,6 +323,13 @@ int braid_parse_write_limits(PyObject *args, PyObject *kwds, size_t *high, size_
 /* protocol.pause_writing() / resume_writing(): a failure to the exception
  * handler ("protocol.X() failed"), KeyboardInterrupt/SystemExit out of the loop. */
 void braid_transport_call_flow(PyObject *loop, PyObject *transport, PyObject *protocol, const char *method);
+/* For an engine callback about to read or flush in the poll: when callbacks
+ * were ready as the poll began (braid_loop_ready_before_poll), asyncio's
+ * reader or writer handle would run behind them, so call_soon(
+ * transport.<method>) is queued to do the work there and 1 is returned; 0:
+ * do it now (nothing was ready, no loop, or no memory for a handle -- out of
+ * order rather than not at all). */
+int braid_transport_later(PyObject *loop, PyObject *transport, const char *method);
 
 /* sockaccept.c: _accept_plain(loop, fd, family, protocol_factory, server, backlog) */
 PyObject *braid_accept_plain(PyObject *module, PyObject *const *args, Py_ssize_t nargs);

@@ -73,7 +73,7 @@ typedef struct {
     int fd;
     int family;
     unsigned closing : 1, paused : 1, protocol_paused : 1, connected : 1, udp_open : 1, self_ref : 1,
-        sock_gone : 1, has_peer : 1;
+        sock_gone : 1, has_peer : 1, write_later : 1;
 } dtail_t;
 
 /* Written when the first braid.Loop makes the type (braid_transport_make_tail_type). */
@@ -607,6 +607,36 @@ static void on_drain_body(br_udp_t *u)
     Py_DECREF(self);
 }
 
+/* Before a flush at writable readiness: as a socket transport's
+ * (socktransport.c, on_flush), the flush waits behind the callbacks that
+ * were ready when the poll began, where asyncio's writer handle
+ * (_sendto_ready) runs: call_soon(_write_ready) sends. */
+static int on_flush(br_udp_t *u)
+{
+    dtail_t *t = TAIL(SELF(u));
+    if (!t->write_later) { /* else a _write_ready is on its way */
+        t->write_later = braid_transport_later(t->loop, SELF(u), "_write_ready");
+    }
+    return t->write_later ? BR_UDP_NOT_NOW : 0;
+}
+
+static PyObject *dt_write_ready(PyObject *self, PyObject *unused)
+{
+    dtail_t *t = TAIL(self);
+    t->write_later = 0;
+    if (t->udp_open) {
+        Py_INCREF(self);
+        (void)br_udp_flush_now(&t->udp); /* -EBUSY: closing, the queue dropped */
+        update_self_ref(self);
+        int rc = reraise(self);
+        Py_DECREF(self);
+        if (rc < 0) {
+            return NULL;
+        }
+    }
+    Py_RETURN_NONE;
+}
+
 /* The engine's callbacks, in the transport's context (braid_trctx_t). */
 static PyObject *ctx_loop(dtail_t *t) { return t->loop ? t->loop : t->udp_loop; }
 
@@ -1002,6 +1032,7 @@ static int dt_init(PyObject *self, PyObject *args, PyObject *kwds)
     braid_loop_count_stream(loop, +1);
     br_udp_set_error_cb(&t->udp, on_send_error);
     br_udp_set_drain_cb(&t->udp, on_drain);
+    br_udp_set_flush_cb(&t->udp, on_flush);
     /* loop._transports[fd] = self, as _SelectorTransport's __init__ */
     PyObject *transports = PyObject_GetAttrString(loop, "_transports");
     PyObject *key = transports ? PyLong_FromLong(fd) : NULL;
@@ -1164,6 +1195,7 @@ static PyMethodDef dt_methods[] = {
     {"_deliver", (PyCFunction)(void (*)(void))dt_deliver, METH_FASTCALL, NULL},
     {"_deliver_error", dt_deliver_error, METH_O, NULL},
     {"_start_reading", dt_start_reading, METH_NOARGS, NULL},
+    {"_write_ready", dt_write_ready, METH_NOARGS, NULL},
     {NULL}};
 
 static PyMemberDef dt_members[] = {

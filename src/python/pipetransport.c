@@ -27,8 +27,9 @@
  * callback sees that readiness and answers BR_STREAM_NOT_NOW: nothing is
  * read from the fd.
  *
- * Reading order: as the socket transport's (socktransport.c, on_alloc),
- * a read waits behind the callbacks that were ready when the poll began.
+ * Order: as the socket transport's (socktransport.c, on_alloc and
+ * on_flush), a read or a flush waits behind the callbacks that were ready
+ * when the poll began.
  *
  * Life cycle (one per transport):
  *
@@ -80,7 +81,8 @@ typedef struct {
     size_t high, low;
     int fd;                  /* the pipe object's (the stream has a duplicate) */
     unsigned writer : 1, closing : 1, paused : 1, stream_open : 1, self_ref : 1, protocol_paused : 1,
-        read_later : 1, lost_scheduled : 1, lost_called : 1, peer_gone : 1, peer_gone_queued : 1;
+        read_later : 1, write_later : 1, lost_scheduled : 1, lost_called : 1, peer_gone : 1,
+        peer_gone_queued : 1;
 } pipe_t;
 
 /* Written when the first braid.Loop makes the types (braid_transport_make_tail_type). */
@@ -310,14 +312,12 @@ static int read_alloc_body(br_stream_t *s, char **buf, size_t *len)
 {
     pipe_t *p = (pipe_t *)s;
     if (p->loop != NULL && braid_loop_ready_before_poll(p->loop)) {
+        if (!p->read_later) { /* else a _read_ready is on its way */
+            p->read_later = braid_transport_later(p->loop, p->self, "_read_ready");
+        }
         if (p->read_later) {
             return BR_STREAM_NOT_NOW;
         }
-        if (schedule_io(p, "_read_ready") == 0) {
-            p->read_later = 1;
-            return BR_STREAM_NOT_NOW;
-        }
-        PyErr_Clear(); /* no memory for a handle: read now rather than not at all */
     }
     return BR_STREAM_LOOP_BUFFER;
 }
@@ -465,6 +465,35 @@ static int peer_alloc_body(br_stream_t *s, char **buf, size_t *len)
 }
 
 static void peer_read(br_stream_t *s, const char *buf, ssize_t n) { (void)s, (void)buf, (void)n; }
+
+/* Before a flush at writable readiness: as the socket transport's
+ * (socktransport.c, on_flush), the flush waits behind the callbacks that
+ * were ready when the poll began, where asyncio's writer handle runs. */
+static int on_flush(br_stream_t *s)
+{
+    pipe_t *p = (pipe_t *)s;
+    if (!p->write_later) { /* else a _write_ready is on its way */
+        p->write_later = braid_transport_later(p->loop, p->self, "_write_ready");
+    }
+    return p->write_later ? BR_STREAM_NOT_NOW : 0;
+}
+
+static PyObject *wp_write_ready(PyObject *self, PyObject *unused)
+{
+    pipe_t *p = WP(self);
+    p->write_later = 0;
+    if (p->stream_open) {
+        Py_INCREF(self);
+        (void)br_stream_flush_now(&p->stream); /* -EBUSY: closing, the queue dropped */
+        update_self_ref(p);
+        int rc = reraise(p);
+        Py_DECREF(self);
+        if (rc < 0) {
+            return NULL;
+        }
+    }
+    Py_RETURN_NONE;
+}
 
 static PyObject *wp_watch_peer(PyObject *self, PyObject *unused)
 {
@@ -864,6 +893,7 @@ static int pipe_init(PyObject *self, pipe_t *p, int writer, PyObject *args, PyOb
         (void)br_stream_set_limits(&p->stream, p->high, 0);
         br_stream_set_callbacks(&p->stream, on_drain, on_write_error);
         br_stream_set_more_callbacks(&p->stream, peer_alloc, on_empty);
+        br_stream_set_flush_callback(&p->stream, on_flush);
     } else {
         br_stream_set_more_callbacks(&p->stream, read_alloc, NULL);
     }
@@ -1064,6 +1094,7 @@ static PyMethodDef wp_methods[] = {
     {"_call_connection_lost", wp_call_connection_lost, METH_O, NULL},
     {"_watch_peer", wp_watch_peer, METH_NOARGS, NULL},
     {"_read_ready", wp_read_ready, METH_NOARGS, NULL},
+    {"_write_ready", wp_write_ready, METH_NOARGS, NULL},
     {NULL}};
 
 static PyMemberDef rp_members[] = {

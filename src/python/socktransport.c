@@ -14,6 +14,11 @@
  * asyncio.Transport, with asyncio's behaviour method by method
  * (selector_events._SelectorSocketTransport): the same messages to the
  * exception handler, the same order of protocol calls, the same errors.
+ * The order includes where reads and flushes fall among other callbacks:
+ * asyncio runs them from reader and writer handles queued behind the
+ * callbacks already ready when the poll began, the engine in the poll; so
+ * when callbacks were ready, a read (on_alloc) or a flush (on_flush) waits
+ * behind them through call_soon (_read_ready, _write_ready).
  *
  * Life cycle (one per transport):
  *
@@ -71,7 +76,7 @@ typedef struct {
     unsigned sock_gone : 1;  /* connection_lost ran: no socket object any more */
     unsigned fd_taken : 1;   /* the stream owns the fd */
     unsigned closing : 1, eof : 1, paused : 1, protocol_paused : 1, buffered : 1, connected : 1,
-        stream_open : 1, self_ref : 1, has_pbuf : 1, tcp : 1, read_later : 1;
+        stream_open : 1, self_ref : 1, has_pbuf : 1, tcp : 1, read_later : 1, write_later : 1;
 } tail_t;
 
 /* Written when the first braid.Loop makes the type (braid_transport_make_tail_type). */
@@ -173,6 +178,7 @@ static int force_close(PyObject *self, PyObject *exc);
 static void on_empty(br_stream_t *s);
 static void on_read(br_stream_t *s, const char *buf, ssize_t n);
 static int on_alloc(br_stream_t *s, char **buf, size_t *len);
+static int on_flush(br_stream_t *s);
 static void on_drain(br_stream_t *s, int paused);
 static void on_write_error(br_stream_t *s, int err);
 
@@ -462,17 +468,12 @@ static int on_alloc_body(br_stream_t *s, char **buf, size_t *len)
     PyObject *self = SELF(s);
     tail_t *t = TAIL(self);
     if (braid_loop_ready_before_poll(t->loop)) {
-        if (t->read_later) {
-            return BR_STREAM_NOT_NOW; /* a _read_ready is on its way */
+        if (!t->read_later) { /* else a _read_ready is on its way */
+            t->read_later = braid_transport_later(t->loop, self, "_read_ready");
         }
-        PyObject *later = PyObject_GetAttrString(self, "_read_ready");
-        int rc = later ? braid_loop_call_soon_io(t->loop, &later, 1) : -1;
-        Py_XDECREF(later);
-        if (rc == 0) {
-            t->read_later = 1;
+        if (t->read_later) {
             return BR_STREAM_NOT_NOW;
         }
-        PyErr_Clear(); /* no memory for a handle: read now, out of order rather than not at all */
     }
     if (!t->buffered) {
         return BR_STREAM_LOOP_BUFFER;
@@ -505,6 +506,7 @@ static int start_reading(PyObject *self)
         return 0;
     }
     br_stream_set_more_callbacks(&t->stream, on_alloc, on_empty);
+    br_stream_set_flush_callback(&t->stream, on_flush);
     int err = br_stream_read_start(&t->stream, on_read, MAX_READ);
     update_self_ref(self);
     if (err < 0) {
@@ -596,6 +598,23 @@ static void fail_empty_waiter(PyObject *self, PyObject *exc)
     Py_XDECREF(r);
 }
 
+
+/* Before a flush at writable readiness. Order: asyncio writes from a
+ * writer handle that the poll puts behind the callbacks already ready, so
+ * those run first (a write of theirs joins the same send; resume_writing,
+ * or connection_lost once a close has drained, comes after them); the
+ * engine flushes in the poll itself. When callbacks were waiting as the
+ * poll began, the flush waits behind them as a read does (on_alloc_body):
+ * call_soon(_write_ready) flushes. With nothing ready it goes on at once.
+ * Nothing here runs the protocol: no context to enter. */
+static int on_flush(br_stream_t *s)
+{
+    tail_t *t = TAIL(SELF(s));
+    if (!t->write_later) { /* else a _write_ready is on its way */
+        t->write_later = braid_transport_later(t->loop, SELF(s), "_write_ready");
+    }
+    return t->write_later ? BR_STREAM_NOT_NOW : 0;
+}
 
 /* --------------------------------------------------------- the engine's callbacks, in the transport's context */
 
@@ -861,6 +880,24 @@ static PyObject *tr_connection_made(PyObject *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+/* The flush on_flush put behind the ready callbacks. */
+static PyObject *tr_write_ready(PyObject *self, PyObject *unused)
+{
+    tail_t *t = TAIL(self);
+    t->write_later = 0;
+    if (t->stream_open) {
+        Py_INCREF(self);
+        (void)br_stream_flush_now(&t->stream); /* -EBUSY: closing, the queue dropped */
+        update_self_ref(self);
+        int rc = reraise(self);
+        Py_DECREF(self);
+        if (rc < 0) {
+            return NULL;
+        }
+    }
+    Py_RETURN_NONE;
+}
+
 /* The read on_alloc put behind the ready callbacks. */
 static PyObject *tr_read_ready(PyObject *self, PyObject *unused)
 {
@@ -1095,6 +1132,7 @@ static int setup(PyObject *self, PyObject *loop, br_loop_t *core, int fd, int fa
     braid_loop_count_stream(loop, +1);
     br_stream_set_callbacks(&t->stream, on_drain, on_write_error);
     br_stream_set_more_callbacks(&t->stream, on_alloc, on_empty);
+    br_stream_set_flush_callback(&t->stream, on_flush);
     t->tcp = set_nodelay(fd, family);
     if (server != Py_None) {
 #if PY_VERSION_HEX >= 0x030D0000
@@ -1382,6 +1420,7 @@ static PyMethodDef tr_methods[] = {
     {"_call_connection_lost", tr_call_connection_lost, METH_O, NULL},
     {"_start_reading", tr_start_reading, METH_NOARGS, NULL},
     {"_read_ready", tr_read_ready, METH_NOARGS, NULL},
+    {"_write_ready", tr_write_ready, METH_NOARGS, NULL},
     {"_connection_made", tr_connection_made, METH_NOARGS, NULL},
     {"_make_empty_waiter", tr_make_empty_waiter, METH_NOARGS, NULL},
     {"_reset_empty_waiter", tr_reset_empty_waiter, METH_NOARGS, NULL},

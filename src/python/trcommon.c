@@ -90,6 +90,21 @@ int braid_parse_write_limits(PyObject *args, PyObject *kwds, size_t *high_out, s
     return 0;
 }
 
+int braid_transport_later(PyObject *loop, PyObject *transport, const char *method)
+{
+    if (loop == NULL || !braid_loop_ready_before_poll(loop)) {
+        return 0;
+    }
+    PyObject *fn = PyObject_GetAttrString(transport, method);
+    int rc = fn ? braid_loop_call_soon_io(loop, &fn, 1) : -1;
+    Py_XDECREF(fn);
+    if (rc < 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    return 1;
+}
+
 void braid_transport_call_flow(PyObject *loop, PyObject *transport, PyObject *protocol, const char *method)
 {
     Py_INCREF(protocol); /* the call may set another protocol on the transport */

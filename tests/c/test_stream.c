@@ -578,6 +578,71 @@ TEST(reads_wait_for_read_now_when_the_alloc_callback_says_not_now)
     finish();
 }
 
+/* BR_STREAM_NOT_NOW from the flush callback leaves the queue queued and the
+ * fd watched (each poll asks again); br_stream_flush_now writes it, with the
+ * drain and empty callbacks inside, without asking. */
+typedef struct {
+    br_stream_t s;
+    int answer; /* what the flush callback returns */
+    int asked;  /* flush callback calls */
+    int empty;  /* empty callback calls */
+} gate_t;
+
+static int gate_flush(br_stream_t *s)
+{
+    gate_t *k = s->handle.data;
+    k->asked++;
+    return k->answer;
+}
+
+static void gate_empty(br_stream_t *s)
+{
+    gate_t *k = s->handle.data;
+    k->empty++;
+}
+
+TEST(flushes_wait_for_flush_now_when_the_flush_callback_says_not_now)
+{
+    int sv[2];
+    pair(sv);
+    CHECK_EQ(fcntl(sv[1], F_SETFL, O_NONBLOCK), 0);
+    CHECK_EQ(br_loop_init(&loop), 0);
+    gate_t k = {.answer = BR_STREAM_NOT_NOW};
+    CHECK_EQ(br_stream_init(&loop, &k.s, sv[0]), 0);
+    k.s.handle.data = &k;
+    br_stream_set_more_callbacks(&k.s, NULL, gate_empty);
+    br_stream_set_flush_callback(&k.s, gate_flush);
+    CHECK_EQ(br_stream_flush_now(&k.s), 0); /* nothing queued: nothing to do */
+    static char chunk[65536];
+    while (br_stream_queued(&k.s) == 0) { /* until the kernel's buffer is full */
+        CHECK_EQ(br_stream_write(&k.s, chunk, sizeof chunk), 0);
+    }
+    size_t queued = br_stream_queued(&k.s);
+    char sink[1 << 16];
+    while (read(sv[1], sink, sizeof sink) > 0) { /* room in the kernel again */
+    }
+    CHECK(br_loop_run(&loop, BR_RUN_NOWAIT) >= 0);
+    CHECK(br_loop_run(&loop, BR_RUN_NOWAIT) >= 0);
+    CHECK_EQ(k.asked, 2);                      /* each poll reported it again */
+    CHECK_EQ(br_stream_queued(&k.s), queued); /* and wrote nothing */
+    CHECK(br_is_active(&k.s.handle));
+    CHECK_EQ(br_stream_flush_now(&k.s), 0);
+    CHECK_EQ(k.asked, 2);                      /* not asked */
+    CHECK(br_stream_queued(&k.s) < queued);
+    while (br_stream_queued(&k.s) > 0) {       /* answered 0: flushed at readiness */
+        k.answer = 0;
+        while (read(sv[1], sink, sizeof sink) > 0) {
+        }
+        CHECK(br_loop_run(&loop, BR_RUN_NOWAIT) >= 0);
+    }
+    CHECK_EQ(k.empty, 1);
+    CHECK(!br_is_active(&k.s.handle));         /* nothing queued, not reading */
+    CHECK_EQ(br_close(&k.s.handle, NULL), 0);
+    CHECK_EQ(br_stream_flush_now(&k.s), -EBUSY);
+    finish();
+    CHECK_EQ(close(sv[1]), 0);
+}
+
 /* ------------------------------------------------------------ the block hook */
 
 static int blocks[2];

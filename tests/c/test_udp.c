@@ -187,6 +187,54 @@ TEST(the_drain_callback_counts_down_and_a_large_unix_datagram_arrives_whole)
     finish();
 }
 
+/* BR_UDP_NOT_NOW from the flush callback leaves the queue queued and the
+ * socket watched (each poll asks again); br_udp_flush_now sends it, with the
+ * drain callback inside, without asking. */
+static int flush_answer, flush_asked;
+
+static int gate_flush(br_udp_t *u)
+{
+    (void)u;
+    flush_asked++;
+    return flush_answer;
+}
+
+TEST(flushes_wait_for_flush_now_when_the_flush_callback_says_not_now)
+{
+    int sv[2];
+    CHECK_EQ(socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv), 0);
+    CHECK_EQ(br_loop_init(&loop), 0);
+    br_udp_t w;
+    CHECK_EQ(br_udp_init(&loop, &w, sv[0]), 0);
+    br_udp_set_drain_cb(&w, note_drain);
+    br_udp_set_flush_cb(&w, gate_flush);
+    flush_answer = BR_UDP_NOT_NOW;
+    drains = 0;
+    CHECK_EQ(br_udp_flush_now(&w), 0); /* nothing queued: nothing to do */
+    char msg[1000] = {0};
+    for (int i = 0; i < 5000 && br_udp_queued_datagrams(&w) < 3; i++) {
+        CHECK_EQ(br_udp_send(&w, msg, sizeof msg, NULL, 0), 0);
+    }
+    CHECK_EQ(br_udp_queued_datagrams(&w), 3);
+    char sink[2000];
+    while (recv(sv[1], sink, sizeof sink, 0) > 0) { /* room again */
+    }
+    CHECK(br_loop_run(&loop, BR_RUN_NOWAIT) >= 0);
+    CHECK(br_loop_run(&loop, BR_RUN_NOWAIT) >= 0);
+    CHECK_EQ(flush_asked, 2);                  /* each poll reported it again */
+    CHECK_EQ(br_udp_queued_datagrams(&w), 3); /* and sent nothing */
+    CHECK_EQ(drains, 0);
+    CHECK_EQ(br_udp_flush_now(&w), 0);
+    CHECK_EQ(flush_asked, 2);                  /* not asked */
+    CHECK_EQ(br_udp_queued(&w), 0);
+    CHECK(drains == 1 && drained_to == 0);
+    CHECK(!br_is_active(&w.handle));           /* nothing queued, not receiving */
+    CHECK_EQ(br_close(&w.handle, NULL), 0);
+    CHECK_EQ(br_udp_flush_now(&w), -EBUSY);
+    finish();
+    CHECK_EQ(close(sv[1]), 0);
+}
+
 TEST(close_with_a_queue_frees_it)
 {
     int sv[2];
