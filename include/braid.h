@@ -1206,7 +1206,9 @@ typedef void (*br_stream_empty_cb)(br_stream_t *s);
 /* Called before the write queue is flushed at a writable readiness: 0,
  * flush now; BR_STREAM_NOT_NOW, nothing written at this readiness -- the fd
  * stays watched (the next poll reports it again) and the caller flushes
- * with br_stream_flush_now when it is ready to. */
+ * with br_stream_flush_now when it is ready to. The watch is level-
+ * triggered: flush before the loop's next poll, or that poll returns at
+ * once with the same readiness (and asks again). */
 typedef int (*br_stream_flush_cb)(br_stream_t *s);
 
 struct br_stream_s {
@@ -1300,7 +1302,7 @@ typedef void (*br_udp_drain_cb)(br_udp_t *u);
 /* Called before the send queue is flushed at a writable readiness: 0,
  * flush now; BR_UDP_NOT_NOW, nothing sent at this readiness -- the socket
  * stays watched and the caller flushes with br_udp_flush_now when it is
- * ready to (as a stream's flush callback). */
+ * ready to, before the loop's next poll (as a stream's flush callback). */
 typedef int (*br_udp_flush_cb)(br_udp_t *u);
 #define BR_UDP_NOT_NOW 2
 

@@ -5,6 +5,7 @@ that raise, and the transport's type. The UDP round trip, error_received and wri
 close are in test_loop_transports_more.py."""
 
 import asyncio
+import contextvars
 import gc
 import os
 import socket
@@ -224,6 +225,55 @@ class DatagramMixin(LoopFixture):
             assert await proto.lost is None
             read_peer()
             assert received == [b"%d" % i for i in range(sent)]
+            peer.close()
+
+        self.run(loop, main())
+
+    def test_a_flush_behind_ready_callbacks_runs_in_the_transport_context(self, loop):
+        # the writer handle carries the writing task's context, as a socket's does
+        var = contextvars.ContextVar("var", default="unset")
+        seen = []
+
+        class Seeing(PausingRecorder):
+            def resume_writing(self):
+                super().resume_writing()
+                seen.append(("resume", var.get()))
+
+            def connection_lost(self, exc):
+                seen.append(("lost", var.get()))
+                super().connection_lost(exc)
+
+        async def main():
+            var.set("task")
+            names = [b"\0braid-dgram-%d-%d" % (os.getpid(), next(_names)) for _ in range(2)]
+            a, peer = (socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in range(2))
+            a.bind(names[0])
+            peer.bind(names[1])
+            a.connect(names[1])
+            peer.connect(names[0])
+            peer.setblocking(False)
+            transport, proto = await loop.create_datagram_endpoint(Seeing, sock=a)
+
+            def read_peer():
+                try:
+                    while True:
+                        peer.recv(65536)
+                except BlockingIOError:
+                    pass
+
+            transport.set_write_buffer_limits(high=1)
+            while not proto.flow:
+                transport.sendto(b"x")
+            while not seen:
+                await make_room_with_a_callback_ready(read_peer, lambda: None)
+            size = transport.get_write_buffer_size()
+            while transport.get_write_buffer_size() == size:
+                transport.sendto(b"y")
+            transport.close()
+            while not proto.lost.done():
+                await make_room_with_a_callback_ready(read_peer, lambda: None)
+            assert {kind for kind, _ in seen} == {"resume", "lost"}
+            assert {value for _, value in seen} == {"task"}
             peer.close()
 
         self.run(loop, main())

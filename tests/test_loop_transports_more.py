@@ -502,6 +502,55 @@ class MoreTransportsMixin(LoopFixture):
 
         self.run(loop, main())
 
+    def test_a_flush_behind_ready_callbacks_runs_in_the_transport_context(self, loop):
+        # asyncio's writer handle carries the context of the task that wrote: resume_writing
+        # and connection_lost see it even when the poll put the flush behind other callbacks
+        var = contextvars.ContextVar("var", default="unset")
+
+        class Seeing(Recorder):
+            def resume_writing(self):
+                super().resume_writing()
+                self.events.append(("resume sees", var.get()))
+
+            def connection_lost(self, exc):
+                self.events.append(("lost sees", var.get()))
+                super().connection_lost(exc)
+
+        async def drain_behind_a_ready_callback(transport, proto, fd_or_sock):
+            received = bytearray()
+            while "pause" not in [e if isinstance(e, str) else e[0] for e in proto.events]:
+                transport.write(b"x" * 65536)
+            while not any(type(e) is tuple and e[0] == "resume sees" for e in proto.events):
+                await make_room_with_a_callback_ready(
+                    lambda: read_what_is_there(fd_or_sock, received), lambda: None)
+            transport.write(b"y" * 65536 * 4)
+            transport.close()
+            await make_room_with_a_callback_ready(
+                lambda: read_what_is_there(fd_or_sock, received), lambda: None)
+            while not proto.lost.done():
+                read_what_is_there(fd_or_sock, received)
+                await asyncio.sleep(0)
+            seen = [e for e in proto.events if type(e) is tuple and e[0].endswith("sees")]
+            return {kind for kind, _ in seen}, {value for _, value in seen}
+
+        async def main():
+            var.set("task")
+            a, peer = socket.socketpair()
+            peer.setblocking(False)
+            transport, proto = await loop.create_unix_connection(Seeing, sock=a)
+            assert await drain_behind_a_ready_callback(transport, proto, peer) == (
+                {"resume sees", "lost sees"}, {"task"})
+            peer.close()
+
+            r, w = os.pipe()
+            os.set_blocking(r, False)
+            transport, proto = await loop.connect_write_pipe(Seeing, open(w, "wb", 0))
+            assert await drain_behind_a_ready_callback(transport, proto, r) == (
+                {"resume sees", "lost sees"}, {"task"})
+            os.close(r)
+
+        self.run(loop, main())
+
     # ---- datagrams -------------------------------------------------------------------------
 
     def test_datagram_round_trip_extra_info_and_boundaries(self, loop):

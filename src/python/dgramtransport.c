@@ -626,7 +626,7 @@ static PyObject *dt_write_ready(PyObject *self, PyObject *unused)
     t->write_later = 0;
     if (t->udp_open) {
         Py_INCREF(self);
-        (void)br_udp_flush_now(&t->udp); /* -EBUSY: closing, the queue dropped */
+        BRAID_IN_CONTEXT(self, &t->ctx, NULL, (void)br_udp_flush_now(&t->udp));
         update_self_ref(self);
         int rc = reraise(self);
         Py_DECREF(self);

@@ -484,7 +484,7 @@ static PyObject *wp_write_ready(PyObject *self, PyObject *unused)
     p->write_later = 0;
     if (p->stream_open) {
         Py_INCREF(self);
-        (void)br_stream_flush_now(&p->stream); /* -EBUSY: closing, the queue dropped */
+        BRAID_IN_CONTEXT(self, &p->ctx, NULL, (void)br_stream_flush_now(&p->stream));
         update_self_ref(p);
         int rc = reraise(p);
         Py_DECREF(self);

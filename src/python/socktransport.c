@@ -887,7 +887,8 @@ static PyObject *tr_write_ready(PyObject *self, PyObject *unused)
     t->write_later = 0;
     if (t->stream_open) {
         Py_INCREF(self);
-        (void)br_stream_flush_now(&t->stream); /* -EBUSY: closing, the queue dropped */
+        /* the protocol calls run where the poll's flush runs them: the transport's context */
+        BRAID_IN_CONTEXT(self, &t->ctx, NULL, (void)br_stream_flush_now(&t->stream));
         update_self_ref(self);
         int rc = reraise(self);
         Py_DECREF(self);
