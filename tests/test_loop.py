@@ -176,6 +176,62 @@ class LoopMixin:
         assert abs(h.when() - (loop.time() + 10)) < 0.5
         h.cancel()
 
+    def test_call_at_keeps_its_when_as_given(self, loop):
+        # asyncio's TimerHandle keeps call_at's argument: an int stays an int
+        h = loop.call_at(10, lambda: None)
+        assert h.when() == 10 and type(h.when()) is int
+        h.cancel()
+
+    def test_a_replaced_time_drives_the_timers(self, loop):
+        # asyncio reads its clock through self.time(): a mock or a virtual clock put in its
+        # place decides when call_later's timers are due, on the instance or in a subclass
+        from unittest import mock
+        fake = [loop.time() + 1e6]  # far from the real clock, so that neither can pass
+        fired = []
+
+        async def main():
+            with mock.patch.object(loop, "time", side_effect=lambda: fake[0]):
+                start = fake[0]
+                h = loop.call_later(5, fired.append, "due in 5 s")
+                assert h.when() == start + 5
+                for _ in range(10):
+                    await asyncio.sleep(0)
+                assert fired == []  # not due: the real clock is 1e6 s behind
+                fake[0] = start + 4
+                await asyncio.sleep(0)
+                assert fired == []
+                fake[0] = start + 5
+                for _ in range(3):
+                    await asyncio.sleep(0)
+                assert fired == ["due in 5 s"]
+            await asyncio.sleep(0.01)  # the real clock again: a real sleep ends
+
+        loop.run_until_complete(main())
+
+        class Virtual(type(loop)):
+            def time(self):
+                return 42.0
+
+        virtual = Virtual()
+        try:
+            seen = []
+            virtual.call_at(42, seen.append, "due now")
+            virtual.call_at(42.001, seen.append, "due in 1 ms: never")
+            virtual.call_soon(virtual.call_soon, virtual.stop)
+            virtual.run_forever()
+            assert seen == ["due now"]
+        finally:
+            virtual.close()
+
+    def test_a_time_that_raises_or_is_not_a_number_fails_the_call(self, loop):
+        from unittest import mock
+        with mock.patch.object(loop, "time", return_value="soon"):
+            with pytest.raises(TypeError):
+                loop.call_later(1, print)
+        with mock.patch.object(loop, "time", side_effect=ZeroDivisionError):
+            with pytest.raises(ZeroDivisionError):
+                loop.call_later(1, print)
+
     def test_call_soon_threadsafe_wakes_a_sleeping_loop(self, loop):
         seen = []
 
@@ -747,9 +803,18 @@ def test_braid_loop_default_executor_is_a_braid_thread_pool():
     assert name.startswith("asyncio")
 
 
+def dicts_made_by(action, obj):
+    def dicts():
+        return sum(isinstance(r, dict) for r in gc.get_referents(obj))
+    before = dicts()
+    action()
+    return dicts() - before
+
+
 def test_braid_transports_are_asyncio_transports_in_c():
-    # One C object per connection (no __dict__, no per-connection buffers or handles), still an
-    # asyncio.Transport for isinstance checks and asyncio's own helpers.
+    # One C object per connection (no per-connection buffers or handles, a __dict__ only once
+    # an attribute is set), still an asyncio.Transport for isinstance checks and asyncio's own
+    # helpers.
     braid = import_braid()
     from braid import _braid
 
@@ -761,7 +826,7 @@ def test_braid_transports_are_asyncio_transports_in_c():
         try:
             return (isinstance(transport, asyncio.Transport),
                     type(transport) is _braid.SocketTransport,
-                    not hasattr(transport, "__dict__"),
+                    dicts_made_by(lambda: setattr(transport, "mock", 1), transport) == 1,
                     transport.get_extra_info("peername")[1] == port)
         finally:
             transport.close()

@@ -502,6 +502,39 @@ class MoreTransportsMixin(LoopFixture):
 
         self.run(loop, main())
 
+    def test_transports_take_attributes_as_asyncio_s_do(self, loop):
+        # aiohttp's and CPython's tests replace a transport's methods with mocks; a cycle
+        # through such an attribute is still collected
+        from unittest import mock
+
+        async def main():
+            a, peer = socket.socketpair()
+            stream, sproto = await loop.create_unix_connection(Recorder, sock=a)
+            dgram, dproto = await loop.create_datagram_endpoint(DatagramRecorder,
+                                                                local_addr=("127.0.0.1", 0))
+            with mock.patch.object(stream, "write") as write, \
+                    mock.patch.object(dgram, "sendto") as sendto:
+                stream.write(b"to the mock")
+                dgram.sendto(b"to the mock", ("127.0.0.1", 9))
+            write.assert_called_once_with(b"to the mock")
+            sendto.assert_called_once_with(b"to the mock", ("127.0.0.1", 9))
+            assert "write" not in vars(stream) and "sendto" not in vars(dgram)
+            stream.write(b"real")
+            assert await loop.sock_recv(peer, 100) == b"real"  # the mock's writes went nowhere
+
+            refs = []
+            for transport in (stream, dgram):
+                transport.itself = transport
+                refs.append(weakref.ref(transport))
+                transport.close()
+            del transport, stream, dgram, sproto, dproto
+            await ticks(5)
+            gc.collect()
+            assert [r() for r in refs] == [None, None]
+            peer.close()
+
+        self.run(loop, main())
+
     def test_a_flush_behind_ready_callbacks_runs_in_the_transport_context(self, loop):
         # asyncio's writer handle carries the context of the task that wrote: resume_writing
         # and connection_lost see it even when the poll put the flush behind other callbacks

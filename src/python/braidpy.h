@@ -40,7 +40,7 @@ typedef struct {
     PyObject *stream_methods[3];    /* asyncio's data_received, feed_data, _wakeup_waiter */
 #define BRAID_STREAM_NAMES 18
     PyObject *stream_names[BRAID_STREAM_NAMES]; /* interned attribute names (socktransport.c) */
-#define BRAID_LOOP_NAMES 6
+#define BRAID_LOOP_NAMES 7
     PyObject *loop_names[BRAID_LOOP_NAMES]; /* interned attribute names (loop.c) */
     PyObject *kwnames_loop;         /* ("loop",): create_future's keyword names */
     /* exceptions and helpers borrowed from the stdlib */

@@ -58,6 +58,8 @@
 typedef struct {
     br_udp_t udp;
     PyObject *weakrefs;
+    PyObject *dict;          /* made on first assignment: asyncio's transports take
+                                attributes (tests replace methods with mocks) */
     PyObject *loop;          /* NULL once connection_lost has run */
     PyObject *udp_loop;      /* the loop the handle is on, held until its close callback */
     PyObject *protocol;
@@ -1098,6 +1100,7 @@ static int dt_traverse(PyObject *self, visitproc visit, void *arg)
     Py_VISIT(t->sock);
     Py_VISIT(t->address);
     Py_VISIT(t->last_addr);
+    Py_VISIT(t->dict);
     Py_VISIT(t->ctx.ctx);
     return 0;
 }
@@ -1109,6 +1112,7 @@ static int dt_clear(PyObject *self)
     Py_CLEAR(t->protocol);
     Py_CLEAR(t->address);
     Py_CLEAR(t->last_addr);
+    Py_CLEAR(t->dict);
     Py_CLEAR(t->ctx.ctx);
     /* loop and sock stay: the handle's close still needs them */
     return 0;
@@ -1133,6 +1137,7 @@ static void dt_dealloc(PyObject *self)
     Py_CLEAR(t->sock);
     Py_CLEAR(t->address);
     Py_CLEAR(t->last_addr);
+    Py_CLEAR(t->dict);
     Py_CLEAR(t->ctx.ctx);
     tp->tp_free(self);
     Py_DECREF(tp);
@@ -1166,6 +1171,7 @@ static PyObject *dt_get_protocol_paused(PyObject *self, void *c) { return PyBool
 static PyObject *dt_get_buffer_size(PyObject *self, void *c) { return PyLong_FromSize_t(buffer_size(self)); }
 
 static PyGetSetDef dt_getset[] = {
+    {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
     {"_loop", dt_get_loop, NULL, NULL, NULL},
     {"_sock", dt_get_sock, NULL, NULL, NULL},
     {"_sock_fd", dt_get_sock_fd, NULL, NULL, NULL},
@@ -1199,7 +1205,8 @@ static PyMethodDef dt_methods[] = {
     {NULL}};
 
 static PyMemberDef dt_members[] = {
-    {"__weaklistoffset__", T_PYSSIZET, 0, READONLY, NULL}, /* offset set at type creation */
+    {"__weaklistoffset__", T_PYSSIZET, 0, READONLY, NULL}, /* offsets set at type creation */
+    {"__dictoffset__", T_PYSSIZET, 0, READONLY, NULL},
     {NULL}};
 
 static PyType_Slot dt_slots[] = {
@@ -1230,7 +1237,7 @@ static const braid_tail_type_t dt_tail = {
     .bases = {"_FlowControlMixin", "DatagramTransport"},
     .tail_size = sizeof(dtail_t),
     .members = dt_members,
-    .member_at = {offsetof(dtail_t, weakrefs)},
+    .member_at = {offsetof(dtail_t, weakrefs), offsetof(dtail_t, dict)},
     .tail_offset = &tail_offset,
     .extra_offset = &extra_offset,
 };

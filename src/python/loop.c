@@ -72,13 +72,15 @@ typedef struct {
     int closed;
     int init_done;
     int debug;           /* truth of debug_obj, read on every iteration */
+    int time_replaced;   /* an instance attribute 'time' shadows the clock (loop_setattro) */
     PyObject *debug_obj; /* what asyncio stored as self._debug */
     PyObject *accept_fn; /* _braid._accept_plain: a reader that runs in the poll */
     PyObject *future_type; /* asyncio.Future, asyncio.Task */
     PyObject *task_type;
 } LoopObject;
 
-enum { N_TASK_FACTORY, N_CREATE_TASK_SLOW, N_SLOW_CALLBACK_DURATION, N_CURRENT_HANDLE, N_LOOP, N_STOPPING, N_COUNT };
+enum { N_TASK_FACTORY, N_CREATE_TASK_SLOW, N_SLOW_CALLBACK_DURATION, N_CURRENT_HANDLE, N_LOOP, N_STOPPING, N_TIME,
+       N_COUNT };
 _Static_assert(N_COUNT == BRAID_LOOP_NAMES, "braidpy.h sizes the names");
 static const char *const name_text[N_COUNT] = {
     [N_TASK_FACTORY] = "_task_factory",
@@ -87,6 +89,7 @@ static const char *const name_text[N_COUNT] = {
     [N_CURRENT_HANDLE] = "_current_handle",
     [N_LOOP] = "loop",
     [N_STOPPING] = "_stopping",
+    [N_TIME] = "time",
 };
 
 static braid_state *loop_state(PyObject *o)
@@ -404,7 +407,7 @@ done:
  * asyncio's ordering is not the engine's. A due TimerHandle does not run
  * when it is due: it joins the ready queue behind the callbacks already
  * there, in (when, creation) order among the timers due at the same
- * iteration, "due" with asyncio's clock-resolution slack (1 ms early), and
+ * iteration, "due" as asyncio's (at or before now, to the clock's ns), and
  * TimerHandle.when() and the debug-mode repr read the float of the
  * deadline. Engine timers fire from inside the poll, one callback each, in
  * the engine's own order: to keep asyncio's, every one would have to queue
@@ -779,8 +782,53 @@ static PyObject *loop_call_soon_threadsafe(LoopObject *L, PyObject *const *args,
     return (PyObject *)h;
 }
 
-static PyObject *schedule_at(LoopObject *L, int64_t when, PyObject *const *args, Py_ssize_t nargs,
-                             PyObject *kwnames, const char *what)
+static int64_t ns_from(double s)
+{
+    if (s > 9e9) {
+        return INT64_MAX / 2;
+    }
+    if (s < -9e9) {
+        return -(INT64_MAX / 2);
+    }
+    return (int64_t)(s * 1e9);
+}
+
+/* asyncio's loop reads its clock through self.time(): a subclass or a test
+ * that replaces time() (a mock, a virtual clock) moves the timers with it.
+ * The deadlines in the heap are then in that clock's units (ns of its
+ * seconds), as asyncio's heap holds whatever time() returned. */
+static int clock_replaced(LoopObject *L)
+{
+    if (L->time_replaced) {
+        return 1;
+    }
+    braid_state *st = loop_state((PyObject *)L);
+    PyObject *name = st->loop_names[N_TIME];
+    return _PyType_Lookup(Py_TYPE(L), name) != _PyType_Lookup(st->loop_core_type, name);
+}
+
+/* The loop's now in ns: br_now_ns(), or what a replaced time() says. */
+static int loop_now(LoopObject *L, int64_t *now)
+{
+    if (!clock_replaced(L)) {
+        *now = br_now_ns();
+        return 0;
+    }
+    PyObject *t = PyObject_CallMethodNoArgs((PyObject *)L, loop_state((PyObject *)L)->loop_names[N_TIME]);
+    double s;
+    int rc = t ? braid_parse_seconds(t, "time()", "a number", &s) : -1;
+    Py_XDECREF(t);
+    if (rc < 0) {
+        return -1;
+    }
+    *now = ns_from(s);
+    return 0;
+}
+
+/* when_obj is what TimerHandle.when() returns (asyncio keeps call_at's
+ * argument as given, an int stays an int); NULL: a float made from when */
+static PyObject *schedule_at(LoopObject *L, int64_t when, PyObject *when_obj, PyObject *const *args,
+                             Py_ssize_t nargs, PyObject *kwnames, const char *what)
 {
     if (L->debug && L->init_done && check_thread(L) < 0) {
         return NULL;
@@ -791,7 +839,8 @@ static PyObject *schedule_at(LoopObject *L, int64_t when, PyObject *const *args,
     }
     htail(h)->when = when;
     htail(h)->seq = L->seq++;
-    if ((HSLOT(h, when) = PyFloat_FromDouble((double)when / 1e9)) == NULL) {
+    HSLOT(h, when) = when_obj ? Py_NewRef(when_obj) : PyFloat_FromDouble((double)when / 1e9);
+    if (HSLOT(h, when) == NULL) {
         Py_DECREF(h);
         return NULL;
     }
@@ -800,17 +849,6 @@ static PyObject *schedule_at(LoopObject *L, int64_t when, PyObject *const *args,
         return NULL;
     }
     return (PyObject *)h;
-}
-
-static int64_t ns_from(double s)
-{
-    if (s > 9e9) {
-        return INT64_MAX / 2;
-    }
-    if (s < -9e9) {
-        return -(INT64_MAX / 2);
-    }
-    return (int64_t)(s * 1e9);
 }
 
 static PyObject *loop_call_later(LoopObject *L, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
@@ -823,7 +861,20 @@ static PyObject *loop_call_later(LoopObject *L, PyObject *const *args, Py_ssize_
     if (braid_parse_seconds(args[0], "delay", "a number", &delay) < 0) {
         return NULL;
     }
-    return schedule_at(L, br_now_ns() + ns_from(delay), args, nargs, kwnames, "call_later");
+    if (clock_replaced(L)) { /* asyncio: self.call_at(self.time() + delay, ...) */
+        PyObject *now = PyObject_CallMethodNoArgs((PyObject *)L, loop_state((PyObject *)L)->loop_names[N_TIME]);
+        PyObject *when_obj = now ? PyNumber_Add(now, args[0]) : NULL;
+        Py_XDECREF(now);
+        double when;
+        if (when_obj == NULL || braid_parse_seconds(when_obj, "time() + delay", "a number", &when) < 0) {
+            Py_XDECREF(when_obj);
+            return NULL;
+        }
+        PyObject *h = schedule_at(L, ns_from(when), when_obj, args, nargs, kwnames, "call_later");
+        Py_DECREF(when_obj);
+        return h;
+    }
+    return schedule_at(L, br_now_ns() + ns_from(delay), NULL, args, nargs, kwnames, "call_later");
 }
 
 static PyObject *loop_call_at(LoopObject *L, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
@@ -836,7 +887,7 @@ static PyObject *loop_call_at(LoopObject *L, PyObject *const *args, Py_ssize_t n
     if (braid_parse_seconds(args[0], "when", "a number", &when) < 0) {
         return NULL;
     }
-    return schedule_at(L, ns_from(when), args, nargs, kwnames, "call_at");
+    return schedule_at(L, ns_from(when), args[0], args, nargs, kwnames, "call_at");
 }
 
 static PyObject *loop_time(LoopObject *L, PyObject *unused)
@@ -1194,7 +1245,11 @@ static PyObject *loop_run_once(LoopObject *L, PyObject *unused)
         if (stop == 1) {
             timeout = 0;
         } else if (L->heap_len > 0) {
-            timeout = htail(L->heap[0])->when - br_now_ns();
+            int64_t now;
+            if (loop_now(L, &now) < 0) {
+                return NULL;
+            }
+            timeout = htail(L->heap[0])->when - now;
             if (timeout < 0) {
                 timeout = 0;
             }
@@ -1268,7 +1323,13 @@ static PyObject *loop_run_once(LoopObject *L, PyObject *unused)
         }
     }
     L->fired_len = 0;
-    int64_t end = br_now_ns() + 1000000; /* asyncio's clock resolution slack */
+    int64_t end;
+    if (loop_now(L, &end) < 0) {
+        return NULL;
+    }
+    /* due: at or before now (asyncio's when < now + the monotonic clock's
+     * resolution, 1 ns on Linux). The engine's poll rounds its timeout up to
+     * the next ms, so a poll bounded by a deadline wakes at or after it. */
     while (L->heap_len > 0 && htail(L->heap[0])->when <= end) {
         HandleObject *h = (HandleObject *)Py_NewRef(L->heap[0]);
         heap_remove(L, 0);
@@ -1596,12 +1657,28 @@ static PyMethodDef loop_methods[] = {
     {"_add_callback_signalsafe", (PyCFunction)loop_add_callback_signalsafe, METH_O, NULL},
     {NULL}};
 
+/* Notes an instance attribute 'time' (mock.patch.object(loop, "time"), a
+ * virtual clock): clock_replaced() then reads it without a dict lookup per
+ * iteration. */
+static int loop_setattro(PyObject *self, PyObject *name, PyObject *value)
+{
+    if (PyObject_GenericSetAttr(self, name, value) < 0) {
+        return -1;
+    }
+    PyObject *time_name = loop_state(self)->loop_names[N_TIME];
+    if (name == time_name || (PyUnicode_Check(name) && PyUnicode_Compare(name, time_name) == 0)) {
+        ((LoopObject *)self)->time_replaced = value != NULL;
+    }
+    return 0;
+}
+
 static PyGetSetDef loop_getset[] = {
     {"_debug", (getter)loop_get_debug_attr, (setter)loop_set_debug_attr, "debug mode (asyncio's attribute)", NULL},
     {NULL}};
 
 static PyType_Slot loop_slots[] = {
     {Py_tp_getset, loop_getset},
+    {Py_tp_setattro, loop_setattro},
     {Py_tp_dealloc, loop_dealloc},
     {Py_tp_traverse, loop_traverse},
     {Py_tp_clear, loop_clear},

@@ -61,6 +61,8 @@
 typedef struct {
     br_stream_t stream;
     PyObject *weakrefs;
+    PyObject *dict;          /* made on first assignment: asyncio's transports take
+                                attributes (tests replace methods with mocks) */
     PyObject *loop;
     PyObject *stream_loop;   /* the loop the stream is on, held until its close callback */
     PyObject *protocol;
@@ -1276,6 +1278,7 @@ static int tr_traverse(PyObject *self, visitproc visit, void *arg)
     Py_VISIT(t->sock);
     Py_VISIT(t->server);
     Py_VISIT(t->empty_waiter);
+    Py_VISIT(t->dict);
     Py_VISIT(t->ctx.ctx);
     return 0;
 }
@@ -1287,6 +1290,7 @@ static int tr_clear(PyObject *self)
     Py_CLEAR(t->protocol);
     Py_CLEAR(t->server);
     Py_CLEAR(t->empty_waiter);
+    Py_CLEAR(t->dict);
     Py_CLEAR(t->ctx.ctx);
     /* loop and sock stay: the stream's close still needs them */
     return 0;
@@ -1314,6 +1318,7 @@ static void tr_dealloc(PyObject *self)
     Py_CLEAR(t->sock);
     Py_CLEAR(t->server);
     Py_CLEAR(t->empty_waiter);
+    Py_CLEAR(t->dict);
     Py_CLEAR(t->ctx.ctx);
     tp->tp_free(self);
     Py_DECREF(tp);
@@ -1390,6 +1395,7 @@ static PyObject *tr_get_paused(PyObject *self, void *c) { return PyBool_FromLong
 static PyObject *tr_get_conn_lost(PyObject *self, void *c) { return PyLong_FromUnsignedLong(TAIL(self)->conn_lost); }
 
 static PyGetSetDef tr_getset[] = {
+    {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
     {"_loop", tr_get_loop, NULL, NULL, NULL},
     {"_protocol_paused", tr_get_protocol_paused, NULL, NULL, NULL},
     {"_sock", tr_get_sock, NULL, NULL, NULL},
@@ -1428,7 +1434,8 @@ static PyMethodDef tr_methods[] = {
     {NULL}};
 
 static PyMemberDef tr_members[] = {
-    {"__weaklistoffset__", T_PYSSIZET, 0, READONLY, NULL}, /* offset set at type creation */
+    {"__weaklistoffset__", T_PYSSIZET, 0, READONLY, NULL}, /* offsets set at type creation */
+    {"__dictoffset__", T_PYSSIZET, 0, READONLY, NULL},
     {NULL}};
 
 static PyType_Slot tr_slots[] = {
@@ -1458,7 +1465,7 @@ static const braid_tail_type_t tr_tail = {
     .bases = {"_FlowControlMixin"},
     .tail_size = sizeof(tail_t),
     .members = tr_members,
-    .member_at = {offsetof(tail_t, weakrefs)},
+    .member_at = {offsetof(tail_t, weakrefs), offsetof(tail_t, dict)},
     .tail_offset = &tail_offset,
     .extra_offset = &extra_offset,
 };
