@@ -264,7 +264,11 @@ class DatagramMixin(LoopFixture):
             transport.set_write_buffer_limits(high=1)
             while not proto.flow:
                 transport.sendto(b"x")
-            while not seen:
+            # 3.13's asyncio counts a leftover in its buffer size and never resumes here
+            # (see the test above): drain until the size stops falling
+            size = None
+            while not seen and transport.get_write_buffer_size() != size:
+                size = transport.get_write_buffer_size()
                 await make_room_with_a_callback_ready(read_peer, lambda: None)
             size = transport.get_write_buffer_size()
             while transport.get_write_buffer_size() == size:
@@ -272,7 +276,8 @@ class DatagramMixin(LoopFixture):
             transport.close()
             while not proto.lost.done():
                 await make_room_with_a_callback_ready(read_peer, lambda: None)
-            assert {kind for kind, _ in seen} == {"resume", "lost"}
+            resumes = self.loop_name == "braid" or sys.version_info < (3, 13)
+            assert {kind for kind, _ in seen} == ({"resume", "lost"} if resumes else {"lost"})
             assert {value for _, value in seen} == {"task"}
             peer.close()
 
