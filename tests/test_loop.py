@@ -223,6 +223,34 @@ class LoopMixin:
         finally:
             virtual.close()
 
+    def test_a_clock_far_from_zero_keeps_timers_apart(self, loop):
+        # a replaced clock in the billions (ms since the epoch, say) still tells 50 ms apart
+        class Far(type(loop)):
+            def time(self):
+                return time.monotonic() + 1.8e12
+
+        far = Far()
+        try:
+            t0 = time.monotonic()
+            far.run_until_complete(asyncio.sleep(0.05))
+            assert time.monotonic() - t0 >= 0.045
+        finally:
+            far.close()
+
+    def test_a_subclass_may_set_attributes_through_object_setattr(self, loop):
+        # a common __setattr__ override delegates to object.__setattr__
+        class Watched(type(loop)):
+            def __setattr__(self, name, value):
+                object.__setattr__(self, name, value)
+
+        watched = Watched()
+        try:
+            assert watched.run_until_complete(asyncio.sleep(0, "ran")) == "ran"
+            object.__setattr__(loop, "extra", 1)
+            object.__delattr__(loop, "extra")
+        finally:
+            watched.close()
+
     def test_a_time_that_raises_or_is_not_a_number_fails_the_call(self, loop):
         from unittest import mock
         with mock.patch.object(loop, "time", return_value="soon"):

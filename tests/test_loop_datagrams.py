@@ -230,7 +230,7 @@ class DatagramMixin(LoopFixture):
         self.run(loop, main())
 
     def test_a_flush_behind_ready_callbacks_runs_in_the_transport_context(self, loop):
-        # the writer handle carries the writing task's context, as a socket's does
+        # the writer handle carries the context of the sendto() that queued, as a socket's
         var = contextvars.ContextVar("var", default="unset")
         seen = []
 
@@ -244,7 +244,7 @@ class DatagramMixin(LoopFixture):
                 super().connection_lost(exc)
 
         async def main():
-            var.set("task")
+            var.set("creator")
             names = [b"\0braid-dgram-%d-%d" % (os.getpid(), next(_names)) for _ in range(2)]
             a, peer = (socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in range(2))
             a.bind(names[0])
@@ -262,6 +262,7 @@ class DatagramMixin(LoopFixture):
                     pass
 
             transport.set_write_buffer_limits(high=1)
+            var.set("sender")
             while not proto.flow:
                 transport.sendto(b"x")
             # 3.13's asyncio counts a leftover in its buffer size and never resumes here
@@ -278,7 +279,7 @@ class DatagramMixin(LoopFixture):
                 await make_room_with_a_callback_ready(read_peer, lambda: None)
             resumes = self.loop_name == "braid" or sys.version_info < (3, 13)
             assert {kind for kind, _ in seen} == ({"resume", "lost"} if resumes else {"lost"})
-            assert {value for _, value in seen} == {"task"}
+            assert {value for _, value in seen} == {"sender"}
             peer.close()
 
         self.run(loop, main())

@@ -536,8 +536,9 @@ class MoreTransportsMixin(LoopFixture):
         self.run(loop, main())
 
     def test_a_flush_behind_ready_callbacks_runs_in_the_transport_context(self, loop):
-        # asyncio's writer handle carries the context of the task that wrote: resume_writing
-        # and connection_lost see it even when the poll put the flush behind other callbacks
+        # asyncio's writer handle carries the context of the write() that queued (its
+        # _add_writer copies it), not the one the transport was made in: resume_writing and
+        # connection_lost see it, even when the poll put the flush behind other callbacks
         var = contextvars.ContextVar("var", default="unset")
 
         class Seeing(Recorder):
@@ -551,6 +552,7 @@ class MoreTransportsMixin(LoopFixture):
 
         async def drain_behind_a_ready_callback(transport, proto, fd_or_sock):
             received = bytearray()
+            var.set("writer")
             while "pause" not in [e if isinstance(e, str) else e[0] for e in proto.events]:
                 transport.write(b"x" * 65536)
             while not any(type(e) is tuple and e[0] == "resume sees" for e in proto.events):
@@ -567,20 +569,48 @@ class MoreTransportsMixin(LoopFixture):
             return {kind for kind, _ in seen}, {value for _, value in seen}
 
         async def main():
-            var.set("task")
+            var.set("creator")
             a, peer = socket.socketpair()
             peer.setblocking(False)
             transport, proto = await loop.create_unix_connection(Seeing, sock=a)
             assert await drain_behind_a_ready_callback(transport, proto, peer) == (
-                {"resume sees", "lost sees"}, {"task"})
+                {"resume sees", "lost sees"}, {"writer"})
             peer.close()
 
             r, w = os.pipe()
             os.set_blocking(r, False)
             transport, proto = await loop.connect_write_pipe(Seeing, open(w, "wb", 0))
             assert await drain_behind_a_ready_callback(transport, proto, r) == (
-                {"resume sees", "lost sees"}, {"task"})
+                {"resume sees", "lost sees"}, {"writer"})
             os.close(r)
+
+        self.run(loop, main())
+
+    def test_an_exception_from_connection_lost_after_a_drained_close_is_reported(self, loop):
+        # close() with a queue: connection_lost comes once it has gone, from the flush; what it
+        # raises reaches the loop's exception handler on both loops
+        errors = []
+
+        class Raising(Recorder):
+            def connection_lost(self, exc):
+                super().connection_lost(exc)
+                raise ValueError("boom in connection_lost")
+
+        async def main():
+            loop.set_exception_handler(lambda _, context: errors.append(context.get("exception")))
+            a, peer = socket.socketpair()
+            peer.setblocking(False)
+            transport, proto = await loop.create_unix_connection(Raising, sock=a)
+            fill_kernel(transport)
+            transport.close()
+            received = bytearray()
+            while not proto.lost.done():
+                read_what_is_there(peer, received)
+                await asyncio.sleep(0)
+            await until(lambda: errors, "the exception handler")
+            assert [type(e) for e in errors] == [ValueError]
+            assert str(errors[0]) == "boom in connection_lost"
+            peer.close()
 
         self.run(loop, main())
 

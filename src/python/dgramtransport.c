@@ -67,6 +67,9 @@ typedef struct {
     PyObject *address;       /* the peer (remote_addr), or NULL */
     PyObject *last_addr;     /* the last sendto address and its sockaddr */
     braid_trctx_t ctx;       /* what the engine's callbacks run the protocol in */
+    braid_trctx_t wctx;      /* the send side's: the context of the sendto() that found the
+                                queue empty and left datagrams in it (asyncio's writer
+                                handle, made by _add_writer inside that sendto()); NULL: ctx */
     struct sockaddr_storage last_sa;
     socklen_t last_salen;
     struct sockaddr_storage named_sa; /* a name's address, for the send it was resolved for */
@@ -622,13 +625,15 @@ static int on_flush(br_udp_t *u)
     return t->write_later ? BR_UDP_NOT_NOW : 0;
 }
 
+static braid_trctx_t *write_ctx(dtail_t *t) { return t->wctx.ctx ? &t->wctx : &t->ctx; }
+
 static PyObject *dt_write_ready(PyObject *self, PyObject *unused)
 {
     dtail_t *t = TAIL(self);
     t->write_later = 0;
     if (t->udp_open) {
         Py_INCREF(self);
-        BRAID_IN_CONTEXT(self, &t->ctx, NULL, (void)br_udp_flush_now(&t->udp));
+        BRAID_IN_CONTEXT(self, write_ctx(t), NULL, (void)br_udp_flush_now(&t->udp));
         update_self_ref(self);
         int rc = reraise(self);
         Py_DECREF(self);
@@ -650,13 +655,13 @@ static void on_recv(br_udp_t *u, const char *buf, ssize_t n, const struct sockad
 static void on_send_error(br_udp_t *u, int err)
 {
     dtail_t *t = TAIL(SELF(u));
-    BRAID_IN_CONTEXT(SELF(u), &t->ctx, ctx_loop(t), on_send_error_body(u, err));
+    BRAID_IN_CONTEXT(SELF(u), write_ctx(t), ctx_loop(t), on_send_error_body(u, err));
 }
 
 static void on_drain(br_udp_t *u)
 {
     dtail_t *t = TAIL(SELF(u));
-    BRAID_IN_CONTEXT(SELF(u), &t->ctx, ctx_loop(t), on_drain_body(u));
+    BRAID_IN_CONTEXT(SELF(u), write_ctx(t), ctx_loop(t), on_drain_body(u));
 }
 
 static int start_reading(PyObject *self)
@@ -747,8 +752,17 @@ static PyObject *dt_sendto(PyObject *self, PyObject *args, PyObject *kwds)
         Py_DECREF(exc);
         return r;
     }
+    size_t before = br_udp_queued_datagrams(&t->udp);
     int err = br_udp_send(&t->udp, view.buf, (size_t)view.len, sa, salen);
     PyBuffer_Release(&view);
+    if (err == 0 && before == 0 && !t->wctx.entered && br_udp_queued_datagrams(&t->udp) > 0) {
+        PyObject *c = PyContext_CopyCurrent();
+        if (c == NULL) {
+            PyErr_Clear(); /* the transport's context then, rather than fail a send that queued */
+        } else {
+            Py_XSETREF(t->wctx.ctx, c);
+        }
+    }
     if (err == -ENOMEM) {
         return PyErr_NoMemory();
     }
@@ -1102,6 +1116,7 @@ static int dt_traverse(PyObject *self, visitproc visit, void *arg)
     Py_VISIT(t->last_addr);
     Py_VISIT(t->dict);
     Py_VISIT(t->ctx.ctx);
+    Py_VISIT(t->wctx.ctx);
     return 0;
 }
 
@@ -1114,6 +1129,7 @@ static int dt_clear(PyObject *self)
     Py_CLEAR(t->last_addr);
     Py_CLEAR(t->dict);
     Py_CLEAR(t->ctx.ctx);
+    Py_CLEAR(t->wctx.ctx);
     /* loop and sock stay: the handle's close still needs them */
     return 0;
 }
@@ -1139,6 +1155,7 @@ static void dt_dealloc(PyObject *self)
     Py_CLEAR(t->last_addr);
     Py_CLEAR(t->dict);
     Py_CLEAR(t->ctx.ctx);
+    Py_CLEAR(t->wctx.ctx);
     tp->tp_free(self);
     Py_DECREF(tp);
 }

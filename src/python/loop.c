@@ -30,6 +30,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -72,7 +73,6 @@ typedef struct {
     int closed;
     int init_done;
     int debug;           /* truth of debug_obj, read on every iteration */
-    int time_replaced;   /* an instance attribute 'time' shadows the clock (loop_setattro) */
     PyObject *debug_obj; /* what asyncio stored as self._debug */
     PyObject *accept_fn; /* _braid._accept_plain: a reader that runs in the poll */
     PyObject *future_type; /* asyncio.Future, asyncio.Task */
@@ -119,7 +119,8 @@ static braid_state *loop_state(PyObject *o)
  */
 
 typedef struct {
-    int64_t when;          /* timers: deadline, br_now_ns() clock */
+    double when;           /* timers: deadline in seconds of the loop's clock (time()),
+                              compared as asyncio compares TimerHandle._when */
     uint64_t seq;          /* timers: order among equal deadlines */
     Py_ssize_t heap_index; /* -1 while not in the heap */
     int is_timer;
@@ -407,7 +408,8 @@ done:
  * asyncio's ordering is not the engine's. A due TimerHandle does not run
  * when it is due: it joins the ready queue behind the callbacks already
  * there, in (when, creation) order among the timers due at the same
- * iteration, "due" as asyncio's (at or before now, to the clock's ns), and
+ * iteration, "due" as asyncio's (the deadline, a double of the loop's clock
+ * as asyncio compares TimerHandle._when, at or before now), and
  * TimerHandle.when() and the debug-mode repr read the float of the
  * deadline. Engine timers fire from inside the poll, one callback each, in
  * the engine's own order: to keep asyncio's, every one would have to queue
@@ -782,36 +784,42 @@ static PyObject *loop_call_soon_threadsafe(LoopObject *L, PyObject *const *args,
     return (PyObject *)h;
 }
 
-static int64_t ns_from(double s)
-{
-    if (s > 9e9) {
-        return INT64_MAX / 2;
-    }
-    if (s < -9e9) {
-        return -(INT64_MAX / 2);
-    }
-    return (int64_t)(s * 1e9);
-}
-
 /* asyncio's loop reads its clock through self.time(): a subclass or a test
  * that replaces time() (a mock, a virtual clock) moves the timers with it.
- * The deadlines in the heap are then in that clock's units (ns of its
- * seconds), as asyncio's heap holds whatever time() returned. */
+ * The deadlines in the heap are then that clock's seconds, as asyncio's
+ * heap holds whatever time() returned. */
 static int clock_replaced(LoopObject *L)
 {
-    if (L->time_replaced) {
-        return 1;
-    }
     braid_state *st = loop_state((PyObject *)L);
     PyObject *name = st->loop_names[N_TIME];
-    return _PyType_Lookup(Py_TYPE(L), name) != _PyType_Lookup(st->loop_core_type, name);
+    if (_PyType_Lookup(Py_TYPE(L), name) != _PyType_Lookup(st->loop_core_type, name)) {
+        return 1;
+    }
+    /* an instance attribute (mock.patch.object(loop, "time"), vars(loop)["time"] = f):
+     * read from the instance dict, so that no tp_setattro is needed (one would make
+     * object.__setattr__(loop, ...) raise "can't apply this __setattr__" on 3.11/3.12) */
+    if (Py_TYPE(L)->tp_dictoffset == 0) {
+        return 0;
+    }
+    PyObject *d = PyObject_GenericGetDict((PyObject *)L, NULL);
+    if (d == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    int in = PyDict_Contains(d, name);
+    Py_DECREF(d);
+    if (in < 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    return in;
 }
 
-/* The loop's now in ns: br_now_ns(), or what a replaced time() says. */
-static int loop_now(LoopObject *L, int64_t *now)
+/* The loop's now in seconds: loop.time()'s float, or what a replaced time() says. */
+static int loop_now(LoopObject *L, double *now)
 {
     if (!clock_replaced(L)) {
-        *now = br_now_ns();
+        *now = (double)br_now_ns() / 1e9;
         return 0;
     }
     PyObject *t = PyObject_CallMethodNoArgs((PyObject *)L, loop_state((PyObject *)L)->loop_names[N_TIME]);
@@ -821,13 +829,13 @@ static int loop_now(LoopObject *L, int64_t *now)
     if (rc < 0) {
         return -1;
     }
-    *now = ns_from(s);
+    *now = s;
     return 0;
 }
 
 /* when_obj is what TimerHandle.when() returns (asyncio keeps call_at's
  * argument as given, an int stays an int); NULL: a float made from when */
-static PyObject *schedule_at(LoopObject *L, int64_t when, PyObject *when_obj, PyObject *const *args,
+static PyObject *schedule_at(LoopObject *L, double when, PyObject *when_obj, PyObject *const *args,
                              Py_ssize_t nargs, PyObject *kwnames, const char *what)
 {
     if (L->debug && L->init_done && check_thread(L) < 0) {
@@ -839,7 +847,7 @@ static PyObject *schedule_at(LoopObject *L, int64_t when, PyObject *when_obj, Py
     }
     htail(h)->when = when;
     htail(h)->seq = L->seq++;
-    HSLOT(h, when) = when_obj ? Py_NewRef(when_obj) : PyFloat_FromDouble((double)when / 1e9);
+    HSLOT(h, when) = when_obj ? Py_NewRef(when_obj) : PyFloat_FromDouble(when);
     if (HSLOT(h, when) == NULL) {
         Py_DECREF(h);
         return NULL;
@@ -870,11 +878,12 @@ static PyObject *loop_call_later(LoopObject *L, PyObject *const *args, Py_ssize_
             Py_XDECREF(when_obj);
             return NULL;
         }
-        PyObject *h = schedule_at(L, ns_from(when), when_obj, args, nargs, kwnames, "call_later");
+        PyObject *h = schedule_at(L, when, when_obj, args, nargs, kwnames, "call_later");
         Py_DECREF(when_obj);
         return h;
     }
-    return schedule_at(L, br_now_ns() + ns_from(delay), NULL, args, nargs, kwnames, "call_later");
+    /* asyncio: self.time() + delay, a float sum */
+    return schedule_at(L, (double)br_now_ns() / 1e9 + delay, NULL, args, nargs, kwnames, "call_later");
 }
 
 static PyObject *loop_call_at(LoopObject *L, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
@@ -887,7 +896,7 @@ static PyObject *loop_call_at(LoopObject *L, PyObject *const *args, Py_ssize_t n
     if (braid_parse_seconds(args[0], "when", "a number", &when) < 0) {
         return NULL;
     }
-    return schedule_at(L, ns_from(when), args[0], args, nargs, kwnames, "call_at");
+    return schedule_at(L, when, args[0], args, nargs, kwnames, "call_at");
 }
 
 static PyObject *loop_time(LoopObject *L, PyObject *unused)
@@ -1245,13 +1254,17 @@ static PyObject *loop_run_once(LoopObject *L, PyObject *unused)
         if (stop == 1) {
             timeout = 0;
         } else if (L->heap_len > 0) {
-            int64_t now;
+            double now;
             if (loop_now(L, &now) < 0) {
                 return NULL;
             }
-            timeout = htail(L->heap[0])->when - now;
-            if (timeout < 0) {
+            double left = htail(L->heap[0])->when - now; /* seconds; NaN-safe below */
+            if (!(left > 0)) {
                 timeout = 0;
+            } else if (left >= 9e9) {
+                timeout = INT64_MAX / 2; /* the engine saturates its deadline */
+            } else {
+                timeout = (int64_t)ceil(left * 1e9);
             }
         }
     }
@@ -1323,7 +1336,7 @@ static PyObject *loop_run_once(LoopObject *L, PyObject *unused)
         }
     }
     L->fired_len = 0;
-    int64_t end;
+    double end;
     if (loop_now(L, &end) < 0) {
         return NULL;
     }
@@ -1657,28 +1670,12 @@ static PyMethodDef loop_methods[] = {
     {"_add_callback_signalsafe", (PyCFunction)loop_add_callback_signalsafe, METH_O, NULL},
     {NULL}};
 
-/* Notes an instance attribute 'time' (mock.patch.object(loop, "time"), a
- * virtual clock): clock_replaced() then reads it without a dict lookup per
- * iteration. */
-static int loop_setattro(PyObject *self, PyObject *name, PyObject *value)
-{
-    if (PyObject_GenericSetAttr(self, name, value) < 0) {
-        return -1;
-    }
-    PyObject *time_name = loop_state(self)->loop_names[N_TIME];
-    if (name == time_name || (PyUnicode_Check(name) && PyUnicode_Compare(name, time_name) == 0)) {
-        ((LoopObject *)self)->time_replaced = value != NULL;
-    }
-    return 0;
-}
-
 static PyGetSetDef loop_getset[] = {
     {"_debug", (getter)loop_get_debug_attr, (setter)loop_set_debug_attr, "debug mode (asyncio's attribute)", NULL},
     {NULL}};
 
 static PyType_Slot loop_slots[] = {
     {Py_tp_getset, loop_getset},
-    {Py_tp_setattro, loop_setattro},
     {Py_tp_dealloc, loop_dealloc},
     {Py_tp_traverse, loop_traverse},
     {Py_tp_clear, loop_clear},

@@ -77,6 +77,8 @@ typedef struct {
     PyObject *protocol;
     PyObject *pipe;          /* the pipe object: closed and NULL after connection_lost */
     braid_trctx_t ctx;       /* what the engine's callbacks run the protocol in */
+    braid_trctx_t wctx;      /* the write side's: the context of the write() that found the
+                                queue empty and left bytes in it (asyncio's writer handle) */
     unsigned conn_lost;      /* writes refused after an error, as asyncio counts them */
     size_t high, low;
     int fd;                  /* the pipe object's (the stream has a duplicate) */
@@ -484,7 +486,7 @@ static PyObject *wp_write_ready(PyObject *self, PyObject *unused)
     p->write_later = 0;
     if (p->stream_open) {
         Py_INCREF(self);
-        BRAID_IN_CONTEXT(self, &p->ctx, NULL, (void)br_stream_flush_now(&p->stream));
+        BRAID_IN_CONTEXT(self, p->wctx.ctx ? &p->wctx : &p->ctx, NULL, (void)br_stream_flush_now(&p->stream));
         update_self_ref(p);
         int rc = reraise(p);
         Py_DECREF(self);
@@ -605,7 +607,16 @@ static PyObject *wp_write(PyObject *self, PyObject *data)
         goto done;
     }
     Py_INCREF(self); /* the drain callback may drop the last other reference */
+    size_t before = br_stream_queued(&p->stream);
     int err = br_stream_write(&p->stream, view.buf, (size_t)view.len);
+    if (err == 0 && before == 0 && !p->wctx.entered && br_stream_queued(&p->stream) > 0) {
+        PyObject *c = PyContext_CopyCurrent(); /* asyncio's _add_writer copies it */
+        if (c == NULL) {
+            PyErr_Clear();
+        } else {
+            Py_XSETREF(p->wctx.ctx, c);
+        }
+    }
     update_self_ref(p);
     if (err < 0) {
         p->conn_lost++;
@@ -695,6 +706,8 @@ static PyObject *wp_set_write_buffer_limits(PyObject *self, PyObject *args, PyOb
 static PyObject *ctx_loop(pipe_t *p) { return p->loop ? p->loop : p->stream_loop; }
 
 #define IN_CONTEXT(p, when, call) BRAID_IN_CONTEXT((p)->self, &(p)->ctx, (when), call)
+#define WRITE_CTX(p) ((p)->wctx.ctx ? &(p)->wctx : &(p)->ctx)
+#define IN_WRITE_CONTEXT(p, when, call) BRAID_IN_CONTEXT((p)->self, WRITE_CTX(p), (when), call)
 
 static int read_alloc(br_stream_t *s, char **buf, size_t *len)
 {
@@ -721,17 +734,17 @@ static int peer_alloc(br_stream_t *s, char **buf, size_t *len)
 
 static void on_drain(br_stream_t *s, int paused)
 {
-    IN_CONTEXT((pipe_t *)s, ctx_loop((pipe_t *)s), on_drain_body(s, paused));
+    IN_WRITE_CONTEXT((pipe_t *)s, ctx_loop((pipe_t *)s), on_drain_body(s, paused));
 }
 
 static void on_write_error(br_stream_t *s, int err)
 {
-    IN_CONTEXT((pipe_t *)s, ctx_loop((pipe_t *)s), on_write_error_body(s, err));
+    IN_WRITE_CONTEXT((pipe_t *)s, ctx_loop((pipe_t *)s), on_write_error_body(s, err));
 }
 
 static void on_empty(br_stream_t *s)
 {
-    IN_CONTEXT((pipe_t *)s, ctx_loop((pipe_t *)s), on_empty_body(s));
+    IN_WRITE_CONTEXT((pipe_t *)s, ctx_loop((pipe_t *)s), on_empty_body(s));
 }
 
 /* --------------------------------------------------------- both sides */
@@ -963,6 +976,7 @@ static int pipe_traverse(PyObject *self, pipe_t *p, visitproc visit, void *arg)
     Py_VISIT(p->pipe);
     Py_VISIT(p->dict);
     Py_VISIT(p->ctx.ctx);
+    Py_VISIT(p->wctx.ctx);
     return 0;
 }
 static int rp_traverse(PyObject *self, visitproc visit, void *arg) { return pipe_traverse(self, RP(self), visit, arg); }
@@ -974,6 +988,7 @@ static int pipe_clear(PyObject *self, pipe_t *p)
     Py_CLEAR(p->protocol);
     Py_CLEAR(p->dict);
     Py_CLEAR(p->ctx.ctx);
+    Py_CLEAR(p->wctx.ctx);
     /* loop and pipe stay: closing still needs them */
     return 0;
 }
@@ -998,6 +1013,7 @@ static void pipe_dealloc(PyObject *self, pipe_t *p)
     Py_CLEAR(p->pipe);
     Py_CLEAR(p->dict);
     Py_CLEAR(p->ctx.ctx);
+    Py_CLEAR(p->wctx.ctx);
     tp->tp_free(self);
     Py_DECREF(tp);
 }

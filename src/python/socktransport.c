@@ -70,6 +70,9 @@ typedef struct {
     PyObject *server;        /* asyncio.Server, or NULL */
     PyObject *empty_waiter;  /* loop.sendfile(): a future set once the queue is empty */
     braid_trctx_t ctx;       /* what the engine's callbacks run the protocol in */
+    braid_trctx_t wctx;      /* the write side's: the context of the write() that found the
+                                queue empty and left bytes in it (asyncio's writer handle,
+                                made by _add_writer inside that write()); NULL: ctx */
     Py_buffer pbuf;          /* BufferedProtocol: get_buffer()'s buffer during a read */
     unsigned conn_lost;
     size_t high, low;
@@ -216,8 +219,11 @@ static int reraise(PyObject *self)
 static int fatal_error(PyObject *self, PyObject *exc, const char *message)
 {
     tail_t *t = TAIL(self);
-    if (t->loop != NULL &&
-        braid_transport_report_fatal(t->loop, self, t->protocol ? t->protocol : Py_None, exc, message) < 0) {
+    /* after connection_lost (t->loop cleared) the stream's loop still reports: an
+     * exception out of connection_lost run by on_empty (close() once drained) */
+    PyObject *loop = t->loop ? t->loop : t->stream_loop;
+    if (loop != NULL &&
+        braid_transport_report_fatal(loop, self, t->protocol ? t->protocol : Py_None, exc, message) < 0) {
         return -1;
     }
     return force_close(self, exc);
@@ -621,6 +627,7 @@ static int on_flush(br_stream_t *s)
 /* --------------------------------------------------------- the engine's callbacks, in the transport's context */
 
 static PyObject *ctx_loop(tail_t *t) { return t->loop ? t->loop : t->stream_loop; }
+static braid_trctx_t *write_ctx(tail_t *t) { return t->wctx.ctx ? &t->wctx : &t->ctx; }
 
 static void on_read(br_stream_t *s, const char *buf, ssize_t n)
 {
@@ -641,19 +648,19 @@ static int on_alloc(br_stream_t *s, char **buf, size_t *len)
 static void on_drain(br_stream_t *s, int paused)
 {
     tail_t *t = TAIL(SELF(s));
-    BRAID_IN_CONTEXT(SELF(s), &t->ctx, ctx_loop(t), on_drain_body(s, paused));
+    BRAID_IN_CONTEXT(SELF(s), write_ctx(t), ctx_loop(t), on_drain_body(s, paused));
 }
 
 static void on_write_error(br_stream_t *s, int err)
 {
     tail_t *t = TAIL(SELF(s));
-    BRAID_IN_CONTEXT(SELF(s), &t->ctx, ctx_loop(t), on_write_error_body(s, err));
+    BRAID_IN_CONTEXT(SELF(s), write_ctx(t), ctx_loop(t), on_write_error_body(s, err));
 }
 
 static void on_empty(br_stream_t *s)
 {
     tail_t *t = TAIL(SELF(s));
-    BRAID_IN_CONTEXT(SELF(s), &t->ctx, ctx_loop(t), on_empty_body(s));
+    BRAID_IN_CONTEXT(SELF(s), write_ctx(t), ctx_loop(t), on_empty_body(s));
 }
 
 /* --------------------------------------------------------- Python methods */
@@ -697,7 +704,17 @@ static PyObject *tr_write(PyObject *self, PyObject *data)
         goto done;
     }
     Py_INCREF(self); /* the drain callback may drop the last other reference */
+    size_t before = br_stream_queued(&t->stream);
     err = br_stream_write(&t->stream, view.buf, (size_t)view.len);
+    if (err == 0 && before == 0 && !t->wctx.entered && br_stream_queued(&t->stream) > 0) {
+        /* asyncio's _add_writer: the writer handle copies this write()'s context */
+        PyObject *c = PyContext_CopyCurrent();
+        if (c == NULL) {
+            PyErr_Clear(); /* the transport's context then, rather than fail a write that queued */
+        } else {
+            Py_XSETREF(t->wctx.ctx, c);
+        }
+    }
     update_self_ref(self);
     if (err < 0) {
         braid_raise_oserror(err, NULL);
@@ -890,7 +907,7 @@ static PyObject *tr_write_ready(PyObject *self, PyObject *unused)
     if (t->stream_open) {
         Py_INCREF(self);
         /* the protocol calls run where the poll's flush runs them: the transport's context */
-        BRAID_IN_CONTEXT(self, &t->ctx, NULL, (void)br_stream_flush_now(&t->stream));
+        BRAID_IN_CONTEXT(self, write_ctx(t), NULL, (void)br_stream_flush_now(&t->stream));
         update_self_ref(self);
         int rc = reraise(self);
         Py_DECREF(self);
@@ -1280,6 +1297,7 @@ static int tr_traverse(PyObject *self, visitproc visit, void *arg)
     Py_VISIT(t->empty_waiter);
     Py_VISIT(t->dict);
     Py_VISIT(t->ctx.ctx);
+    Py_VISIT(t->wctx.ctx);
     return 0;
 }
 
@@ -1292,6 +1310,7 @@ static int tr_clear(PyObject *self)
     Py_CLEAR(t->empty_waiter);
     Py_CLEAR(t->dict);
     Py_CLEAR(t->ctx.ctx);
+    Py_CLEAR(t->wctx.ctx);
     /* loop and sock stay: the stream's close still needs them */
     return 0;
 }
@@ -1320,6 +1339,7 @@ static void tr_dealloc(PyObject *self)
     Py_CLEAR(t->empty_waiter);
     Py_CLEAR(t->dict);
     Py_CLEAR(t->ctx.ctx);
+    Py_CLEAR(t->wctx.ctx);
     tp->tp_free(self);
     Py_DECREF(tp);
 }
