@@ -223,6 +223,34 @@ class LoopMixin:
         finally:
             virtual.close()
 
+    def test_a_watch_is_removed_by_its_socket_after_the_socket_closed(self, loop):
+        # as selectors find a closed object's key by identity: anyio removes its reader with
+        # the socket it closed; the old fd number must not keep a watch a new socket inherits
+        for add, remove in ((loop.add_reader, loop.remove_reader),
+                            (loop.add_writer, loop.remove_writer)):
+            a, b = socket.socketpair()
+            old_fd = a.fileno()
+            add(a, lambda: None)
+            a.close()
+            assert remove(a) is True
+            assert remove(old_fd) is False
+            with pytest.raises(ValueError):
+                remove(a)  # no watch left made with it: the closed object's error
+            b.close()
+
+        c, d = socket.socketpair()
+        fired = []
+        try:
+            loop.add_reader(c, lambda: (fired.append(c.recv(10)), loop.stop()))
+            d.send(b"new")
+            loop.call_later(TIMEOUT, loop.stop)
+            loop.run_forever()
+            assert fired == [b"new"]
+            assert loop.remove_reader(c) is True
+        finally:
+            c.close()
+            d.close()
+
     def test_a_clock_far_from_zero_keeps_timers_apart(self, loop):
         # a replaced clock in the billions (ms since the epoch, say) still tells 50 ms apart
         class Far(type(loop)):

@@ -40,6 +40,8 @@ typedef struct watcher_s {
     br_io_t io;
     HandleObject *reader;
     HandleObject *writer;
+    PyObject *fileobj;   /* what the watch was first made with, as a selector key's
+                            fileobj: a socket closed since is still found by identity */
     unsigned fired;      /* revents noted during the poll */
     int queued;          /* in the fired list */
     uint64_t accepted_in; /* a listening socket's: 1 + the iteration of its last accept; 0: none yet */
@@ -980,6 +982,7 @@ static int watcher_update(LoopObject *L, int fd)
     if (events == 0) {
         L->watchers[fd] = NULL;
         L->nactive--;
+        Py_CLEAR(w->fileobj);
         if (w->queued) {
             w->fired = 0; /* dispatch skips it; memory stays until the close callback */
         }
@@ -1036,6 +1039,7 @@ static PyObject *add_watch(LoopObject *L, PyObject *const *args, Py_ssize_t narg
             return braid_raise_oserror(rc, "watching the file descriptor");
         }
         w->io.handle.data = L;
+        w->fileobj = Py_NewRef(args[0]);
         L->watchers[fd] = w;
         L->nactive++;
         created = 1;
@@ -1049,6 +1053,7 @@ static PyObject *add_watch(LoopObject *L, PyObject *const *args, Py_ssize_t narg
         if (created || (w->reader == NULL && w->writer == NULL)) {
             L->watchers[fd] = NULL;
             L->nactive--;
+            Py_CLEAR(w->fileobj);
             (void)br_close(&w->io.handle, watcher_closed);
         }
         Py_DECREF(h);
@@ -1067,6 +1072,17 @@ static PyObject *remove_watch(LoopObject *L, PyObject *fileobj, int writer)
         Py_RETURN_FALSE;
     }
     int fd = fd_of(fileobj);
+    if (fd < 0 && PyErr_ExceptionMatches(PyExc_ValueError)) {
+        /* closed since (fileno() is -1): as selectors' _fileobj_lookup, the
+         * watch made with this very object is found by identity */
+        for (size_t i = 0; i < L->nwatchers; i++) {
+            if (L->watchers[i] != NULL && L->watchers[i]->fileobj == fileobj) {
+                PyErr_Clear();
+                fd = (int)i;
+                break;
+            }
+        }
+    }
     if (fd < 0) {
         return NULL;
     }
@@ -1479,6 +1495,7 @@ static void loop_release(LoopObject *L)
             L->watchers[fd] = NULL;
             Py_CLEAR(w->reader);
             Py_CLEAR(w->writer);
+            Py_CLEAR(w->fileobj);
             (void)br_close(&w->io.handle, watcher_closed);
         }
     }
@@ -1608,6 +1625,7 @@ static int loop_traverse(LoopObject *L, visitproc visit, void *arg)
         if (L->watchers[fd]) {
             Py_VISIT(L->watchers[fd]->reader);
             Py_VISIT(L->watchers[fd]->writer);
+            Py_VISIT(L->watchers[fd]->fileobj);
         }
     }
     return 0;
@@ -1625,6 +1643,7 @@ static int loop_clear(LoopObject *L)
         if (L->watchers[fd]) {
             Py_CLEAR(L->watchers[fd]->reader);
             Py_CLEAR(L->watchers[fd]->writer);
+            Py_CLEAR(L->watchers[fd]->fileobj);
         }
     }
     return 0;
