@@ -865,6 +865,50 @@ class MoreTransportsMixin(LoopFixture):
         assert all(h == ["socket.accept() out of system resource", errno.EMFILE]
                    for h in out["handled"]), out["handled"]
 
+    def test_a_loop_dropped_unclosed_with_its_transports_open_is_collected(self, loop):
+        # asyncio's selector holds its transports' reader and writer handles: a loop dropped
+        # without close() while transports read, hold queued writes or wait to flush before
+        # closing is one garbage cycle; its __del__ closes it, and the fds go with it
+        import warnings
+
+        def drop_one():
+            dropped = self.new_loop()
+            a, peer = socket.socketpair()
+            b, peer2 = socket.socketpair()
+            c, peer3 = socket.socketpair()
+            r, w = small_pipe()
+
+            async def main():
+                reading, _ = await dropped.create_unix_connection(Recorder, sock=a)
+                queued, _ = await dropped.create_unix_connection(Recorder, sock=b)
+                closing, _ = await dropped.create_unix_connection(Recorder, sock=c)
+                queued.write(b"q" * 4_000_000)
+                closing.write(b"c" * 1_000_000)
+                closing.close()
+                dgram, _ = await dropped.create_datagram_endpoint(DatagramRecorder,
+                                                                  local_addr=("127.0.0.1", 0))
+                rpipe, _ = await dropped.connect_read_pipe(Recorder, open(r, "rb", 0))
+                wpipe, _ = await dropped.connect_write_pipe(Recorder, open(w, "wb", 0))
+                wpipe.write(b"p" * 100_000)
+                assert queued.get_write_buffer_size() > 0 and wpipe.get_write_buffer_size() > 0
+                return [weakref.ref(t) for t in (reading, queued, closing, dgram, rpipe, wpipe)]
+
+            refs = dropped.run_until_complete(main())
+            return weakref.ref(dropped), refs, (peer, peer2, peer3)
+
+        gc.collect()
+        before = open_fds()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            loop_ref, refs, peers = drop_one()
+            gc.collect()
+            gc.collect()
+        assert loop_ref() is None, "the dropped loop was not collected"
+        assert [r() for r in refs] == [None] * len(refs)
+        for peer in peers:
+            peer.close()
+        assert open_fds() == before
+
     def test_10k_connections_leave_no_fd_task_transport_or_memory(self, loop):
         live = weakref.WeakSet()
 

@@ -244,6 +244,12 @@ int braid_socktransport_make_type(braid_state *st, PyObject *module);
 /* br_loop_walk's callback when a braid.Loop closes (arg: the module
  * state): closes the streams of socket transports still open. */
 void braid_socktransport_loop_closing(br_handle_t *h, void *arg);
+/* The transport (borrowed) if h is a socket transport's stream and the
+ * transport holds a reference to itself for the engine (its self_ref);
+ * else NULL. The loop's tp_traverse visits these references: they belong
+ * to the engine's loop, which asyncio's selector is in its own loop, so a
+ * loop dropped with transports open is collected as asyncio's is. */
+PyObject *braid_socktransport_held(braid_state *st, br_handle_t *h);
 /* A transport for a connection accepted in C (fd non-blocking, family its
  * socket's): a new reference, or NULL with an exception and fd closed. */
 PyObject *braid_socktransport_accepted(braid_state *st, PyObject *loop, int fd, int family, PyObject *protocol,
@@ -253,12 +259,16 @@ int braid_dgramtransport_make_type(braid_state *st, PyObject *module);
 /* br_loop_walk's callback when a braid.Loop closes: closes the handles of
  * datagram transports still open. */
 void braid_dgramtransport_loop_closing(br_handle_t *h, void *unused);
+/* As braid_socktransport_held, for a datagram transport's handle. */
+PyObject *braid_dgramtransport_held(br_handle_t *h);
 
 /* pipetransport.c */
 int braid_pipetransport_make_types(braid_state *st, PyObject *module);
 /* br_loop_walk's callback when a braid.Loop closes (arg: the module
  * state): closes the streams of pipe transports still open. */
 void braid_pipetransport_loop_closing(br_handle_t *h, void *arg);
+/* As braid_socktransport_held, for a pipe transport's stream. */
+PyObject *braid_pipetransport_held(braid_state *st, br_handle_t *h);
 
 /* trcommon.c: what the C transports do alike */
 /* The context a transport's protocol callbacks run in when the engine calls

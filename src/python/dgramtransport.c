@@ -1178,6 +1178,15 @@ void braid_dgramtransport_loop_closing(br_handle_t *h, void *unused)
     Py_DECREF(self);
 }
 
+PyObject *braid_dgramtransport_held(br_handle_t *h)
+{
+    if (h->type != BR_HANDLE_UDP) {
+        return NULL;
+    }
+    PyObject *self = SELF(h);
+    return TAIL(self)->self_ref ? self : NULL;
+}
+
 static PyObject *dt_get_loop(PyObject *self, void *c) { return Py_NewRef(TAIL(self)->loop ? TAIL(self)->loop : Py_None); }
 static PyObject *dt_get_sock(PyObject *self, void *c) { return Py_NewRef(TAIL(self)->sock ? TAIL(self)->sock : Py_None); }
 static PyObject *dt_get_sock_fd(PyObject *self, void *c) { return PyLong_FromLong(TAIL(self)->fd); }

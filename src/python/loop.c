@@ -1604,6 +1604,38 @@ static int loop_init(LoopObject *L, PyObject *args, PyObject *kwds)
     return 0;
 }
 
+/* The transports' references to themselves, held while the engine may
+ * call them back: the engine's loop owns them (asyncio's selector holds
+ * its transports' reader and writer handles), so the loop visits them and
+ * a loop dropped unclosed with its transports is one garbage cycle. Its
+ * finalizer (asyncio's __del__) closes it, which closes their streams and
+ * drops the references; loop_clear leaves them, since a stream still in
+ * the engine must keep its object. */
+typedef struct {
+    braid_state *st;
+    visitproc visit;
+    void *arg;
+    int rc;
+} held_visit_t;
+
+static void visit_held(br_handle_t *h, void *arg)
+{
+    held_visit_t *v = arg;
+    if (v->rc != 0) {
+        return;
+    }
+    PyObject *held = braid_socktransport_held(v->st, h);
+    if (held == NULL) {
+        held = braid_pipetransport_held(v->st, h);
+    }
+    if (held == NULL) {
+        held = braid_dgramtransport_held(h);
+    }
+    if (held != NULL) {
+        v->rc = v->visit(held, v->arg);
+    }
+}
+
 static int loop_traverse(LoopObject *L, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(L));
@@ -1626,6 +1658,13 @@ static int loop_traverse(LoopObject *L, visitproc visit, void *arg)
             Py_VISIT(L->watchers[fd]->reader);
             Py_VISIT(L->watchers[fd]->writer);
             Py_VISIT(L->watchers[fd]->fileobj);
+        }
+    }
+    if (L->core != NULL) {
+        held_visit_t v = {loop_state((PyObject *)L), visit, arg, 0};
+        br_loop_walk(L->core, visit_held, &v);
+        if (v.rc != 0) {
+            return v.rc;
         }
     }
     return 0;

@@ -1039,6 +1039,17 @@ void braid_pipetransport_loop_closing(br_handle_t *h, void *arg)
     Py_DECREF(self);
 }
 
+PyObject *braid_pipetransport_held(braid_state *st, br_handle_t *h)
+{
+    PyObject *self = h->data;
+    if (h->type != BR_HANDLE_STREAM || self == NULL || st->read_pipe_transport_type == NULL ||
+        (!PyObject_TypeCheck(self, st->read_pipe_transport_type) &&
+         !PyObject_TypeCheck(self, st->write_pipe_transport_type))) {
+        return NULL;
+    }
+    return ((pipe_t *)h)->self_ref ? self : NULL;
+}
+
 /* What asyncio's own code reads off a pipe transport. The getters serve
  * both types: a getter's closure is its type's tail offset. */
 #define PIPE_AT(o, c) ((pipe_t *)((char *)(o) + *(const Py_ssize_t *)(c)))

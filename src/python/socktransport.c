@@ -1365,6 +1365,16 @@ void braid_socktransport_loop_closing(br_handle_t *h, void *arg)
     Py_DECREF(self);
 }
 
+PyObject *braid_socktransport_held(braid_state *st, br_handle_t *h)
+{
+    PyObject *self = h->data;
+    if (h->type != BR_HANDLE_STREAM || self == NULL || st->socket_transport_type == NULL ||
+        !PyObject_TypeCheck(self, st->socket_transport_type)) {
+        return NULL;
+    }
+    return TAIL(self)->self_ref ? self : NULL;
+}
+
 /* loop.sendfile()'s native path (selector_events._sendfile_native): a
  * future done once everything written before has gone; write() refuses
  * meanwhile. */
