@@ -502,6 +502,49 @@ class MoreTransportsMixin(LoopFixture):
 
         self.run(loop, main())
 
+    def test_after_resume_reading_reads_run_in_the_resumer_s_context(self, loop):
+        # resume_reading() makes asyncio's new reader handle, which copies the context of
+        # the code that resumed: a StreamReader resumed by its handler's read() then feeds
+        # data_received in the handler's context, not the transport's first one
+        var = contextvars.ContextVar("var", default="unset")
+        seen = []
+
+        class Seeing(Recorder):
+            def data_received(self, data):
+                super().data_received(data)
+                seen.append(var.get())
+
+        async def main():
+            var.set("made")
+            a, peer = socket.socketpair()
+            stransport, _ = await loop.create_unix_connection(Seeing, sock=a)
+            r, w = os.pipe()
+            ptransport, pproto = await loop.connect_read_pipe(Seeing, open(r, "rb", 0))
+            peer.send(b"1")
+            os.write(w, b"1")
+            await until(lambda: len(seen) == 2, "the first reads")
+
+            async def resumer():
+                var.set("resumer")
+                stransport.pause_reading()
+                ptransport.pause_reading()
+                await ticks(2)
+                stransport.resume_reading()
+                ptransport.resume_reading()
+                var.set("after resuming")  # the reader's context is a copy: not seen
+
+            await loop.create_task(resumer())
+            peer.send(b"2")
+            os.write(w, b"2")
+            await until(lambda: len(seen) == 4, "the reads after resuming")
+            assert seen == ["made", "made", "resumer", "resumer"]
+            stransport.close()
+            peer.close()
+            os.close(w)
+            await pproto.lost
+
+        self.run(loop, main())
+
     def test_transports_take_attributes_as_asyncio_s_do(self, loop):
         # aiohttp's and CPython's tests replace a transport's methods with mocks; a cycle
         # through such an attribute is still collected

@@ -272,14 +272,18 @@ PyObject *braid_pipetransport_held(braid_state *st, br_handle_t *h);
 
 /* trcommon.c: what the C transports do alike */
 /* The context a transport's protocol callbacks run in when the engine calls
- * them: a copy of the one the transport was made in, as asyncio's reader
- * and writer handles carry one (contextvars set before start_server reach
- * data_received). */
+ * them: a copy of the one the transport was made in (after resume_reading(),
+ * of its caller's), as asyncio's reader and writer handles carry one
+ * (contextvars set before start_server reach data_received). */
 typedef struct {
     PyObject *ctx;   /* strong */
     int entered;
 } braid_trctx_t;
 int braid_trctx_init(braid_trctx_t *c); /* copies the current context; -1 with an exception */
+/* A fresh copy of the current context instead of the one held, as
+ * resume_reading() makes asyncio's new reader handle in its caller's
+ * context. 0, or -1 with an exception. */
+int braid_trctx_renew(braid_trctx_t *c);
 /* Enters it unless entered already (a callback inside another); with a
  * loop, only while that loop polls (a flush's callbacks; the same ones from
  * a write() the user made run in the caller's context, as asyncio's). 1 if

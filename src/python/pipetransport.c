@@ -425,7 +425,7 @@ static PyObject *rp_resume_reading(PyObject *self, PyObject *unused)
         Py_RETURN_NONE;
     }
     p->paused = 0;
-    if (start_reading(p) < 0) {
+    if (braid_trctx_renew(&p->ctx) < 0 || start_reading(p) < 0) {
         return NULL;
     }
     debug_log(p, "debug", "%r resumes reading");

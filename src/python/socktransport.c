@@ -866,6 +866,9 @@ static PyObject *tr_resume_reading(PyObject *self, PyObject *unused)
         Py_RETURN_NONE;
     }
     t->paused = 0;
+    if (braid_trctx_renew(&t->ctx) < 0) {
+        return NULL;
+    }
     return start_reading(self) < 0 ? NULL : Py_NewRef(Py_None);
 }
 

@@ -143,6 +143,19 @@ int braid_trctx_init(braid_trctx_t *c)
     return c->ctx ? 0 : -1;
 }
 
+int braid_trctx_renew(braid_trctx_t *c)
+{
+    if (c->entered) {
+        return 0; /* the current context is this one: the same values */
+    }
+    PyObject *ctx = PyContext_CopyCurrent();
+    if (ctx == NULL) {
+        return -1;
+    }
+    Py_XSETREF(c->ctx, ctx);
+    return 0;
+}
+
 int braid_trctx_enter(braid_trctx_t *c, PyObject *only_while_polling)
 {
     if (c->ctx == NULL || c->entered || (only_while_polling != NULL && !braid_loop_polling(only_while_polling))) {
