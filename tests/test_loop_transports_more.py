@@ -545,6 +545,104 @@ class MoreTransportsMixin(LoopFixture):
 
         self.run(loop, main())
 
+    def test_a_socket_subclass_s_own_io_methods_are_called(self, loop):
+        # asyncio's transports read and write through the socket object's methods: a
+        # subclass that overrides them (websockets' tests count calls this way) sees them
+        # called; one that overrides none of them changes nothing
+        calls = []
+
+        class Tracked(socket.socket):
+            def recv(self, *args):
+                calls.append("recv")
+                return super().recv(*args)
+
+            def recv_into(self, *args):
+                calls.append("recv_into")
+                return super().recv_into(*args)
+
+            def send(self, *args):
+                calls.append("send")
+                return super().send(*args)
+
+            def recvfrom(self, *args):
+                calls.append("recvfrom")
+                return super().recvfrom(*args)
+
+            def sendto(self, *args):
+                calls.append("sendto")
+                return super().sendto(*args)
+
+        class Named(socket.socket):
+            pass  # no I/O method of its own
+
+        async def main():
+            a, peer = socket.socketpair()
+            tracked = Tracked(a.family, a.type, fileno=a.detach())
+            transport, proto = await loop.create_unix_connection(Recorder, sock=tracked)
+            transport.write(b"out")
+            assert await loop.sock_recv(peer, 10) == b"out"
+            peer.send(b"in")
+            await until(lambda: proto.data == b"in", "the data")
+
+            d = Tracked(socket.AF_INET, socket.SOCK_DGRAM)
+            d.bind(("127.0.0.1", 0))
+            dgram, dproto = await loop.create_datagram_endpoint(DatagramRecorder, sock=d)
+            receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            receiver.bind(("127.0.0.1", 0))
+            dgram.sendto(b"datagram", receiver.getsockname())
+            assert receiver.recv(100) == b"datagram"
+            receiver.sendto(b"back", d.getsockname())
+            assert (await dproto.datagrams.get())[0] == b"back"
+            assert {"send", "sendto", "recvfrom"} <= set(calls)
+            assert calls.count("recv") + calls.count("recv_into") >= 1
+
+            b, peer2 = socket.socketpair()
+            named = Named(b.family, b.type, fileno=b.detach())
+            t2, p2 = await loop.create_unix_connection(Recorder, sock=named)
+            peer2.send(b"plain")
+            await until(lambda: p2.data == b"plain", "the data")
+            if self.loop_name == "braid":
+                assert type(t2).__module__ == "braid._braid"  # still the C transport
+                assert type(transport).__module__ != "braid._braid"
+            for t in (transport, dgram, t2):
+                t.close()
+            for s in (peer, peer2, receiver):
+                s.close()
+            await ticks()
+
+        self.run(loop, main())
+
+    def test_get_extra_info_is_asyncio_s_and_can_be_patched(self, loop):
+        # every transport's get_extra_info is BaseTransport's, reading _extra: a patch of it
+        # (websockets' tests patch it to fake addresses) reaches socket, datagram and pipe
+        # transports alike, and _extra holds what asyncio's does
+        from unittest import mock
+
+        async def main():
+            a, peer = socket.socketpair()
+            stream, _ = await loop.create_unix_connection(Recorder, sock=a)
+            dgram, _ = await loop.create_datagram_endpoint(DatagramRecorder,
+                                                           local_addr=("127.0.0.1", 0))
+            r, w = os.pipe()
+            rpipe, _ = await loop.connect_read_pipe(Recorder, open(r, "rb", 0))
+            transports = (stream, dgram, rpipe)
+            for t in transports:
+                assert type(t).get_extra_info is asyncio.BaseTransport.get_extra_info
+            assert stream.get_extra_info("peername") == a.getpeername()
+            assert set(stream._extra) >= {"socket", "sockname", "peername"}
+            assert dgram.get_extra_info("sockname")[0] == "127.0.0.1"
+            with mock.patch.object(asyncio.BaseTransport, "get_extra_info",
+                                   return_value=("fake", 1)):
+                assert [t.get_extra_info("sockname") for t in transports] == [("fake", 1)] * 3
+            assert stream.get_extra_info("nothing", "default") == "default"
+            for t in transports:
+                t.close()
+            peer.close()
+            os.close(w)
+            await ticks()
+
+        self.run(loop, main())
+
     def test_transports_take_attributes_as_asyncio_s_do(self, loop):
         # aiohttp's and CPython's tests replace a transport's methods with mocks; a cycle
         # through such an attribute is still collected

@@ -36,15 +36,16 @@ class Loop(_braid._LoopCore, unix_events._UnixSelectorEventLoop):
         return super().run_in_executor(executor, func, *args)
 
     def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
-        if not issubclass(type(sock), socket.socket):
-            # a socket-like object (a test's mock, a wrapper): only asyncio's transport can
-            # drive it, through its methods; the C transport owns a real descriptor
+        if not _syscalls_are_socket_s(sock, _STREAM_IO):
+            # a socket-like object (a test's mock, a wrapper) or a subclass with I/O methods
+            # of its own: only asyncio's transport drives it through its methods; the C
+            # transport does the syscalls on the descriptor itself
             return selector_events._SelectorSocketTransport(self, sock, protocol, waiter, extra, server)
         return _braid.SocketTransport(self, sock, protocol, waiter, extra, server)
 
     def _make_datagram_transport(self, sock, protocol, address=None, waiter=None, extra=None):
-        if not issubclass(type(sock), socket.socket) or sock.family not in _DATAGRAM_FAMILIES:
-            # socket-likes, and families whose addresses the C transport does not convert
+        if not _syscalls_are_socket_s(sock, _DATAGRAM_IO) or sock.family not in _DATAGRAM_FAMILIES:
+            # socket-likes, subclasses with I/O methods of their own, and families whose addresses the C transport does not convert
             return super()._make_datagram_transport(sock, protocol, address, waiter, extra)
         self._ensure_fd_no_transport(sock)
         return _braid.DatagramTransport(self, sock, protocol, address, waiter, extra)
@@ -60,7 +61,7 @@ class Loop(_braid._LoopCore, unix_events._UnixSelectorEventLoop):
         # arguments worked out here once (asyncio's reader is _accept_connection, a Python
         # method that would look at the socket's family, an enum, on every readiness); it
         # hands debug mode and accept errors to asyncio's _accept_connection (`fallback`)
-        if (sslcontext is None and not self._debug and issubclass(type(sock), socket.socket)
+        if (sslcontext is None and not self._debug and _syscalls_are_socket_s(sock, _ACCEPT_IO)
                 and type(self)._make_socket_transport is Loop._make_socket_transport
                 and type(self)._accept_connection is Loop._accept_connection
                 and "_accept_connection" not in vars(self)):
@@ -80,7 +81,7 @@ class Loop(_braid._LoopCore, unix_events._UnixSelectorEventLoop):
         # socket-like object that is not a socket, and a subclass with transports of its own
         # take asyncio's way, and so does an accept error
         # (out of descriptors: asyncio reports it, pauses accepting and tries again).
-        if (sslcontext is not None or self._debug or not issubclass(type(sock), socket.socket)
+        if (sslcontext is not None or self._debug or not _syscalls_are_socket_s(sock, _ACCEPT_IO)
                 or type(self)._make_socket_transport is not Loop._make_socket_transport):
             return super()._accept_connection(protocol_factory, sock, sslcontext, server, backlog, *args)
         try:
@@ -108,6 +109,23 @@ class Loop(_braid._LoopCore, unix_events._UnixSelectorEventLoop):
 
 
 _DATAGRAM_FAMILIES = (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX)
+
+# The socket methods asyncio's transports and accept loop call, which braid's C code replaces
+# with its own syscalls on the descriptor: a subclass that overrides one of them is driven
+# through its methods, by asyncio's code, as on asyncio's loop
+_STREAM_IO = ("recv", "recv_into", "send", "sendmsg", "shutdown", "close", "detach")
+_DATAGRAM_IO = ("recvfrom", "recvfrom_into", "sendto", "send", "close", "detach")
+_ACCEPT_IO = ("accept", "_accept")
+
+
+def _syscalls_are_socket_s(sock, names):
+    """Whether sock is a socket.socket whose methods `names` are socket.socket's own."""
+    cls = type(sock)
+    if cls is socket.socket:
+        return True
+    if not issubclass(cls, socket.socket):
+        return False
+    return all(getattr(cls, name) is getattr(socket.socket, name) for name in names)
 
 
 def new_event_loop():

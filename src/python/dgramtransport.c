@@ -907,21 +907,6 @@ static PyObject *dt_set_protocol(PyObject *self, PyObject *protocol)
     Py_RETURN_NONE;
 }
 
-static PyObject *dt_get_extra_info(PyObject *self, PyObject *args, PyObject *kwds)
-{
-    static char *kwlist[] = {"name", "default", NULL};
-    PyObject *name, *dflt = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O:get_extra_info", kwlist, &name, &dflt)) {
-        return NULL;
-    }
-    PyObject *extra = EXTRA(self);
-    PyObject *v = extra && PyDict_Check(extra) ? PyDict_GetItemWithError(extra, name) : NULL;
-    if (v == NULL && PyErr_Occurred()) {
-        return NULL;
-    }
-    return Py_NewRef(v ? v : dflt);
-}
-
 static PyObject *dt_repr(PyObject *self)
 {
     dtail_t *t = TAIL(self);
@@ -1222,7 +1207,6 @@ static PyMethodDef dt_methods[] = {
      METH_VARARGS | METH_KEYWORDS, NULL},
     {"get_protocol", dt_get_protocol, METH_NOARGS, NULL},
     {"set_protocol", dt_set_protocol, METH_O, NULL},
-    {"get_extra_info", (PyCFunction)(void (*)(void))dt_get_extra_info, METH_VARARGS | METH_KEYWORDS, NULL},
     {"_call_connection_lost", dt_call_connection_lost, METH_O, NULL},
     {"_deliver", (PyCFunction)(void (*)(void))dt_deliver, METH_FASTCALL, NULL},
     {"_deliver_error", dt_deliver_error, METH_O, NULL},

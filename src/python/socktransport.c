@@ -984,14 +984,11 @@ static PyObject *tr_set_protocol(PyObject *self, PyObject *protocol)
     Py_RETURN_NONE;
 }
 
-/* _extra made on first use: an idle connection holds no dict, no tuples. */
-static PyObject *tr_get_extra_info(PyObject *self, PyObject *args, PyObject *kwds)
+/* _extra, made on first use: an idle connection holds no dict, no
+ * tuples. get_extra_info() is asyncio's own (BaseTransport's, reading
+ * self._extra), so a patch or an override of it applies here too. */
+static PyObject *tr_get_extra(PyObject *self, void *c)
 {
-    static char *kwlist[] = {"name", "default", NULL};
-    PyObject *name, *dflt = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O:get_extra_info", kwlist, &name, &dflt)) {
-        return NULL;
-    }
     PyObject *extra = EXTRA(self);
     if (extra == NULL || extra == Py_None) {
         Py_XSETREF(EXTRA(self), PyDict_New());
@@ -999,6 +996,9 @@ static PyObject *tr_get_extra_info(PyObject *self, PyObject *args, PyObject *kwd
         if (extra == NULL) {
             return NULL;
         }
+    }
+    if (!PyDict_Check(extra)) {
+        return Py_NewRef(extra); /* what was assigned, as asyncio's slot gives it */
     }
     PyObject *sock = PyDict_GetItemString(extra, "socket") == NULL ? get_sock(self) : NULL;
     if (sock == NULL && PyErr_Occurred()) {
@@ -1033,11 +1033,13 @@ static PyObject *tr_get_extra_info(PyObject *self, PyObject *args, PyObject *kwd
             }
         }
     }
-    PyObject *v = PyDict_GetItemWithError(extra, name);
-    if (v == NULL && PyErr_Occurred()) {
-        return NULL;
-    }
-    return Py_NewRef(v ? v : dflt);
+    return Py_NewRef(extra);
+}
+
+static int tr_set_extra(PyObject *self, PyObject *value, void *c)
+{
+    Py_XSETREF(EXTRA(self), Py_XNewRef(value));
+    return 0;
 }
 
 static PyObject *tr_repr(PyObject *self)
@@ -1436,6 +1438,7 @@ static PyGetSetDef tr_getset[] = {
     {"_paused", tr_get_paused, NULL, NULL, NULL},
     {"_conn_lost", tr_get_conn_lost, NULL, NULL, NULL},
     {"_sock_fd", tr_get_sock_fd, NULL, NULL, NULL},
+    {"_extra", tr_get_extra, tr_set_extra, NULL, NULL},
     {NULL}};
 
 static PyMethodDef tr_methods[] = {
@@ -1456,7 +1459,6 @@ static PyMethodDef tr_methods[] = {
      METH_VARARGS | METH_KEYWORDS, NULL},
     {"get_protocol", tr_get_protocol, METH_NOARGS, NULL},
     {"set_protocol", tr_set_protocol, METH_O, NULL},
-    {"get_extra_info", (PyCFunction)(void (*)(void))tr_get_extra_info, METH_VARARGS | METH_KEYWORDS, NULL},
     {"_call_connection_lost", tr_call_connection_lost, METH_O, NULL},
     {"_start_reading", tr_start_reading, METH_NOARGS, NULL},
     {"_read_ready", tr_read_ready, METH_NOARGS, NULL},
