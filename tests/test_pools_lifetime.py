@@ -1,9 +1,11 @@
 """Interpreter exit and os.fork() with both pool kinds in one program (src/python/pools.c)."""
 
 import pathlib
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -116,3 +118,52 @@ def test_at_exit_hook_raises_when_its_flag_has_no_truth():
 
     with pytest.raises(ValueError, match="no truth"):
         _braid._at_exit(Bad())
+
+
+# A KeyboardInterrupt ends the program while a process pool's task runs; its worker is killed
+# at exit and the task fails. Code that runs then may evaluate source text, which clears
+# CPython's note of the unhandled KeyboardInterrupt: WorkerCrashed's first use imports
+# concurrent.futures.process, whose imports make namedtuples with eval() (when the program has
+# not imported them yet); here a done callback does it, whatever was imported before. The
+# program still ends as interrupted programs do, by SIGINT (130 in a shell), not with status 1.
+INTERRUPTED_WITH_A_TASK_RUNNING = """
+import sys, time
+import braid
+from tests.procpool_tasks import sleep_then_append
+
+pool = braid.ProcessPool(1)
+future = pool.submit(sleep_then_append, sys.argv[1], "p", 30.0)
+future.add_done_callback(lambda f: eval("f.exception()", {"f": f}))
+time.sleep(0.5)
+raise KeyboardInterrupt
+"""
+
+
+def test_exit_after_ctrl_c_has_the_status_of_sigint(tmp_path):
+    proc = run(INTERRUPTED_WITH_A_TASK_RUNNING, tmp_path / "ran", timeout=30)
+    assert "KeyboardInterrupt" in proc.stderr, proc.stderr
+    assert proc.returncode == -signal.SIGINT, (proc.returncode, proc.stderr)
+
+
+# Ctrl-C in a with block, then a second one while __exit__ waits for the running tasks: the
+# second ends that wait, and interpreter exit does not wait for those tasks again (a minute).
+SECOND_CTRL_C = """
+import os, signal, sys, threading, time
+import braid
+from tests.procpool_tasks import sleep_and_return
+
+with braid.ThreadPool(2) as pool:
+    futures = [pool.submit(sleep_and_return, 60, 1) for _ in range(4)]
+    time.sleep(0.2)
+    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()  # the second Ctrl-C
+    raise KeyboardInterrupt  # the first
+"""
+
+
+def test_a_second_ctrl_c_ends_a_with_blocks_wait_and_exit_s():
+    start = time.monotonic()
+    proc = run(SECOND_CTRL_C, timeout=45)  # the tasks sleep a minute: waiting for them would time out
+    assert proc.stderr.count("KeyboardInterrupt") >= 2, proc.stderr
+    assert proc.returncode == -signal.SIGINT, (proc.returncode, proc.stderr)
+    assert "Exception ignored" not in proc.stderr, proc.stderr
+    assert time.monotonic() - start < 40

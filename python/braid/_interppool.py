@@ -144,7 +144,7 @@ class InterpreterPool(_Core, concurrent.futures.Executor):
         # Ctrl-C in the with block: queued work is cancelled and the wait is only for the
         # tasks already running; a second Ctrl-C ends that wait. Otherwise, as the stdlib's
         # executors: everything submitted finishes.
-        self.shutdown(wait=True, cancel_futures=_pools.left_by_ctrl_c(exc_type))
+        _pools.shutdown_on_exit(self, exc_type)
         return False
 
     def map(self, fn, *iterables, timeout=None, chunksize=1, buffersize=None):

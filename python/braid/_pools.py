@@ -10,11 +10,29 @@ from . import _braid
 # exit, queued work is then cancelled and process workers are killed after a short grace
 # instead of everything submitted finishing first.
 _interrupted = False
+# Set when a second Ctrl-C ended a with block's wait for running tasks: exit then does not wait
+# for a thread pool's running tasks again (process pools' workers are killed anyway; interpreter
+# pools are waited for, see src/python/pools.c).
+_insisted = False
 
 
 def note_interrupt():
     global _interrupted
     _interrupted = True
+
+
+def shutdown_on_exit(pool, exc_type):
+    """A thread or interpreter pool's with block ends: shutdown(wait=True), after Ctrl-C with
+    the queued work cancelled. A Ctrl-C during that wait ends it, and interpreter exit then
+    waits no more for the tasks still running if it was the second."""
+    interrupted = left_by_ctrl_c(exc_type)
+    try:
+        pool.shutdown(wait=True, cancel_futures=interrupted)
+    except KeyboardInterrupt:
+        global _insisted
+        _insisted = _insisted or interrupted
+        note_interrupt()
+        raise
 
 
 def left_by_ctrl_c(exc_type):
@@ -28,7 +46,32 @@ def left_by_ctrl_c(exc_type):
 
 def _at_exit():
     last = getattr(sys, "last_value", None)  # a KeyboardInterrupt that ended the program
-    _braid._at_exit(_interrupted or isinstance(last, KeyboardInterrupt))
+    by_ctrl_c = isinstance(last, KeyboardInterrupt)
+    try:
+        _braid._at_exit(_interrupted or by_ctrl_c, not _insisted)
+    except KeyboardInterrupt:
+        # a Ctrl-C during this wait ends it: queued work is cancelled, process workers are
+        # killed, and running threads are left to the process's end
+        by_ctrl_c = True
+        _braid._at_exit(True, False)
+    if by_ctrl_c:
+        _keep_exit_status_of_ctrl_c()
+
+
+def _keep_exit_status_of_ctrl_c():
+    # A program that a KeyboardInterrupt ended exits with SIGINT's status (130 in a shell), by
+    # a flag of CPython's that every exec() or eval() of source text clears (pythonrun.c,
+    # run_eval_code_obj). Code that ran while exit waited for the pools may have done that
+    # (a worker's death makes WorkerCrashed, whose first use imports concurrent.futures.process,
+    # whose imports build namedtuples with eval()), and the program would exit with 1. The
+    # flag is set again the one way Python code can: a KeyboardInterrupt out of exec'd source.
+    # Not in an interactive session, where a Ctrl-C at the prompt earlier is not an exit.
+    if sys.flags.interactive or hasattr(sys, "ps1"):
+        return
+    try:
+        exec("raise KeyboardInterrupt")
+    except KeyboardInterrupt:
+        pass
 
 
 # Runs before threading joins its own threads at interpreter exit, as the stdlib executors'

@@ -38,7 +38,7 @@ class ThreadPool(_braid._ThreadPoolCore, concurrent.futures.Executor):
         # Ctrl-C in the with block: queued work is cancelled and the wait is only for the
         # tasks already running (threads cannot be stopped); a second Ctrl-C ends that wait.
         # Otherwise, as ThreadPoolExecutor: everything submitted finishes.
-        self.shutdown(wait=True, cancel_futures=_pools.left_by_ctrl_c(exc_type))
+        _pools.shutdown_on_exit(self, exc_type)
         return False
 
 

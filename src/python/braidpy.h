@@ -395,6 +395,11 @@ typedef struct braid_pool_ops_s {
     /* The module is being freed (after at-exit): unlinks it, and frees
      * what nothing else will. */
     void (*clear)(braid_pool_link_t *link);
+    /* 1: its running tasks cannot be stopped (threads), so its wait has
+     * no bound; at-exit told not to wait skips it. Not an interpreter
+     * pool's: a sub-interpreter still running as the main one finalizes
+     * aborts the process on 3.12 ("remaining subinterpreters"). */
+    int unstoppable;
 } braid_pool_ops_t;
 
 struct braid_pool_link_s {
@@ -410,7 +415,7 @@ void braid_pools_unlink(braid_pool_link_t *link); /* no-op when not linked */
 size_t braid_pools_count(braid_state *st, const braid_pool_ops_t *ops);
 void braid_pools_release(braid_state *st, braid_pool_link_t *link); /* unlinks, wakes the wait below */
 int braid_pools_wait_released(braid_state *st); /* until a dropped pool's last worker releases it */
-PyObject *braid_pools_at_exit(braid_state *st, int interrupted);
+PyObject *braid_pools_at_exit(braid_state *st, int interrupted, int wait);
 void braid_pools_after_fork_child(braid_state *st);
 void braid_pools_clear(braid_state *st);
 

@@ -199,13 +199,13 @@ static PyObject *mod_getattr(PyObject *module, PyObject *name)
     return NULL;
 }
 
-static PyObject *mod_at_exit(PyObject *module, PyObject *arg)
+static PyObject *mod_at_exit(PyObject *module, PyObject *args)
 {
-    int interrupted = PyObject_IsTrue(arg);
-    if (interrupted < 0) {
+    int interrupted, wait = 1;
+    if (!PyArg_ParseTuple(args, "p|p:_at_exit", &interrupted, &wait)) {
         return NULL;
     }
-    return braid_pools_at_exit(braid_get_state(module), interrupted);
+    return braid_pools_at_exit(braid_get_state(module), interrupted, wait);
 }
 
 static PyObject *mod_interppool_workers(PyObject *module, PyObject *unused)
@@ -281,9 +281,10 @@ static PyObject *mod_strerror(PyObject *module, PyObject *arg)
 }
 
 static PyMethodDef braid_methods[] = {
-    {"_at_exit", mod_at_exit, METH_O,
-     "_at_exit(interrupted): closes every pool and waits for its workers; after Ctrl-C (interrupted) "
-     "queued work is cancelled and process workers are killed soon."},
+    {"_at_exit", mod_at_exit, METH_VARARGS,
+     "_at_exit(interrupted, wait=True): closes every pool and waits for its workers (unless not wait: "
+     "running tasks are then left to the process's end); after Ctrl-C (interrupted) queued work is "
+     "cancelled and process workers are killed soon."},
     {"_interppool_workers", mod_interppool_workers, METH_NOARGS,
      "_interppool_workers(): interpreter-pool workers (sub-interpreters) not yet ended."},
     {"_set_interp_hooks", mod_set_interp_hooks, METH_VARARGS,

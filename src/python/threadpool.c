@@ -443,7 +443,8 @@ static void ops_clear(braid_pool_link_t *l)
 }
 
 static const braid_pool_ops_t thread_pool_ops = {
-    .close = ops_close, .busy = ops_busy, .wait = ops_wait, .forked = ops_forked, .clear = ops_clear};
+    .close = ops_close, .busy = ops_busy, .wait = ops_wait, .forked = ops_forked, .clear = ops_clear,
+    .unstoppable = 1};
 
 void braid_pool_cancel_work(pool_core_t *core, br_work_t *work)
 {
