@@ -262,6 +262,19 @@ def test_failure_cancels_what_has_not_started(braid, mode, tmp_path):
     assert len(counts(path)) < 100, "the map went on after its first failure"
 
 
+def test_an_abandoned_thread_map_s_running_chunks_start_no_more_items(braid, tmp_path):
+    # threads cannot be killed, but a chunk running on one skips its items not started once
+    # the map is abandoned (here by a failure; Ctrl-C and a closed imap take the same path):
+    # chunks of 100 slow items no longer run on for their whole length
+    path = tmp_path / "calls"
+    fn = tasks.Recorder(path, 0.02)
+    items = ["boom"] + list(range(1, 200))  # the first chunk fails at once; the second runs
+    with pytest.raises(TypeError):
+        braid.map(fn, items, mode="thread", workers=2, chunksize=100)
+    time.sleep(100 * 0.02 + 0.5)  # the second chunk's length, had it gone on
+    assert len(counts(path)) < 50, "a running chunk went on after the map was abandoned"
+
+
 @pytest.mark.parametrize("mode", ["sequential", "thread", "process", "auto"])
 def test_timeout(braid, mode):
     fn = functools.partial(tasks.sleepy_where, seconds=0.05)

@@ -310,20 +310,25 @@ def _pool_run(call, plan, chunks, progress):
             from ._threadpool import ThreadPool
 
             pool = ThreadPool(plan.workers, thread_name_prefix="braid.map")
+        # a thread's chunk skips its items not started once the map is abandoned
+        stop = [] if plan.mode == "thread" else None
 
         def abort():
+            if stop is not None:
+                stop.append(True)
             pool.shutdown(wait=False, cancel_futures=True)
     else:
         from ._procpool import ProcessPool
 
         pool = ProcessPool(plan.workers)
         abort = pool.terminate
+        stop = None
     window = 2 * plan.workers
     if call.limit is not None:
         window = max(1, min(window, call.limit // plan.chunksize))
 
     def submit(start, chunk):
-        return pool.submit(run_chunk, call.fn, chunk, start)
+        return pool.submit(run_chunk, call.fn, chunk, start, stop)
 
     finished = False
     try:
