@@ -269,3 +269,46 @@ def test_a_wrong_result_fails_its_row_and_the_run(tmp_path, monkeypatch, capsys)
         assert "3 of 3 fetches failed" in checks["fetches", key]["detail"]
     assert "counts the wait for one of the 100 connections" in checks["fetches", "asyncio"]["detail"]
     assert out.count("FAILED") >= 2 * (len(KEYS["downloads"]) + len(KEYS["fetches"]))
+
+
+CTRL_C_IN_THE_TUTORIAL_POOL = """
+import sys
+from braid.demo import primes
+
+print("READY", flush=True)
+primes._tutorial_pool(list(range(1, 4_000_001)))
+print("finished", flush=True)
+"""
+
+
+def test_ctrl_c_during_the_tutorial_s_pool_ends_the_demo():
+    # Ctrl-C signals the whole process group: the tutorial's multiprocessing.Pool workers get it
+    # too, and one that dies holding the task queue's lock hangs the parent's terminate() (the
+    # stdlib's own hang). The demo's pool leaves Ctrl-C to the parent.
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", CTRL_C_IN_THE_TUTORIAL_POOL],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        assert proc.stdout.readline().strip() == "READY"
+        time.sleep(1.0)  # the pool forked and its workers busy
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert "finished" not in out
+    assert "KeyboardInterrupt" in err
+    assert err.count("Traceback") == 1, err  # the parent's alone: no worker dies of it
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # nothing of the group left
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("processes of the demo's group are still running")
