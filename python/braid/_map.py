@@ -660,4 +660,6 @@ async def amap(fn, iterable, *, mode="auto", workers=None, chunksize=None, timeo
     except asyncio.CancelledError:
         call.stopper.stop()  # the map raises in its thread and takes its pool down
         await asyncio.wait([done])
+        if not done.cancelled():
+            done.exception()  # its CancelledError is this one's doing: not "never retrieved"
         raise
