@@ -167,3 +167,35 @@ def test_a_second_ctrl_c_ends_a_with_blocks_wait_and_exit_s():
     assert proc.returncode == -signal.SIGINT, (proc.returncode, proc.stderr)
     assert "Exception ignored" not in proc.stderr, proc.stderr
     assert time.monotonic() - start < 40
+
+
+# The same with an interpreter pool: the second Ctrl-C throws KeyboardInterrupt into the tasks
+# running in sub-interpreters (pure Python here), which end; their futures fail with it, the
+# queued ones were cancelled by the first, and nothing is left for exit to wait for.
+SECOND_CTRL_C_INTERPRETERS = """
+import os, signal, sys, threading, time
+import braid
+from tests.interp_tasks import spin
+
+try:
+    with braid.InterpreterPool(2) as pool:
+        futures = [pool.submit(spin, 60) for _ in range(4)]
+        time.sleep(1.0)  # both workers started and spinning
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()  # the second
+        raise KeyboardInterrupt  # the first
+finally:
+    print([f.cancelled() or type(f.exception()).__name__ for f in futures], flush=True)
+"""
+
+
+def test_a_second_ctrl_c_interrupts_an_interpreter_pool_s_running_tasks():
+    if sys.version_info < (3, 12):
+        pytest.skip("InterpreterPool needs Python 3.12+ (its RuntimeError on 3.11 is tested in "
+                    "test_interppool.py)")
+    start = time.monotonic()
+    proc = run(SECOND_CTRL_C_INTERPRETERS, timeout=45)  # the tasks spin a minute
+    assert proc.stdout.strip() == "['KeyboardInterrupt', 'KeyboardInterrupt', True, True]", \
+        (proc.stdout, proc.stderr)
+    assert proc.returncode == -signal.SIGINT, (proc.returncode, proc.stderr)
+    assert "Exception ignored" not in proc.stderr and "Fatal" not in proc.stderr, proc.stderr
+    assert time.monotonic() - start < 40

@@ -11,8 +11,8 @@ from . import _braid
 # instead of everything submitted finishing first.
 _interrupted = False
 # Set when a second Ctrl-C ended a with block's wait for running tasks: exit then does not wait
-# for a thread pool's running tasks again (process pools' workers are killed anyway; interpreter
-# pools are waited for, see src/python/pools.c).
+# for a thread pool's running tasks again, and interrupts an interpreter pool's (process pools'
+# workers are killed anyway; src/python/pools.c).
 _insisted = False
 
 
@@ -23,8 +23,9 @@ def note_interrupt():
 
 def shutdown_on_exit(pool, exc_type):
     """A thread or interpreter pool's with block ends: shutdown(wait=True), after Ctrl-C with
-    the queued work cancelled. A Ctrl-C during that wait ends it, and interpreter exit then
-    waits no more for the tasks still running if it was the second."""
+    the queued work cancelled. A Ctrl-C during that wait ends it; if it was the second, an
+    interpreter pool's running tasks are interrupted (KeyboardInterrupt) and waited for, and
+    interpreter exit waits no more for a thread pool's."""
     interrupted = left_by_ctrl_c(exc_type)
     try:
         pool.shutdown(wait=True, cancel_futures=interrupted)
@@ -32,6 +33,11 @@ def shutdown_on_exit(pool, exc_type):
         global _insisted
         _insisted = _insisted or interrupted
         note_interrupt()
+        if interrupted and hasattr(pool, "_interrupt_running"):
+            # sub-interpreters: their running tasks are interrupted and soon over (one
+            # stuck in C code is waited for until a third Ctrl-C)
+            pool._interrupt_running()
+            pool.shutdown(wait=True)
         raise
 
 
@@ -51,7 +57,8 @@ def _at_exit():
         _braid._at_exit(_interrupted or by_ctrl_c, not _insisted)
     except KeyboardInterrupt:
         # a Ctrl-C during this wait ends it: queued work is cancelled, process workers are
-        # killed, and running threads are left to the process's end
+        # killed, tasks in sub-interpreters interrupted, and running threads are left to the
+        # process's end
         by_ctrl_c = True
         _braid._at_exit(True, False)
     if by_ctrl_c:

@@ -395,10 +395,14 @@ typedef struct braid_pool_ops_s {
     /* The module is being freed (after at-exit): unlinks it, and frees
      * what nothing else will. */
     void (*clear)(braid_pool_link_t *link);
+    /* At-exit told not to wait (a second Ctrl-C), after close: stops the
+     * running tasks where it can (KeyboardInterrupt into sub-interpreters),
+     * and the wait follows. NULL: nothing to do. */
+    void (*interrupt)(braid_pool_link_t *link);
     /* 1: its running tasks cannot be stopped (threads), so its wait has
      * no bound; at-exit told not to wait skips it. Not an interpreter
-     * pool's: a sub-interpreter still running as the main one finalizes
-     * aborts the process on 3.12 ("remaining subinterpreters"). */
+     * pool's (interrupted instead): a sub-interpreter still running as the
+     * main one finalizes aborts the process on 3.12. */
     int unstoppable;
 } braid_pool_ops_t;
 

@@ -280,6 +280,14 @@ static void ops_close(braid_pool_link_t *l, int interrupted)
     }
 }
 
+static void ops_interrupt(braid_pool_link_t *l)
+{
+    interp_core_t *core = LINKED_CORE(l);
+    if (core->closed && !core->detached) {
+        braid_iw_interrupt_all(core);
+    }
+}
+
 static int ops_busy(braid_pool_link_t *l)
 {
     interp_core_t *core = LINKED_CORE(l);
@@ -314,7 +322,8 @@ static void ops_clear(braid_pool_link_t *l)
 }
 
 static const braid_pool_ops_t interp_pool_ops = {
-    .close = ops_close, .busy = ops_busy, .wait = ops_wait, .forked = ops_forked, .clear = ops_clear};
+    .close = ops_close, .busy = ops_busy, .wait = ops_wait, .forked = ops_forked, .clear = ops_clear,
+    .interrupt = ops_interrupt};
 
 unsigned braid_interppool_workers(braid_state *st)
 {
@@ -430,6 +439,19 @@ static PyObject *ip_shutdown(PyObject *self, PyObject *args, PyObject *kwds)
     if (wait && core_join(core) < 0) {
         return NULL;
     }
+    Py_RETURN_NONE;
+}
+
+/* After shutdown(): KeyboardInterrupt into every worker (a second Ctrl-C;
+ * braid._pools.shutdown_on_exit), so that tasks running Python code end. */
+static PyObject *ip_interrupt_running(PyObject *self, PyObject *unused)
+{
+    interp_core_t *core = ((IPoolObject *)self)->core;
+    if (core->st == NULL || !core->closed) {
+        PyErr_SetString(PyExc_RuntimeError, "only a pool that was shut down can be interrupted");
+        return NULL;
+    }
+    braid_iw_interrupt_all(core);
     Py_RETURN_NONE;
 }
 
@@ -558,6 +580,8 @@ static PyMethodDef ip_methods[] = {
      "submit(fn, /, *args, **kwargs) -> Future: runs fn(*args, **kwargs) in a sub-interpreter."},
     {"shutdown", (PyCFunction)(void (*)(void))ip_shutdown, METH_VARARGS | METH_KEYWORDS,
      "shutdown(wait=True, *, cancel_futures=False)"},
+    {"_interrupt_running", ip_interrupt_running, METH_NOARGS,
+     "_interrupt_running(): after shutdown, KeyboardInterrupt into the tasks still running"},
     {NULL}};
 
 static PyGetSetDef ip_getset[] = {

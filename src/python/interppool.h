@@ -118,6 +118,7 @@ struct iworker_s {
     int has_interrupter;
     pthread_t interrupter;
     int exiting;
+    int leaving;               /* in on_thread_exit: no interrupter may start any more */
     int has_watchdog;
     pthread_cond_t cv;         /* wakes the watchdog (CLOCK_MONOTONIC) */
     pthread_t watchdog;
@@ -128,6 +129,15 @@ struct iworker_s {
 /* interpwatch.c: task_timeout's watchdog of a worker. */
 int braid_iw_start_watchdog(iworker_t *w); /* 0 or -1 */
 void braid_iw_stop_watchdog(iworker_t *w);
+/* A closed pool stopped for good (a second Ctrl-C): KeyboardInterrupt is
+ * thrown into every worker's thread, so that a task running Python code
+ * raises it now (its future fails with it) and an idle worker leaves
+ * without taking any. A task in C code sees it when it comes back. */
+void braid_iw_interrupt_all(interp_core_t *core);
+/* In the worker, as it leaves, after its watchdog: the last interrupter
+ * joined, and an interrupt thrown too late for any task dropped (the
+ * sub-interpreter's GIL held). */
+void braid_iw_reap_interrupter(iworker_t *w);
 
 /* interpworker.c: the engine's hooks and work callbacks. */
 void braid_iw_thread_start(br_threadpool_t *tp, void *arg);

@@ -177,6 +177,43 @@ int braid_iw_start_watchdog(iworker_t *w)
     return 0;
 }
 
+/* Throws KeyboardInterrupt into the worker's thread, whatever it runs: as
+ * interrupter_main, without looking at which task runs (the pool is
+ * closed and its queue cancelled: no task comes after these). */
+static void *ctrl_c_main(void *arg)
+{
+    iworker_t *w = arg;
+    PyThreadState *ts = PyThreadState_New(w->sub_ts->interp);
+    PyEval_RestoreThread(ts);
+    PyThreadState_SetAsyncExc(w->ident, PyExc_KeyboardInterrupt);
+    PyThreadState_Clear(ts);
+    PyThreadState_DeleteCurrent();
+    return NULL;
+}
+
+void braid_iw_interrupt_all(interp_core_t *core)
+{
+    pthread_mutex_lock(&core->mu);
+    for (iworker_t *w = core->workers; w != NULL; w = w->next) {
+        if (w->sub_ts == NULL || w->leaving || interrupter_alive(w)) {
+            continue; /* an interrupter still waiting for the GIL throws soon enough */
+        }
+        if (pthread_create(&w->interrupter, NULL, ctrl_c_main, w) == 0) {
+            w->has_interrupter = 1;
+        }
+    }
+    pthread_mutex_unlock(&core->mu);
+}
+
+void braid_iw_reap_interrupter(iworker_t *w)
+{
+    interp_core_t *core = w->core;
+    pthread_mutex_lock(&core->mu);
+    w->leaving = 1;
+    reap_interrupter(w, &core->mu);
+    pthread_mutex_unlock(&core->mu);
+}
+
 /* In the worker, as it leaves (no task runs): ends its watchdog. */
 void braid_iw_stop_watchdog(iworker_t *w)
 {

@@ -679,9 +679,11 @@ void braid_iw_thread_exit(br_threadpool_t *tp, void *arg)
     interp_core_t *core = arg;
     iworker_t *w = tls_worker;
     braid_iw_stop_watchdog(w);
+    braid_iw_reap_interrupter(w);
     if (w->sub_ts != NULL) {
         pthread_mutex_lock(&creation_mu);
         PyEval_RestoreThread(w->sub_ts);
+        PyThreadState_SetAsyncExc(w->ident, NULL); /* a Ctrl-C's, thrown after the last task */
         Py_CLEAR(w->loads);
         Py_CLEAR(w->helper);
         Py_CLEAR(w->fns);

@@ -97,13 +97,17 @@ PyObject *braid_pools_at_exit(braid_state *st, int interrupted, int wait)
 {
     for (braid_pool_link_t *l = st->pools; l != NULL; l = l->next) {
         l->ops->close(l, interrupted);
+        if (!wait && l->ops->interrupt != NULL) {
+            l->ops->interrupt(l);
+        }
     }
     for (;;) {
         /* a wait may free its pool and others may leave meanwhile: start
          * over from the head after each. Not told to wait (a second
          * Ctrl-C): thread pools' running tasks are left to the process's
          * end; process pools are still waited for (their workers are
-         * killed after a grace), and interpreter pools (see unstoppable). */
+         * killed after a grace), and interpreter pools, their tasks
+         * interrupted above. */
         braid_pool_link_t *l = st->pools;
         while (l != NULL && (!l->ops->busy(l) || (!wait && l->ops->unstoppable))) {
             l = l->next;
