@@ -143,6 +143,23 @@ def test_shutdown_cancel_futures():
 
 
 @needs_312
+def test_future_running_while_a_worker_runs_its_task():
+    # as concurrent.futures': running() once a worker has the task, and a running task
+    # cannot be cancelled; a queued one is neither
+    with braid.InterpreterPool(1) as pool:
+        pool.submit(tasks.square, 1).result(TIMEOUT)
+        first = pool.submit(tasks.spin, 1.0)
+        queued = pool.submit(tasks.square, 3)
+        deadline = time.monotonic() + TIMEOUT
+        while not first.running():
+            assert time.monotonic() < deadline, "running() never became true"
+            time.sleep(0.005)
+        assert not queued.running() and not first.done()
+        assert not first.cancel() and first.running()
+        assert first.result(TIMEOUT) > 0
+        assert not first.running() and queued.result(TIMEOUT) == 9 and not queued.running()
+
+
 def test_future_cancel_before_start():
     with braid.InterpreterPool(1) as pool:
         pool.submit(tasks.square, 1).result(TIMEOUT)

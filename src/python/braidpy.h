@@ -103,7 +103,9 @@ typedef struct FutureObject_s {
     PyObject *kwargs;
     /* Set by a pool whose queued work lives elsewhere (the process pool):
      * phase 0 asks whether the task may still be cancelled (1) or has
-     * started (0); phase 1 tells that the future is now CANCELLED. */
+     * started (0); phase 1 tells that the future is now CANCELLED; phase 2
+     * asks whether a worker has taken the task of a future still PENDING
+     * (running(): 1), for a pool that does not mark its futures RUNNING. */
     int (*cancel_hook)(struct FutureObject_s *fut, int phase);
     void *hook_ctx;
     /* Set by a pool that may wake a waiter before the future is finished

@@ -465,6 +465,9 @@ static PyObject *fut_cancelled(FutureObject *f, PyObject *unused)
 
 static PyObject *fut_running(FutureObject *f, PyObject *unused)
 {
+    if (f->state == FUT_PENDING && f->cancel_hook != NULL) {
+        return PyBool_FromLong(f->cancel_hook(f, 2) == 1);
+    }
     return PyBool_FromLong(f->state == FUT_RUNNING);
 }
 

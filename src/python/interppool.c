@@ -162,6 +162,11 @@ static int cancel_hook(FutureObject *f, int phase)
         braid_future_notify_cancel(f);
         return 1;
     }
+    if (phase == 2) {
+        /* running(): the future stays PENDING while a worker runs the task
+         * (finishing it is the main interpreter's), t alive until then */
+        return t != NULL && __atomic_load_n(&t->started, __ATOMIC_ACQUIRE);
+    }
     if (t == NULL) {
         return 1;
     }

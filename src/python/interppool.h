@@ -53,6 +53,7 @@ typedef struct itask_s {
     Py_buffer *views;          /* out-of-band buffers, held until settled */
     int nviews;
     int by_future;             /* being cancelled by Future.cancel() */
+    int started;               /* atomic: a worker has taken it (Future.running()) */
     int settled;               /* atomic: who sets it first finishes the future */
     int status;                /* enum itask_status, written by the worker */
     char *reply;               /* raw malloc, written by the worker */

@@ -409,6 +409,7 @@ void braid_iw_work(br_work_t *wk)
 {
     iworker_t *w = tls_worker;
     itask_t *t = wk->data;
+    __atomic_store_n(&t->started, 1, __ATOMIC_RELEASE);
     if (w->sub_ts == NULL) {
         t->status = IT_BROKEN;
         return;

@@ -713,6 +713,9 @@ static int task_cancel_hook(FutureObject *f, int phase)
         braid_future_notify_cancel(f); /* wait()/as_completed() hear at once */
         return 1;
     }
+    if (phase == 2) {
+        return 0; /* its futures turn RUNNING themselves */
+    }
     return t == NULL || br_procpool_cancel(&t->core->pool, &t->t) == 0;
 }
 
