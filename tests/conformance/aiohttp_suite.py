@@ -29,8 +29,8 @@ as *flaky*, not as a regression, and does not fail the gate.
 Where the tests come from
 -------------------------
 The tests are not in aiohttp's wheel: by default the sdist of the installed
-aiohttp's version is fetched with ``pip download --no-binary :all: --no-deps
-aiohttp==VERSION`` into ``~/.cache/braid/aiohttp-tests`` (or
+aiohttp's version is fetched from PyPI (``_sdist.py``: its JSON API, checked
+against PyPI's sha256; ``pip download`` where that fails) into ``~/.cache/braid/aiohttp-tests`` (or
 ``$XDG_CACHE_HOME``) and unpacked there *without* its ``aiohttp`` package
 (and egg-info): the tests must import the installed aiohttp, with its compiled
 HTTP parser and websocket reader, not the sdist's pure-Python source, which
@@ -87,6 +87,7 @@ import xml.etree.ElementTree as ET
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _cpython_suite import excluded_reason, load_exclusions  # noqa: E402
+from _sdist import fetch_sdist  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXCLUDE_FILE = os.path.join(HERE, "aiohttp_suite_excluded.txt")
@@ -273,24 +274,13 @@ def _downloaded(ver):
     if os.path.isfile(os.path.join(dest, "pytest.ini")):
         return dest
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-binary", ":all:",
-               "--no-deps", f"aiohttp=={ver}", "-d", tmp]
-        try:
-            done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  text=True, timeout=600)
-        except subprocess.TimeoutExpired:
-            raise SystemExit(f"could not fetch aiohttp {ver}'s sdist in 600 s "
-                             f"({' '.join(cmd)})") from None
-        sdists = [f for f in os.listdir(tmp) if f.endswith(".tar.gz")]
-        if done.returncode != 0 or not sdists:
-            raise SystemExit(f"could not fetch aiohttp {ver}'s sdist ({' '.join(cmd)}):\n"
-                             f"{done.stdout[-2000:]}")
-        with tarfile.open(os.path.join(tmp, sdists[0])) as tar:
+        sdist = os.path.basename(fetch_sdist("aiohttp", ver, tmp))
+        with tarfile.open(os.path.join(tmp, sdist)) as tar:
             members = [m for m in tar.getmembers()
                        if not _skip_top((m.name.split("/") + [""])[1])]
             safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
             tar.extractall(tmp, members=members, **safe)
-        return _install_tree(os.path.join(tmp, sdists[0][:-len(".tar.gz")]), dest)
+        return _install_tree(os.path.join(tmp, sdist[:-len(".tar.gz")]), dest)
 
 
 def _from_source(source):

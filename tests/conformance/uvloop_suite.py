@@ -25,8 +25,8 @@ differs from asyncio on purpose) fail on asyncio's loop and are not gated.
 Where the tests come from
 -------------------------
 The test package is not in uvloop's wheel (only ``uvloop._testbase`` is), so
-by default the sdist of the installed uvloop's version is fetched with
-``pip download --no-binary :all: --no-deps uvloop==VERSION`` into
+by default the sdist of the installed uvloop's version is fetched from PyPI (``_sdist.py``:
+its JSON API, the file checked against PyPI's sha256; ``pip download`` where that fails) into
 ``~/.cache/braid/uvloop-tests`` (or ``$XDG_CACHE_HOME``) and its ``tests``
 package copied there as ``uvloop_tests``. ``--source DIR`` uses an unpacked
 sdist (or its ``tests`` directory) instead. The tests need uvloop installed
@@ -53,6 +53,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _cpython_suite  # noqa: E402
+from _sdist import fetch_sdist  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PACKAGE = "uvloop_tests"
@@ -105,20 +106,13 @@ def _downloaded():
     if os.path.isdir(os.path.join(root, PACKAGE)):
         return root
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-binary", ":all:",
-               "--no-deps", f"uvloop=={ver}", "-d", tmp]
-        done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              timeout=300)
-        sdists = [f for f in os.listdir(tmp) if f.endswith(".tar.gz")]
-        if done.returncode != 0 or not sdists:
-            raise SystemExit(f"could not fetch uvloop {ver}'s sdist ({' '.join(cmd)}):\n"
-                             f"{done.stdout[-2000:]}")
-        with tarfile.open(os.path.join(tmp, sdists[0])) as tar:
+        sdist = os.path.basename(fetch_sdist("uvloop", ver, tmp))
+        with tarfile.open(os.path.join(tmp, sdist)) as tar:
             members = [m for m in tar.getmembers()
                        if m.name.split("/")[1:2] == ["tests"] and (m.isfile() or m.isdir())]
             safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
             tar.extractall(tmp, members=members, **safe)
-        top = sdists[0][:-len(".tar.gz")]
+        top = sdist[:-len(".tar.gz")]
         return _copy_package(os.path.join(tmp, top, "tests"), root)
 
 
