@@ -281,6 +281,22 @@ print("finished", flush=True)
 """
 
 
+def _children_ignoring_sigint(pid):
+    """The pids of pid's children whose SIGINT is ignored (/proc's SigIgn mask)."""
+    import signal
+
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/status") as f:
+                fields = dict(line.split(":\t", 1) for line in f if ":\t" in line)
+        except (OSError, ValueError):
+            continue
+        if int(fields.get("PPid", "0")) == pid and int(fields["SigIgn"], 16) >> (signal.SIGINT - 1) & 1:
+            found.append(int(entry))
+    return found
+
+
 def test_ctrl_c_during_the_tutorial_s_pool_ends_the_demo():
     # Ctrl-C signals the whole process group: the tutorial's multiprocessing.Pool workers get it
     # too, and one that dies holding the task queue's lock hangs the parent's terminate() (the
@@ -293,7 +309,10 @@ def test_ctrl_c_during_the_tutorial_s_pool_ends_the_demo():
                             start_new_session=True)
     try:
         assert proc.stdout.readline().strip() == "READY"
-        time.sleep(1.0)  # the pool forked and its workers busy
+        deadline = time.monotonic() + 30
+        while len(_children_ignoring_sigint(proc.pid)) < os.cpu_count():  # the pool is up
+            assert time.monotonic() < deadline and proc.poll() is None, "no pool"
+            time.sleep(0.05)
         os.killpg(proc.pid, signal.SIGINT)
         out, err = proc.communicate(timeout=30)
     finally:

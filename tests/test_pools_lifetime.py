@@ -180,7 +180,10 @@ from tests.interp_tasks import spin
 try:
     with braid.InterpreterPool(2) as pool:
         futures = [pool.submit(spin, 60) for _ in range(4)]
-        time.sleep(1.0)  # both workers started and spinning
+        deadline = time.monotonic() + 30
+        while not (futures[0].running() and futures[1].running()):  # both workers spinning
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
         threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()  # the second
         raise KeyboardInterrupt  # the first
 finally:
@@ -199,3 +202,83 @@ def test_a_second_ctrl_c_interrupts_an_interpreter_pool_s_running_tasks():
     assert proc.returncode == -signal.SIGINT, (proc.returncode, proc.stderr)
     assert "Exception ignored" not in proc.stderr and "Fatal" not in proc.stderr, proc.stderr
     assert time.monotonic() - start < 40
+
+
+# After a second Ctrl-C the program catches the KeyboardInterrupt and goes on: a thread pool it
+# makes later is waited for at exit as any (what the second Ctrl-C gave up was the first pool's
+# running tasks, nothing after).
+CAUGHT_THEN_LATER_POOL = """
+import os, signal, sys, threading, time
+import braid
+from tests.procpool_tasks import sleep_and_return, sleep_then_append
+
+try:
+    with braid.ThreadPool(2) as pool:
+        futures = [pool.submit(sleep_and_return, 60, 1) for _ in range(2)]
+        time.sleep(0.2)
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+        raise KeyboardInterrupt
+except KeyboardInterrupt:
+    pass
+later = braid.ThreadPool(1)
+later.submit(sleep_then_append, sys.argv[1], "later", 1.0)
+time.sleep(0.2)  # it runs; the program ends normally, and exit waits for it
+"""
+
+
+def test_a_pool_made_after_a_caught_second_ctrl_c_is_waited_for_at_exit(tmp_path):
+    out = tmp_path / "ran"
+    proc = run(CAUGHT_THEN_LATER_POOL, out, timeout=45)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_text().split() == ["later"]
+
+
+# Exit's status is SIGINT's only when a KeyboardInterrupt out of the main module ended the
+# program: not for one an interactive interpreter printed earlier (sys.last_value is left
+# set), nor for a subclass of it (CPython exits with 1 for that).
+NOT_ENDED_BY_CTRL_C = """
+import code, sys
+import braid
+braid.ThreadPool(1).submit(pow, 2, 2).result()
+if sys.argv[1] == "shell":
+    code.InteractiveInterpreter().runsource("raise KeyboardInterrupt")  # printed, and over
+    assert type(sys.last_value) is KeyboardInterrupt
+else:
+    class Interrupt(KeyboardInterrupt):
+        pass
+    raise Interrupt
+"""
+
+
+@pytest.mark.parametrize("how, status", [("shell", 0), ("subclass", 1)])
+def test_exit_status_is_sigint_s_only_after_a_ctrl_c_that_ended_the_program(how, status):
+    proc = run(NOT_ENDED_BY_CTRL_C, how, timeout=30)
+    assert proc.returncode == status, (proc.returncode, proc.stderr)
+
+
+# braid.map in interpreter mode, interrupted: its running chunks are interrupted in their
+# sub-interpreters at once (as process mode's workers are killed), not left to run to their end.
+MAP_ON_INTERPRETERS_INTERRUPTED = """
+import os, signal, sys, threading, time
+import braid
+from tests.interp_tasks import spin
+
+threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+start = time.monotonic()
+try:
+    braid.map(spin, [30] * 4, mode="interpreter", workers=2, chunksize=1)
+except KeyboardInterrupt:
+    print("interrupted after", round(time.monotonic() - start), "s", flush=True)
+sys.exit(3)
+"""
+
+
+def test_ctrl_c_interrupts_a_map_s_chunks_in_sub_interpreters():
+    if sys.version_info < (3, 12):
+        pytest.skip("mode='interpreter' needs Python 3.12+")
+    start = time.monotonic()
+    proc = run(MAP_ON_INTERPRETERS_INTERRUPTED, timeout=45)  # the chunks spin 30 s each
+    assert "interrupted after" in proc.stdout, (proc.stdout, proc.stderr)
+    assert proc.returncode == 3, (proc.returncode, proc.stderr)
+    assert "Fatal" not in proc.stderr, proc.stderr
+    assert time.monotonic() - start < 25

@@ -310,13 +310,16 @@ def _pool_run(call, plan, chunks, progress):
             from ._threadpool import ThreadPool
 
             pool = ThreadPool(plan.workers, thread_name_prefix="braid.map")
-        # a thread's chunk skips its items not started once the map is abandoned
+        # a thread's chunk skips its items not started once the map is abandoned; a
+        # sub-interpreter's is interrupted (KeyboardInterrupt), as processes are killed
         stop = [] if plan.mode == "thread" else None
 
         def abort():
             if stop is not None:
                 stop.append(True)
             pool.shutdown(wait=False, cancel_futures=True)
+            if plan.mode == "interpreter":
+                pool._interrupt_running()
     else:
         from ._procpool import ProcessPool
 
@@ -337,8 +340,9 @@ def _pool_run(call, plan, chunks, progress):
         finished = True
     finally:
         # After a failure, a timeout or Ctrl-C, abort() has cancelled the queue and killed
-        # the processes; threads cannot be killed, so their running items end on their own,
-        # in the background, instead of holding up the exception.
+        # the processes or interrupted the sub-interpreters; threads cannot be killed, so
+        # their running chunks skip what they have not started, in the background, instead
+        # of holding up the exception.
         pool.shutdown(wait=finished)
 
 

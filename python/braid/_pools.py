@@ -10,10 +10,6 @@ from . import _braid
 # exit, queued work is then cancelled and process workers are killed after a short grace
 # instead of everything submitted finishing first.
 _interrupted = False
-# Set when a second Ctrl-C ended a with block's wait for running tasks: exit then does not wait
-# for a thread pool's running tasks again, and interrupts an interpreter pool's (process pools'
-# workers are killed anyway; src/python/pools.c).
-_insisted = False
 
 
 def note_interrupt():
@@ -30,14 +26,14 @@ def shutdown_on_exit(pool, exc_type):
     try:
         pool.shutdown(wait=True, cancel_futures=interrupted)
     except KeyboardInterrupt:
-        global _insisted
-        _insisted = _insisted or interrupted
         note_interrupt()
         if interrupted and hasattr(pool, "_interrupt_running"):
             # sub-interpreters: their running tasks are interrupted and soon over (one
             # stuck in C code is waited for until a third Ctrl-C)
             pool._interrupt_running()
             pool.shutdown(wait=True)
+        elif interrupted:
+            pool._abandon_running()  # threads: exit does not wait for this pool's again
         raise
 
 
@@ -50,11 +46,21 @@ def left_by_ctrl_c(exc_type):
     return interrupted
 
 
+def _ended_by_ctrl_c():
+    """Whether a KeyboardInterrupt out of the main module ended the program: the exception
+    CPython printed last (sys.last_value) is one, and its traceback starts in __main__'s code
+    (a script, -c) or in runpy's (-m) -- not one an interactive shell printed and went on."""
+    last, tb = getattr(sys, "last_value", None), getattr(sys, "last_traceback", None)
+    if type(last) is not KeyboardInterrupt or tb is None:  # CPython's exit status: this type only
+        return False
+    frame = tb.tb_frame
+    return frame.f_globals.get("__name__") == "__main__" or frame.f_code.co_name == "_run_module_as_main"
+
+
 def _at_exit():
-    last = getattr(sys, "last_value", None)  # a KeyboardInterrupt that ended the program
-    by_ctrl_c = isinstance(last, KeyboardInterrupt)
+    by_ctrl_c = _ended_by_ctrl_c()
     try:
-        _braid._at_exit(_interrupted or by_ctrl_c, not _insisted)
+        _braid._at_exit(_interrupted or by_ctrl_c)
     except KeyboardInterrupt:
         # a Ctrl-C during this wait ends it: queued work is cancelled, process workers are
         # killed, tasks in sub-interpreters interrupted, and running threads are left to the

@@ -288,7 +288,7 @@ static void ops_close(braid_pool_link_t *l, int interrupted)
 static void ops_interrupt(braid_pool_link_t *l)
 {
     interp_core_t *core = LINKED_CORE(l);
-    if (core->closed && !core->detached) {
+    if (core->closed) { /* a dropped pool's too: linked, so not freed meanwhile */
         braid_iw_interrupt_all(core);
     }
 }

@@ -100,9 +100,10 @@ static int interrupter_alive(iworker_t *w)
 static void reap_interrupter(iworker_t *w, pthread_mutex_t *mu)
 {
     if (w->has_interrupter) {
+        pthread_t thread = w->interrupter; /* the field may name a new one once unlocked */
         w->has_interrupter = 0;
         pthread_mutex_unlock(mu);
-        pthread_join(w->interrupter, NULL);
+        pthread_join(thread, NULL);
         pthread_mutex_lock(mu);
     }
 }

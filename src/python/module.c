@@ -282,9 +282,10 @@ static PyObject *mod_strerror(PyObject *module, PyObject *arg)
 
 static PyMethodDef braid_methods[] = {
     {"_at_exit", mod_at_exit, METH_VARARGS,
-     "_at_exit(interrupted, wait=True): closes every pool and waits for its workers (unless not wait: "
-     "running tasks are then left to the process's end); after Ctrl-C (interrupted) queued work is "
-     "cancelled and process workers are killed soon."},
+     "_at_exit(interrupted, wait=True): closes every pool and waits for its workers; after Ctrl-C "
+     "(interrupted) queued work is cancelled and process workers are killed soon. Not wait (a second "
+     "Ctrl-C): thread pools' running tasks are left to the process's end, interpreter pools' are "
+     "interrupted (KeyboardInterrupt) and waited for."},
     {"_interppool_workers", mod_interppool_workers, METH_NOARGS,
      "_interppool_workers(): interpreter-pool workers (sub-interpreters) not yet ended."},
     {"_set_interp_hooks", mod_set_interp_hooks, METH_VARARGS,

@@ -15,8 +15,12 @@
  *        cancelled, running tasks of process pools get a short grace and
  *        then SIGKILL, those of thread pools end as they will
  *     2. one by one, each pool that still has workers is waited for, with
- *        the GIL released and signal handlers run: a second Ctrl-C raises
- *        here and the program ends without waiting further
+ *        the GIL released and signal handlers run; a second Ctrl-C raises
+ *        here, and braid._pools runs exit again without waiting: process
+ *        pools' workers are killed, interpreter pools' tasks interrupted
+ *        (KeyboardInterrupt) and waited for, thread pools' left running
+ *        to the process's end (as a thread pool a second Ctrl-C left in
+ *        its with block is)
  *     3. process-pool templates that no pool uses any more end
  *
  *   os.fork() child (os.register_at_fork): only the forking thread lives

@@ -56,6 +56,8 @@ struct pool_core_s {
     unsigned joiners;         /* threads inside core_join */
     int closed, joined, orphaned, detached;
     int forked;               /* inherited through os.fork(): no threads here */
+    int abandoned;            /* a second Ctrl-C ended the wait for its running tasks:
+                                 interpreter exit does not wait for them again */
     braid_pool_link_t link;   /* on st->pools (pools.c) */
 };
 
@@ -381,6 +383,9 @@ static void ops_close(braid_pool_link_t *l, int interrupted)
 static int ops_busy(braid_pool_link_t *l)
 {
     pool_core_t *core = LINKED_CORE(l);
+    if (core->abandoned) {
+        return 0; /* a second Ctrl-C left its running tasks to the process's end */
+    }
     /* a pool some other thread is joining is that thread's to wait for */
     return core->detached || (!core->joined && core->joiners == 0);
 }
@@ -605,6 +610,19 @@ static PyObject *pool_shutdown(PyObject *self, PyObject *args, PyObject *kwds)
     Py_RETURN_NONE;
 }
 
+/* After shutdown(): the running tasks are left to the process's end
+ * (braid._pools.shutdown_on_exit, on a second Ctrl-C). */
+static PyObject *pool_abandon_running(PyObject *self, PyObject *unused)
+{
+    pool_core_t *core = ((PoolObject *)self)->core;
+    if (!core->closed) {
+        PyErr_SetString(PyExc_RuntimeError, "only a pool that was shut down can be abandoned");
+        return NULL;
+    }
+    core->abandoned = 1;
+    Py_RETURN_NONE;
+}
+
 static PyObject *pool_get_max_workers(PyObject *self, void *c)
 {
     return PyLong_FromUnsignedLong(((PoolObject *)self)->max_workers);
@@ -773,6 +791,8 @@ static PyMethodDef pool_methods[] = {
      "timeout counts from the call."},
     {"shutdown", (PyCFunction)(void (*)(void))pool_shutdown, METH_VARARGS | METH_KEYWORDS,
      "shutdown(wait=True, *, cancel_futures=False)"},
+    {"_abandon_running", pool_abandon_running, METH_NOARGS,
+     "_abandon_running(): after shutdown, interpreter exit does not wait for the tasks still running"},
     {NULL}};
 
 static PyGetSetDef pool_getset[] = {

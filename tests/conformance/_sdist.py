@@ -8,13 +8,14 @@ took 4-6 minutes of CPU on a 2-core machine and overran a 300 s timeout under lo
 the fallback where the API cannot be reached (an index configured only for pip)."""
 
 import hashlib
+import http.client
 import json
 import os
 import re
-import shutil
 import ssl
 import subprocess
 import sys
+import urllib.parse
 import urllib.request
 
 SIMPLE = "https://pypi.org/simple"
@@ -45,14 +46,20 @@ def _from_pypi(project, version, dest):
     if sdist is None or "sha256" not in sdist.get("hashes", {}):
         raise LookupError(f"PyPI's index lists no sdist with a sha256 for {project} {version}")
     path = os.path.join(dest, sdist["filename"])
+    partial = path + ".part"  # renamed once its sha256 is checked: pip never sees a bad file
+    url = urllib.parse.urljoin(request.full_url, sdist["url"])  # PEP 691 allows relative ones
     digest = hashlib.sha256()
-    with urllib.request.urlopen(sdist["url"], timeout=300, context=ctx) as r, open(path, "wb") as f:
-        for block in iter(lambda: r.read(1 << 16), b""):
-            digest.update(block)
-            f.write(block)
-    if digest.hexdigest() != sdist["hashes"]["sha256"]:
-        os.unlink(path)
-        raise ValueError(f"{sdist['filename']}: sha256 is not the one PyPI's index gives")
+    try:
+        with urllib.request.urlopen(url, timeout=300, context=ctx) as r, open(partial, "wb") as f:
+            for block in iter(lambda: r.read(1 << 16), b""):
+                digest.update(block)
+                f.write(block)
+        if digest.hexdigest() != sdist["hashes"]["sha256"]:
+            raise ValueError(f"{sdist['filename']}: sha256 is not the one PyPI's index gives")
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
     return path
 
 
@@ -76,8 +83,6 @@ def fetch_sdist(project, version, dest, *, pip_timeout=900):
     """The path of PROJECT==VERSION's sdist (.tar.gz), downloaded into the directory dest."""
     try:
         return _from_pypi(project, version, dest)
-    except (OSError, ValueError, LookupError, KeyError) as exc:
+    except (OSError, ValueError, LookupError, KeyError, http.client.HTTPException) as exc:
         print(f"PyPI's index: {exc}; trying pip download", file=sys.stderr)
-    for name in os.listdir(dest):
-        shutil.rmtree(os.path.join(dest, name), ignore_errors=True)
     return _with_pip(project, version, dest, pip_timeout)
