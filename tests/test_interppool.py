@@ -160,6 +160,7 @@ def test_future_running_while_a_worker_runs_its_task():
         assert not first.running() and queued.result(TIMEOUT) == 9 and not queued.running()
 
 
+@needs_312
 def test_future_cancel_before_start():
     with braid.InterpreterPool(1) as pool:
         pool.submit(tasks.square, 1).result(TIMEOUT)
