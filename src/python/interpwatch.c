@@ -197,7 +197,9 @@ void braid_iw_interrupt_all(interp_core_t *core)
     pthread_mutex_lock(&core->mu);
     for (iworker_t *w = core->workers; w != NULL; w = w->next) {
         if (w->sub_ts == NULL || w->leaving || interrupter_alive(w)) {
-            continue; /* an interrupter still waiting for the GIL throws soon enough */
+            /* one still alive is task_timeout's, waiting for the GIL that a task in C
+             * code holds: that task does not come back to Python to see ours either */
+            continue;
         }
         if (pthread_create(&w->interrupter, NULL, ctrl_c_main, w) == 0) {
             w->has_interrupter = 1;
