@@ -45,7 +45,8 @@ class Loop(_braid._LoopCore, unix_events._UnixSelectorEventLoop):
 
     def _make_datagram_transport(self, sock, protocol, address=None, waiter=None, extra=None):
         if not _syscalls_are_socket_s(sock, _DATAGRAM_IO) or sock.family not in _DATAGRAM_FAMILIES:
-            # socket-likes, subclasses with I/O methods of their own, and families whose addresses the C transport does not convert
+            # socket-likes, subclasses with I/O methods of their own, and families whose
+            # addresses the C transport does not convert
             return super()._make_datagram_transport(sock, protocol, address, waiter, extra)
         self._ensure_fd_no_transport(sock)
         return _braid.DatagramTransport(self, sock, protocol, address, waiter, extra)
