@@ -182,7 +182,10 @@ def test_explain_prints_one_line_and_logs_it(braid, capsys, caplog):
     assert line.startswith("braid.map: 1,000 items; first ")
     unit = r"[\d.]+ (ns|µs)"
     first = rf"( after the first \({unit}\))?"
-    assert re.search(rf"took {unit} CPU / {unit} wall each{first} \(CPU-bound\) → sequential", line), line
+    # tiny items stay sequential; whether they read as CPU-bound or mixed depends on what else
+    # the machine ran during those 0.5 ms (a CI run measured 385 ns CPU in 502 ns wall: mixed)
+    shape = r"\((CPU-bound|mixed)\)"
+    assert re.search(rf"took {unit} CPU / {unit} wall each{first} {shape} → sequential", line), line
     assert [r.getMessage() for r in caplog.records if r.name == "braid"] == [line]
     braid.map(tasks.square, range(10))  # explain=False: nothing on stderr
     assert capsys.readouterr().err == ""
