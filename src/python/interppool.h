@@ -116,6 +116,7 @@ struct iworker_s {
     int interrupted;           /* the watchdog threw into current */
     unsigned long seq;         /* tasks started: names the current one */
     unsigned long interrupting; /* the seq of the task the interrupter is after */
+    int ctrl_c;                /* stopped by a Ctrl-C: interrupters throw KeyboardInterrupt */
     int has_interrupter;
     pthread_t interrupter;
     int exiting;

@@ -57,10 +57,14 @@ static void report_stuck(iworker_t *w, itask_t *t, PyThreadState **main_ts)
     PyEval_SaveThread();
 }
 
-/* Throws the interrupt into the worker's interpreter: takes its GIL with a
+/* Throws an exception into the worker's interpreter: takes its GIL with a
  * thread state of its own, which waits for the worker to let the GIL go (a
  * switch interval for Python code; never, for C code that holds it). Its
- * own thread, so that the watchdog can report a task stuck in C either way. */
+ * own thread, so that the watchdog can report a task stuck in C either way.
+ * What it throws is read once it has that GIL: KeyboardInterrupt whatever
+ * runs once the pool was stopped by a Ctrl-C (closed, its queue cancelled:
+ * no task comes after), else task_timeout's exception, if the task that
+ * `interrupting` names still runs. */
 static void *interrupter_main(void *arg)
 {
     iworker_t *w = arg;
@@ -68,7 +72,9 @@ static void *interrupter_main(void *arg)
     PyThreadState *ts = PyThreadState_New(w->sub_ts->interp);
     PyEval_RestoreThread(ts);
     pthread_mutex_lock(&core->mu);
-    if (w->current != NULL && w->seq == w->interrupting) {
+    if (w->ctrl_c) {
+        PyThreadState_SetAsyncExc(w->ident, PyExc_KeyboardInterrupt);
+    } else if (w->current != NULL && w->seq == w->interrupting) {
         PyThreadState_SetAsyncExc(w->ident, w->interrupt);
     }
     pthread_mutex_unlock(&core->mu);
@@ -178,30 +184,17 @@ int braid_iw_start_watchdog(iworker_t *w)
     return 0;
 }
 
-/* Throws KeyboardInterrupt into the worker's thread, whatever it runs: as
- * interrupter_main, without looking at which task runs (the pool is
- * closed and its queue cancelled: no task comes after these). */
-static void *ctrl_c_main(void *arg)
-{
-    iworker_t *w = arg;
-    PyThreadState *ts = PyThreadState_New(w->sub_ts->interp);
-    PyEval_RestoreThread(ts);
-    PyThreadState_SetAsyncExc(w->ident, PyExc_KeyboardInterrupt);
-    PyThreadState_Clear(ts);
-    PyThreadState_DeleteCurrent();
-    return NULL;
-}
-
 void braid_iw_interrupt_all(interp_core_t *core)
 {
     pthread_mutex_lock(&core->mu);
     for (iworker_t *w = core->workers; w != NULL; w = w->next) {
-        if (w->sub_ts == NULL || w->leaving || interrupter_alive(w)) {
-            /* one still alive is task_timeout's, waiting for the GIL that a task in C
-             * code holds: that task does not come back to Python to see ours either */
+        if (w->sub_ts == NULL || w->leaving) {
             continue;
         }
-        if (pthread_create(&w->interrupter, NULL, ctrl_c_main, w) == 0) {
+        w->ctrl_c = 1;
+        /* one still alive (task_timeout's, waiting for the GIL that a task in C
+         * code holds) throws KeyboardInterrupt instead when it gets that GIL */
+        if (!interrupter_alive(w) && pthread_create(&w->interrupter, NULL, interrupter_main, w) == 0) {
             w->has_interrupter = 1;
         }
     }
