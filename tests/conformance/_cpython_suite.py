@@ -68,6 +68,13 @@ import time
 import traceback
 import unittest
 
+# Tests of Ctrl-C (uvloop's test_signals, CPython's) send SIGINT to a child and expect CPython's
+# own handler there. A harness started in the background by a shell without job control
+# (`cmd &` in a script, `nohup`) has SIGINT ignored, exec keeps it ignored, and CPython installs
+# no handler then; with a handler here, exec resets it to the default in every child.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 MODES = ("stdlib", "braid")
 PASSING = ("pass",)
 BAD = ("fail", "error", "timeout", "crash", "not-run")
