@@ -45,6 +45,38 @@ def test_shared_array_bad_shape(braid):
         braid.shared_array((2, -1))
 
 
+def test_shared_array_refuses_python_objects(braid):
+    # pointers into this process's memory, read by a worker, would crash it
+    with pytest.raises(TypeError, match="cannot hold Python objects"):
+        braid.shared_array(3, object)
+    with pytest.raises(TypeError, match="cannot hold Python objects"):
+        braid.shared_array(3, [("n", "i8"), ("o", "O")])
+
+
+def test_reductions_give_numpy_scalars_as_on_a_plain_array(braid, pool):
+    a = braid.shared_array(6)
+    a[:] = np.arange(6)
+    assert type(a.sum()) is np.float64 and a.sum() == 15.0 and type(a.max()) is np.float64
+    assert pool.submit(shared_tasks.sum_of, a).result(TIMEOUT) == 15.0  # a scalar comes back
+    out = braid.shared_array(())
+    np.add(a[1], a[2], out=out)  # a 0-d result written into shared memory stays shared
+    assert float(out) == 3.0
+    assert pool.submit(shared_tasks.same, out).result(TIMEOUT) is not out
+    assert np.shares_memory(pool.submit(shared_tasks.same, out).result(TIMEOUT), out)
+
+
+def test_new_arrays_made_from_a_shared_one_cross_by_value(braid, pool):
+    a = braid.shared_array(5)
+    a[:] = np.arange(5)
+    b = a + 10  # new memory: its pickle carries the values, not a reference to a's
+    assert pool.submit(shared_tasks.same, b).result(TIMEOUT).tolist() == [10, 11, 12, 13, 14]
+    r = a[::-2]  # a view (negative stride) is still the shared memory
+    back = pool.submit(shared_tasks.same, r).result(TIMEOUT)
+    assert back.tolist() == [4, 2, 0] and np.shares_memory(back, a)
+    a += 1  # in place: still shared
+    assert np.shares_memory(pool.submit(shared_tasks.same, a).result(TIMEOUT), a)
+
+
 def test_worker_writes_are_seen_by_the_parent(braid, pool):
     a = braid.shared_array(1000, np.float64)
     pool.submit(shared_tasks.fill, a, 7.0).result(TIMEOUT)

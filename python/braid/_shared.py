@@ -64,7 +64,17 @@ def _shared_array_class():
             """An ndarray whose memory is a braid shared segment (see braid.shared_array)."""
 
             def __array_finalize__(self, obj):
-                self._braid_segment = getattr(obj, "_braid_segment", None)
+                # a view keeps the segment; an array of new memory made from one (a + 1,
+                # a.copy()) is an ordinary array that pickles by value
+                seg = getattr(obj, "_braid_segment", None)
+                self._braid_segment = seg if seg is not None and _inside(self, seg) else None
+
+            def __array_wrap__(self, arr, context=None, return_scalar=False):
+                # a reduction (a.sum()) or a ufunc of 0-d arrays gives a NumPy scalar, as
+                # on a plain array, unless its result was written into shared memory (out=)
+                if arr.ndim == 0 and not _inside(arr, self._braid_segment):
+                    return arr[()]
+                return super().__array_wrap__(arr, context)
 
             def __reduce_ex__(self, protocol):
                 seg = self._braid_segment
@@ -79,6 +89,21 @@ def _shared_array_class():
         SharedArray.__module__ = "braid"
         _array_class = SharedArray
     return _array_class
+
+
+def _inside(arr, seg):
+    """Whether arr's bytes lie in seg's mapping: a view of it, not new memory."""
+    if seg is None or seg.addr is None:
+        return False
+    lo = hi = arr.__array_interface__["data"][0]
+    if arr.size:
+        for n, stride in zip(arr.shape, arr.strides):
+            if stride < 0:
+                lo += (n - 1) * stride
+            else:
+                hi += (n - 1) * stride
+        hi += arr.itemsize
+    return seg.addr <= lo and hi <= seg.addr + seg.size
 
 
 def _wrap(seg, offset, shape, dtype, strides):
@@ -100,6 +125,10 @@ def shared_array(shape, dtype=float):
     """
     np = _numpy()
     dtype = np.dtype(dtype)
+    if dtype.hasobject:
+        raise TypeError(f"braid.shared_array cannot hold Python objects (dtype {dtype}): another "
+                        "process would read pointers into this one's memory; use a numeric, "
+                        "bool, fixed-size string or structured dtype of those")
     if isinstance(shape, int):
         shape = (shape,)
     shape = tuple(int(n) for n in shape)
