@@ -282,3 +282,42 @@ def test_ctrl_c_interrupts_a_map_s_chunks_in_sub_interpreters():
     assert proc.returncode == 3, (proc.returncode, proc.stderr)
     assert "Fatal" not in proc.stderr, proc.stderr
     assert time.monotonic() - start < 25
+
+
+# A pool whose __init__ never ran (a subclass that forgot super().__init__) or failed (a bad
+# argument, with the half-made object kept by a traceback's repr): using it is a RuntimeError,
+# its repr still works, and nothing crashes.
+NOT_MADE = """
+import sys
+import braid
+
+kinds = [braid.ThreadPool, braid.ProcessPool]
+if sys.version_info >= (3, 12):
+    kinds.append(braid.InterpreterPool)
+calls = {
+    "submit": lambda p: p.submit(print),
+    "map": lambda p: list(p.map(print, [1])),
+    "shutdown": lambda p: p.shutdown(),
+    "exit": lambda p: p.__exit__(None, None, None),
+}
+for kind in kinds:
+    class Forgetful(kind):
+        def __init__(self):
+            pass
+
+    for pool in (Forgetful(), kind.__new__(kind)):
+        assert "max_workers=0" in repr(pool), repr(pool)
+        for name, call in calls.items():
+            try:
+                call(pool)
+            except RuntimeError as exc:
+                assert "__init__ was not called or failed" in str(exc), (kind, name, exc)
+            else:
+                raise AssertionError(f"{kind.__name__}.{name} on a pool never made did not raise")
+print("ok")
+"""
+
+
+def test_a_pool_whose_init_never_ran_raises_instead_of_crashing():
+    proc = run(NOT_MADE)
+    assert proc.returncode == 0 and proc.stdout.split() == ["ok"], (proc.returncode, proc.stderr)

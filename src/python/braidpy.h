@@ -419,6 +419,9 @@ struct braid_pool_link_s {
 void braid_pools_link(braid_state *st, braid_pool_link_t *link, const braid_pool_ops_t *ops);
 void braid_pools_unlink(braid_pool_link_t *link); /* no-op when not linked */
 size_t braid_pools_count(braid_state *st, const braid_pool_ops_t *ops);
+/* 0 if the pool's core exists; else -1 with RuntimeError: its __init__ was
+ * never called (a subclass's forgot super().__init__) or failed. */
+int braid_pool_check_made(PyObject *pool, const void *core);
 void braid_pools_release(braid_state *st, braid_pool_link_t *link); /* unlinks, wakes the wait below */
 int braid_pools_wait_released(braid_state *st); /* until a dropped pool's last worker releases it */
 PyObject *braid_pools_at_exit(braid_state *st, int interrupted, int wait);

@@ -362,6 +362,9 @@ void braid_interppool_clear(braid_state *st)
 static PyObject *ip_submit(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     interp_core_t *core = ((IPoolObject *)self)->core;
+    if (braid_pool_check_made(self, core) < 0) {
+        return NULL;
+    }
     braid_state *st = core->st;
     if (core->broken != NULL) {
         PyObject *exc = broken_exc(core);
@@ -435,6 +438,9 @@ static PyObject *ip_shutdown(PyObject *self, PyObject *args, PyObject *kwds)
         return NULL;
     }
     interp_core_t *core = ((IPoolObject *)self)->core;
+    if (braid_pool_check_made(self, core) < 0) {
+        return NULL;
+    }
     if (core->st == NULL) {
         Py_RETURN_NONE; /* a fork's child: nothing here to wait for */
     }
@@ -452,7 +458,7 @@ static PyObject *ip_shutdown(PyObject *self, PyObject *args, PyObject *kwds)
 static PyObject *ip_interrupt_running(PyObject *self, PyObject *unused)
 {
     interp_core_t *core = ((IPoolObject *)self)->core;
-    if (core->st == NULL || !core->closed) {
+    if (core == NULL || core->st == NULL || !core->closed) {
         PyErr_SetString(PyExc_RuntimeError, "only a pool that was shut down can be interrupted");
         return NULL;
     }
@@ -468,13 +474,13 @@ static PyObject *ip_get_max_workers(PyObject *self, void *c)
 static PyObject *ip_get_threads(PyObject *self, void *c)
 {
     interp_core_t *core = ((IPoolObject *)self)->core;
-    return PyLong_FromUnsignedLong(core->st ? br_threadpool_threads(&core->tp) : 0);
+    return PyLong_FromUnsignedLong(core != NULL && core->st ? br_threadpool_threads(&core->tp) : 0);
 }
 
 static PyObject *ip_get_stuck(PyObject *self, void *c)
 {
     interp_core_t *core = ((IPoolObject *)self)->core;
-    return PyLong_FromUnsignedLong(__atomic_load_n(&core->stuck, __ATOMIC_RELAXED));
+    return PyLong_FromUnsignedLong(core != NULL ? __atomic_load_n(&core->stuck, __ATOMIC_RELAXED) : 0);
 }
 
 /* --------------------------------------------------------- object life cycle */

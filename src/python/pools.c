@@ -88,6 +88,16 @@ int braid_pools_wait_released(braid_state *st)
     return rc == -EINTR && PyErr_CheckSignals() < 0 ? -1 : 0;
 }
 
+int braid_pool_check_made(PyObject *pool, const void *core)
+{
+    if (core != NULL) {
+        return 0;
+    }
+    PyErr_Format(PyExc_RuntimeError, "this %.100s cannot be used: its __init__ was not called or failed",
+                 Py_TYPE(pool)->tp_name);
+    return -1;
+}
+
 size_t braid_pools_count(braid_state *st, const braid_pool_ops_t *ops)
 {
     size_t n = 0;

@@ -17,6 +17,9 @@ typedef struct {
 static PyObject *pp_submit(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     proc_core_t *c = ((ProcPoolObject *)self)->core;
+    if (braid_pool_check_made(self, c) < 0) {
+        return NULL;
+    }
     braid_state *st = c->st;
     PyObject *fn, *tuple, *kwargs;
     if (braid_unpack_submit(args, nargs, kwnames, &fn, &tuple, &kwargs) < 0) {
@@ -78,6 +81,9 @@ static PyObject *pp_shutdown(PyObject *self, PyObject *args, PyObject *kwds)
         return NULL;
     }
     proc_core_t *c = ((ProcPoolObject *)self)->core;
+    if (braid_pool_check_made(self, c) < 0) {
+        return NULL;
+    }
     braid_proc_core_close(c, cancel ? BR_PPCLOSE_CANCEL : BR_PPCLOSE_FINISH, 0);
     if (wait && braid_proc_core_join(c) < 0) {
         return NULL;
@@ -91,6 +97,9 @@ static PyObject *pp_shutdown(PyObject *self, PyObject *args, PyObject *kwds)
 static PyObject *pp_terminate(PyObject *self, PyObject *unused)
 {
     proc_core_t *c = ((ProcPoolObject *)self)->core;
+    if (braid_pool_check_made(self, c) < 0) {
+        return NULL;
+    }
     braid_proc_core_close(c, BR_PPCLOSE_KILL, 0);
     if (braid_proc_core_join(c) < 0) {
         return NULL;

@@ -465,6 +465,9 @@ FutureObject *braid_pool_submit(PyObject *self, PyObject *fn, PyObject *args, Py
                                 int chunked)
 {
     pool_core_t *core = ((PoolObject *)self)->core;
+    if (braid_pool_check_made(self, core) < 0) {
+        return NULL;
+    }
     braid_state *st = core->st;
     if (core->broken != NULL) {
         PyErr_SetObject(st->BrokenThreadPool, core->broken);
@@ -580,6 +583,9 @@ static PyObject *pool_map(PyObject *self, PyObject *args, PyObject *kwds)
     if (braid_parse_timeout(timeout, &deadline) < 0) {
         return NULL;
     }
+    if (braid_pool_check_made(self, ((PoolObject *)self)->core) < 0) {
+        return NULL;
+    }
     PyObject *iterables = PyTuple_GetSlice(args, 1, PyTuple_GET_SIZE(args));
     if (iterables == NULL) {
         return NULL;
@@ -598,6 +604,9 @@ static PyObject *pool_shutdown(PyObject *self, PyObject *args, PyObject *kwds)
         return NULL;
     }
     pool_core_t *core = ((PoolObject *)self)->core;
+    if (braid_pool_check_made(self, core) < 0) {
+        return NULL;
+    }
     if (core->forked) {
         Py_RETURN_NONE; /* no worker in this process to wait for */
     }
@@ -615,7 +624,7 @@ static PyObject *pool_shutdown(PyObject *self, PyObject *args, PyObject *kwds)
 static PyObject *pool_abandon_running(PyObject *self, PyObject *unused)
 {
     pool_core_t *core = ((PoolObject *)self)->core;
-    if (!core->closed) {
+    if (core == NULL || !core->closed) {
         PyErr_SetString(PyExc_RuntimeError, "only a pool that was shut down can be abandoned");
         return NULL;
     }
@@ -631,13 +640,13 @@ static PyObject *pool_get_max_workers(PyObject *self, void *c)
 static PyObject *pool_get_threads(PyObject *self, void *c)
 {
     pool_core_t *core = ((PoolObject *)self)->core;
-    return PyLong_FromUnsignedLong(core->forked ? 0 : br_threadpool_threads(&core->tp));
+    return PyLong_FromUnsignedLong(core == NULL || core->forked ? 0 : br_threadpool_threads(&core->tp));
 }
 
 static PyObject *pool_get_queued(PyObject *self, void *c)
 {
     pool_core_t *core = ((PoolObject *)self)->core;
-    return PyLong_FromSize_t(core->forked ? 0 : br_threadpool_queued(&core->tp));
+    return PyLong_FromSize_t(core == NULL || core->forked ? 0 : br_threadpool_queued(&core->tp));
 }
 
 /* --------------------------------------------------------- object life cycle */
