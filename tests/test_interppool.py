@@ -546,3 +546,34 @@ def test_fork_with_live_workers_warns():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _interppool._before_fork()  # every worker has ended: nothing to say
+
+
+_NESTED_IN_A_PROCESS_WORKER = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import braid
+
+def square(x):
+    return x * x
+
+def squares_in_an_interpreter_pool(n):
+    with braid.InterpreterPool(2) as pool:
+        return sum(pool.map(square, range(n)))
+
+if __name__ == "__main__":
+    # the process-pool worker runs this script as __mp_main__, which a sub-interpreter
+    # cannot import: its functions must go there by value, as __main__'s do
+    with braid.ProcessPool(1) as outer:
+        print(outer.submit(squares_in_an_interpreter_pool, 10).result(60))
+"""
+
+
+@needs_312
+def test_an_interpreter_pool_inside_a_process_pool_task_runs_main_script_functions(tmp_path):
+    import subprocess
+
+    script = tmp_path / "script.py"
+    script.write_text(_NESTED_IN_A_PROCESS_WORKER)
+    proc = subprocess.run([sys.executable, str(script), TESTS_DIR], capture_output=True,
+                          text=True, timeout=120, cwd=str(tmp_path))
+    assert proc.returncode == 0 and proc.stdout.split() == ["285"], (proc.stdout, proc.stderr)

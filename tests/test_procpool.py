@@ -404,6 +404,7 @@ class ProcessExecutorMixin(ProcPoolsFixture):
         got = list(pool.map(tasks.add3, range(10), range(100), range(5), timeout=TIMEOUT))
         assert got == [3 * i for i in range(5)]
         assert list(pool.map(pow, [2, 3], [], timeout=TIMEOUT)) == []
+        assert list(pool.map(tasks.square)) == []  # no iterables at all: nothing to call
 
     def test_map_non_iterable_is_type_error(self, pools):
         pool = pools(max_workers=2)

@@ -208,6 +208,44 @@ def test_functions_defined_in_main(braid, tmp_path, how):
     assert proc.stdout.decode().split() == ["main", "ok"]
 
 
+MAIN_CLASSES_SCRIPT = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import braid
+
+class Point:
+    def __init__(self, x):
+        self.x = x
+
+class MyError(Exception):
+    pass
+
+def make_point(x):
+    return Point(x)
+
+def fails():
+    raise MyError("mine")
+
+if __name__ == "__main__":
+    # the worker runs this script as __mp_main__, and pickles these classes under that name
+    with braid.ProcessPool(max_workers=1) as pool:
+        p = pool.submit(make_point, 3).result(10)
+        assert type(p) is Point and p.x == 3, type(p)
+        try:
+            pool.submit(fails).result(10)
+        except MyError as exc:
+            assert str(exc) == "mine"
+    print("main ok", "multiprocessing" in sys.modules)
+"""
+
+
+def test_results_and_exceptions_of_classes_defined_in_main(braid, tmp_path):
+    proc = run_script(tmp_path, MAIN_CLASSES_SCRIPT)
+    assert proc.returncode == 0, (proc.stdout, proc.stderr.decode())
+    # without multiprocessing imported, which is what made __mp_main__ resolve here
+    assert proc.stdout.decode().split() == ["main", "ok", "False"]
+
+
 # ---- payloads that fail on the other side --------------------------------------------------
 # The stdlib breaks the whole pool on these (an unpickling error in a worker kills it; one in
 # the parent's result reader breaks the pool); braid fails just the task.

@@ -1035,6 +1035,14 @@ class ExecutorMixin(PoolsFixture):
                  [pool.submit(lambda: threading.current_thread().name) for _ in range(10)]]
         assert all(name.startswith("braidtestpfx") for name in names), names
 
+    def test_thread_name_prefix_none_is_the_default(self, pools):
+        def name_of_a_worker(**kwargs):
+            pool = pools(max_workers=1, **kwargs)
+            return pool.submit(lambda: threading.current_thread().name).result(TIMEOUT)
+
+        assert (name_of_a_worker(thread_name_prefix=None).rstrip("0123456789_-")
+                == name_of_a_worker().rstrip("0123456789_-"))
+
     @pytest.mark.parametrize("bad", [0, -1, -100])
     def test_max_workers_not_positive(self, bad):
         with pytest.raises(ValueError):

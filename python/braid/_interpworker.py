@@ -32,6 +32,14 @@ def _by_value(obj, cause):
             f"cannot pickle {type(obj).__name__!s}: {cause}; lambdas, closures and functions "
             "defined in __main__ need cloudpickle to reach a sub-interpreter "
             "(pip install cloudpickle)") from (cause if isinstance(cause, BaseException) else None)
+    import sys
+
+    mp_main = sys.modules.get("__mp_main__")
+    if mp_main is not None and mp_main.__name__ == "__mp_main__":
+        # in a process-pool worker (braid's or multiprocessing's), the parent's script runs
+        # as __mp_main__; cloudpickle sends only __main__ by value, and a sub-interpreter
+        # has no __mp_main__ to import
+        cloudpickle.register_pickle_by_value(mp_main)
     return cloudpickle
 
 

@@ -127,6 +127,10 @@ class ProcessPool(_braid._ProcessPoolCore, concurrent.futures.Executor):
             if type(init_payload) is tuple:  # large buffers: alive as long as the pool
                 init_payload, self._init_held = init_payload
         main = sys.modules.get("__main__")
+        if main is not None:
+            # as multiprocessing does on import: what a worker pickles from the script it runs
+            # as __mp_main__ (a result's class, an exception's) unpickles here as __main__'s
+            sys.modules.setdefault("__mp_main__", main)
         main_path = getattr(main, "__file__", None) or ""
         spec_name = getattr(getattr(main, "__spec__", None), "name", "")
         if main_path and not os.path.exists(main_path) or spec_name.endswith(".__main__"):
@@ -169,14 +173,15 @@ class ProcessPool(_braid._ProcessPoolCore, concurrent.futures.Executor):
                 raise ValueError("chunksize must be >= 1")
             return chunksize
         try:
-            n = min(len(it) for it in iterables)
+            n = min((len(it) for it in iterables), default=0)
         except TypeError:  # an iterable of unknown length: one item per task, as Pool.imap
             return 1
         # About sixteen chunks per worker (multiprocessing.Pool.map makes four): chunks
         # stay large enough that their overhead vanishes, and small enough that when work
         # per item is uneven (the primes of 1..N get dearer) no worker is left with a
         # long last chunk while the others idle.
-        return max(1, math.ceil(n / (CHUNKS_PER_WORKER * self.max_workers)))
+        # (max_workers is 0 only for a pool never made; its submit says so)
+        return max(1, math.ceil(n / (CHUNKS_PER_WORKER * max(self.max_workers, 1))))
 
     def _submit_chunks(self, fn, chunks, timeout, star, window):
         """Submits the first ``window`` chunks now (all of them for None), so work starts and

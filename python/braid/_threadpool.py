@@ -29,6 +29,8 @@ class ThreadPool(_braid._ThreadPoolCore, concurrent.futures.Executor):
     """
 
     def __init__(self, max_workers=None, thread_name_prefix="", initializer=None, initargs=()):
+        if thread_name_prefix is None:  # ThreadPoolExecutor's default too
+            thread_name_prefix = ""
         super().__init__(max_workers, thread_name_prefix, initializer, initargs)
 
     def __repr__(self):
