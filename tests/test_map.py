@@ -295,6 +295,16 @@ def test_thread_timeout_does_not_wait_for_running_items(braid):
     assert time.monotonic() - t0 < 2, "the 3 s items were waited for"
 
 
+def test_auto_timeout_during_calibration_counts_the_item_it_ran(braid):
+    # auto measures the first item in the calling thread; it cannot be stopped mid-call, and
+    # once it ends past the deadline the map stops there, counting it, with no pool started
+    fn = functools.partial(tasks.sleepy_where, seconds=0.8)
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError, match="1 of 4 items done when the timeout of 0.2 s"):
+        braid.map(fn, range(4), timeout=0.2)
+    assert time.monotonic() - t0 < 0.8 + 0.5
+
+
 def test_timeout_async(braid):
     async def slow(x):
         await asyncio.sleep(10)

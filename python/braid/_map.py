@@ -79,7 +79,7 @@ def timeout_error(done, total, timeout):
 
 
 def ordered(submit, chunks, window, *, deadline=None, timeout=None, progress, abort,
-            stopper=None, failed=_future_failed, total=None, unwrap=None):
+            stopper=None, failed=_future_failed, total=None, unwrap=None, done_before=0):
     """The chunks' lists of results, in input order, with at most ``window`` chunks in
     flight.
 
@@ -87,7 +87,8 @@ def ordered(submit, chunks, window, *, deadline=None, timeout=None, progress, ab
     chunk ends the iteration at once, in the order failures happened (not the input's).
     Whatever way the iteration ends early -- an exception, the timeout, Ctrl-C, the
     consumer closing it -- the futures still in flight are cancelled and ``abort()`` is
-    called (it kills or drops the workers)."""
+    called (it kills or drops the workers). ``done_before``: items done before these
+    chunks (auto's calibration), for the timeout's count."""
     stopper = stopper or Stopper()
     inflight = collections.deque()
     bad = collections.deque()
@@ -109,7 +110,7 @@ def ordered(submit, chunks, window, *, deadline=None, timeout=None, progress, ab
             inflight.append(future)
             future.add_done_callback(settled)
 
-    done_items = 0
+    done_items = done_before
     finished = False
     try:
         refill()
@@ -207,6 +208,7 @@ class _Call:
         self.limit = _positive("limit", limit)
         self.timeout = _seconds(timeout)
         self.deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        self.done_before = 0  # items auto's calibration ran, before the plan's
         self.progress = progress
         self.explain = bool(explain)
         self.executor, self.address, self.client = executor, address, client
@@ -288,7 +290,7 @@ def _sequential(call, chunks, progress, pace):
         if call.stopper.stopped:
             raise concurrent.futures.CancelledError("braid.map was cancelled")
         if call.deadline is not None and time.monotonic() >= call.deadline:
-            raise timeout_error(done, call.total, call.timeout)
+            raise timeout_error(call.done_before + done, call.total, call.timeout)
         t0 = time.perf_counter()
         results = run_chunk(call.fn, chunk, start)
         pace.ran(len(results), time.perf_counter() - t0)
@@ -336,7 +338,8 @@ def _pool_run(call, plan, chunks, progress):
     finished = False
     try:
         yield from ordered(submit, chunks, window, deadline=call.deadline, timeout=call.timeout,
-                           progress=progress, abort=abort, stopper=call.stopper, total=call.total)
+                           progress=progress, abort=abort, stopper=call.stopper, total=call.total,
+                           done_before=call.done_before)
         finished = True
     finally:
         # After a failure, a timeout or Ctrl-C, abort() has cancelled the queue and killed
@@ -476,6 +479,11 @@ def _results(call, progress):
     source = items if random_access else iter(items)
     profile, blocks, exhausted = policy.calibrate(call.fn, source, call.total, run_block, call.deadline)
     progress.update(profile.items)
+    call.done_before = profile.items
+    if not exhausted and call.deadline is not None and time.monotonic() >= call.deadline:
+        # the calibration's items run in this thread, and the one running when the time
+        # ran out had to finish: no pool is started only to be cancelled
+        raise timeout_error(profile.items, call.total, call.timeout)
     remaining = None if call.total is None else call.total - profile.items
     if exhausted:
         plan = policy.Plan("sequential", why=policy.shape(profile))
@@ -587,7 +595,8 @@ def map(fn, iterable, *, mode="auto", workers=None, chunksize=None, timeout=None
     ``client=`` or ``address=``). ``executor=`` runs it on
     any concurrent.futures.Executor. ``workers`` caps the pool; ``chunksize`` fixes the
     items per task. ``timeout`` (seconds, for the whole map) raises TimeoutError and
-    cancels the rest. ``progress=True`` draws a tqdm bar; a tqdm instance or a callable
+    cancels the rest (an item running in the calling thread -- sequential mode, auto's
+    first items -- ends first). ``progress=True`` draws a tqdm bar; a tqdm instance or a callable
     (done, total) is updated instead. ``explain=True`` prints what auto measured and chose
     (the "braid" logger always gets it at INFO).
 
