@@ -435,6 +435,37 @@ class TransportMixin(LoopFixture):
 
         self.run(loop, main())
 
+    def test_extra_info_first_asked_after_close(self, loop):
+        async def main():
+            names = {}
+
+            class Server(Recorder):
+                def connection_lost(self, exc):
+                    super().connection_lost(exc)
+                    t = self.transport  # no one asked for its names while it was open
+                    names.update(peername=t.get_extra_info("peername"),
+                                 sockname=t.get_extra_info("sockname"),
+                                 socket=t.get_extra_info("socket"))
+
+            server = await loop.create_server(Server, "127.0.0.1", 0)
+            addr = server.sockets[0].getsockname()
+            client = socket.create_connection(addr)
+            client.close()  # the server's transport closes at the EOF
+            await until(lambda: names, "connection_lost")
+            assert names["sockname"] == addr and names["peername"][0] == "127.0.0.1"
+            assert names["socket"] is not None and names["socket"].family == socket.AF_INET
+            # a client's transport, closed by its owner
+            transport, proto = await loop.create_connection(Recorder, *addr)
+            transport.close()
+            await proto.lost
+            assert transport.get_extra_info("peername") == addr
+            assert transport.get_extra_info("sockname")[0] == "127.0.0.1"
+            assert transport.get_extra_info("socket") is not None
+            server.close()
+            await server.wait_closed()
+
+        self.run(loop, main())
+
     def test_server_side_transport_extra_info_and_protocol(self, loop):
         async def main():
             made = loop.create_future()

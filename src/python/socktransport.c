@@ -150,6 +150,8 @@ static void stream_closed(br_handle_t *h)
     }
 }
 
+static PyObject *tr_get_extra(PyObject *self, void *c);
+
 /* The socket object lets go of the fd (the engine closes it), then the
  * stream closes. Idempotent. */
 static void close_stream(PyObject *self)
@@ -158,6 +160,17 @@ static void close_stream(PyObject *self)
     if (!t->stream_open || br_is_closing(&t->stream.handle)) {
         return;
     }
+    /* asyncio reads the socket's names as it makes a transport, so
+     * get_extra_info("peername") still answers after the close; made on
+     * first use here, they are read now if no one asked before (no cost to
+     * a transport whose names were asked for, as aiohttp's are) */
+    PyObject *pending = PyErr_GetRaisedException();
+    PyObject *extra = tr_get_extra(self, NULL);
+    if (extra == NULL) {
+        PyErr_Clear(); /* then they are None, as when getpeername fails */
+    }
+    Py_XDECREF(extra);
+    PyErr_SetRaisedException(pending);
     if (t->sock != NULL) {
         PyObject *r = PyObject_CallMethod(t->sock, "detach", NULL);
         if (r == NULL) {
