@@ -577,3 +577,23 @@ def test_an_interpreter_pool_inside_a_process_pool_task_runs_main_script_functio
     proc = subprocess.run([sys.executable, str(script), TESTS_DIR], capture_output=True,
                           text=True, timeout=120, cwd=str(tmp_path))
     assert proc.returncode == 0 and proc.stdout.split() == ["285"], (proc.stdout, proc.stderr)
+
+
+@needs_312
+def test_a_task_asking_for_its_thread_leaves_no_error_at_the_pool_s_end():
+    # threading.current_thread() in a worker (asyncio.run and logging ask too) makes a dummy
+    # Thread there; 3.13 dropped it only as the sub-interpreter's modules were gone, with an
+    # "Exception ignored ... TypeError" on stderr
+    rc, out, err = _script("""
+        import braid
+
+        def thread_name():  # of __main__: it goes by value, and imports threading there
+            import threading
+            return threading.current_thread().name
+
+        with braid.InterpreterPool(2) as pool:
+            names = [pool.submit(thread_name).result(60) for _ in range(4)]
+        print(len(names) == 4 and all(isinstance(name, str) and name for name in names))
+    """)
+    assert rc == 0 and out.split() == ["True"], (out, err)
+    assert "Exception ignored" not in err, err

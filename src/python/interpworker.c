@@ -675,6 +675,28 @@ void braid_iw_thread_start(br_threadpool_t *tp, void *arg)
     }
 }
 
+/* 3.13's threading keeps the dummy Thread that current_thread() makes for
+ * a thread it did not start (this worker's, once a task asked) in a
+ * threading.local, with an object whose __del__ takes threading's lock;
+ * Py_EndInterpreter clears the thread state only after the module's globals
+ * are None ("Exception ignored ... TypeError" on stderr). Dropped here, with
+ * the sub-interpreter's GIL, while the module is whole. */
+static void forget_dummy_thread(void)
+{
+    PyObject *name = PyUnicode_FromString("threading");
+    PyObject *threading = name ? PyImport_GetModule(name) : NULL;
+    Py_XDECREF(name);
+    PyObject *info = threading ? PyObject_GetAttrString(threading, "_thread_local_info") : NULL;
+    PyObject *values = info ? PyObject_GetAttrString(info, "__dict__") : NULL;
+    if (values != NULL && PyDict_Check(values)) {
+        PyDict_Clear(values);
+    }
+    Py_XDECREF(values);
+    Py_XDECREF(info);
+    Py_XDECREF(threading);
+    PyErr_Clear(); /* before 3.13 there is no such local; not imported: nothing to drop */
+}
+
 void braid_iw_thread_exit(br_threadpool_t *tp, void *arg)
 {
     interp_core_t *core = arg;
@@ -685,6 +707,7 @@ void braid_iw_thread_exit(br_threadpool_t *tp, void *arg)
         pthread_mutex_lock(&creation_mu);
         PyEval_RestoreThread(w->sub_ts);
         PyThreadState_SetAsyncExc(w->ident, NULL); /* a Ctrl-C's, thrown after the last task */
+        forget_dummy_thread();
         Py_CLEAR(w->loads);
         Py_CLEAR(w->helper);
         Py_CLEAR(w->fns);
