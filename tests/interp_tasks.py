@@ -41,6 +41,13 @@ def where():
     return "pytest" in sys.modules, threading.get_ident()
 
 
+def import_single_phase():
+    """Imports, as it runs, a module that cannot load in a sub-interpreter (this module can)."""
+    import _testsinglephase  # noqa: F401
+
+    return "imported"
+
+
 def init(value):
     _initialized.append(value)
 

@@ -222,6 +222,30 @@ def test_unimportable_module_fails_clearly_and_the_worker_lives():
 
 
 @needs_312
+def test_a_task_importing_what_cannot_load_there_fails_clearly():
+    with braid.InterpreterPool(1) as pool:
+        with pytest.raises(ImportError, match="ProcessPool") as info:
+            pool.submit(tasks.import_single_phase).result(TIMEOUT)
+        assert info.value.name == "_testsinglephase"
+        assert "in import_single_phase" in str(info.value.__cause__)  # the worker's traceback
+        assert pool.submit(tasks.square, 4).result(TIMEOUT) == 16
+
+
+def test_import_failed_finds_the_module_in_a_long_message():
+    # numpy's ImportError in a sub-interpreter is a page of advice, name unset, ending in
+    # CPython's own sentence
+    from braid._interpworker import import_failed
+
+    exc = ImportError("\n\nIMPORTANT: PLEASE READ THIS ...\n\nOriginal error was: module "
+                      "numpy._core._multiarray_umath does not support loading in subinterpreters")
+    err = import_failed(exc)
+    assert err.name == "numpy._core._multiarray_umath" and err.__cause__ is exc
+    assert "braid.ProcessPool" in str(err)
+    other = ImportError("No module named 'nothere'", name="nothere")
+    assert import_failed(other) is other
+
+
+@needs_312
 def test_task_timeout_interrupts_pure_python():
     with braid.InterpreterPool(1, task_timeout=0.3) as pool:
         t0 = time.monotonic()

@@ -122,16 +122,18 @@ def describe(exc):
 
 
 def import_failed(exc):
-    """The ImportError of a task that could not be unpickled here because a module it needs
-    cannot load in a sub-interpreter: it names the module and says where the task can run
-    instead. Other import errors (a module that does not exist) are left as they are."""
+    """The ImportError of a task (unpickling it, or an import it runs) because a module it
+    needs cannot load in a sub-interpreter: it names the module and says where the task can
+    run instead. Other import errors (a module that does not exist) are left as they are."""
     text = str(exc)
     if "subinterpreter" not in text:
         return exc
     name = getattr(exc, "name", None)
-    if not name:  # "module X does not support loading in subinterpreters"
-        words = text.split()
-        name = words[1] if len(words) > 2 and words[0] == "module" else "?"
+    if not name:  # "module X does not support loading in subinterpreters", maybe quoted
+        import re  # (numpy's own ImportError ends with it, its name attribute unset)
+
+        found = re.search(r"module (\S+) does not support loading in subinterpreters", text)
+        name = found.group(1) if found else "?"
     err = ImportError(
         f"{exc} -- the task needs the module {name!r}, which cannot be imported in a "
         "sub-interpreter (an extension module without multi-phase init or per-interpreter GIL "

@@ -311,7 +311,6 @@ static void run_task(iworker_t *w, itask_t *t)
     Py_ssize_t len = PyBytes_GET_SIZE(t->payload);
     PyObject *data = NULL, *call = NULL, *res = NULL, *exc = NULL;
     PyObject *fn = NULL, *args = NULL, *kwargs = NULL;
-    int loaded = 0;
     if (len >= IP_PLAIN_HEAD && p[0] == IP_MARSHAL_TAG) {
         (void)load_plain(w, p, len, &fn, &args, &kwargs);
     } else if ((data = PyMemoryView_FromMemory((char *)p, len, PyBUF_READ)) != NULL &&
@@ -338,7 +337,6 @@ static void run_task(iworker_t *w, itask_t *t)
         }
     }
     if (fn != NULL && args != NULL) {
-        loaded = 1;
         res = PyObject_Call(fn, args, kwargs);
     }
     Py_XDECREF(fn);
@@ -379,8 +377,9 @@ static void run_task(iworker_t *w, itask_t *t)
             Py_DECREF(out);
         }
     } else {
-        if (!loaded && exc != NULL && PyErr_GivenExceptionMatches(exc, PyExc_ImportError)) {
-            /* the function's module (or an argument's) cannot load here */
+        if (exc != NULL && PyErr_GivenExceptionMatches(exc, PyExc_ImportError)) {
+            /* the function's module (or an argument's, or one the task imports)
+             * cannot load here */
             PyObject *wrapped = call_helper(w, "import_failed", exc);
             if (wrapped != NULL) {
                 Py_SETREF(exc, wrapped);
