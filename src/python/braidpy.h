@@ -12,6 +12,7 @@
 #include <Python.h>
 
 #include "braid.h"
+#include <sys/socket.h> /* socklen_t */
 
 typedef struct pool_core_s pool_core_t;
 typedef struct proc_core_s proc_core_t;
@@ -273,6 +274,10 @@ void braid_pipetransport_loop_closing(br_handle_t *h, void *arg);
 PyObject *braid_pipetransport_held(braid_state *st, br_handle_t *h);
 
 /* trcommon.c: what the C transports do alike */
+/* The socket module's form of a sockaddr (makesockaddr): (host, port),
+ * (host, port, flowinfo, scope_id), a path, an abstract name as bytes; None
+ * for len 0. New reference, or NULL with an exception. */
+PyObject *braid_address_object(const struct sockaddr *sa, socklen_t len);
 /* The context a transport's protocol callbacks run in when the engine calls
  * them: a copy of the one the transport was made in (after resume_reading(),
  * of its caller's), as asyncio's reader and writer handles carry one

@@ -92,38 +92,6 @@ static Py_ssize_t extra_offset;  /* BaseTransport's _extra slot */
 
 /* --------------------------------------------------------- addresses */
 
-/* The socket module's form of a sockaddr (makesockaddr): (host, port),
- * (host, port, flowinfo, scope_id), a path, an abstract name as bytes. */
-static PyObject *address_object(const struct sockaddr *sa, socklen_t len)
-{
-    char host[INET6_ADDRSTRLEN];
-    if (len == 0) {
-        Py_RETURN_NONE;
-    }
-    switch (sa->sa_family) {
-    case AF_INET: {
-        const struct sockaddr_in *a = (const struct sockaddr_in *)sa;
-        inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
-        return Py_BuildValue("(si)", host, ntohs(a->sin_port));
-    }
-    case AF_INET6: {
-        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)sa;
-        inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
-        return Py_BuildValue("(siII)", host, ntohs(a->sin6_port), ntohl(a->sin6_flowinfo), a->sin6_scope_id);
-    }
-    case AF_UNIX: {
-        const struct sockaddr_un *a = (const struct sockaddr_un *)sa;
-        size_t n = len > offsetof(struct sockaddr_un, sun_path) ? len - offsetof(struct sockaddr_un, sun_path) : 0;
-        if (n > 0 && a->sun_path[0] == '\0') {
-            return PyBytes_FromStringAndSize(a->sun_path, (Py_ssize_t)n); /* Linux's abstract namespace */
-        }
-        return PyUnicode_DecodeFSDefaultAndSize(a->sun_path, (Py_ssize_t)strnlen(a->sun_path, n));
-    }
-    default:
-        return PyErr_Format(PyExc_OSError, "address family %d is not supported", sa->sa_family);
-    }
-}
-
 /* A numeric (host, port[, flowinfo[, scope_id]]) or a Unix path into a
  * sockaddr, as the socket module's getsockaddrarg parses them: 1
  * converted, 0 a host name to resolve (the port is checked already), -1
@@ -513,7 +481,7 @@ static void on_recv_body(br_udp_t *u, const char *buf, ssize_t n, const struct s
     PyObject *r = NULL;
     if (n >= 0) {
         PyObject *data = PyBytes_FromStringAndSize(buf, n);
-        PyObject *from = data ? address_object(addr, addrlen) : NULL;
+        PyObject *from = data ? braid_address_object(addr, addrlen) : NULL;
         PyObject *deliver = from && braid_loop_ready_before_poll(t->loop) ? PyObject_GetAttrString(self, "_deliver") : NULL;
         if (deliver != NULL) {
             PyObject *argv[3] = {deliver, data, from};

@@ -150,7 +150,42 @@ static void stream_closed(br_handle_t *h)
     }
 }
 
-static PyObject *tr_get_extra(PyObject *self, void *c);
+/* asyncio reads a socket's names as it makes the transport, so that
+ * get_extra_info("sockname"/"peername") still answers after the close; here
+ * they are read on first use (a connection accepted in C makes no socket
+ * object), and at the close if no one asked: two system calls, not the
+ * socket object a first get_extra_info() makes. Best effort: a name that
+ * cannot be read is None, as for asyncio. */
+static void keep_names(PyObject *self)
+{
+    tail_t *t = TAIL(self);
+    PyObject *extra = EXTRA(self);
+    if (extra != NULL && extra != Py_None && !PyDict_Check(extra)) {
+        return; /* the user's own */
+    }
+    if (extra == NULL || extra == Py_None) {
+        Py_XSETREF(EXTRA(self), PyDict_New());
+        if ((extra = EXTRA(self)) == NULL) {
+            PyErr_Clear();
+            return;
+        }
+    }
+    const char *keys[2] = {"sockname", "peername"};
+    for (int i = 0; i < 2; i++) {
+        if (PyDict_GetItemString(extra, keys[i]) != NULL) {
+            continue;
+        }
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof ss;
+        int rc = i == 0 ? getsockname(t->fd, (struct sockaddr *)&ss, &len)
+                        : getpeername(t->fd, (struct sockaddr *)&ss, &len);
+        PyObject *v = rc == 0 ? braid_address_object((struct sockaddr *)&ss, len) : Py_NewRef(Py_None);
+        if (v == NULL || PyDict_SetItemString(extra, keys[i], v) < 0) {
+            PyErr_Clear();
+        }
+        Py_XDECREF(v);
+    }
+}
 
 /* The socket object lets go of the fd (the engine closes it), then the
  * stream closes. Idempotent. */
@@ -160,16 +195,8 @@ static void close_stream(PyObject *self)
     if (!t->stream_open || br_is_closing(&t->stream.handle)) {
         return;
     }
-    /* asyncio reads the socket's names as it makes a transport, so
-     * get_extra_info("peername") still answers after the close; made on
-     * first use here, they are read now if no one asked before (no cost to
-     * a transport whose names were asked for, as aiohttp's are) */
     PyObject *pending = PyErr_GetRaisedException();
-    PyObject *extra = tr_get_extra(self, NULL);
-    if (extra == NULL) {
-        PyErr_Clear(); /* then they are None, as when getpeername fails */
-    }
-    Py_XDECREF(extra);
+    keep_names(self);
     PyErr_SetRaisedException(pending);
     if (t->sock != NULL) {
         PyObject *r = PyObject_CallMethod(t->sock, "detach", NULL);

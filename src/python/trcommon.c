@@ -11,7 +11,13 @@
 
 #include <structmember.h> /* PyMemberDescrObject */
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <pthread.h>
+#include <stddef.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 
 PyObject *braid_import_attr(const char *module, const char *name)
 {
@@ -19,6 +25,38 @@ PyObject *braid_import_attr(const char *module, const char *name)
     PyObject *v = m ? PyObject_GetAttrString(m, name) : NULL;
     Py_XDECREF(m);
     return v;
+}
+
+/* The socket module's form of a sockaddr (makesockaddr): (host, port),
+ * (host, port, flowinfo, scope_id), a path, an abstract name as bytes. */
+PyObject *braid_address_object(const struct sockaddr *sa, socklen_t len)
+{
+    char host[INET6_ADDRSTRLEN];
+    if (len == 0) {
+        Py_RETURN_NONE;
+    }
+    switch (sa->sa_family) {
+    case AF_INET: {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
+        return Py_BuildValue("(si)", host, ntohs(a->sin_port));
+    }
+    case AF_INET6: {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)sa;
+        inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
+        return Py_BuildValue("(siII)", host, ntohs(a->sin6_port), ntohl(a->sin6_flowinfo), a->sin6_scope_id);
+    }
+    case AF_UNIX: {
+        const struct sockaddr_un *a = (const struct sockaddr_un *)sa;
+        size_t n = len > offsetof(struct sockaddr_un, sun_path) ? len - offsetof(struct sockaddr_un, sun_path) : 0;
+        if (n > 0 && a->sun_path[0] == '\0') {
+            return PyBytes_FromStringAndSize(a->sun_path, (Py_ssize_t)n); /* Linux's abstract namespace */
+        }
+        return PyUnicode_DecodeFSDefaultAndSize(a->sun_path, (Py_ssize_t)strnlen(a->sun_path, n));
+    }
+    default:
+        return PyErr_Format(PyExc_OSError, "address family %d is not supported", sa->sa_family);
+    }
 }
 
 PyObject *braid_transport_exception(PyObject *loop, PyObject *message, PyObject *exc, PyObject *transport,
