@@ -938,6 +938,32 @@ def test_manager_made_after_the_pool_shares_the_workers_authkey(braid, tmp_path)
 
 # ---- max_worker_memory ---------------------------------------------------------------------
 
+def _statm_fds():
+    found = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found += os.readlink(f"/proc/self/fd/{fd}").endswith("/statm")
+        except OSError:  # the listing's own fd, closed since
+            pass
+    return found
+
+
+def test_a_worker_s_memory_is_watched_only_under_a_cap(braid, pools):
+    # each watched worker costs the parent an fd (its /proc/<pid>/statm): not spent without a
+    # cap, where a 1024-fd limit already runs out at about 160 workers
+    before = _statm_fds()
+    plain = pools(max_workers=3)
+    assert [plain.submit(tasks.getpid).result(TIMEOUT) for _ in range(3)]
+    assert _statm_fds() == before
+    capped = pools(max_workers=2, max_worker_memory=200 << 20)
+    assert capped.submit(tasks.getpid).result(TIMEOUT)
+    deadline = time.monotonic() + TIMEOUT
+    while len(capped.pids) < 2:  # both workers started
+        assert time.monotonic() < deadline, capped.pids
+        time.sleep(0.01)
+    assert _statm_fds() == before + 2
+
+
 def test_max_worker_memory_recycles_after_a_task(braid, pools):
     # The worker goes over the cap while idle (not polled then); the next task's result is
     # checked: that task succeeds, and the worker is replaced after it.

@@ -539,9 +539,13 @@ int br__ppw_spawn(br_procpool_t *pool, unsigned i)
 
     /* From here on the process exists: every failure kills it, and the
      * handles are there for its death to be seen. */
-    char path[64];
-    snprintf(path, sizeof path, "/proc/%d/statm", w->proc.pid);
-    w->statm_fd = open(path, O_RDONLY | O_CLOEXEC); /* -1: no memory cap for it */
+    if (pool->opts_.max_worker_memory != 0) {
+        /* an fd per worker only when there is a cap to check (a thousand
+         * fds go to about 160 workers already) */
+        char path[64];
+        snprintf(path, sizeof path, "/proc/%d/statm", w->proc.pid);
+        w->statm_fd = open(path, O_RDONLY | O_CLOEXEC); /* -1: no memory cap for it */
+    }
     w->state = W_RUNNING;
     /* These cannot fail: the fds are open, and init only links the
      * handles into the loop. Without a pidfd, io_exit stays unstarted
