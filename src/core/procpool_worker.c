@@ -540,8 +540,9 @@ int br__ppw_spawn(br_procpool_t *pool, unsigned i)
     /* From here on the process exists: every failure kills it, and the
      * handles are there for its death to be seen. */
     if (pool->opts_.max_worker_memory != 0) {
-        /* an fd per worker only when there is a cap to check (a thousand
-         * fds go to about 160 workers already) */
+        /* an fd per worker only when there is a cap to check: each worker
+         * holds about five more in this process, so a 1024-fd limit already
+         * stops near 180 workers */
         char path[64];
         snprintf(path, sizeof path, "/proc/%d/statm", w->proc.pid);
         w->statm_fd = open(path, O_RDONLY | O_CLOEXEC); /* -1: no memory cap for it */
