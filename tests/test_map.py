@@ -302,7 +302,7 @@ def test_auto_timeout_during_calibration_counts_the_item_it_ran(braid):
     t0 = time.monotonic()
     with pytest.raises(TimeoutError, match="1 of 4 items done when the timeout of 0.2 s"):
         braid.map(fn, range(4), timeout=0.2)
-    assert time.monotonic() - t0 < 0.8 + 0.5
+    assert time.monotonic() - t0 < 2 * 0.8  # a second item (or a pool's) would take this long
 
 
 def test_timeout_async(braid):
