@@ -74,7 +74,7 @@ class ThreadPool(concurrent.futures.Executor):
     def __init__(
         self,
         max_workers: int | None = None,
-        thread_name_prefix: str = "",
+        thread_name_prefix: str | None = "",
         initializer: Callable[..., object] | None = None,
         initargs: Iterable[Any] = (),
     ) -> None: ...
